@@ -1,0 +1,20 @@
+//! HydraNet's authenticated datagram layer.
+//!
+//! Every byte that crosses the network between HydraNet daemons (the redirector's tunnel to
+//! the host servers, heartbeats, and later the acknowledgement channel between replicas) is
+//! one UDP datagram in the format of [`wire`]: a versioned header, a payload and a MAC keyed by
+//! the cluster key ([`auth`]). Anything that does not parse, fails the MAC or replays a counter
+//! is dropped and counted by the caller; nothing here panics on network input.
+//!
+//! The crate is sans-IO: it never opens a socket, reads a clock or draws from a global RNG.
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod ids;
+pub mod proto;
+pub mod wire;
+
+pub use auth::{ClusterKey, DropReason, KeyError, Opener, ReplayWindow, Sealer};
+pub use ids::{Epoch, ReplicaId, ServiceId};
+pub use proto::{Heartbeat, Mode, ServiceAd};
+pub use wire::{Datagram, Header, MsgType, WireError};
