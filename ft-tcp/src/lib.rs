@@ -1,1 +1,19 @@
-//! placeholder
+//! The per-connection TCP layer of a HydraNet host server.
+//!
+//! A host server terminates every client connection in its own userspace TCP endpoint
+//! ([`Endpoint`], one small smoltcp interface and socket per connection, so the per-packet
+//! cost does not grow with the number of connections) and finds the endpoint for an incoming
+//! packet by its 4-tuple ([`FlowKey`], parsed by [`packet`]). The redirector uses the same
+//! classification for its routing decision.
+//!
+//! Everything here is sans-IO: packets and `now` come in, packets go out into a `Vec`.
+//! The FT replication layer (sequence translation, ACK gate, shadow queue) builds on this
+//! seam: smoltcp's output passes through [`Endpoint`]'s device, where it can be rewritten
+//! or suppressed.
+#![warn(missing_docs)]
+
+pub mod endpoint;
+pub mod packet;
+
+pub use endpoint::{Endpoint, EndpointConfig, TcpState};
+pub use packet::{FlowKey, PacketError, TcpFlags, TcpMeta};
