@@ -1,1 +1,1 @@
-//! placeholder
+//! hydractl internals.

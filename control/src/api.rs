@@ -1,0 +1,21 @@
+//! Request bodies of the admin API, shared by the daemons and `hydractl`.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /v_host/add` and `POST /v_host/del`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VHost {
+    /// The service IP address.
+    pub ip: String,
+}
+
+/// `POST /setportopt`: HydraNet's `setportopt(port, mode, detector)`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SetPortOpt {
+    /// `ip:port` of the service.
+    pub service: String,
+    /// `redirect`, `ft` or `off`.
+    pub mode: String,
+    /// `127.0.0.1:port` of the local backend; required unless mode is `off`.
+    pub backend: Option<String>,
+}

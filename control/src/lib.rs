@@ -1,0 +1,254 @@
+//! Control-plane plumbing shared by `hydra-redirector`, `hydra-host` and `hydractl`.
+//!
+//! Each daemon serves an admin API: HTTP/1.1 with JSON bodies on a Unix socket of mode 0600
+//! (only root, or the daemon's user, can steer it), plus Prometheus text at `/metrics`.
+//! [`serve`] is the server side, [`request`] the client side used by `hydractl`, and the
+//! request bodies both sides share are in [`api`].
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod metrics;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// A response from an admin handler.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Content type.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: String,
+}
+
+impl Reply {
+    /// 200 with a JSON body.
+    pub fn json(v: &serde_json::Value) -> Reply {
+        Reply {
+            status: 200,
+            content_type: "application/json",
+            body: v.to_string(),
+        }
+    }
+
+    /// An error the user can act on, as `{"error": msg}`.
+    pub fn error(status: u16, msg: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body: serde_json::json!({ "error": msg.into() }).to_string(),
+        }
+    }
+
+    /// 200 with Prometheus text.
+    pub fn metrics(text: String) -> Reply {
+        Reply {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body: text,
+        }
+    }
+}
+
+/// Why the admin API cannot be reached or used.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Nothing listens on the socket.
+    #[error("no daemon answers on {path} ({source}): start it (hydra-host or hydra-redirector --config FILE) or pass --socket with its admin_socket")]
+    NotRunning {
+        /// The socket path.
+        path: String,
+        /// What connect said.
+        source: std::io::Error,
+    },
+    /// The socket cannot be bound.
+    #[error("cannot serve the admin API on {path}: {source}; check that its directory exists and is writable")]
+    Bind {
+        /// The socket path.
+        path: String,
+        /// What went wrong.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The exchange failed midway.
+    #[error("admin API on {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The daemon answered with an error.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Serves the admin API on `path` in a background thread, calling `handler(method, url,
+/// body)` for each request. A stale socket file is replaced; the new one gets mode 0600.
+pub fn serve<F>(path: &Path, handler: F) -> Result<std::thread::JoinHandle<()>, AdminError>
+where
+    F: Fn(&str, &str, &str) -> Reply + Send + 'static,
+{
+    let shown = path.display().to_string();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| AdminError::Bind {
+            path: shown.clone(),
+            source: Box::new(e),
+        })?;
+    }
+    // A leftover socket from a crashed daemon would make bind fail.
+    let _ = std::fs::remove_file(path);
+    let server = tiny_http::Server::http_unix(path).map_err(|source| AdminError::Bind {
+        path: shown.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+        AdminError::Bind {
+            path: shown.clone(),
+            source: Box::new(e),
+        }
+    })?;
+    let handle = std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            for mut req in server.incoming_requests() {
+                let mut body = String::new();
+                let reply = if req.as_reader().take(1 << 20).read_to_string(&mut body).is_err() {
+                    Reply::error(400, "request body is not utf-8 text")
+                } else {
+                    handler(req.method().as_str(), req.url(), &body)
+                };
+                let header = tiny_http::Header::from_bytes("Content-Type", reply.content_type)
+                    .unwrap_or_else(|()| unreachable_header());
+                let resp = tiny_http::Response::from_string(reply.body)
+                    .with_status_code(reply.status)
+                    .with_header(header);
+                if let Err(e) = req.respond(resp) {
+                    tracing::debug!(error = %e, "admin client went away");
+                }
+            }
+        })
+        .map_err(|e| AdminError::Bind {
+            path: shown,
+            source: Box::new(e),
+        })?;
+    Ok(handle)
+}
+
+fn unreachable_header() -> tiny_http::Header {
+    // INVARIANT: "Content-Type" and our fixed content types are valid header bytes.
+    tiny_http::Header::from_bytes("Content-Type", "text/plain").expect("static header is valid")
+}
+
+/// Sends one request to the admin API on `socket` and returns the body of a 2xx answer.
+/// A non-2xx answer becomes [`AdminError::Refused`] with the daemon's error message.
+pub fn request(
+    socket: &Path,
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+) -> Result<String, AdminError> {
+    let shown = socket.display().to_string();
+    let io = |source| AdminError::Io {
+        path: shown.clone(),
+        source,
+    };
+    let mut s = UnixStream::connect(socket).map_err(|source| AdminError::NotRunning {
+        path: shown.clone(),
+        source,
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {url} HTTP/1.1\r\nHost: hydranet\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(io)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(io)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    // tiny_http may answer with chunked encoding; undo it.
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    if (200..300).contains(&status) {
+        Ok(body)
+    } else {
+        let msg = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or_else(|| format!("daemon answered HTTP {status}: {}", body.trim()));
+        Err(AdminError::Refused(msg))
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Sets up `tracing` for a daemon: `RUST_LOG` filter (default info), to stderr.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_reaches_handler_and_errors_come_back_as_refused() {
+        let dir = std::env::temp_dir().join(format!("hn-admin-test-{}", std::process::id()));
+        let sock = dir.join("a.sock");
+        serve(&sock, |m, u, b| match (m, u) {
+            ("POST", "/echo") => Reply::json(&serde_json::json!({ "got": b })),
+            _ => Reply::error(404, "no such thing"),
+        })
+        .unwrap();
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let body = request(&sock, "POST", "/echo", Some("hi")).unwrap();
+        assert_eq!(body, r#"{"got":"hi"}"#);
+        match request(&sock, "GET", "/nope", None) {
+            Err(AdminError::Refused(m)) => assert_eq!(m, "no such thing"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let missing = dir.join("missing.sock");
+        assert!(matches!(
+            request(&missing, "GET", "/", None),
+            Err(AdminError::NotRunning { .. })
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn dechunk_joins_chunks() {
+        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), "abcde");
+    }
+}
