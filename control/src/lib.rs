@@ -117,7 +117,12 @@ where
         .spawn(move || {
             for mut req in server.incoming_requests() {
                 let mut body = String::new();
-                let reply = if req.as_reader().take(1 << 20).read_to_string(&mut body).is_err() {
+                let reply = if req
+                    .as_reader()
+                    .take(1 << 20)
+                    .read_to_string(&mut body)
+                    .is_err()
+                {
                     Reply::error(400, "request body is not utf-8 text")
                 } else {
                     handler(req.method().as_str(), req.url(), &body)
@@ -161,7 +166,8 @@ pub fn request(
         path: shown.clone(),
         source,
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
     let body = body.unwrap_or("");
     write!(
         s,
@@ -179,7 +185,10 @@ pub fn request(
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     // tiny_http may answer with chunked encoding; undo it.
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_string()

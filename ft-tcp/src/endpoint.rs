@@ -269,12 +269,8 @@ mod tests {
     const SERVICE: &str = "198.19.0.10:80";
 
     fn client_segment(seq: u32, ack: Option<u32>, syn: bool, payload: &[u8]) -> Vec<u8> {
-        let mut b = PacketBuilder::ipv4([198, 18, 0, 2], [198, 19, 0, 10], 64).tcp(
-            40000,
-            80,
-            seq,
-            65535,
-        );
+        let mut b =
+            PacketBuilder::ipv4([198, 18, 0, 2], [198, 19, 0, 10], 64).tcp(40000, 80, seq, 65535);
         if syn {
             b = b.syn();
         }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddrV4;
 
-use etherparse::{IpNumber, Ipv4Slice, TcpSlice};
+use etherparse::{IpNumber, Ipv4Slice, PacketBuilder, TcpSlice};
 
 /// Why a packet cannot be classified; callers count and drop it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -73,6 +73,10 @@ pub struct TcpMeta {
     pub flags: TcpFlags,
     /// Bytes of TCP payload.
     pub payload_len: usize,
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgment number (meaningful when `flags.ack`).
+    pub ack: u32,
 }
 
 impl TcpMeta {
@@ -97,6 +101,8 @@ impl TcpMeta {
                 rst: tcp.rst(),
             },
             payload_len: tcp.payload().len(),
+            seq: tcp.sequence_number(),
+            ack: tcp.acknowledgment_number(),
         })
     }
 
@@ -116,6 +122,28 @@ impl TcpMeta {
         }
     }
 
+    /// The RST a closed port answers this segment with (RFC 9293 §3.10.7.1), or `None` if
+    /// the segment is itself an RST.
+    pub fn reset_reply(&self) -> Option<Vec<u8>> {
+        if self.flags.rst {
+            return None;
+        }
+        let b = PacketBuilder::ipv4(self.dst.ip().octets(), self.src.ip().octets(), 64);
+        let b = if self.flags.ack {
+            b.tcp(self.dst.port(), self.src.port(), self.ack, 0).rst()
+        } else {
+            let len =
+                self.payload_len as u32 + u32::from(self.flags.syn) + u32::from(self.flags.fin);
+            b.tcp(self.dst.port(), self.src.port(), 0, 0)
+                .rst()
+                .ack(self.seq.wrapping_add(len))
+        };
+        let mut out = Vec::with_capacity(40);
+        // INVARIANT: writing into a Vec cannot fail and the packet has no payload to overflow.
+        b.write(&mut out, &[]).expect("write to a vec");
+        Some(out)
+    }
+
     /// A connection-opening SYN (not a SYN-ACK).
     pub fn is_syn(&self) -> bool {
         self.flags.syn && !self.flags.ack
@@ -125,7 +153,6 @@ impl TcpMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::PacketBuilder;
     use proptest::prelude::*;
 
     fn syn() -> Vec<u8> {
@@ -157,6 +184,16 @@ mod tests {
         let mut frag = syn();
         frag[6] |= 0x20; // more fragments
         assert_eq!(TcpMeta::parse(&frag), Err(PacketError::Fragment));
+    }
+
+    #[test]
+    fn reset_reply_answers_ack_with_its_ack_and_syn_with_ack() {
+        let m = TcpMeta::parse(&syn()).unwrap();
+        let r = TcpMeta::parse(&m.reset_reply().unwrap()).unwrap();
+        assert!(r.flags.rst && r.flags.ack);
+        assert_eq!((r.src, r.dst, r.ack), (m.dst, m.src, 1235));
+        let r2 = TcpMeta::parse(&r.reset_reply().unwrap_or_default());
+        assert!(r2.is_err(), "never answer an RST");
     }
 
     proptest! {

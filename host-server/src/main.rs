@@ -1,1 +1,118 @@
-fn main() {}
+//! `hydra-host`: the HydraNet host server daemon.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ack_channel::{ClusterKey, Mode, Opener, ReplicaId, Sealer};
+use anyhow::Context;
+use clap::Parser;
+use ft_tcp::EndpointConfig;
+use host_server::config::HostConfig;
+use host_server::dataplane::{Dataplane, DataplaneConfig, Shared};
+
+/// HydraNet host server: terminates client connections that the redirector tunnels here and
+/// bridges each to the local backend program.
+#[derive(Parser)]
+#[command(name = "hydra-host", version, about, long_about = None)]
+struct Args {
+    /// TOML config file (see host-server/src/config.rs for every key).
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+/// How often every backend is probed with a TCP connect; a backend that does not accept is
+/// not advertised to the redirector, so new connections go to hosts that can serve them.
+const HEALTH_EVERY: Duration = Duration::from_millis(250);
+
+fn main() {
+    control::init_logging();
+    if let Err(e) = run() {
+        eprintln!("hydra-host: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = HostConfig::load(&args.config)?;
+    let key = ClusterKey::load(&cfg.key_file)?;
+    let node = ReplicaId(cfg.node_id);
+    let shared = Arc::new(Shared::default());
+    {
+        // INVARIANT: no code panics while holding the lock.
+        let mut s = shared.services.lock().expect("services lock");
+        for v in &cfg.vhosts {
+            s.add_vhost(*v);
+        }
+        for svc in &cfg.services {
+            let mode: Mode = svc.mode.parse().map_err(anyhow::Error::msg)?;
+            s.set_port_opt(svc.addr, mode, svc.backend)
+                .with_context(|| format!("config service {}", svc.addr))?;
+        }
+    }
+    let admin_shared = shared.clone();
+    control::serve(&cfg.admin_socket, move |m, u, b| {
+        host_server::admin::handle(&admin_shared, node, m, u, b)
+    })?;
+    let health_shared = shared.clone();
+    std::thread::Builder::new()
+        .name("health".into())
+        .spawn(move || health_loop(&health_shared))
+        .context("starting the health checker")?;
+    let wall = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let sealer = Sealer::new(key.clone(), node, wall.as_nanos() as u64);
+    let dp = Dataplane::new(
+        DataplaneConfig {
+            listen: cfg.listen,
+            redirector: cfg.redirector,
+            heartbeat: Duration::from_millis(cfg.heartbeat_ms),
+            endpoint: EndpointConfig {
+                mtu: cfg.mtu,
+                rx_buffer: cfg.socket_buffer,
+                tx_buffer: cfg.socket_buffer,
+            },
+        },
+        Opener::new(key),
+        sealer,
+        shared,
+        wall.as_nanos() as u64 ^ u64::from(cfg.node_id),
+    )
+    .with_context(|| format!("cannot bind the tunnel socket {}", cfg.listen))?;
+    tracing::info!(node = cfg.node_id, listen = %cfg.listen, redirector = %cfg.redirector, admin = %cfg.admin_socket.display(), "hydra-host running");
+    dp.run().context("dataplane failed")
+}
+
+fn health_loop(shared: &Shared) {
+    loop {
+        let targets: Vec<_> = {
+            // INVARIANT: no code panics while holding the lock.
+            let s = shared.services.lock().expect("services lock");
+            s.ports()
+                .filter_map(|(a, p)| p.backend.map(|b| (a, b, p.healthy)))
+                .collect()
+        };
+        for (addr, backend, was) in targets {
+            let ok =
+                TcpStream::connect_timeout(&SocketAddr::V4(backend), Duration::from_millis(200))
+                    .is_ok();
+            if ok != was {
+                if ok {
+                    tracing::info!(service = %addr, %backend, "backend answers; advertising the service");
+                } else {
+                    tracing::warn!(service = %addr, %backend, "backend does not answer; withdrawing the service");
+                }
+            }
+            // INVARIANT: no code panics while holding the lock.
+            shared
+                .services
+                .lock()
+                .expect("services lock")
+                .set_healthy(addr, backend, ok);
+        }
+        std::thread::sleep(HEALTH_EVERY);
+    }
+}

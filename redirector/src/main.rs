@@ -1,1 +1,79 @@
-fn main() {}
+//! `hydra-redirector`: the HydraNet redirector daemon.
+
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use ack_channel::{ClusterKey, Opener, ReplicaId, Sealer};
+use anyhow::Context;
+use clap::Parser;
+use redirector::config::RedirConfig;
+use redirector::dataplane::{self, RedirMetrics, Shared};
+use redirector::table::Table;
+
+/// HydraNet redirector: takes client packets for the service prefix from a TUN device and
+/// sends each connection through the authenticated tunnel to a live host server.
+#[derive(Parser)]
+#[command(name = "hydra-redirector", version, about, long_about = None)]
+struct Args {
+    /// TOML config file (see redirector/src/config.rs for every key).
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+fn main() {
+    control::init_logging();
+    if let Err(e) = run() {
+        eprintln!("hydra-redirector: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = RedirConfig::load(&args.config)?;
+    let key = ClusterKey::load(&cfg.key_file)?;
+    let (addr, prefix) = cfg.tun_prefix()?;
+    let tun = tun_rs::DeviceBuilder::new()
+        .name(cfg.tun_name.clone())
+        .ipv4(addr, prefix, None)
+        .mtu(cfg.mtu)
+        .build_sync()
+        .with_context(|| {
+            format!(
+                "cannot create TUN device {}: run as root (CAP_NET_ADMIN) with /dev/net/tun present",
+                cfg.tun_name
+            )
+        })?;
+    let udp = UdpSocket::bind(cfg.listen)
+        .with_context(|| format!("cannot bind the tunnel socket {}", cfg.listen))?;
+    {
+        use nix::sys::socket::{setsockopt, sockopt};
+        const WANT: usize = 8 << 20;
+        if setsockopt(&udp, sockopt::RcvBufForce, &WANT).is_err() {
+            let _ = setsockopt(&udp, sockopt::RcvBuf, &WANT);
+        }
+        if setsockopt(&udp, sockopt::SndBufForce, &WANT).is_err() {
+            let _ = setsockopt(&udp, sockopt::SndBuf, &WANT);
+        }
+    }
+    let wall = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let sealer = Sealer::new(key.clone(), ReplicaId(cfg.node_id), wall.as_nanos() as u64);
+    let shared = Arc::new(Shared {
+        table: Mutex::new(Table::new(Duration::from_millis(cfg.host_timeout_ms))),
+        metrics: RedirMetrics::default(),
+    });
+    let admin_shared = shared.clone();
+    control::serve(&cfg.admin_socket, move |m, u, _| {
+        redirector::admin::handle(&admin_shared, m, u)
+    })?;
+    dataplane::start(Arc::new(tun), udp, sealer, Opener::new(key), shared)
+        .context("starting the packet threads")?;
+    tracing::info!(listen = %cfg.listen, tun = %cfg.tun_name, prefix = %cfg.tun_addr, admin = %cfg.admin_socket.display(), "hydra-redirector running");
+    loop {
+        std::thread::park();
+    }
+}

@@ -1,0 +1,130 @@
+//! The host server's admin API: `v_host`, `setportopt`, `status`, `/metrics`.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use ack_channel::{Mode, ReplicaId};
+use control::api::{SetPortOpt, VHost};
+use control::Reply;
+use serde_json::json;
+
+use crate::dataplane::Shared;
+
+/// Answers one admin request.
+pub fn handle(shared: &Arc<Shared>, node: ReplicaId, method: &str, url: &str, body: &str) -> Reply {
+    match (method, url) {
+        ("GET", "/metrics") => Reply::metrics(shared.metrics.render()),
+        ("GET", "/status") => status(shared, node),
+        ("GET", "/v_host") => {
+            // INVARIANT: no code panics while holding the lock.
+            let s = shared.services.lock().expect("services lock");
+            let list: Vec<String> = s.vhosts().map(|ip| ip.to_string()).collect();
+            Reply::json(&json!({ "vhosts": list }))
+        }
+        ("POST", "/v_host/add") | ("POST", "/v_host/del") => {
+            let req: VHost = match serde_json::from_str(body) {
+                Ok(r) => r,
+                Err(e) => return Reply::error(400, format!("bad request body: {e}")),
+            };
+            let ip: Ipv4Addr = match req.ip.parse() {
+                Ok(ip) => ip,
+                Err(_) => {
+                    return Reply::error(
+                        400,
+                        format!("`{}` is not an IPv4 address: pass e.g. 198.19.0.10", req.ip),
+                    )
+                }
+            };
+            // INVARIANT: no code panics while holding the lock.
+            let mut s = shared.services.lock().expect("services lock");
+            if url.ends_with("add") {
+                s.add_vhost(ip);
+                tracing::info!(%ip, "virtual host added");
+            } else if let Err(e) = s.del_vhost(ip) {
+                return Reply::error(404, e.to_string());
+            } else {
+                tracing::info!(%ip, "virtual host recalled");
+            }
+            Reply::json(&json!({ "ok": true }))
+        }
+        ("POST", "/setportopt") => {
+            let req: SetPortOpt = match serde_json::from_str(body) {
+                Ok(r) => r,
+                Err(e) => return Reply::error(400, format!("bad request body: {e}")),
+            };
+            let addr: SocketAddrV4 = match req.service.parse() {
+                Ok(a) => a,
+                Err(_) => {
+                    return Reply::error(
+                        400,
+                        format!(
+                            "`{}` is not ip:port: pass e.g. 198.19.0.10:80",
+                            req.service
+                        ),
+                    )
+                }
+            };
+            let mode: Mode = match req.mode.parse() {
+                Ok(m) => m,
+                Err(e) => return Reply::error(400, e),
+            };
+            let backend = match req.backend.as_deref().map(str::parse::<SocketAddrV4>) {
+                None => None,
+                Some(Ok(b)) => Some(b),
+                Some(Err(_)) => {
+                    return Reply::error(
+                        400,
+                        "backend is not ip:port: pass e.g. --backend 127.0.0.1:8080",
+                    )
+                }
+            };
+            // INVARIANT: no code panics while holding the lock.
+            let mut s = shared.services.lock().expect("services lock");
+            match s.set_port_opt(addr, mode, backend) {
+                Ok(()) => {
+                    tracing::info!(service = %addr, mode = mode.as_str(), ?backend, "setportopt");
+                    Reply::json(&json!({ "ok": true }))
+                }
+                Err(e) => Reply::error(400, e.to_string()),
+            }
+        }
+        _ => Reply::error(
+            404,
+            format!("no such admin endpoint {method} {url}: this daemon serves GET /status, GET /metrics, GET /v_host, POST /v_host/add, POST /v_host/del, POST /setportopt"),
+        ),
+    }
+}
+
+fn status(shared: &Arc<Shared>, node: ReplicaId) -> Reply {
+    let services: Vec<_> = {
+        // INVARIANT: no code panics while holding the lock.
+        let s = shared.services.lock().expect("services lock");
+        s.ports()
+            .map(|(addr, p)| {
+                json!({
+                    "service": addr.to_string(),
+                    "mode": p.mode.as_str(),
+                    "backend": p.backend.map(|b| b.to_string()),
+                    "backend_healthy": p.healthy,
+                })
+            })
+            .collect()
+    };
+    let vhosts: Vec<String> = {
+        // INVARIANT: no code panics while holding the lock.
+        let s = shared.services.lock().expect("services lock");
+        s.vhosts().map(|v| v.to_string()).collect()
+    };
+    // INVARIANT: no code panics while holding the lock.
+    let conns = shared.conns.lock().expect("conns lock").clone();
+    let m = &shared.metrics;
+    Reply::json(&json!({
+        "kind": "host",
+        "node_id": node.0,
+        "vhosts": vhosts,
+        "services": services,
+        "connections_active": m.conns_active.get(),
+        "connections_total": m.conns_total.get(),
+        "connections": conns,
+    }))
+}

@@ -1,0 +1,128 @@
+//! The host server's TOML configuration.
+//!
+//! ```toml
+//! node_id = 1
+//! listen = "198.18.1.2:7000"        # UDP: tunnel and ack channel
+//! redirector = "198.18.1.1:7000"    # where heartbeats and client-bound packets go
+//! key_file = "/etc/hydranet/cluster.key"
+//! admin_socket = "/run/hydranet/host.sock"
+//! vhosts = ["198.19.0.10"]
+//!
+//! [[service]]
+//! addr = "198.19.0.10:80"
+//! mode = "redirect"
+//! backend = "127.0.0.1:8080"
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// This host's id in the cluster (1..).
+    pub node_id: u32,
+    /// UDP address for the tunnel.
+    pub listen: SocketAddr,
+    /// The redirector's UDP address.
+    pub redirector: SocketAddr,
+    /// The cluster key file (64 hex digits).
+    pub key_file: PathBuf,
+    /// The admin API's Unix socket.
+    #[serde(default = "default_admin_socket")]
+    pub admin_socket: PathBuf,
+    /// Heartbeat interval to the redirector, milliseconds.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Largest inner IP packet; 80 bytes of tunnel overhead must fit the link MTU.
+    #[serde(default = "default_mtu")]
+    pub mtu: usize,
+    /// Per-connection socket buffer bytes (each direction).
+    #[serde(default = "default_socket_buffer")]
+    pub socket_buffer: usize,
+    /// Virtual hosts to create at start.
+    #[serde(default)]
+    pub vhosts: Vec<Ipv4Addr>,
+    /// Port options to set at start.
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One `[[service]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Service `ip:port`.
+    pub addr: SocketAddrV4,
+    /// `redirect`, `ft` or `off`.
+    pub mode: String,
+    /// The local backend.
+    pub backend: Option<SocketAddrV4>,
+}
+
+fn default_admin_socket() -> PathBuf {
+    PathBuf::from("/run/hydranet/host.sock")
+}
+fn default_heartbeat_ms() -> u64 {
+    50
+}
+fn default_mtu() -> usize {
+    1420
+}
+fn default_socket_buffer() -> usize {
+    256 * 1024
+}
+
+impl HostConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let cfg: HostConfig = toml::from_str(&text)
+            .with_context(|| format!("config {} is not valid", path.display()))?;
+        if !(576..=9000).contains(&cfg.mtu) {
+            bail!("mtu {} out of range: use 576..=9000", cfg.mtu);
+        }
+        if !(4096..=(64 << 20)).contains(&cfg.socket_buffer) {
+            bail!(
+                "socket_buffer {} out of range: use 4096..=67108864",
+                cfg.socket_buffer
+            );
+        }
+        if cfg.heartbeat_ms == 0 || cfg.heartbeat_ms > 10_000 {
+            bail!(
+                "heartbeat_ms {} out of range: use 1..=10000",
+                cfg.heartbeat_ms
+            );
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_example_parses() {
+        let text = r#"
+node_id = 1
+listen = "198.18.1.2:7000"
+redirector = "198.18.1.1:7000"
+key_file = "/etc/hydranet/cluster.key"
+vhosts = ["198.19.0.10"]
+[[service]]
+addr = "198.19.0.10:80"
+mode = "redirect"
+backend = "127.0.0.1:8080"
+"#;
+        let cfg: HostConfig = toml::from_str(text).unwrap();
+        assert_eq!(cfg.services.len(), 1);
+        assert_eq!(cfg.heartbeat_ms, 50);
+        assert!(toml::from_str::<HostConfig>(&format!("{text}\nbogus = 1")).is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! The virtual hosts and port options of this host server (`v_host`, `setportopt`), shared
+//! between the admin API, the health checker and the dataplane.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use ack_channel::{Mode, ServiceAd};
+
+/// How one port is served here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortOpt {
+    /// The mode.
+    pub mode: Mode,
+    /// The local backend.
+    pub backend: Option<SocketAddrV4>,
+    /// Whether the last health check reached the backend.
+    pub healthy: bool,
+}
+
+/// Why an admin request is refused; the message tells the user what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// setportopt on an IP that is not a vhost here.
+    #[error("no virtual host {0} on this host: add it first with `hydractl v_host add {0}`")]
+    NoVhost(Ipv4Addr),
+    /// A backend outside the loopback range.
+    #[error("backend {0} is not on the loopback range: run the backend on 127.0.0.1 and pass --backend 127.0.0.1:PORT")]
+    BackendNotLoopback(SocketAddrV4),
+    /// A serving mode without a backend.
+    #[error("mode {0} needs a backend: pass --backend 127.0.0.1:PORT")]
+    NoBackend(&'static str),
+    /// Port 0.
+    #[error("port 0 is not a service port: pass ip:port with a port from 1 to 65535")]
+    PortZero,
+    /// ft mode is not in this build.
+    #[error("mode ft is not available in this build yet; use --mode redirect")]
+    FtUnavailable,
+    /// del of an unknown vhost.
+    #[error("no virtual host {0} on this host: `hydractl v_host list` shows the ones there are")]
+    UnknownVhost(Ipv4Addr),
+}
+
+/// The table.
+#[derive(Debug, Default, Clone)]
+pub struct Services {
+    vhosts: BTreeMap<Ipv4Addr, ()>,
+    ports: BTreeMap<SocketAddrV4, PortOpt>,
+}
+
+impl Services {
+    /// Creates a virtual host (idempotent).
+    pub fn add_vhost(&mut self, ip: Ipv4Addr) {
+        self.vhosts.insert(ip, ());
+    }
+
+    /// Recalls a virtual host and its port options; existing connections run to their end.
+    pub fn del_vhost(&mut self, ip: Ipv4Addr) -> Result<(), ServiceError> {
+        self.vhosts
+            .remove(&ip)
+            .ok_or(ServiceError::UnknownVhost(ip))?;
+        self.ports.retain(|addr, _| *addr.ip() != ip);
+        Ok(())
+    }
+
+    /// The virtual hosts.
+    pub fn vhosts(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.vhosts.keys().copied()
+    }
+
+    /// `setportopt`.
+    pub fn set_port_opt(
+        &mut self,
+        addr: SocketAddrV4,
+        mode: Mode,
+        backend: Option<SocketAddrV4>,
+    ) -> Result<(), ServiceError> {
+        if addr.port() == 0 {
+            return Err(ServiceError::PortZero);
+        }
+        if !self.vhosts.contains_key(addr.ip()) {
+            return Err(ServiceError::NoVhost(*addr.ip()));
+        }
+        match mode {
+            Mode::Ft => return Err(ServiceError::FtUnavailable),
+            Mode::Redirect if backend.is_none() => {
+                return Err(ServiceError::NoBackend(mode.as_str()))
+            }
+            _ => {}
+        }
+        if let Some(b) = backend {
+            if !b.ip().is_loopback() {
+                return Err(ServiceError::BackendNotLoopback(b));
+            }
+        }
+        let healthy = self
+            .ports
+            .get(&addr)
+            .is_some_and(|p| p.healthy && p.backend == backend);
+        self.ports.insert(
+            addr,
+            PortOpt {
+                mode,
+                backend,
+                healthy,
+            },
+        );
+        Ok(())
+    }
+
+    /// The option of a port, if it is served (vhost present, mode not off).
+    pub fn serving(&self, addr: SocketAddrV4) -> Option<&PortOpt> {
+        self.ports
+            .get(&addr)
+            .filter(|p| p.mode != Mode::Off && p.backend.is_some())
+    }
+
+    /// All port options.
+    pub fn ports(&self) -> impl Iterator<Item = (SocketAddrV4, &PortOpt)> + '_ {
+        self.ports.iter().map(|(a, p)| (*a, p))
+    }
+
+    /// Records a health-check result.
+    pub fn set_healthy(&mut self, addr: SocketAddrV4, backend: SocketAddrV4, healthy: bool) {
+        if let Some(p) = self.ports.get_mut(&addr) {
+            if p.backend == Some(backend) {
+                p.healthy = healthy;
+            }
+        }
+    }
+
+    /// What the heartbeat advertises: served ports whose backend answers.
+    pub fn ads(&self) -> Vec<ServiceAd> {
+        self.ports
+            .iter()
+            .filter(|(_, p)| p.mode != Mode::Off && p.healthy)
+            .map(|(a, p)| ServiceAd {
+                addr: *a,
+                mode: p.mode,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn setportopt_needs_vhost_loopback_backend_and_port() {
+        let mut s = Services::default();
+        let svc = a("198.19.0.10:80");
+        let be = Some(a("127.0.0.1:8080"));
+        assert_eq!(
+            s.set_port_opt(svc, Mode::Redirect, be),
+            Err(ServiceError::NoVhost(*svc.ip()))
+        );
+        s.add_vhost(*svc.ip());
+        assert_eq!(
+            s.set_port_opt(svc, Mode::Redirect, Some(a("10.0.0.1:80"))),
+            Err(ServiceError::BackendNotLoopback(a("10.0.0.1:80")))
+        );
+        assert!(s.set_port_opt(svc, Mode::Redirect, None).is_err());
+        assert!(s
+            .set_port_opt(a("198.19.0.10:0"), Mode::Redirect, be)
+            .is_err());
+        s.set_port_opt(svc, Mode::Redirect, be).unwrap();
+        assert!(s.serving(svc).is_some());
+        assert!(s.ads().is_empty(), "not advertised before a health check");
+        s.set_healthy(svc, a("127.0.0.1:8080"), true);
+        assert_eq!(s.ads().len(), 1);
+        s.set_port_opt(svc, Mode::Off, be).unwrap();
+        assert!(s.serving(svc).is_none());
+        assert!(s.ads().is_empty());
+        s.del_vhost(*svc.ip()).unwrap();
+        assert_eq!(s.ports().count(), 0);
+    }
+}

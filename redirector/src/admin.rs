@@ -1,0 +1,55 @@
+//! The redirector's admin API: `status` and `/metrics`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use control::Reply;
+use serde_json::json;
+
+use crate::dataplane::Shared;
+
+/// Answers one admin request.
+pub fn handle(shared: &Arc<Shared>, method: &str, url: &str) -> Reply {
+    let now = Instant::now();
+    // INVARIANT: no code panics while holding the table lock.
+    let table = shared.table.lock().expect("table lock");
+    match (method, url) {
+        ("GET", "/metrics") => Reply::metrics(shared.metrics.render(&table, now)),
+        ("GET", "/status") => {
+            let per_host = table.flows_per_host();
+            let hosts: Vec<_> = table
+                .hosts()
+                .map(|(id, h)| {
+                    json!({
+                        "id": id.0,
+                        "addr": h.addr.to_string(),
+                        "live": table.host_live(now, id),
+                        "last_heartbeat_ms_ago": now.saturating_duration_since(h.last_seen).as_millis() as u64,
+                        "services": h.services.iter().map(|s| s.addr.to_string()).collect::<Vec<_>>(),
+                        "modes": h.services.iter().map(|s| s.mode.as_str()).collect::<Vec<_>>(),
+                        "connections": per_host.get(&id).copied().unwrap_or(0),
+                    })
+                })
+                .collect();
+            let mut services = std::collections::BTreeMap::<String, Vec<u32>>::new();
+            for (id, h) in table.hosts() {
+                for s in &h.services {
+                    let entry = services.entry(s.addr.to_string()).or_default();
+                    if table.host_live(now, id) {
+                        entry.push(id.0);
+                    }
+                }
+            }
+            Reply::json(&json!({
+                "kind": "redirector",
+                "hosts": hosts,
+                "services": services.into_iter().map(|(s, live)| json!({"service": s, "mode": "redirect", "live_hosts": live})).collect::<Vec<_>>(),
+                "connections": table.flow_count(),
+            }))
+        }
+        _ => Reply::error(
+            404,
+            format!("no such admin endpoint {method} {url} on the redirector: it serves GET /status and GET /metrics (v_host and setportopt go to a host server's socket)"),
+        ),
+    }
+}

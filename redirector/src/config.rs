@@ -1,0 +1,92 @@
+//! The redirector's TOML configuration.
+//!
+//! ```toml
+//! node_id = 0
+//! listen = "0.0.0.0:7000"               # UDP: tunnel to and from host servers
+//! key_file = "/etc/hydranet/cluster.key"
+//! admin_socket = "/run/hydranet/redirector.sock"
+//! tun_name = "hydra0"
+//! tun_addr = "198.19.255.254/16"        # the kernel routes this prefix into the TUN
+//! host_timeout_ms = 300                 # a host silent this long gets no new connections
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirConfig {
+    /// The redirector's id (distinct from every host's).
+    #[serde(default)]
+    pub node_id: u32,
+    /// UDP address of the tunnel.
+    pub listen: SocketAddr,
+    /// The cluster key file.
+    pub key_file: PathBuf,
+    /// The admin API's Unix socket.
+    #[serde(default = "default_admin_socket")]
+    pub admin_socket: PathBuf,
+    /// TUN device name.
+    #[serde(default = "default_tun_name")]
+    pub tun_name: String,
+    /// TUN address and prefix: the service prefix routed into the TUN.
+    pub tun_addr: String,
+    /// TUN MTU; must leave room for 80 bytes of tunnel overhead on the host links.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Heartbeat silence after which a host gets no new connections, milliseconds.
+    #[serde(default = "default_timeout")]
+    pub host_timeout_ms: u64,
+}
+
+fn default_admin_socket() -> PathBuf {
+    PathBuf::from("/run/hydranet/redirector.sock")
+}
+fn default_tun_name() -> String {
+    "hydra0".into()
+}
+fn default_mtu() -> u16 {
+    1500
+}
+fn default_timeout() -> u64 {
+    300
+}
+
+impl RedirConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let cfg: RedirConfig = toml::from_str(&text)
+            .with_context(|| format!("config {} is not valid", path.display()))?;
+        cfg.tun_prefix()?;
+        if cfg.host_timeout_ms == 0 || cfg.host_timeout_ms > 60_000 {
+            bail!(
+                "host_timeout_ms {} out of range: use 1..=60000",
+                cfg.host_timeout_ms
+            );
+        }
+        Ok(cfg)
+    }
+
+    /// `tun_addr` split into address and prefix length.
+    pub fn tun_prefix(&self) -> anyhow::Result<(Ipv4Addr, u8)> {
+        let bad = || {
+            anyhow::anyhow!(
+                "tun_addr `{}` is not ADDRESS/PREFIX: write e.g. \"198.19.255.254/16\"",
+                self.tun_addr
+            )
+        };
+        let (a, p) = self.tun_addr.split_once('/').ok_or_else(bad)?;
+        let a: Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let p: u8 = p.parse().map_err(|_| bad())?;
+        if p > 32 {
+            return Err(bad());
+        }
+        Ok((a, p))
+    }
+}

@@ -1,0 +1,296 @@
+//! The redirector's threads: TUN to tunnel, tunnel to TUN, and housekeeping.
+//!
+//! The two packet threads run on both cores at once; they share the [`Table`] behind a mutex
+//! held only for the routing decision.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ack_channel::{DropReason, Epoch, Heartbeat, MsgType, Opener, Sealer, ServiceId};
+use control::metrics::{Counter, Exposition};
+use ft_tcp::TcpMeta;
+use tun_rs::SyncDevice;
+
+use crate::table::{HostEvent, Route, Table};
+
+/// Counters the admin API exposes at `/metrics`.
+#[derive(Debug, Default)]
+pub struct RedirMetrics {
+    /// Packets read from the TUN.
+    pub tun_in: Counter,
+    /// Packets written to the TUN.
+    pub tun_out: Counter,
+    /// Client packets that are not IPv4/TCP.
+    pub not_tcp: Counter,
+    /// Client packets for a service no host offers.
+    pub no_service: Counter,
+    /// Client packets for a service whose hosts are all dead.
+    pub no_live_host: Counter,
+    /// Datagrams received.
+    pub datagrams_in: Counter,
+    /// Datagrams dropped: malformed.
+    pub dropped_malformed: Counter,
+    /// Datagrams dropped: bad MAC.
+    pub dropped_bad_mac: Counter,
+    /// Datagrams dropped: replay.
+    pub dropped_replay: Counter,
+    /// Datagrams of a type the redirector does not take.
+    pub dropped_unexpected: Counter,
+    /// Heartbeats whose payload did not parse.
+    pub dropped_bad_heartbeat: Counter,
+    /// Server packets from a host that does not own the connection (fencing).
+    pub fenced: Counter,
+    /// Server packets that are not IPv4/TCP.
+    pub bad_server_packet: Counter,
+    /// Datagrams sent to hosts.
+    pub datagrams_out: Counter,
+    /// Sends or TUN writes the kernel refused.
+    pub send_errors: Counter,
+}
+
+impl RedirMetrics {
+    /// Prometheus text (plus table gauges).
+    pub fn render(&self, table: &Table, now: Instant) -> String {
+        let mut e = Exposition::default();
+        let c = "counter";
+        e.sample(
+            "hydra_tun_packets_total",
+            c,
+            "Packets through the TUN device, by direction",
+            "dir=\"in\"",
+            self.tun_in.get(),
+        );
+        e.sample(
+            "hydra_tun_packets_total",
+            c,
+            "Packets through the TUN device, by direction",
+            "dir=\"out\"",
+            self.tun_out.get(),
+        );
+        e.sample(
+            "hydra_datagrams_received_total",
+            c,
+            "UDP datagrams received",
+            "",
+            self.datagrams_in.get(),
+        );
+        e.sample(
+            "hydra_datagrams_sent_total",
+            c,
+            "UDP datagrams sent",
+            "",
+            self.datagrams_out.get(),
+        );
+        for (reason, v) in [
+            ("malformed", &self.dropped_malformed),
+            ("bad_mac", &self.dropped_bad_mac),
+            ("replay", &self.dropped_replay),
+            ("unexpected_type", &self.dropped_unexpected),
+            ("bad_heartbeat", &self.dropped_bad_heartbeat),
+        ] {
+            e.sample(
+                "hydra_datagrams_dropped_total",
+                c,
+                "UDP datagrams dropped before use, by reason",
+                &format!("reason=\"{reason}\""),
+                v.get(),
+            );
+        }
+        for (reason, v) in [
+            ("not_tcp", &self.not_tcp),
+            ("no_service", &self.no_service),
+            ("no_live_host", &self.no_live_host),
+            ("fenced", &self.fenced),
+            ("bad_server_packet", &self.bad_server_packet),
+        ] {
+            e.sample(
+                "hydra_packets_dropped_total",
+                c,
+                "Packets not forwarded, by reason",
+                &format!("reason=\"{reason}\""),
+                v.get(),
+            );
+        }
+        e.sample(
+            "hydra_send_errors_total",
+            c,
+            "Sends or TUN writes the kernel refused",
+            "",
+            self.send_errors.get(),
+        );
+        let live = table
+            .hosts()
+            .filter(|(id, _)| table.host_live(now, *id))
+            .count();
+        e.sample(
+            "hydra_hosts_live",
+            "gauge",
+            "Host servers whose heartbeats are current",
+            "",
+            live as u64,
+        );
+        e.sample(
+            "hydra_connections_pinned",
+            "gauge",
+            "Connections in the redirection table",
+            "",
+            table.flow_count() as u64,
+        );
+        e.finish()
+    }
+}
+
+/// What the threads share.
+#[derive(Debug)]
+pub struct Shared {
+    /// The redirection table.
+    pub table: Mutex<Table>,
+    /// Counters.
+    pub metrics: RedirMetrics,
+}
+
+/// Starts the packet threads and the housekeeping thread; returns at once.
+pub fn start(
+    tun: Arc<SyncDevice>,
+    udp: UdpSocket,
+    mut sealer: Sealer,
+    mut opener: Opener,
+    shared: Arc<Shared>,
+) -> std::io::Result<()> {
+    let udp_rx = udp.try_clone()?;
+    let (t1, s1) = (tun.clone(), shared.clone());
+    std::thread::Builder::new()
+        .name("tun-to-hosts".into())
+        .spawn(move || to_hosts(&t1, &udp, &mut sealer, &s1))?;
+    let (t2, s2) = (tun, shared.clone());
+    std::thread::Builder::new()
+        .name("hosts-to-tun".into())
+        .spawn(move || to_clients(&t2, &udp_rx, &mut opener, &s2))?;
+    std::thread::Builder::new()
+        .name("housekeeping".into())
+        .spawn(move || housekeeping(&shared))?;
+    Ok(())
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Table> {
+    // INVARIANT: no code panics while holding the table lock.
+    shared.table.lock().expect("table lock")
+}
+
+fn to_hosts(tun: &SyncDevice, udp: &UdpSocket, sealer: &mut Sealer, shared: &Shared) {
+    let m = &shared.metrics;
+    let mut buf = vec![0u8; 65536];
+    let mut out = Vec::with_capacity(2048);
+    loop {
+        let n = match tun.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "tun read failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        m.tun_in.inc();
+        let packet = &buf[..n];
+        let Ok(meta) = TcpMeta::parse(packet) else {
+            m.not_tcp.inc();
+            continue;
+        };
+        let route = lock(shared).route_inbound(Instant::now(), &meta);
+        match route {
+            Route::Host(_, addr) => {
+                sealer.seal_into(
+                    MsgType::ToHost,
+                    ServiceId::from_addr(meta.dst),
+                    Epoch(0),
+                    packet,
+                    &mut out,
+                );
+                match udp.send_to(&out, addr) {
+                    Ok(_) => m.datagrams_out.inc(),
+                    Err(e) => {
+                        m.send_errors.inc();
+                        tracing::trace!(error = %e, %addr, "tunnel send failed");
+                    }
+                }
+            }
+            Route::NoService => m.no_service.inc(),
+            Route::NoLiveHost => m.no_live_host.inc(),
+        }
+    }
+}
+
+fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &Shared) {
+    let m = &shared.metrics;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from): (usize, SocketAddr) = match udp.recv_from(&mut buf) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "udp receive failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        m.datagrams_in.inc();
+        let (header, payload) = match opener.open(&buf[..n]) {
+            Ok(v) => v,
+            Err(reason) => {
+                match reason {
+                    DropReason::Malformed(_) => m.dropped_malformed.inc(),
+                    DropReason::BadMac => m.dropped_bad_mac.inc(),
+                    DropReason::Replay => m.dropped_replay.inc(),
+                }
+                tracing::trace!(%reason, %from, "datagram dropped");
+                continue;
+            }
+        };
+        match header.msg_type {
+            MsgType::Heartbeat => match Heartbeat::parse(payload) {
+                Ok(hb) => {
+                    if let Some(HostEvent::Up(id, addr)) =
+                        lock(shared).on_heartbeat(Instant::now(), header.sender, from, hb.clone())
+                    {
+                        let services: Vec<String> =
+                            hb.services.iter().map(|s| s.addr.to_string()).collect();
+                        tracing::info!(host = %id, %addr, ?services, "host up");
+                    }
+                }
+                Err(_) => m.dropped_bad_heartbeat.inc(),
+            },
+            MsgType::ToClient => {
+                let Ok(meta) = TcpMeta::parse(payload) else {
+                    m.bad_server_packet.inc();
+                    continue;
+                };
+                if !lock(shared).accept_outbound(Instant::now(), header.sender, &meta) {
+                    m.fenced.inc();
+                    continue;
+                }
+                match tun.send(payload) {
+                    Ok(_) => m.tun_out.inc(),
+                    Err(e) => {
+                        m.send_errors.inc();
+                        tracing::trace!(error = %e, "tun write failed");
+                    }
+                }
+            }
+            MsgType::ToHost => m.dropped_unexpected.inc(),
+        }
+    }
+}
+
+fn housekeeping(shared: &Shared) {
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        for ev in lock(shared).expire(Instant::now()) {
+            match ev {
+                HostEvent::Down(id) => {
+                    tracing::warn!(host = %id, "host silent past its timeout; no new connections go to it")
+                }
+                HostEvent::Up(id, addr) => tracing::info!(host = %id, %addr, "host up"),
+            }
+        }
+    }
+}

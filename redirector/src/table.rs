@@ -1,0 +1,435 @@
+//! The redirection table: which host servers are live, which services they offer, and which
+//! host each connection is pinned to. Pure: every method takes `now`.
+//!
+//! A new connection goes to one live host by rendezvous (highest-random-weight) hashing of its
+//! 4-tuple, so that all redirectors choose alike and a change of membership moves only the
+//! connections of the host that came or went. A connection stays on its host for its
+//! lifetime; only a new SYN on a 4-tuple whose host is dead is placed again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use ack_channel::{Heartbeat, Mode, ReplicaId, ServiceAd};
+use ft_tcp::{FlowKey, TcpMeta};
+
+/// Idle time after which a closed (FIN both ways, or RST) connection is forgotten.
+pub const CLOSED_FLOW_TTL: Duration = Duration::from_secs(5);
+/// Idle time after which any connection is forgotten.
+pub const IDLE_FLOW_TTL: Duration = Duration::from_secs(900);
+
+/// What the redirector knows of one host server.
+#[derive(Debug, Clone)]
+pub struct HostEntry {
+    /// Where its tunnel datagrams come from and go to.
+    pub addr: SocketAddr,
+    /// Its last heartbeat.
+    pub last_seen: Instant,
+    /// What it offered then.
+    pub services: Vec<ServiceAd>,
+}
+
+#[derive(Debug, Clone)]
+struct Flow {
+    host: ReplicaId,
+    last_seen: Instant,
+    fin_in: bool,
+    fin_out: bool,
+    reset: bool,
+}
+
+/// Where a client packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To this host.
+    Host(ReplicaId, SocketAddr),
+    /// No host offers the service.
+    NoService,
+    /// Hosts offer it, none is live.
+    NoLiveHost,
+}
+
+/// A change of host liveness, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostEvent {
+    /// First heartbeat, or back after silence.
+    Up(ReplicaId, SocketAddr),
+    /// Silent longer than the timeout.
+    Down(ReplicaId),
+}
+
+/// The table.
+#[derive(Debug)]
+pub struct Table {
+    timeout: Duration,
+    hosts: BTreeMap<ReplicaId, HostEntry>,
+    down: BTreeMap<ReplicaId, bool>,
+    flows: HashMap<FlowKey, Flow>,
+}
+
+fn mix(a: u64, b: u64) -> u64 {
+    // SplitMix64 finaliser over the pair: a well-spread weight per (flow, host).
+    let mut z = a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Table {
+    /// A table that considers a host dead after `timeout` without heartbeat.
+    pub fn new(timeout: Duration) -> Self {
+        Table {
+            timeout,
+            hosts: BTreeMap::new(),
+            down: BTreeMap::new(),
+            flows: HashMap::new(),
+        }
+    }
+
+    fn is_live(&self, h: &HostEntry, now: Instant) -> bool {
+        now.saturating_duration_since(h.last_seen) <= self.timeout
+    }
+
+    /// Records a heartbeat from `id` at `addr`.
+    pub fn on_heartbeat(
+        &mut self,
+        now: Instant,
+        id: ReplicaId,
+        addr: SocketAddr,
+        hb: Heartbeat,
+    ) -> Option<HostEvent> {
+        let was_up = self.down.get(&id) == Some(&false);
+        self.hosts.insert(
+            id,
+            HostEntry {
+                addr,
+                last_seen: now,
+                services: hb.services,
+            },
+        );
+        self.down.insert(id, false);
+        (!was_up).then_some(HostEvent::Up(id, addr))
+    }
+
+    /// Notes hosts that fell silent and forgets finished connections.
+    pub fn expire(&mut self, now: Instant) -> Vec<HostEvent> {
+        let mut events = Vec::new();
+        for (id, h) in &self.hosts {
+            let live = self.is_live(h, now);
+            let down = self.down.entry(*id).or_insert(false);
+            if !live && !*down {
+                *down = true;
+                events.push(HostEvent::Down(*id));
+            }
+        }
+        self.flows.retain(|_, f| {
+            let idle = now.saturating_duration_since(f.last_seen);
+            let closed = f.reset || (f.fin_in && f.fin_out);
+            idle < if closed {
+                CLOSED_FLOW_TTL
+            } else {
+                IDLE_FLOW_TTL
+            }
+        });
+        events
+    }
+
+    fn offers(h: &HostEntry, service: SocketAddrV4) -> bool {
+        h.services
+            .iter()
+            .any(|s| s.addr == service && s.mode == Mode::Redirect)
+    }
+
+    fn pick(&self, now: Instant, key: &FlowKey) -> Route {
+        let fh = key.flow_hash();
+        let mut offered = false;
+        let mut best: Option<(u64, ReplicaId, SocketAddr)> = None;
+        for (id, h) in &self.hosts {
+            if !Self::offers(h, key.service) {
+                continue;
+            }
+            offered = true;
+            if !self.is_live(h, now) {
+                continue;
+            }
+            let w = mix(fh, u64::from(id.0));
+            if best.is_none_or(|(bw, _, _)| w > bw) {
+                best = Some((w, *id, h.addr));
+            }
+        }
+        match best {
+            Some((_, id, addr)) => Route::Host(id, addr),
+            None if offered => Route::NoLiveHost,
+            None => Route::NoService,
+        }
+    }
+
+    /// Decides where a packet from a client goes, pinning new connections.
+    pub fn route_inbound(&mut self, now: Instant, meta: &TcpMeta) -> Route {
+        let key = meta.inbound_flow();
+        if let Some(f) = self.flows.get(&key) {
+            let pinned = self.hosts.get(&f.host);
+            let reuse = meta.is_syn() && (f.reset || (f.fin_in && f.fin_out));
+            let dead = pinned.is_none_or(|h| !self.is_live(h, now));
+            if let Some(h) = pinned {
+                if !reuse && !(meta.is_syn() && dead) {
+                    let addr = h.addr;
+                    let host = f.host;
+                    // INVARIANT: the entry was found just above.
+                    let f = self.flows.get_mut(&key).expect("flow present");
+                    f.last_seen = now;
+                    f.fin_in |= meta.flags.fin;
+                    f.reset |= meta.flags.rst;
+                    return Route::Host(host, addr);
+                }
+            }
+        }
+        let route = self.pick(now, &key);
+        if let Route::Host(id, _) = route {
+            self.flows.insert(
+                key,
+                Flow {
+                    host: id,
+                    last_seen: now,
+                    fin_in: meta.flags.fin,
+                    fin_out: false,
+                    reset: meta.flags.rst,
+                },
+            );
+        }
+        route
+    }
+
+    /// Whether a packet for a client from host `sender` may pass: only the host a connection
+    /// is pinned to speaks for it.
+    pub fn accept_outbound(&mut self, now: Instant, sender: ReplicaId, meta: &TcpMeta) -> bool {
+        let key = meta.outbound_flow();
+        match self.flows.get_mut(&key) {
+            Some(f) if f.host == sender => {
+                f.last_seen = now;
+                f.fin_out |= meta.flags.fin;
+                f.reset |= meta.flags.rst;
+                true
+            }
+            Some(_) => false,
+            // Not pinned (e.g. the redirector restarted): a host that offers the service may
+            // carry on, and is pinned from now on.
+            None => {
+                let ok = self
+                    .hosts
+                    .get(&sender)
+                    .is_some_and(|h| Self::offers(h, key.service));
+                if ok {
+                    self.flows.insert(
+                        key,
+                        Flow {
+                            host: sender,
+                            last_seen: now,
+                            fin_in: false,
+                            fin_out: meta.flags.fin,
+                            reset: meta.flags.rst,
+                        },
+                    );
+                }
+                ok
+            }
+        }
+    }
+
+    /// Whether a host is known and live.
+    pub fn host_live(&self, now: Instant, id: ReplicaId) -> bool {
+        self.hosts.get(&id).is_some_and(|h| self.is_live(h, now))
+    }
+
+    /// All hosts.
+    pub fn hosts(&self) -> impl Iterator<Item = (ReplicaId, &HostEntry)> + '_ {
+        self.hosts.iter().map(|(id, h)| (*id, h))
+    }
+
+    /// Connections pinned per host.
+    pub fn flows_per_host(&self) -> BTreeMap<ReplicaId, usize> {
+        let mut m = BTreeMap::new();
+        for f in self.flows.values() {
+            *m.entry(f.host).or_default() += 1;
+        }
+        m
+    }
+
+    /// Number of pinned connections.
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    fn svc() -> SocketAddrV4 {
+        "198.19.0.10:80".parse().unwrap()
+    }
+
+    fn hb() -> Heartbeat {
+        Heartbeat {
+            services: vec![ServiceAd {
+                addr: svc(),
+                mode: Mode::Redirect,
+            }],
+        }
+    }
+
+    fn pkt(port: u16, syn: bool, fin: bool) -> TcpMeta {
+        let mut b =
+            PacketBuilder::ipv4([198, 18, 0, 2], [198, 19, 0, 10], 64).tcp(port, 80, 1, 100);
+        if syn {
+            b = b.syn();
+        } else {
+            b = b.ack(1);
+        }
+        if fin {
+            b = b.fin();
+        }
+        let mut v = Vec::new();
+        b.write(&mut v, b"").unwrap();
+        TcpMeta::parse(&v).unwrap()
+    }
+
+    fn table_with_hosts(t0: Instant, n: u32) -> Table {
+        let mut t = Table::new(Duration::from_millis(300));
+        for i in 1..=n {
+            let addr: SocketAddr = format!("198.18.{i}.2:7000").parse().unwrap();
+            assert_eq!(
+                t.on_heartbeat(t0, ReplicaId(i), addr, hb()),
+                Some(HostEvent::Up(ReplicaId(i), addr))
+            );
+        }
+        t
+    }
+
+    #[test]
+    fn connections_spread_and_stay_pinned() {
+        let t0 = Instant::now();
+        let mut t = table_with_hosts(t0, 3);
+        let mut per_host = BTreeMap::new();
+        for port in 1000..1300 {
+            let Route::Host(id, _) = t.route_inbound(t0, &pkt(port, true, false)) else {
+                panic!("no route");
+            };
+            *per_host.entry(id).or_insert(0) += 1;
+            assert_eq!(
+                t.route_inbound(t0, &pkt(port, false, false)),
+                t.route_inbound(t0, &pkt(port, false, false))
+            );
+        }
+        assert_eq!(per_host.len(), 3);
+        assert!(
+            per_host.values().all(|&n| n > 50),
+            "uneven spread {per_host:?}"
+        );
+    }
+
+    #[test]
+    fn new_connections_avoid_a_silent_host_but_old_ones_stay() {
+        let t0 = Instant::now();
+        let mut t = table_with_hosts(t0, 3);
+        let mut pinned_to_1 = None;
+        for port in 1000..1100 {
+            if let Route::Host(ReplicaId(1), _) = t.route_inbound(t0, &pkt(port, true, false)) {
+                pinned_to_1 = Some(port);
+            }
+        }
+        let port = pinned_to_1.expect("some flow lands on host 1");
+        let t1 = t0 + Duration::from_millis(400);
+        for i in 2..=3 {
+            t.on_heartbeat(
+                t1,
+                ReplicaId(i),
+                format!("198.18.{i}.2:7000").parse().unwrap(),
+                hb(),
+            );
+        }
+        assert_eq!(t.expire(t1), vec![HostEvent::Down(ReplicaId(1))]);
+        for p in 2000..2200 {
+            assert!(!matches!(
+                t.route_inbound(t1, &pkt(p, true, false)),
+                Route::Host(ReplicaId(1), _)
+            ));
+        }
+        // An established connection stays with its host; a retransmitted SYN is re-placed.
+        assert!(matches!(
+            t.route_inbound(t1, &pkt(port, false, false)),
+            Route::Host(ReplicaId(1), _)
+        ));
+        assert!(!matches!(
+            t.route_inbound(t1, &pkt(port, true, false)),
+            Route::Host(ReplicaId(1), _)
+        ));
+    }
+
+    #[test]
+    fn only_the_pinned_host_speaks_for_a_connection() {
+        let t0 = Instant::now();
+        let mut t = table_with_hosts(t0, 2);
+        let Route::Host(id, _) = t.route_inbound(t0, &pkt(5000, true, false)) else {
+            panic!()
+        };
+        let reply = {
+            let mut b = Vec::new();
+            PacketBuilder::ipv4([198, 19, 0, 10], [198, 18, 0, 2], 64)
+                .tcp(80, 5000, 1, 100)
+                .syn()
+                .ack(2)
+                .write(&mut b, b"")
+                .unwrap();
+            TcpMeta::parse(&b).unwrap()
+        };
+        let other = ReplicaId(3 - id.0);
+        assert!(t.accept_outbound(t0, id, &reply));
+        assert!(!t.accept_outbound(t0, other, &reply));
+        assert!(!t.accept_outbound(t0, ReplicaId(99), &reply));
+    }
+
+    #[test]
+    fn no_service_and_no_live_host_are_told_apart() {
+        let t0 = Instant::now();
+        let mut t = Table::new(Duration::from_millis(300));
+        assert_eq!(t.route_inbound(t0, &pkt(1, true, false)), Route::NoService);
+        t.on_heartbeat(t0, ReplicaId(1), "198.18.1.2:7000".parse().unwrap(), hb());
+        let late = t0 + Duration::from_secs(1);
+        assert_eq!(
+            t.route_inbound(late, &pkt(1, true, false)),
+            Route::NoLiveHost
+        );
+    }
+
+    #[test]
+    fn closed_flows_are_forgotten_and_open_ones_kept() {
+        let t0 = Instant::now();
+        let mut t = table_with_hosts(t0, 1);
+        t.route_inbound(t0, &pkt(7, true, false));
+        t.route_inbound(t0, &pkt(7, false, true));
+        t.route_inbound(t0, &pkt(8, true, false));
+        t.route_inbound(t0, &pkt(8, false, true));
+        let fin_back = {
+            let mut b = Vec::new();
+            PacketBuilder::ipv4([198, 19, 0, 10], [198, 18, 0, 2], 64)
+                .tcp(80, 7, 1, 100)
+                .ack(2)
+                .fin()
+                .write(&mut b, b"")
+                .unwrap();
+            TcpMeta::parse(&b).unwrap()
+        };
+        assert!(t.accept_outbound(t0, ReplicaId(1), &fin_back));
+        assert_eq!(t.flow_count(), 2);
+        let t1 = t0 + CLOSED_FLOW_TTL + Duration::from_millis(1);
+        t.on_heartbeat(t1, ReplicaId(1), "198.18.1.2:7000".parse().unwrap(), hb());
+        t.expire(t1);
+        assert_eq!(
+            t.flow_count(),
+            1,
+            "flow 7 closed both ways is gone, half-closed 8 stays"
+        );
+    }
+}
