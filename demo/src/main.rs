@@ -1,1 +1,51 @@
-fn main() {}
+//! `hydra-fileserver`: a deterministic HTTP/1.1 file server for HydraNet labs and demos.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Serve the files under a directory over HTTP/1.1, byte-identically for identical requests
+/// (no Date header), optionally paced.
+#[derive(Parser)]
+#[command(name = "hydra-fileserver", version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Directory to serve.
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    /// Pace each response to at most this many bytes per second.
+    #[arg(long)]
+    rate: Option<u64>,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("hydra-fileserver: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let listener = TcpListener::bind(&args.listen)
+        .with_context(|| format!("cannot listen on {}: is the port in use?", args.listen))?;
+    eprintln!(
+        "hydra-fileserver: serving {} on {}",
+        args.root.display(),
+        args.listen
+    );
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let root = args.root.clone();
+        let rate = args.rate;
+        std::thread::spawn(move || {
+            let _ = stream.set_nodelay(true);
+            let _ = demo::serve_connection(stream, &root, rate);
+        });
+    }
+    Ok(())
+}
