@@ -59,28 +59,28 @@ impl Reply {
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// Nothing listens on the socket.
-    #[error("no daemon answers on {path} ({source}): start it (hydra-host or hydra-redirector --config FILE) or pass --socket with its admin_socket")]
+    #[error("no daemon answers on {path} ({err}): start it (hydra-host or hydra-redirector --config FILE) or pass --socket with its admin_socket")]
     NotRunning {
         /// The socket path.
         path: String,
         /// What connect said.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// The socket cannot be bound.
-    #[error("cannot serve the admin API on {path}: {source}; check that its directory exists and is writable")]
+    #[error("cannot serve the admin API on {path}: {err}; check that its directory exists and is writable")]
     Bind {
         /// The socket path.
         path: String,
         /// What went wrong.
-        source: Box<dyn std::error::Error + Send + Sync>,
+        err: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The exchange failed midway.
-    #[error("admin API on {path}: {source}")]
+    #[error("admin API on {path}: {err}")]
     Io {
         /// The socket path.
         path: String,
         /// What went wrong.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// The daemon answered with an error.
     #[error("{0}")]
@@ -97,19 +97,19 @@ where
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| AdminError::Bind {
             path: shown.clone(),
-            source: Box::new(e),
+            err: Box::new(e),
         })?;
     }
     // A leftover socket from a crashed daemon would make bind fail.
     let _ = std::fs::remove_file(path);
-    let server = tiny_http::Server::http_unix(path).map_err(|source| AdminError::Bind {
+    let server = tiny_http::Server::http_unix(path).map_err(|err| AdminError::Bind {
         path: shown.clone(),
-        source,
+        err,
     })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
         AdminError::Bind {
             path: shown.clone(),
-            source: Box::new(e),
+            err: Box::new(e),
         }
     })?;
     let handle = std::thread::Builder::new()
@@ -139,7 +139,7 @@ where
         })
         .map_err(|e| AdminError::Bind {
             path: shown,
-            source: Box::new(e),
+            err: Box::new(e),
         })?;
     Ok(handle)
 }
@@ -158,13 +158,13 @@ pub fn request(
     body: Option<&str>,
 ) -> Result<String, AdminError> {
     let shown = socket.display().to_string();
-    let io = |source| AdminError::Io {
+    let io = |err| AdminError::Io {
         path: shown.clone(),
-        source,
+        err,
     };
-    let mut s = UnixStream::connect(socket).map_err(|source| AdminError::NotRunning {
+    let mut s = UnixStream::connect(socket).map_err(|err| AdminError::NotRunning {
         path: shown.clone(),
-        source,
+        err,
     })?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;

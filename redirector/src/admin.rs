@@ -1,7 +1,6 @@
 //! The redirector's admin API: `status` and `/metrics`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use control::Reply;
 use serde_json::json;
@@ -10,7 +9,7 @@ use crate::dataplane::Shared;
 
 /// Answers one admin request.
 pub fn handle(shared: &Arc<Shared>, method: &str, url: &str) -> Reply {
-    let now = Instant::now();
+    let now = crate::dataplane::clock();
     // INVARIANT: no code panics while holding the table lock.
     let table = shared.table.lock().expect("table lock");
     match (method, url) {

@@ -173,6 +173,12 @@ pub fn start(
     Ok(())
 }
 
+/// The I/O shell's clock; the table (the routing decision) only ever gets `now` passed in.
+#[allow(clippy::disallowed_methods)]
+pub fn clock() -> Instant {
+    Instant::now()
+}
+
 fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Table> {
     // INVARIANT: no code panics while holding the table lock.
     shared.table.lock().expect("table lock")
@@ -197,7 +203,7 @@ fn to_hosts(tun: &SyncDevice, udp: &UdpSocket, sealer: &mut Sealer, shared: &Sha
             m.not_tcp.inc();
             continue;
         };
-        let route = lock(shared).route_inbound(Instant::now(), &meta);
+        let route = lock(shared).route_inbound(clock(), &meta);
         match route {
             Route::Host(_, addr) => {
                 sealer.seal_into(
@@ -250,7 +256,7 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
             MsgType::Heartbeat => match Heartbeat::parse(payload) {
                 Ok(hb) => {
                     if let Some(HostEvent::Up(id, addr)) =
-                        lock(shared).on_heartbeat(Instant::now(), header.sender, from, hb.clone())
+                        lock(shared).on_heartbeat(clock(), header.sender, from, hb.clone())
                     {
                         let services: Vec<String> =
                             hb.services.iter().map(|s| s.addr.to_string()).collect();
@@ -264,7 +270,7 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
                     m.bad_server_packet.inc();
                     continue;
                 };
-                if !lock(shared).accept_outbound(Instant::now(), header.sender, &meta) {
+                if !lock(shared).accept_outbound(clock(), header.sender, &meta) {
                     m.fenced.inc();
                     continue;
                 }
@@ -284,7 +290,7 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
 fn housekeeping(shared: &Shared) {
     loop {
         std::thread::sleep(Duration::from_millis(20));
-        for ev in lock(shared).expire(Instant::now()) {
+        for ev in lock(shared).expire(clock()) {
             match ev {
                 HostEvent::Down(id) => {
                     tracing::warn!(host = %id, "host silent past its timeout; no new connections go to it")

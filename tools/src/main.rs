@@ -1,30 +1,306 @@
 //! hydractl: HydraNet's control tool.
+//!
+//! Talks to a daemon's admin API (a Unix socket) for `v_host`, `setportopt` and `status`,
+//! makes cluster keys, and builds whole deployments in network namespaces (`lab`).
 
 mod lab;
 
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use serde_json::Value;
 
 /// Control HydraNet daemons and labs.
+///
+/// v_host and setportopt go to a host server (hydra-host); status works on a host server or
+/// the redirector. Point at a daemon with --socket (its config's admin_socket).
 #[derive(Parser)]
-#[command(name = "hydractl", version, about, long_about = None)]
+#[command(name = "hydractl", version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// Which daemon to talk to.
+#[derive(clap::Args)]
+struct Target {
+    /// The daemon's admin socket (admin_socket in its config).
+    #[arg(long, env = "HYDRA_SOCKET", default_value = "/run/hydranet/host.sock")]
+    socket: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Create a new random cluster key file (copy it to every node of the cluster).
+    Keygen {
+        /// Where to write the key (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create, recall or list virtual hosts (service IP addresses) on a host server.
+    #[command(name = "v_host", alias = "vhost")]
+    VHost {
+        #[command(subcommand)]
+        action: VHostAction,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Set how a service port is served on a host server (HydraNet's setportopt).
+    Setportopt {
+        /// The service, ip:port (the ip must be a v_host here).
+        service: String,
+        /// redirect: each connection to one live host; off: not served; ft arrives with
+        /// the FT layer.
+        #[arg(long)]
+        mode: String,
+        /// The local backend, 127.0.0.1:PORT (required unless --mode off).
+        #[arg(long)]
+        backend: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show a daemon's services, hosts and connections.
+    Status {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Build and drive a whole HydraNet deployment in network namespaces on this machine.
     Lab(lab::LabArgs),
+}
+
+#[derive(Subcommand)]
+enum VHostAction {
+    /// Create a virtual host.
+    Add {
+        /// Service IPv4 address, e.g. 198.19.0.10.
+        ip: String,
+    },
+    /// Recall a virtual host and its port options (open connections run to their end).
+    Del {
+        /// Service IPv4 address.
+        ip: String,
+    },
+    /// List virtual hosts.
+    List,
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Keygen { out, force } => keygen(&out, force),
+        Command::VHost { action, target } => vhost(&target.socket, action),
+        Command::Setportopt {
+            service,
+            mode,
+            backend,
+            target,
+        } => setportopt(&target.socket, &service, &mode, backend.as_deref()),
+        Command::Status { json, target } => status(&target.socket, json),
         Command::Lab(args) => lab::run(args),
     };
     if let Err(e) = result {
         eprintln!("hydractl: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn keygen(out: &Path, force: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = ack_channel::ClusterKey::generate()?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .create_new(!force)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| {
+            format!(
+                "cannot create {}: pass --force to replace an existing key, or another --out",
+                out.display()
+            )
+        })?;
+    writeln!(f, "{}", key.to_hex()).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "wrote a new cluster key to {} (mode 0600); copy it to every node and set key_file",
+        out.display()
+    );
+    Ok(())
+}
+
+fn parse_ip(s: &str) -> anyhow::Result<Ipv4Addr> {
+    s.parse()
+        .map_err(|_| anyhow::anyhow!("`{s}` is not an IPv4 address: pass e.g. 198.19.0.10"))
+}
+
+fn call(socket: &Path, method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let body = body.map(|b| b.to_string());
+    let text = control::request(socket, method, url, body.as_deref())?;
+    serde_json::from_str(&text).with_context(|| format!("daemon sent invalid JSON for {url}"))
+}
+
+fn vhost(socket: &Path, action: VHostAction) -> anyhow::Result<()> {
+    match action {
+        VHostAction::Add { ip } => {
+            let ip = parse_ip(&ip)?;
+            call(
+                socket,
+                "POST",
+                "/v_host/add",
+                Some(serde_json::json!({ "ip": ip.to_string() })),
+            )?;
+            println!("v_host {ip} added");
+        }
+        VHostAction::Del { ip } => {
+            let ip = parse_ip(&ip)?;
+            call(
+                socket,
+                "POST",
+                "/v_host/del",
+                Some(serde_json::json!({ "ip": ip.to_string() })),
+            )?;
+            println!("v_host {ip} recalled");
+        }
+        VHostAction::List => {
+            let v = call(socket, "GET", "/v_host", None)?;
+            for ip in v["vhosts"].as_array().into_iter().flatten() {
+                println!("{}", ip.as_str().unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn setportopt(
+    socket: &Path,
+    service: &str,
+    mode: &str,
+    backend: Option<&str>,
+) -> anyhow::Result<()> {
+    let svc: SocketAddrV4 = service
+        .parse()
+        .map_err(|_| anyhow::anyhow!("`{service}` is not ip:port: pass e.g. 198.19.0.10:80"))?;
+    let mode: ack_channel::Mode = mode.parse().map_err(anyhow::Error::msg)?;
+    let backend = match backend {
+        Some(b) => Some(b.parse::<SocketAddrV4>().map_err(|_| {
+            anyhow::anyhow!("backend `{b}` is not ip:port: pass e.g. --backend 127.0.0.1:8080")
+        })?),
+        None if mode != ack_channel::Mode::Off => {
+            bail!(
+                "mode {} needs a backend: pass --backend 127.0.0.1:PORT",
+                mode.as_str()
+            )
+        }
+        None => None,
+    };
+    call(
+        socket,
+        "POST",
+        "/setportopt",
+        Some(serde_json::json!({
+            "service": svc.to_string(),
+            "mode": mode.as_str(),
+            "backend": backend.map(|b| b.to_string()),
+        })),
+    )?;
+    println!("{svc}: mode {}", mode.as_str());
+    Ok(())
+}
+
+fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let v = call(socket, "GET", "/status", None)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let s = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    match v["kind"].as_str() {
+        Some("host") => {
+            println!("host server node{}", v["node_id"]);
+            let vh: Vec<String> = v["vhosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            println!(
+                "v_hosts: {}",
+                if vh.is_empty() {
+                    "(none)".into()
+                } else {
+                    vh.join(", ")
+                }
+            );
+            println!("{:<22} {:<9} {:<22} backend", "service", "mode", "backend");
+            for p in v["services"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<22} {:<9} {:<22} {}",
+                    s(&p["service"]),
+                    s(&p["mode"]),
+                    s(&p["backend"]),
+                    if p["backend_healthy"].as_bool() == Some(true) {
+                        "up"
+                    } else {
+                        "DOWN"
+                    }
+                );
+            }
+            println!(
+                "connections: {} open, {} since start",
+                v["connections_active"], v["connections_total"]
+            );
+            for c in v["connections"].as_array().into_iter().flatten().take(20) {
+                println!(
+                    "  {} -> {} {} to_backend={} to_client={}",
+                    s(&c["client"]),
+                    s(&c["service"]),
+                    s(&c["state"]),
+                    c["to_backend"],
+                    c["to_client"]
+                );
+            }
+        }
+        Some("redirector") => {
+            println!("redirector: {} connections pinned", v["connections"]);
+            println!(
+                "{:<6} {:<22} {:<5} {:>6} services",
+                "host", "address", "live", "conns"
+            );
+            for h in v["hosts"].as_array().into_iter().flatten() {
+                let svcs: Vec<String> = h["services"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(s)
+                    .collect();
+                println!(
+                    "{:<6} {:<22} {:<5} {:>6} {}",
+                    format!("node{}", h["id"]),
+                    s(&h["addr"]),
+                    if h["live"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "NO"
+                    },
+                    h["connections"],
+                    svcs.join(", ")
+                );
+            }
+        }
+        _ => println!("{}", serde_json::to_string_pretty(&v)?),
+    }
+    Ok(())
 }

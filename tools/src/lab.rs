@@ -1,0 +1,519 @@
+//! `hydractl lab`: a whole HydraNet deployment on one machine, in network namespaces.
+//!
+//! A lab named `NAME` is a client namespace, a redirector namespace and N host namespaces,
+//! joined by veth pairs that all end in the redirector's namespace (DESIGN.md, "The lab"):
+//!
+//! ```text
+//!   hn-NAME-client            hn-NAME-redir                 hn-NAME-h{i}
+//!   eth0 198.18.0.2/24 ---- c0    198.18.0.1/24
+//!                             h{i} 198.18.i.1/24 ---- eth0 198.18.i.2/24
+//!                             hydra0 198.19.255.254/16 (the redirector's TUN)
+//! ```
+//!
+//! Nothing links a lab to the root namespace: no veth, no route. The lab's state (key,
+//! configs, logs, admin sockets) lives in `/run/hydranet/lab-NAME/`.
+//!
+//! Layers: `lab/net.rs` builds and removes namespaces, `lab/daemons.rs` starts the daemons
+//! and waits for the service, `lab/faults.rs` partitions and impairs links.
+
+mod daemons;
+mod faults;
+mod net;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// Where every lab keeps its state: `/run/hydranet/lab-NAME/`.
+const STATE_ROOT: &str = "/run/hydranet";
+
+/// The service address's IP: the one virtual host every lab serves.
+const SERVICE_IP: &str = "198.19.0.10";
+
+/// Most hosts a lab may have: host i gets 198.18.i.0/24, and we keep well inside the octet.
+const MAX_REPLICAS: u16 = 200;
+
+/// Build, drive and remove HydraNet labs (needs root).
+///
+/// A lab is a whole deployment on this machine, in network namespaces hn-NAME-client,
+/// hn-NAME-redir and hn-NAME-h1..hN, joined by veth pairs (198.18.0.0/15) and serving
+/// 198.19.0.10:PORT. Nothing is linked to the root namespace.
+#[derive(Args)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Create a lab: namespaces, links, key, daemons and backends; wait until the service answers.
+    ///
+    /// Prints one JSON object on stdout naming the service address and every namespace.
+    /// If anything fails, everything created so far is removed again.
+    Up(UpArgs),
+    /// Run a command inside one of the lab's namespaces; exits with the command's status.
+    Exec(ExecArgs),
+    /// Crash a node: SIGKILL every process in its namespace.
+    Kill(NodeArgs),
+    /// Cut a node's link to the redirector, both ways (undo with `lab heal`).
+    Partition(NodeArgs),
+    /// Restore a node's link to the redirector after `lab partition`.
+    Heal(NodeArgs),
+    /// Lose and/or duplicate packets on a node's link to the redirector.
+    ///
+    /// Each call replaces the node's previous impairment; `--loss 0` without `--dup` removes it.
+    Impair(ImpairArgs),
+    /// Remove a lab: kill its processes, delete its namespaces and its state directory.
+    ///
+    /// Works on half-built labs too; a lab that does not exist is not an error.
+    Down(NameArg),
+}
+
+/// The lab's name.
+#[derive(Args)]
+struct NameArg {
+    /// The lab's name: 1 to 12 characters from a-z and 0-9.
+    #[arg(long)]
+    name: String,
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// The lab's name: 1 to 12 characters from a-z and 0-9.
+    #[arg(long)]
+    name: String,
+    /// How many host namespaces (replicas) to create, each running a backend and hydra-host.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=MAX_REPLICAS as i64))]
+    replicas: u16,
+    /// How the hosts serve the service: `redirect` (one host per connection) or `ft`
+    /// (fault-tolerant: every host replicates every connection).
+    #[arg(long, value_enum, default_value_t = Mode::Redirect)]
+    mode: Mode,
+    /// The service's port on 198.19.0.10.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// The port the backend listens on, on 127.0.0.1 inside each host namespace.
+    #[arg(long, default_value_t = 8080, value_parser = clap::value_parser!(u16).range(1..))]
+    backend_port: u16,
+    /// The backend, run with `sh -c` in every host namespace (cwd /run/hydranet/lab-NAME/hI/);
+    /// it must listen on 127.0.0.1:BACKEND_PORT.
+    #[arg(long, value_name = "CMD")]
+    backend_cmd: String,
+    /// For debugging the topology: start only the backends, no HydraNet daemons, and do not
+    /// wait for the service.
+    #[arg(long, hide = true)]
+    no_daemons: bool,
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// The lab's name.
+    #[arg(long)]
+    name: String,
+    /// The node to run in: client, redir, or h1..hN.
+    node: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    cmd: Vec<String>,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// The lab's name.
+    #[arg(long)]
+    name: String,
+    /// The node: client, redir, or h1..hN.
+    node: String,
+}
+
+#[derive(Args)]
+struct ImpairArgs {
+    /// The lab's name.
+    #[arg(long)]
+    name: String,
+    /// The node whose link to the redirector to impair: client or h1..hN.
+    node: String,
+    /// Percentage (0 to 100, fractions allowed) of packets to drop on the link, each way.
+    #[arg(long, value_name = "PCT")]
+    loss: f64,
+    /// Percentage (0 to 100) of packets to send twice on the link, each way.
+    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
+    dup: f64,
+}
+
+/// How the hosts serve the lab's service.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    /// Each connection goes to one host.
+    Redirect,
+    /// Every host replicates every connection.
+    Ft,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Redirect => "redirect",
+            Mode::Ft => "ft",
+        }
+    }
+}
+
+/// What `lab up` records in `lab.json`, read back by every other subcommand.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct LabState {
+    name: String,
+    replicas: u16,
+    mode: Mode,
+    port: u16,
+    backend_port: u16,
+    backend_cmd: String,
+}
+
+impl LabState {
+    fn dir(&self) -> PathBuf {
+        state_dir(&self.name)
+    }
+
+    fn ns(&self, node: &Node) -> String {
+        ns_name(&self.name, node)
+    }
+
+    fn service(&self) -> String {
+        format!("{SERVICE_IP}:{}", self.port)
+    }
+
+    fn nodes(&self) -> Vec<Node> {
+        let mut nodes = vec![Node::Client, Node::Redir];
+        nodes.extend((1..=self.replicas).map(Node::Host));
+        nodes
+    }
+
+    /// "h1..hN", or "h1" alone.
+    fn host_list(&self) -> String {
+        if self.replicas == 1 {
+            "h1".to_string()
+        } else {
+            format!("h1..h{}", self.replicas)
+        }
+    }
+
+    fn node_list(&self) -> String {
+        format!("client, redir, {}", self.host_list())
+    }
+
+    /// Parses a node name given on the command line, naming the valid ones if it is wrong.
+    fn parse_node(&self, s: &str) -> Result<Node> {
+        let node = match s {
+            "client" => Some(Node::Client),
+            "redir" => Some(Node::Redir),
+            _ => s
+                .strip_prefix('h')
+                .filter(|n| !n.starts_with('0'))
+                .and_then(|n| n.parse::<u16>().ok())
+                .filter(|i| (1..=self.replicas).contains(i))
+                .map(Node::Host),
+        };
+        node.with_context(|| format!("unknown node {s}: this lab has {}", self.node_list()))
+    }
+
+    /// Reads `lab.json` of the lab named `name`, or says how to start one.
+    fn load(name: &str) -> Result<LabState> {
+        let path = state_dir(name).join("lab.json");
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no lab named {name}: start one with hydractl lab up --name {name} --backend-cmd CMD"
+            ),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is damaged: remove the lab with hydractl lab down --name {name}",
+                path.display()
+            )
+        })
+    }
+
+    fn save(&self) -> Result<()> {
+        let path = self.dir().join("lab.json");
+        let text = serde_json::to_string_pretty(self)?;
+        fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// One namespace of a lab.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Node {
+    Client,
+    Redir,
+    /// Host i, 1-based.
+    Host(u16),
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Node::Client => f.write_str("client"),
+            Node::Redir => f.write_str("redir"),
+            Node::Host(i) => write!(f, "h{i}"),
+        }
+    }
+}
+
+impl Node {
+    /// The third octet of this node's link to the redirector (198.18.X.0/24).
+    fn subnet(self) -> Option<u16> {
+        match self {
+            Node::Client => Some(0),
+            Node::Redir => None,
+            Node::Host(i) => Some(i),
+        }
+    }
+
+    /// The node's own address on its link to the redirector.
+    fn addr(self) -> Option<String> {
+        self.subnet().map(|s| format!("198.18.{s}.2"))
+    }
+
+    /// The redirector's address on this node's link.
+    fn peer_addr(self) -> Option<String> {
+        self.subnet().map(|s| format!("198.18.{s}.1"))
+    }
+
+    /// The redirector-side interface of this node's link.
+    fn redir_iface(self) -> Option<String> {
+        match self {
+            Node::Client => Some("c0".to_string()),
+            Node::Redir => None,
+            Node::Host(i) => Some(format!("h{i}")),
+        }
+    }
+}
+
+fn ns_name(lab: &str, node: &Node) -> String {
+    format!("hn-{lab}-{node}")
+}
+
+fn state_dir(name: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(format!("lab-{name}"))
+}
+
+/// Runs one `hydractl lab` subcommand.
+pub fn run(args: LabArgs) -> Result<()> {
+    match args.command {
+        LabCommand::Up(a) => up(a),
+        LabCommand::Exec(a) => exec(a),
+        LabCommand::Kill(a) => kill(a),
+        LabCommand::Partition(a) => faults::partition(&checked_lab(&a.name)?, &a.node, true),
+        LabCommand::Heal(a) => faults::partition(&checked_lab(&a.name)?, &a.node, false),
+        LabCommand::Impair(a) => faults::impair(&checked_lab(&a.name)?, &a.node, a.loss, a.dup),
+        LabCommand::Down(a) => down(&a.name),
+    }
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = (1..=12).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !ok {
+        bail!("lab name {name:?} is invalid: use 1 to 12 characters from a-z and 0-9");
+    }
+    Ok(())
+}
+
+fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("hydractl lab needs root (network namespaces): run it with sudo");
+    }
+    Ok(())
+}
+
+/// The common preamble of every subcommand that works on an existing lab.
+fn checked_lab(name: &str) -> Result<LabState> {
+    validate_name(name)?;
+    require_root()?;
+    LabState::load(name)
+}
+
+fn up(a: UpArgs) -> Result<()> {
+    validate_name(&a.name)?;
+    require_root()?;
+    net::require_tool("ip", "iproute2")?;
+    if state_dir(&a.name).exists() || !net::lab_namespaces(&a.name)?.is_empty() {
+        bail!(
+            "lab {0} exists: remove it with hydractl lab down --name {0}",
+            a.name
+        );
+    }
+    let bins = if a.no_daemons {
+        None
+    } else {
+        Some(daemons::Binaries::find()?)
+    };
+
+    let lab = LabState {
+        name: a.name.clone(),
+        replicas: a.replicas,
+        mode: a.mode,
+        port: a.port,
+        backend_port: a.backend_port,
+        backend_cmd: a.backend_cmd,
+    };
+    let dir = lab.dir();
+
+    fs::create_dir_all(STATE_ROOT).with_context(|| format!("creating {STATE_ROOT}"))?;
+    // Creating the lab's directory is the lock: of two `lab up --name X` at once, one wins.
+    match fs::create_dir(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!(
+                "lab {0} exists: remove it with hydractl lab down --name {0}",
+                lab.name
+            )
+        }
+        r => r.with_context(|| format!("creating {}", dir.display()))?,
+    }
+    // From here on, any error (or panic) removes whatever was created.
+    let guard = DownGuard::new(&lab.name);
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("setting permissions of {}", dir.display()))?;
+    lab.save()?;
+    write_key(&dir.join("cluster.key"))?;
+
+    net::create_topology(&lab)?;
+
+    if let Some(bins) = bins {
+        let started = daemons::start_all(&lab, &bins, true)?;
+        daemons::wait_ready(&lab, started)?;
+    } else {
+        daemons::start_all(&lab, &daemons::Binaries::none(), false)?;
+    }
+
+    let hosts: serde_json::Map<String, serde_json::Value> = (1..=lab.replicas)
+        .map(|i| {
+            let node = Node::Host(i);
+            (node.to_string(), lab.ns(&node).into())
+        })
+        .collect();
+    let out = serde_json::json!({
+        "name": lab.name,
+        "service": lab.service(),
+        "client_ns": lab.ns(&Node::Client),
+        "redirector_ns": lab.ns(&Node::Redir),
+        "hosts": hosts,
+    });
+    println!("{out}");
+    guard.disarm();
+    Ok(())
+}
+
+/// Writes a fresh cluster key, readable by root only.
+fn write_key(path: &Path) -> Result<()> {
+    let key = ack_channel::ClusterKey::generate().context("generating the cluster key")?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    write!(f, "{}", key.to_hex()).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Removes a half-built lab when `lab up` fails, unless disarmed.
+struct DownGuard {
+    name: Option<String>,
+}
+
+impl DownGuard {
+    fn new(name: &str) -> Self {
+        DownGuard {
+            name: Some(name.to_string()),
+        }
+    }
+
+    fn disarm(mut self) {
+        self.name = None;
+    }
+}
+
+impl Drop for DownGuard {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            if let Err(e) = remove_lab(&name) {
+                eprintln!("hydractl: while removing the half-built lab {name}: {e:#}");
+            }
+        }
+    }
+}
+
+fn exec(a: ExecArgs) -> Result<()> {
+    let lab = checked_lab(&a.name)?;
+    let node = lab.parse_node(&a.node)?;
+    let ns = lab.ns(&node);
+    // Replacing ourselves with `ip netns exec`, which in turn execs the command, hands the
+    // command our stdio and makes its exit status (or signal) ours.
+    let err = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .args(&a.cmd)
+        .exec();
+    Err(err).with_context(|| format!("running ip netns exec {ns}"))
+}
+
+fn kill(a: NodeArgs) -> Result<()> {
+    let lab = checked_lab(&a.name)?;
+    let node = lab.parse_node(&a.node)?;
+    let ns = lab.ns(&node);
+    let n = net::kill_all(std::slice::from_ref(&ns))?;
+    eprintln!("killed {n} processes in {ns}");
+    Ok(())
+}
+
+fn down(name: &str) -> Result<()> {
+    validate_name(name)?;
+    require_root()?;
+    if !remove_lab(name)? {
+        eprintln!("no lab named {name}: nothing to remove");
+    }
+    Ok(())
+}
+
+/// Kills everything in the lab's namespaces, deletes them and the state directory.
+/// Returns whether there was anything to remove. Does not need `lab.json`, so it also
+/// cleans up labs whose `up` died halfway.
+fn remove_lab(name: &str) -> Result<bool> {
+    let namespaces = net::lab_namespaces(name)?;
+    let dir = state_dir(name);
+    let existed = !namespaces.is_empty() || dir.exists();
+    // Kill in every namespace before deleting any, so no daemon sees its peers vanish
+    // while it still runs (and logs confusing errors).
+    let mut errors = Vec::new();
+    if let Err(e) = net::kill_all(&namespaces) {
+        errors.push(format!("{e:#}"));
+    }
+    for ns in &namespaces {
+        if let Err(e) = net::delete_ns(ns) {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    if dir.exists() {
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            errors.push(format!("removing {}: {e}", dir.display()));
+        }
+    }
+    if !errors.is_empty() {
+        bail!(
+            "lab {name} was not removed completely: {}",
+            errors.join("; ")
+        );
+    }
+    Ok(existed)
+}

@@ -1,0 +1,656 @@
+//! Starting a lab's daemons and backends, and waiting until its service answers.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sched::{setns, CloneFlags};
+use serde::Deserialize;
+
+use super::{LabState, Node, SERVICE_IP};
+
+/// How long `lab up` waits for the service to answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often it checks.
+const POLL: Duration = Duration::from_millis(100);
+/// How long it gives the redirector to open its admin socket before starting the hosts.
+const REDIR_START_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the daemon binaries are.
+pub(super) struct Binaries {
+    redirector: PathBuf,
+    host: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries next to the running hydractl, or in `$HYDRA_BIN_DIR`.
+    pub(super) fn find() -> Result<Binaries> {
+        let (dir, from_env) = match std::env::var_os("HYDRA_BIN_DIR") {
+            Some(d) => (PathBuf::from(d), true),
+            None => {
+                let exe = std::env::current_exe().context("finding the hydractl binary")?;
+                // INVARIANT: an executable's path is a file's path, which has a parent.
+                (
+                    exe.parent().expect("file has a parent").to_path_buf(),
+                    false,
+                )
+            }
+        };
+        // The daemons run with another working directory, so a relative path would break.
+        let dir = std::path::absolute(&dir)
+            .with_context(|| format!("making {} absolute", dir.display()))?;
+        let find = |name: &str| -> Result<PathBuf> {
+            let path = dir.join(name);
+            if path.is_file() {
+                Ok(path)
+            } else if from_env {
+                bail!(
+                    "cannot find {name} in HYDRA_BIN_DIR ({}): build with cargo build --release \
+                     or point HYDRA_BIN_DIR at the binaries",
+                    dir.display()
+                )
+            } else {
+                bail!(
+                    "cannot find {name} next to hydractl ({}): build with cargo build --release",
+                    dir.display()
+                )
+            }
+        };
+        Ok(Binaries {
+            redirector: find("hydra-redirector")?,
+            host: find("hydra-host")?,
+        })
+    }
+
+    /// No binaries: for `lab up --no-daemons`.
+    pub(super) fn none() -> Binaries {
+        Binaries {
+            redirector: PathBuf::new(),
+            host: PathBuf::new(),
+        }
+    }
+}
+
+/// A HydraNet daemon we started, watched while waiting so a crash is reported at once.
+struct Daemon {
+    node: Node,
+    child: Child,
+}
+
+/// The daemons of a lab that is coming up.
+pub(super) struct Started {
+    daemons: Vec<Daemon>,
+    /// When the first daemon was started: the wait for the service counts from here.
+    at: Instant,
+}
+
+/// Writes the configs and starts the redirector, the backends and the hosts, in that order.
+/// Without `with_daemons`, starts only the backends.
+pub(super) fn start_all(lab: &LabState, bins: &Binaries, with_daemons: bool) -> Result<Started> {
+    let dir = lab.dir();
+    let mut daemons = Vec::new();
+    let at = Instant::now();
+
+    if with_daemons {
+        let config = dir.join("redir.toml");
+        write_file(&config, &redirector_config(lab))?;
+        let child = spawn_detached(
+            lab,
+            &Node::Redir,
+            &bins.redirector,
+            &["--config".as_ref(), config.as_os_str()],
+            &dir,
+            &dir.join("redir.log"),
+        )?;
+        daemons.push(Daemon {
+            node: Node::Redir,
+            child,
+        });
+    }
+
+    for i in 1..=lab.replicas {
+        let node = Node::Host(i);
+        let cwd = dir.join(node.to_string());
+        fs::create_dir_all(&cwd).with_context(|| format!("creating {}", cwd.display()))?;
+        // The backend is not watched: `sh -c` may legitimately exit after daemonizing it.
+        spawn_detached(
+            lab,
+            &node,
+            Path::new("sh"),
+            &["-c".as_ref(), lab.backend_cmd.as_ref()],
+            &cwd,
+            &dir.join(format!("{node}-backend.log")),
+        )?;
+    }
+
+    if !with_daemons {
+        return Ok(Started { daemons, at });
+    }
+
+    // Hosts dial the redirector; give it a moment to come up so their first try succeeds.
+    let sock = dir.join("redir.sock");
+    let deadline = Instant::now() + REDIR_START_TIMEOUT;
+    while !sock.exists() && Instant::now() < deadline {
+        check_alive(lab, &mut daemons, None)?;
+        thread::sleep(POLL);
+    }
+
+    for i in 1..=lab.replicas {
+        let node = Node::Host(i);
+        let config = dir.join(format!("{node}.toml"));
+        write_file(&config, &host_config(lab, i))?;
+        let child = spawn_detached(
+            lab,
+            &node,
+            &bins.host,
+            &["--config".as_ref(), config.as_os_str()],
+            &dir,
+            &dir.join(format!("{node}.log")),
+        )?;
+        daemons.push(Daemon { node, child });
+    }
+    Ok(Started { daemons, at })
+}
+
+fn redirector_config(lab: &LabState) -> String {
+    let dir = lab.dir();
+    let dir = dir.display();
+    format!(
+        "node_id = 0\n\
+         listen = \"0.0.0.0:7000\"\n\
+         key_file = \"{dir}/cluster.key\"\n\
+         admin_socket = \"{dir}/redir.sock\"\n\
+         tun_name = \"hydra0\"\n\
+         tun_addr = \"198.19.255.254/16\"\n"
+    )
+}
+
+fn host_config(lab: &LabState, i: u16) -> String {
+    let dir = lab.dir();
+    let dir = dir.display();
+    let service = lab.service();
+    let mode = lab.mode.as_str();
+    let backend_port = lab.backend_port;
+    format!(
+        "node_id = {i}\n\
+         listen = \"198.18.{i}.2:7000\"\n\
+         redirector = \"198.18.{i}.1:7000\"\n\
+         key_file = \"{dir}/cluster.key\"\n\
+         admin_socket = \"{dir}/h{i}.sock\"\n\
+         vhosts = [\"{SERVICE_IP}\"]\n\
+         \n\
+         [[service]]\n\
+         addr = \"{service}\"\n\
+         mode = \"{mode}\"\n\
+         backend = \"127.0.0.1:{backend_port}\"\n"
+    )
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Starts `program args` in `node`'s namespace, in a session of its own (so it outlives us
+/// and no terminal signal reaches it), stdin null, stdout and stderr appended to `log`.
+fn spawn_detached(
+    lab: &LabState,
+    node: &Node,
+    program: &Path,
+    args: &[&std::ffi::OsStr],
+    cwd: &Path,
+    log: &Path,
+) -> Result<Child> {
+    let ns = lab.ns(node);
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err = out
+        .try_clone()
+        .with_context(|| format!("opening {}", log.display()))?;
+    // `setsid` (util-linux) rather than a pre_exec hook: the workspace denies unsafe code.
+    // Our child is never a process-group leader, so setsid execs in place and the PID we
+    // hold is the daemon's own (`ip netns exec` execs too).
+    Command::new("setsid")
+        .args(["ip", "netns", "exec", &ns])
+        .arg(program)
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "info")
+        // Logs are files people read (and `lab up` quotes): no colour codes.
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {} in {ns}", program.display()))
+}
+
+/// Fails if one of the daemons has exited.
+fn check_alive(lab: &LabState, daemons: &mut [Daemon], waited: Option<Duration>) -> Result<()> {
+    for d in daemons.iter_mut() {
+        let status = d
+            .child
+            .try_wait()
+            .with_context(|| format!("checking on the {} daemon", d.node))?;
+        if let Some(status) = status {
+            return Err(NotReady::Exited(d.node, status).into_error(lab, waited));
+        }
+    }
+    Ok(())
+}
+
+/// What is still missing while the lab comes up.
+enum NotReady {
+    /// A daemon died.
+    Exited(Node, ExitStatus),
+    /// The redirector's admin API does not answer (or answers nonsense).
+    Admin(String),
+    /// The redirector does not list these hosts as live with the service.
+    Hosts(Vec<u16>),
+    /// The service does not accept connections from the client namespace.
+    Service(String),
+}
+
+impl NotReady {
+    /// Says what is missing, with the relevant logs; `waited` if we gave up waiting.
+    fn into_error(self, lab: &LabState, waited: Option<Duration>) -> anyhow::Error {
+        let dir = lab.dir();
+        let sock = dir.join("redir.sock");
+        let (what, logs): (String, Vec<String>) = match self {
+            NotReady::Exited(node, status) => {
+                let mut logs = vec![log_name(&node)];
+                if let Node::Host(_) = node {
+                    logs.push(format!("{node}-backend.log"));
+                }
+                (format!("{} exited ({status})", daemon_name(&node)), logs)
+            }
+            NotReady::Admin(e) => (
+                format!(
+                    "the redirector's admin API ({}) does not answer: {e}",
+                    sock.display()
+                ),
+                vec!["redir.log".to_string()],
+            ),
+            NotReady::Hosts(hosts) => {
+                let names: Vec<String> = hosts.iter().map(|i| format!("h{i}")).collect();
+                let mut logs = vec!["redir.log".to_string()];
+                // Enough to see what goes wrong; a 200-host lab would bury the message.
+                for i in hosts.iter().take(3) {
+                    logs.push(format!("h{i}.log"));
+                    logs.push(format!("h{i}-backend.log"));
+                }
+                (
+                    format!(
+                        "the redirector does not report {} as live with service {}",
+                        names.join(", "),
+                        lab.service()
+                    ),
+                    logs,
+                )
+            }
+            NotReady::Service(e) => (
+                format!(
+                    "service {} does not answer from {}: {e}",
+                    lab.service(),
+                    lab.ns(&Node::Client)
+                ),
+                vec![
+                    "redir.log".to_string(),
+                    "h1.log".to_string(),
+                    "h1-backend.log".to_string(),
+                ],
+            ),
+        };
+        let mut msg = match waited {
+            Some(t) => format!(
+                "lab {} did not come up within {} s: {what}",
+                lab.name,
+                t.as_secs()
+            ),
+            None => format!("lab {} did not come up: {what}", lab.name),
+        };
+        for log in logs {
+            let path = dir.join(&log);
+            msg += &format!("\n--- last lines of {} ---\n", path.display());
+            msg += &tail(&path, 5);
+        }
+        msg += "\n(the lab was removed again)";
+        anyhow!(msg)
+    }
+}
+
+fn daemon_name(node: &Node) -> String {
+    match node {
+        Node::Redir => "hydra-redirector".to_string(),
+        other => format!("hydra-host on {other}"),
+    }
+}
+
+fn log_name(node: &Node) -> String {
+    match node {
+        Node::Redir => "redir.log".to_string(),
+        other => format!("{other}.log"),
+    }
+}
+
+/// The last `n` lines of a log file, or a note saying why there are none.
+fn tail(path: &Path, n: usize) -> String {
+    const WINDOW: u64 = 16 * 1024;
+    let read = || -> std::io::Result<String> {
+        let mut f = File::open(path)?;
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(WINDOW)))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    match read() {
+        Ok(text) if text.trim().is_empty() => "(empty)".to_string(),
+        Ok(text) => {
+            let lines: Vec<&str> = text.trim_end().lines().collect();
+            strip_ansi(&lines[lines.len().saturating_sub(n)..].join("\n"))
+        }
+        Err(e) => format!("({e})"),
+    }
+}
+
+/// Removes terminal colour sequences (`ESC [ ... letter`), in case a daemon logs in colour.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Waits until the redirector reports every host live with the service and the service
+/// accepts a TCP connection from the client namespace. On timeout, says what is missing
+/// and shows the relevant logs.
+pub(super) fn wait_ready(lab: &LabState, started: Started) -> Result<()> {
+    let Started { mut daemons, at } = started;
+    let client_ns = Path::new("/run/netns").join(lab.ns(&Node::Client));
+    let service: SocketAddr = lab
+        .service()
+        .parse()
+        .context("parsing the service address")?;
+    let sock = lab.dir().join("redir.sock");
+    let deadline = at + READY_TIMEOUT;
+
+    let result = thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            // setns affects only this thread: the probe connects from inside the client
+            // namespace without spawning a process per attempt.
+            let ns = File::open(&client_ns)
+                .with_context(|| format!("opening {}", client_ns.display()))?;
+            setns(&ns, CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {}", client_ns.display()))?;
+            loop {
+                check_alive(lab, &mut daemons, None)?;
+                let missing = match hosts_not_live(lab, &sock) {
+                    Ok(hosts) if hosts.is_empty() => {
+                        match TcpStream::connect_timeout(&service, Duration::from_millis(500)) {
+                            Ok(_) => return Ok(()),
+                            Err(e) => NotReady::Service(e.to_string()),
+                        }
+                    }
+                    Ok(hosts) => NotReady::Hosts(hosts),
+                    Err(e) => NotReady::Admin(format!("{e:#}")),
+                };
+                if Instant::now() >= deadline {
+                    return Err(missing.into_error(lab, Some(READY_TIMEOUT)));
+                }
+                thread::sleep(POLL);
+            }
+        })
+        .join()
+    });
+    result.map_err(|_| anyhow!("the thread waiting for lab {} panicked", lab.name))?
+}
+
+#[derive(Deserialize)]
+struct Status {
+    hosts: Vec<HostStatus>,
+}
+
+#[derive(Deserialize)]
+struct HostStatus {
+    id: u64,
+    #[serde(default)]
+    live: bool,
+    #[serde(default)]
+    services: Vec<String>,
+}
+
+/// The hosts the redirector does not (yet) list as live with the lab's service.
+fn hosts_not_live(lab: &LabState, sock: &Path) -> Result<Vec<u16>> {
+    let (code, body) = http_get(sock, "/status")?;
+    if code != 200 {
+        bail!(
+            "GET /status answered {code}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    let status: Status =
+        serde_json::from_slice(&body).context("GET /status answered unexpected JSON")?;
+    Ok(missing_hosts(lab, &status))
+}
+
+fn missing_hosts(lab: &LabState, status: &Status) -> Vec<u16> {
+    let service = lab.service();
+    (1..=lab.replicas)
+        .filter(|i| {
+            !status
+                .hosts
+                .iter()
+                .any(|h| h.id == u64::from(*i) && h.live && h.services.contains(&service))
+        })
+        .collect()
+}
+
+/// A minimal HTTP/1.1 GET over a Unix socket: returns the status code and the body.
+fn http_get(sock: &Path, path: &str) -> Result<(u16, Vec<u8>)> {
+    let mut stream =
+        UnixStream::connect(sock).with_context(|| format!("connecting to {}", sock.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .with_context(|| format!("sending GET {path}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        // Stop as soon as the response is complete, in case the server keeps the
+        // connection open despite `Connection: close`.
+        if let Some(resp) = parse_response(&buf, false)? {
+            return Ok(resp);
+        }
+        let n = stream
+            .read(&mut chunk)
+            .with_context(|| format!("reading the answer to GET {path}"))?;
+        if n == 0 {
+            return parse_response(&buf, true)?
+                .with_context(|| format!("the answer to GET {path} was cut short"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Parses a whole HTTP/1.1 response, or returns `None` if more bytes are needed.
+/// At `eof`, a body without framing runs to the end.
+fn parse_response(buf: &[u8], eof: bool) -> Result<Option<(u16, Vec<u8>)>> {
+    let Some(head_end) = find(buf, b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]);
+    let body = &buf[head_end + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let code = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .with_context(|| format!("bad HTTP status line {status_line:?}"))?;
+    let mut content_length = None;
+    let mut chunked = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            content_length = Some(
+                value
+                    .parse::<usize>()
+                    .with_context(|| format!("bad Content-Length {value:?}"))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            && value.to_ascii_lowercase().contains("chunked")
+        {
+            chunked = true;
+        }
+    }
+    if chunked {
+        return Ok(dechunk(body)?.map(|b| (code, b)));
+    }
+    if let Some(len) = content_length {
+        return Ok((body.len() >= len).then(|| (code, body[..len].to_vec())));
+    }
+    Ok(eof.then(|| (code, body.to_vec())))
+}
+
+/// Decodes a chunked body, or returns `None` if it is not complete yet.
+fn dechunk(mut body: &[u8]) -> Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    loop {
+        let Some(line_end) = find(body, b"\r\n") else {
+            return Ok(None);
+        };
+        let line = String::from_utf8_lossy(&body[..line_end]);
+        let size_text = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .with_context(|| format!("bad chunk size {size_text:?}"))?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Ok(Some(out));
+        }
+        if body.len() < size + 2 {
+            return Ok(None);
+        }
+        out.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_with_content_length_stops_at_length() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(
+            parse_response(raw, false).unwrap(),
+            Some((200, b"{}".to_vec()))
+        );
+        assert_eq!(parse_response(&raw[..raw.len() - 1], false).unwrap(), None);
+    }
+
+    #[test]
+    fn chunked_response_is_decoded() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        assert_eq!(
+            parse_response(raw, false).unwrap(),
+            Some((200, b"abcde".to_vec()))
+        );
+        assert_eq!(parse_response(&raw[..60], false).unwrap(), None);
+    }
+
+    #[test]
+    fn colour_codes_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2mtime\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m up"),
+            "time  INFO up"
+        );
+    }
+
+    #[test]
+    fn unframed_body_runs_to_eof() {
+        let raw = b"HTTP/1.1 503 Service Unavailable\r\n\r\nnot yet";
+        assert_eq!(parse_response(raw, false).unwrap(), None);
+        assert_eq!(
+            parse_response(raw, true).unwrap(),
+            Some((503, b"not yet".to_vec()))
+        );
+    }
+
+    #[test]
+    fn status_lists_hosts_not_live() {
+        let lab = LabState {
+            name: "t".into(),
+            replicas: 3,
+            mode: super::super::Mode::Ft,
+            port: 80,
+            backend_port: 8080,
+            backend_cmd: String::new(),
+        };
+        let body = r#"{"kind":"redirector","hosts":[
+            {"id":1,"addr":"198.18.1.2:7000","live":true,"services":["198.19.0.10:80"]},
+            {"id":2,"addr":"198.18.2.2:7000","live":false,"services":["198.19.0.10:80"]},
+            {"id":3,"addr":"198.18.3.2:7000","live":true,"services":[]}]}"#;
+        let status: Status = serde_json::from_str(body).unwrap();
+        assert_eq!(missing_hosts(&lab, &status), vec![2, 3]);
+    }
+
+    #[test]
+    fn host_config_is_exact() {
+        let lab = LabState {
+            name: "t1".into(),
+            replicas: 3,
+            mode: super::super::Mode::Ft,
+            port: 80,
+            backend_port: 8080,
+            backend_cmd: String::new(),
+        };
+        assert_eq!(
+            host_config(&lab, 2),
+            "node_id = 2\n\
+             listen = \"198.18.2.2:7000\"\n\
+             redirector = \"198.18.2.1:7000\"\n\
+             key_file = \"/run/hydranet/lab-t1/cluster.key\"\n\
+             admin_socket = \"/run/hydranet/lab-t1/h2.sock\"\n\
+             vhosts = [\"198.19.0.10\"]\n\
+             \n\
+             [[service]]\n\
+             addr = \"198.19.0.10:80\"\n\
+             mode = \"ft\"\n\
+             backend = \"127.0.0.1:8080\"\n"
+        );
+        assert!(toml::from_str::<toml::Value>(&host_config(&lab, 2)).is_ok());
+        assert!(toml::from_str::<toml::Value>(&redirector_config(&lab)).is_ok());
+    }
+}
