@@ -1,1 +1,283 @@
-//! e2e
+//! Helpers for HydraNet's end-to-end tests: labs in network namespaces, driven through the
+//! real `hydractl` binary, with real kernel-TCP clients (curl, redis-benchmark).
+//!
+//! Every lab is a [`Lab`] guard: dropping it (also while unwinding from a failed assertion)
+//! runs `hydractl lab down`, so no `hn-` namespace outlives its test. The binaries must be
+//! built first (`cargo build --release --bins`, as the README's test command does).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use serde_json::Value;
+
+/// The directory holding `hydractl`, `hydra-host`, `hydra-redirector`, `hydra-fileserver`:
+/// `target/<profile>/`, the parent of the test binary's `deps/`.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("HYDRA_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // INVARIANT: a test binary lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary inside target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of one of the workspace's binaries, with a clear failure when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first with `cargo build --release --bins` (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+/// `hydractl` as a command.
+pub fn hydractl() -> Command {
+    Command::new(bin("hydractl"))
+}
+
+/// Whether namespace tests can run: true as root; otherwise skipped only when
+/// `HYDRA_SKIP_NETNS=1`, and a failure saying so otherwise.
+pub fn netns_or_skip() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("HYDRA_SKIP_NETNS").as_deref() == Ok("1") {
+        eprintln!("skipping a namespace test: not root and HYDRA_SKIP_NETNS=1");
+        return false;
+    }
+    panic!("namespace tests need root (they create network namespaces): run as root, or set HYDRA_SKIP_NETNS=1 to skip them");
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One lab at a time per test binary: they share two cores.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A lab name unique to this process: `prefix` (up to 5 chars) + pid + counter.
+pub fn unique_name(prefix: &str) -> String {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}{n}", std::process::id() % 100_000)
+}
+
+/// The `hn-NAME-*` namespaces that exist now.
+pub fn namespaces_of(name: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let prefix = format!("hn-{name}-");
+    text.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A running lab; `lab down` on drop.
+pub struct Lab {
+    /// Its name.
+    pub name: String,
+    /// What `lab up` printed.
+    pub info: Value,
+}
+
+/// Text of an output for assertion messages.
+pub fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+impl Lab {
+    /// `hydractl lab up --name <unique> --replicas N --backend-cmd CMD [extra...]`.
+    pub fn up(prefix: &str, replicas: u32, backend_cmd: &str, extra: &[&str]) -> Lab {
+        let name = unique_name(prefix);
+        let out = hydractl()
+            .args([
+                "lab",
+                "up",
+                "--name",
+                &name,
+                "--replicas",
+                &replicas.to_string(),
+            ])
+            .args(["--backend-cmd", backend_cmd])
+            .args(extra)
+            .output()
+            .expect("run hydractl");
+        // Guard first, so that a failed `up` is cleaned as well.
+        let mut lab = Lab {
+            name,
+            info: Value::Null,
+        };
+        assert!(out.status.success(), "lab up failed: {}", show(&out));
+        lab.info = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("lab up printed no JSON ({e}): {}", show(&out)));
+        lab
+    }
+
+    /// Runs a command in a node's namespace.
+    pub fn exec(&self, node: &str, args: &[&str]) -> Output {
+        hydractl()
+            .args(["lab", "exec", "--name", &self.name, node, "--"])
+            .args(args)
+            .output()
+            .expect("run hydractl lab exec")
+    }
+
+    /// Runs a shell script in a node's namespace.
+    pub fn sh(&self, node: &str, script: &str) -> Output {
+        self.exec(node, &["sh", "-c", script])
+    }
+
+    /// Runs `hydractl lab <verb> --name NAME NODE [args]` and asserts success.
+    pub fn ctl(&self, verb: &str, node: &str, args: &[&str]) {
+        let out = hydractl()
+            .args(["lab", verb, "--name", &self.name, node])
+            .args(args)
+            .output()
+            .expect("run hydractl");
+        assert!(out.status.success(), "lab {verb} {node}: {}", show(&out));
+    }
+
+    /// A daemon's admin socket: node `redir` or `h1`...
+    pub fn socket(&self, node: &str) -> PathBuf {
+        PathBuf::from(format!("/run/hydranet/lab-{}/{node}.sock", self.name))
+    }
+
+    /// The lab's cluster key file.
+    pub fn key_file(&self) -> PathBuf {
+        PathBuf::from(format!("/run/hydranet/lab-{}/cluster.key", self.name))
+    }
+
+    /// A daemon's `/metrics`.
+    pub fn metrics(&self, node: &str) -> String {
+        control_get(&self.socket(node), "/metrics")
+    }
+
+    /// A daemon's `/status` JSON.
+    pub fn status(&self, node: &str) -> Value {
+        // INVARIANT: the daemons answer /status with JSON.
+        serde_json::from_str(&control_get(&self.socket(node), "/status")).expect("status json")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = hydractl()
+            .args(["lab", "down", "--name", &self.name])
+            .output();
+        let left = namespaces_of(&self.name);
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("lab down left namespaces behind: {left:?}");
+        }
+    }
+}
+
+/// GET over an admin socket (a minimal HTTP/1.1 client, as in hydractl).
+pub fn control_get(socket: &Path, url: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("admin socket {}: {e}", socket.display()));
+    write!(
+        s,
+        "GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_string()
+    }
+}
+
+/// One sample of a Prometheus text, e.g. `metric(text, "hydra_datagrams_dropped_total{reason=\"bad_mac\"}")`.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
+}
+
+/// Hex SHA-256 of bytes.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A directory under /tmp removed on drop, holding a random file for downloads.
+pub struct WebRoot {
+    /// The directory.
+    pub dir: PathBuf,
+    /// SHA-256 of `data.bin`.
+    pub sha256: String,
+}
+
+impl WebRoot {
+    /// Writes `data.bin` of `bytes` random bytes (xorshift from `seed`).
+    pub fn new(tag: &str, bytes: usize, seed: u64) -> WebRoot {
+        let dir = std::env::temp_dir().join(format!("hn-www-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir webroot");
+        let mut x = seed | 1;
+        let mut data = Vec::with_capacity(bytes + 8);
+        while data.len() < bytes {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            data.extend_from_slice(&x.to_le_bytes());
+        }
+        data.truncate(bytes);
+        std::fs::write(dir.join("data.bin"), &data).expect("write data.bin");
+        WebRoot {
+            sha256: sha256_hex(&data),
+            dir,
+        }
+    }
+
+    /// The backend command serving this directory on 127.0.0.1:8080.
+    pub fn backend_cmd(&self) -> String {
+        format!(
+            "exec {} --root {} --listen 127.0.0.1:8080",
+            bin("hydra-fileserver").display(),
+            self.dir.display()
+        )
+    }
+}
+
+impl Drop for WebRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -17,6 +17,16 @@ use super::{LabState, Node, SERVICE_IP};
 
 /// How long `lab up` waits for the service to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long `lab up` waits for the service; `HYDRA_LAB_TIMEOUT_SECS` overrides the 30 s (tests
+/// that expect a failure use a short one).
+fn ready_timeout() -> Duration {
+    std::env::var("HYDRA_LAB_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(READY_TIMEOUT)
+}
 /// How often it checks.
 const POLL: Duration = Duration::from_millis(100);
 /// How long it gives the redirector to open its admin socket before starting the hosts.
@@ -393,7 +403,7 @@ pub(super) fn wait_ready(lab: &LabState, started: Started) -> Result<()> {
         .parse()
         .context("parsing the service address")?;
     let sock = lab.dir().join("redir.sock");
-    let deadline = at + READY_TIMEOUT;
+    let deadline = at + ready_timeout();
 
     let result = thread::scope(|s| {
         s.spawn(|| -> Result<()> {
@@ -416,7 +426,7 @@ pub(super) fn wait_ready(lab: &LabState, started: Started) -> Result<()> {
                     Err(e) => NotReady::Admin(format!("{e:#}")),
                 };
                 if Instant::now() >= deadline {
-                    return Err(missing.into_error(lab, Some(READY_TIMEOUT)));
+                    return Err(missing.into_error(lab, Some(ready_timeout())));
                 }
                 thread::sleep(POLL);
             }

@@ -1,0 +1,201 @@
+//! Every hydractl subcommand has --help; wrong input gives one line that says what is wrong
+//! and what to do, and a non-zero exit; daemons refuse to start without a key.
+
+use std::process::Command;
+
+use tests::*;
+
+fn assert_one_line_error(args: &[&str], must_mention: &str) {
+    let out = hydractl().args(args).output().expect("run hydractl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "hydractl {args:?} succeeded: {}",
+        show(&out)
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "hydractl {args:?}: not one line: {err}");
+    assert!(
+        lines[0].contains(must_mention),
+        "hydractl {args:?}: `{}` does not mention `{must_mention}`",
+        lines[0]
+    );
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in [
+        vec![],
+        vec!["keygen"],
+        vec!["v_host"],
+        vec!["v_host", "add"],
+        vec!["v_host", "del"],
+        vec!["v_host", "list"],
+        vec!["setportopt"],
+        vec!["status"],
+        vec!["lab"],
+        vec!["lab", "up"],
+        vec!["lab", "exec"],
+        vec!["lab", "kill"],
+        vec!["lab", "partition"],
+        vec!["lab", "heal"],
+        vec!["lab", "impair"],
+        vec!["lab", "down"],
+    ] {
+        let out = hydractl().args(&sub).arg("--help").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{sub:?} --help: {}", show(&out));
+        assert!(text.contains("Usage:"), "{sub:?} --help: {text}");
+    }
+}
+
+#[test]
+fn wrong_input_gives_one_actionable_line() {
+    let missing = "/nonexistent/hydra.sock";
+    assert_one_line_error(&["status", "--socket", missing], "start it");
+    assert_one_line_error(&["v_host", "list", "--socket", missing], "start it");
+    assert_one_line_error(
+        &["v_host", "add", "1.2.3", "--socket", missing],
+        "not an IPv4 address",
+    );
+    assert_one_line_error(
+        &[
+            "setportopt",
+            "198.19.0.10",
+            "--mode",
+            "redirect",
+            "--backend",
+            "127.0.0.1:1",
+            "--socket",
+            missing,
+        ],
+        "is not ip:port",
+    );
+    assert_one_line_error(
+        &[
+            "setportopt",
+            "198.19.0.10:80",
+            "--mode",
+            "fast",
+            "--socket",
+            missing,
+        ],
+        "use one of off, redirect, ft",
+    );
+    assert_one_line_error(
+        &[
+            "setportopt",
+            "198.19.0.10:80",
+            "--mode",
+            "redirect",
+            "--socket",
+            missing,
+        ],
+        "--backend",
+    );
+    assert_one_line_error(&["lab", "down", "--name", "Bad Name"], "from a-z and 0-9");
+}
+
+/// Runs a daemon with a config whose key file is missing.
+fn daemon_without_key(bin_name: &str, config: &str) {
+    let dir = std::env::temp_dir().join(format!("hn-nokey-{bin_name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, config.replace("DIR", &dir.display().to_string())).unwrap();
+    let out = Command::new(bin(bin_name))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{bin_name} started without a key");
+    assert!(err.contains("hydractl keygen --out"), "{bin_name}: {err}");
+}
+
+#[test]
+fn daemons_refuse_to_start_without_a_key_and_say_how_to_make_one() {
+    daemon_without_key(
+        "hydra-host",
+        "node_id = 1\nlisten = \"127.0.0.1:0\"\nredirector = \"127.0.0.1:9\"\nkey_file = \"DIR/missing.key\"\nadmin_socket = \"DIR/a.sock\"\n",
+    );
+    daemon_without_key(
+        "hydra-redirector",
+        "listen = \"127.0.0.1:0\"\nkey_file = \"DIR/missing.key\"\nadmin_socket = \"DIR/a.sock\"\ntun_addr = \"198.19.255.254/16\"\n",
+    );
+}
+
+#[test]
+fn keygen_writes_a_0600_key_the_daemons_accept_and_refuses_to_overwrite() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("hn-keygen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("k");
+    let out = hydractl()
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(ack_channel::ClusterKey::load(&key).is_ok());
+    let again = hydractl()
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn no_namespace_is_left_after_a_failed_up_or_a_failing_test() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    // A backend that never listens: lab up fails and must clean up after itself.
+    let name = unique_name("fail");
+    let out = hydractl()
+        .args([
+            "lab",
+            "up",
+            "--name",
+            &name,
+            "--replicas",
+            "2",
+            "--backend-cmd",
+            "exit 3",
+        ])
+        .env("HYDRA_LAB_TIMEOUT_SECS", "5")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "lab up with a dead backend succeeded"
+    );
+    assert_eq!(namespaces_of(&name), Vec::<String>::new(), "{}", show(&out));
+
+    // A test that panics while its lab is up: the guard removes the lab while unwinding.
+    let name = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = name.clone();
+    let r = std::panic::catch_unwind(move || {
+        let lab = Lab::up(
+            "pnc",
+            1,
+            "exec python3 -m http.server 8080 --bind 127.0.0.1",
+            &[],
+        );
+        *seen.lock().unwrap() = lab.name.clone();
+        assert!(!namespaces_of(&lab.name).is_empty());
+        panic!("deliberate failure inside a lab");
+    });
+    assert!(r.is_err());
+    let name = name.lock().unwrap().clone();
+    assert!(!name.is_empty());
+    assert_eq!(namespaces_of(&name), Vec::<String>::new());
+}
