@@ -28,7 +28,12 @@ struct Cli {
 #[derive(clap::Args)]
 struct Target {
     /// The daemon's admin socket (admin_socket in its config).
-    #[arg(long, global = true, env = "HYDRA_SOCKET", default_value = "/run/hydranet/host.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "HYDRA_SOCKET",
+        default_value = "/run/hydranet/host.sock"
+    )]
     socket: PathBuf,
 }
 
