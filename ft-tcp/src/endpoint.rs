@@ -254,6 +254,12 @@ impl Endpoint {
         self.socket_mut().abort();
     }
 
+    /// Holds (true) or releases (false) the SYN-ACK: the primary holds it until its backups
+    /// have the connection.
+    pub fn pause_synack(&mut self, pause: bool) {
+        self.socket_mut().pause_synack(pause);
+    }
+
     /// The largest delay smoltcp waits before acknowledging (None: immediately).
     pub fn set_ack_delay(&mut self, d: Option<Duration>) {
         self.socket_mut().set_ack_delay(d);

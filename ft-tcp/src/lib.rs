@@ -13,7 +13,13 @@
 #![warn(missing_docs)]
 
 pub mod endpoint;
+pub mod ft;
 pub mod packet;
+pub mod rewrite;
+pub mod seq;
+pub mod shadow;
 
 pub use endpoint::{Endpoint, EndpointConfig, TcpState};
+pub use ft::{FtConfig, FtConn, FtStats, PeerId, Progress, Role};
 pub use packet::{FlowKey, PacketError, TcpFlags, TcpMeta};
+pub use seq::SeqNumber;

@@ -1,0 +1,785 @@
+//! The FT layer of one connection (DESIGN.md, "The FT layer of one connection").
+//!
+//! It sits between the wire and the replica's own smoltcp [`Endpoint`]:
+//!
+//! ```text
+//!   client packets ──► translate ack (S → local), clamp ──► smoltcp ──► backend bridge
+//!                                                              │
+//!   client ◄── (primary only) seq local → S, ack/window = gate ◄┘ output; every replica
+//!                                                                 keeps it in the shadow queue
+//! ```
+//!
+//! Roles (set by the view, never by the connection itself):
+//!
+//! ```text
+//!            view makes me first member
+//!   Backup ───────────────────────────────► Primary
+//!     ▲   output suppressed, progress           │ output to the client, ACK gate over
+//!     │   reported to every member              │ all members, FT-layer retransmission
+//!     └─────────────────────────────────────────┘
+//!            view without me (fenced anyway)
+//! ```
+//!
+//! Sequence spaces: `C` (client bytes) is shared by all replicas; `S` is the client's view
+//! of our bytes, anchored at `isn_s` (the ISN of the replica that was primary at open); each
+//! replica's smoltcp has its own ISN, `delta = isn_s - isn_local`.
+//!
+//! Call order per event: one of `handle_client_packet`, `handle_progress`, `set_view`, or
+//! bridge calls on [`FtConn::endpoint`]; then `poll(now)`; then drain `take_to_client`,
+//! `take_progress`; then `poll_at` for the next timer.
+
+use std::collections::BTreeMap;
+
+use smoltcp::time::{Duration, Instant};
+
+use crate::endpoint::{Endpoint, EndpointConfig, TcpState};
+use crate::packet::FlowKey;
+use crate::rewrite::{self, Seg};
+use crate::seq::SeqNumber;
+use crate::shadow::ShadowQueue;
+
+/// A replica's id as the FT layer sees it (the cluster's node id).
+pub type PeerId = u32;
+
+/// Whether this replica talks to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Talks to the client; gates its ACKs on every member's progress.
+    Primary,
+    /// Silent; keeps in step and reports progress.
+    Backup,
+}
+
+/// Tunables.
+#[derive(Debug, Clone, Copy)]
+pub struct FtConfig {
+    /// Floor of the FT-layer retransmission timeout (smoltcp's own floor is 1 s).
+    pub rto_min: Duration,
+    /// Ceiling of the retransmission timeout.
+    pub rto_max: Duration,
+    /// How long the primary holds its SYN-ACK for backups that have not reported: long
+    /// enough for the client's SYN retransmissions (1 s, then 2 s later) to reach a backup
+    /// that lost the first SYN, so that every live member holds every connection.
+    pub synack_hold_max: Duration,
+    /// Progress is re-sent this often even without change (loss of reports is harmless).
+    pub progress_every: Duration,
+    /// Segments resent at once on promotion or timeout.
+    pub burst: usize,
+}
+
+impl Default for FtConfig {
+    fn default() -> Self {
+        FtConfig {
+            rto_min: Duration::from_millis(20),
+            rto_max: Duration::from_millis(1000),
+            synack_hold_max: Duration::from_millis(3500),
+            progress_every: Duration::from_millis(50),
+            burst: 64,
+        }
+    }
+}
+
+/// What one replica reports about its copy of a connection; cumulative, so duplicates and
+/// losses are harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The reporting replica's smoltcp ISN.
+    pub isn_local: SeqNumber,
+    /// The client-visible ISN if the reporter knows it.
+    pub isn_s: Option<SeqNumber>,
+    /// Next client byte expected (C).
+    pub rcv_nxt: SeqNumber,
+    /// Right edge of its receive window (C).
+    pub edge: SeqNumber,
+}
+
+/// The FT layer of one connection on one replica.
+pub struct FtConn {
+    key: FlowKey,
+    cfg: FtConfig,
+    ep: Endpoint,
+    mss: usize,
+    role: Role,
+    /// Other members of the current view.
+    view_peers: Vec<PeerId>,
+    created: Instant,
+
+    client_isn: Option<SeqNumber>,
+    client_ws: u8,
+    local_isn: Option<SeqNumber>,
+    isn_s: Option<SeqNumber>,
+    our_ws: u8,
+    synack: Option<Vec<u8>>,
+    synack_paused: bool,
+
+    client_ack: Option<SeqNumber>,
+    client_wnd: u16,
+    dupacks: u32,
+
+    local_snd_max: Option<SeqNumber>,
+    local_rcv_nxt: Option<SeqNumber>,
+    local_edge: Option<SeqNumber>,
+    last_ack_given: Option<SeqNumber>,
+    shadow: Option<ShadowQueue>,
+
+    peers: BTreeMap<PeerId, Progress>,
+    sent_ack: Option<SeqNumber>,
+    sent_edge: Option<SeqNumber>,
+    snd_max_s: Option<SeqNumber>,
+
+    rto: Duration,
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    probe: Option<(SeqNumber, Instant)>,
+    rtx_at: Option<Instant>,
+
+    progress_dirty: bool,
+    progress_at: Instant,
+    last_reported: Option<(SeqNumber, SeqNumber)>,
+
+    to_client: Vec<Vec<u8>>,
+    scratch: Vec<Vec<u8>>,
+    /// Counters for status and tests.
+    pub stats: FtStats,
+}
+
+/// Per-connection counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FtStats {
+    /// Segments resent by the FT layer.
+    pub retransmits: u64,
+    /// Times this replica was promoted for this connection.
+    pub promotions: u64,
+    /// ACKs built by the FT layer because the gate moved.
+    pub gate_acks: u64,
+    /// Client ACKs held back (clamped) for a lagging local stack.
+    pub clamped_acks: u64,
+}
+
+impl std::fmt::Debug for FtConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FtConn")
+            .field("key", &self.key)
+            .field("role", &self.role)
+            .field("state", &self.ep.state())
+            .finish()
+    }
+}
+
+impl FtConn {
+    /// A new connection at its SYN. A primary holds its SYN-ACK until `view_peers` have
+    /// reported (or `synack_hold_max` passed).
+    pub fn new(
+        key: FlowKey,
+        cfg: FtConfig,
+        ep_cfg: EndpointConfig,
+        seed: u64,
+        now: Instant,
+        role: Role,
+        view_peers: Vec<PeerId>,
+    ) -> Self {
+        let mut ep = Endpoint::listen(key.service, ep_cfg, seed, now);
+        let synack_paused = role == Role::Primary && !view_peers.is_empty();
+        ep.pause_synack(synack_paused);
+        FtConn {
+            key,
+            cfg,
+            ep,
+            mss: ep_cfg.mtu - 40,
+            role,
+            view_peers,
+            created: now,
+            client_isn: None,
+            client_ws: 0,
+            local_isn: None,
+            isn_s: None,
+            our_ws: 0,
+            synack: None,
+            synack_paused,
+            client_ack: None,
+            client_wnd: 0,
+            dupacks: 0,
+            local_snd_max: None,
+            local_rcv_nxt: None,
+            local_edge: None,
+            last_ack_given: None,
+            shadow: None,
+            peers: BTreeMap::new(),
+            sent_ack: None,
+            sent_edge: None,
+            snd_max_s: None,
+            rto: Duration::from_millis(200),
+            srtt: None,
+            rttvar: Duration::ZERO,
+            probe: None,
+            rtx_at: None,
+            progress_dirty: false,
+            progress_at: now,
+            last_reported: None,
+            to_client: Vec::new(),
+            scratch: Vec::new(),
+            stats: FtStats::default(),
+        }
+    }
+
+    /// The connection's 4-tuple.
+    pub fn key(&self) -> FlowKey {
+        self.key
+    }
+
+    /// The local endpoint, for the backend bridge.
+    pub fn endpoint(&mut self) -> &mut Endpoint {
+        &mut self.ep
+    }
+
+    /// The local endpoint's state.
+    pub fn state(&self) -> TcpState {
+        self.ep.state()
+    }
+
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Bytes in the shadow queue.
+    pub fn shadow_len(&self) -> usize {
+        self.shadow.as_ref().map_or(0, ShadowQueue::len)
+    }
+
+    /// The client's highest ACK (S).
+    pub fn client_ack(&self) -> Option<SeqNumber> {
+        self.client_ack
+    }
+
+    /// The ACK the primary last sent to the client (C).
+    pub fn gate(&self) -> Option<SeqNumber> {
+        self.sent_ack
+    }
+
+    /// Every known member's `rcv_nxt` (C), this replica first.
+    pub fn member_progress(&self) -> Vec<(Option<PeerId>, SeqNumber)> {
+        let mut v: Vec<_> = self.local_rcv_nxt.map(|r| (None, r)).into_iter().collect();
+        v.extend(self.peers.iter().map(|(id, p)| (Some(*id), p.rcv_nxt)));
+        v
+    }
+
+    fn delta(&self) -> Option<u32> {
+        Some(self.isn_s?.0.wrapping_sub(self.local_isn?.0))
+    }
+
+    /// Packets for the client (empty at a backup).
+    pub fn take_to_client(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.to_client)
+    }
+
+    /// This replica's progress report, when one is due (changed, or periodic).
+    pub fn take_progress(&mut self, now: Instant) -> Option<Progress> {
+        let due = self.progress_dirty || now >= self.progress_at;
+        let p = Progress {
+            isn_local: self.local_isn?,
+            isn_s: self.isn_s,
+            rcv_nxt: self.local_rcv_nxt?,
+            edge: self.local_edge?,
+        };
+        if !due {
+            return None;
+        }
+        self.progress_dirty = false;
+        self.progress_at = now + self.cfg.progress_every;
+        self.last_reported = Some((p.rcv_nxt, p.edge));
+        Some(p)
+    }
+
+    /// When [`FtConn::poll`] must run next.
+    pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
+        let mut t = self.ep.poll_at(now);
+        let mut merge = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t: Instant| t.min(x)));
+            }
+        };
+        merge(self.rtx_at);
+        if self.local_isn.is_some() && self.ep.state() != TcpState::Closed {
+            merge(Some(self.progress_at));
+        }
+        if self.synack_paused {
+            merge(Some(self.created + self.cfg.synack_hold_max));
+        }
+        t
+    }
+
+    /// A packet from the client.
+    pub fn handle_client_packet(&mut self, now: Instant, packet: &[u8]) {
+        let Some(seg) = rewrite::parse(packet) else {
+            return;
+        };
+        if seg.syn && !seg.ack_flag {
+            self.client_isn = Some(seg.seq);
+            self.client_ws = seg.wscale.unwrap_or(0);
+            if let Some(m) = seg.mss {
+                self.mss = self.mss.min(usize::from(m).max(64));
+            }
+            self.feed(now, packet);
+            return;
+        }
+        if self.isn_s.is_none() && seg.ack_flag && !seg.rst {
+            // The client's ACK of the SYN-ACK tells a replica that missed the primary's report
+            // which ISN the client saw; only trusted for the handshake's first segment.
+            if self.ep.state() == TcpState::SynReceived
+                && self.client_isn.map(|c| c.plus(1)) == Some(seg.seq)
+            {
+                self.isn_s = Some(seg.ack.minus(1));
+                self.init_shadow();
+            }
+        }
+        let Some(delta) = self.delta() else {
+            // Cannot translate yet; the client retransmits, reports teach us isn_s.
+            return;
+        };
+        if seg.ack_flag {
+            self.on_client_ack(now, &seg);
+        }
+        let mut p = packet.to_vec();
+        if seg.ack_flag {
+            let local = seg.ack.minus(delta);
+            let acked = self.clamp_ack(local);
+            if acked != local {
+                self.stats.clamped_acks += 1;
+            }
+            rewrite::set_ack(&mut p, &seg, acked);
+        }
+        self.feed(now, &p);
+    }
+
+    /// Clamps an ACK (local space) into what smoltcp accepts: not above what it produced, not
+    /// below what it was already given (SMOLTCP-NOTES.md, "ACK acceptance").
+    fn clamp_ack(&mut self, local: SeqNumber) -> SeqNumber {
+        let mut a = local;
+        if let Some(hi) = self.local_snd_max {
+            a = a.min(hi);
+        }
+        if let Some(lo) = self.last_ack_given {
+            a = a.max(lo);
+        }
+        self.last_ack_given = Some(a);
+        a
+    }
+
+    fn on_client_ack(&mut self, now: Instant, seg: &Seg) {
+        let ack = seg.ack;
+        let advanced = self.client_ack.is_none_or(|c| c.lt(ack));
+        let in_flight = self.shadow.as_ref().is_some_and(|s| !s.is_empty());
+        if advanced {
+            self.client_ack = Some(ack);
+            self.dupacks = 0;
+            if let Some(s) = self.shadow.as_mut() {
+                s.ack(ack);
+            }
+            if let Some((probe, sent)) = self.probe {
+                if probe.le(ack) {
+                    self.rtt_sample(now - sent);
+                    self.probe = None;
+                }
+            }
+            self.rto = self.rto_base();
+            let still = self.shadow.as_ref().is_some_and(|s| !s.is_empty());
+            self.rtx_at = (self.role == Role::Primary && still).then(|| now + self.rto);
+        } else if self.client_ack == Some(ack)
+            && seg.payload_len == 0
+            && !seg.fin
+            && seg.window == self.client_wnd
+            && in_flight
+            && self.role == Role::Primary
+        {
+            self.dupacks += 1;
+            if self.dupacks == 3 {
+                self.retransmit(now, 1);
+            }
+        }
+        self.client_wnd = seg.window;
+    }
+
+    fn rto_base(&self) -> Duration {
+        let r = match self.srtt {
+            Some(s) => s + self.rttvar * 4,
+            None => Duration::from_millis(200),
+        };
+        r.max(self.cfg.rto_min).min(self.cfg.rto_max)
+    }
+
+    fn rtt_sample(&mut self, r: Duration) {
+        // RFC 6298 §2.
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(s) => {
+                let err = if s > r { s - r } else { r - s };
+                self.rttvar = (self.rttvar * 3 + err) / 4;
+                self.srtt = Some((s * 7 + r) / 8);
+            }
+        }
+    }
+
+    fn init_shadow(&mut self) {
+        if self.shadow.is_none() {
+            if let Some(isn_s) = self.isn_s {
+                self.shadow = Some(ShadowQueue::new(isn_s.plus(1)));
+            }
+        }
+    }
+
+    /// Feeds one packet to the local stack and processes what it sends.
+    fn feed(&mut self, now: Instant, packet: &[u8]) {
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        self.ep.handle_packet(now, packet, &mut out);
+        for p in out.drain(..) {
+            self.on_local_output(now, p);
+        }
+        self.scratch = out;
+    }
+
+    /// A progress report from another member.
+    pub fn handle_progress(&mut self, now: Instant, from: PeerId, p: Progress) {
+        if !self.view_peers.contains(&from) {
+            return;
+        }
+        if self.isn_s.is_none() {
+            if let Some(s) = p.isn_s {
+                self.isn_s = Some(s);
+                self.init_shadow();
+                // Re-translate nothing: packets before this were dropped, the client resends.
+            }
+        }
+        let entry = self.peers.entry(from).or_insert(p);
+        // Cumulative: never move a member backwards on a reordered report.
+        entry.rcv_nxt = entry.rcv_nxt.max(p.rcv_nxt);
+        entry.edge = entry.edge.max(p.edge);
+        entry.isn_local = p.isn_local;
+        if self.role == Role::Primary {
+            self.maybe_gate_ack(now, false);
+        }
+    }
+
+    /// A new view: this replica's role and the other live members.
+    pub fn set_view(&mut self, now: Instant, role: Role, view_peers: Vec<PeerId>) {
+        self.peers.retain(|id, _| view_peers.contains(id));
+        self.view_peers = view_peers;
+        let promoted = role == Role::Primary && self.role == Role::Backup;
+        self.role = role;
+        if promoted {
+            self.promote(now);
+        } else if role == Role::Primary {
+            // A member left: the gate may move at once.
+            self.maybe_gate_ack(now, false);
+        }
+    }
+
+    fn promote(&mut self, now: Instant) {
+        self.stats.promotions += 1;
+        if self.isn_s.is_none() {
+            // No SYN-ACK reached anyone yet: ours will be the one, once every member of the
+            // new view holds the connection (the same hold as at open).
+            self.synack_paused = true;
+            self.release_synack_if_ready(now);
+            return;
+        }
+        if self.client_ack.is_none() {
+            if let Some(s) = self.synack.clone() {
+                self.send_synack(s);
+            }
+        }
+        self.maybe_gate_ack(now, true);
+        self.retransmit(now, self.cfg.burst);
+    }
+
+    /// Ends the SYN-ACK hold when every view member reported or the hold expired.
+    fn release_synack_if_ready(&mut self, now: Instant) {
+        if !self.synack_paused {
+            return;
+        }
+        let all_ready = self.view_peers.iter().all(|id| self.peers.contains_key(id));
+        if !(all_ready || now >= self.created + self.cfg.synack_hold_max) {
+            return;
+        }
+        self.synack_paused = false;
+        match self.synack.clone() {
+            // Our stack already produced it (we were a backup then): send it ourselves.
+            Some(p) => {
+                if self.isn_s.is_none() {
+                    self.isn_s = self.local_isn;
+                    self.init_shadow();
+                }
+                self.send_synack(p);
+            }
+            None => self.ep.pause_synack(false),
+        }
+    }
+
+    fn send_synack(&mut self, mut p: Vec<u8>) {
+        if let (Some(seg), Some(isn_s)) = (rewrite::parse(&p), self.isn_s) {
+            rewrite::set_seq(&mut p, &seg, isn_s);
+            self.to_client.push(p);
+        }
+    }
+
+    /// Runs timers: smoltcp's, the SYN-ACK hold, the FT retransmission timer, held ACKs.
+    pub fn poll(&mut self, now: Instant) {
+        if self.role == Role::Primary {
+            self.release_synack_if_ready(now);
+        }
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        self.ep.poll(now, &mut out);
+        for p in out.drain(..) {
+            self.on_local_output(now, p);
+        }
+        self.scratch = out;
+        self.release_held_ack(now);
+        if self.role == Role::Primary {
+            if let Some(t) = self.rtx_at {
+                if now >= t {
+                    self.retransmit(now, 4);
+                    self.rto = (self.rto * 2).min(self.cfg.rto_max);
+                }
+            }
+        }
+    }
+
+    /// The client acknowledged output this replica's stack had not produced yet: give the
+    /// stack that ACK now that it has caught up (SMOLTCP-NOTES.md: clamp, then release).
+    fn release_held_ack(&mut self, now: Instant) {
+        for _ in 0..4 {
+            let (Some(delta), Some(client_ack), Some(given), Some(max), Some(rcv)) = (
+                self.delta(),
+                self.client_ack,
+                self.last_ack_given,
+                self.local_snd_max,
+                self.local_rcv_nxt,
+            ) else {
+                return;
+            };
+            let want = client_ack.minus(delta).min(max);
+            if !given.lt(want) {
+                return;
+            }
+            self.last_ack_given = Some(want);
+            let p = rewrite::build(
+                self.key.client,
+                self.key.service,
+                rcv,
+                want,
+                self.client_wnd,
+                &[],
+                false,
+            );
+            let mut out = std::mem::take(&mut self.scratch);
+            out.clear();
+            self.ep.handle_packet(now, &p, &mut out);
+            for p in out.drain(..) {
+                self.on_local_output(now, p);
+            }
+            self.scratch = out;
+        }
+    }
+
+    /// One packet smoltcp sent: learn from it, keep its bytes, and (primary) pass it on.
+    fn on_local_output(&mut self, now: Instant, mut p: Vec<u8>) {
+        let Some(seg) = rewrite::parse(&p) else {
+            return;
+        };
+        if seg.syn && seg.ack_flag {
+            self.local_isn = Some(seg.seq);
+            // smoltcp echoes window scaling only when the client offered it.
+            self.our_ws = seg.wscale.unwrap_or(0);
+            self.local_rcv_nxt = Some(seg.ack);
+            self.local_edge = Some(seg.ack.plus(u32::from(seg.window)));
+            self.local_snd_max = Some(seg.seq.plus(1));
+            self.progress_dirty = true;
+            self.synack = Some(p.clone());
+            if self.isn_s.is_none() && self.role == Role::Primary {
+                self.isn_s = Some(seg.seq);
+            }
+            self.init_shadow();
+            if self.role == Role::Primary && self.isn_s.is_some() && !self.synack_paused {
+                self.send_synack(p);
+            }
+            return;
+        }
+        let end = seg.end();
+        self.local_snd_max = Some(self.local_snd_max.map_or(end, |m| m.max(end)));
+        if seg.ack_flag && !seg.rst {
+            let edge = seg.ack.plus(u32::from(seg.window) << self.our_ws);
+            let changed = self.local_rcv_nxt != Some(seg.ack) || self.local_edge != Some(edge);
+            self.local_rcv_nxt = Some(self.local_rcv_nxt.map_or(seg.ack, |r| r.max(seg.ack)));
+            self.local_edge = Some(self.local_edge.map_or(edge, |e| e.max(edge)));
+            if changed {
+                self.progress_dirty = true;
+            }
+        }
+        let Some(delta) = self.delta() else {
+            return;
+        };
+        let s_seq = seg.seq.plus(delta);
+        if seg.payload_len > 0 || seg.fin {
+            if let Some(sh) = self.shadow.as_mut() {
+                let payload = &p[seg.payload_off..seg.payload_off + seg.payload_len];
+                sh.push(s_seq, payload, seg.fin);
+            }
+        }
+        if self.role == Role::Backup {
+            return;
+        }
+        rewrite::set_seq(&mut p, &seg, s_seq);
+        if seg.rst {
+            self.to_client.push(p);
+            return;
+        }
+        let Some((ack, edge)) = self.gate_values() else {
+            return;
+        };
+        let window = self.window_field(ack, edge);
+        let pure = seg.payload_len == 0 && !seg.fin;
+        if pure && !seg.sack && self.sent_ack == Some(ack) && self.sent_edge == Some(edge) {
+            // A repeated pure ACK would count as a duplicate at the client.
+            return;
+        }
+        rewrite::set_ack(&mut p, &seg, ack);
+        rewrite::set_window(&mut p, &seg, window);
+        self.note_sent(now, ack, edge, s_seq, seg.seq_len(), false);
+        self.to_client.push(p);
+    }
+
+    /// The ACK and right edge the client may see: the minimum over every member holding the
+    /// connection, never below what was already sent.
+    fn gate_values(&self) -> Option<(SeqNumber, SeqNumber)> {
+        let mut ack = self.local_rcv_nxt?;
+        let mut edge = self.local_edge?;
+        for id in &self.view_peers {
+            if let Some(p) = self.peers.get(id) {
+                ack = ack.min(p.rcv_nxt);
+                edge = edge.min(p.edge);
+            }
+        }
+        if let Some(s) = self.sent_ack {
+            ack = ack.max(s);
+        }
+        if let Some(e) = self.sent_edge {
+            edge = edge.max(e);
+        }
+        Some((ack, edge.max(ack)))
+    }
+
+    fn window_field(&self, ack: SeqNumber, edge: SeqNumber) -> u16 {
+        (edge.since(ack) >> self.our_ws).min(u32::from(u16::MAX)) as u16
+    }
+
+    fn note_sent(
+        &mut self,
+        now: Instant,
+        ack: SeqNumber,
+        edge: SeqNumber,
+        seq: SeqNumber,
+        len: u32,
+        retransmission: bool,
+    ) {
+        self.sent_ack = Some(ack);
+        self.sent_edge = Some(edge);
+        if len > 0 {
+            let end = seq.plus(len);
+            let new_data = self.snd_max_s.is_none_or(|m| m.lt(end));
+            self.snd_max_s = Some(self.snd_max_s.map_or(end, |m| m.max(end)));
+            if retransmission {
+                self.probe = None;
+            } else if new_data && self.probe.is_none() {
+                self.probe = Some((end, now));
+            }
+            if self.rtx_at.is_none() {
+                self.rtx_at = Some(now + self.rto);
+            }
+        }
+    }
+
+    /// Sends an ACK built by the FT layer when the gate moved (or `force`).
+    fn maybe_gate_ack(&mut self, now: Instant, force: bool) {
+        let Some((ack, edge)) = self.gate_values() else {
+            return;
+        };
+        if !force && self.sent_ack == Some(ack) && self.sent_edge == Some(edge) {
+            return;
+        }
+        let (Some(delta), Some(snd)) = (self.delta(), self.local_snd_max) else {
+            return;
+        };
+        let mut seq = snd.plus(delta);
+        if let Some(c) = self.client_ack {
+            seq = seq.max(c);
+        }
+        let window = self.window_field(ack, edge);
+        let p = rewrite::build(
+            self.key.service,
+            self.key.client,
+            seq,
+            ack,
+            window,
+            &[],
+            false,
+        );
+        self.stats.gate_acks += 1;
+        self.note_sent(now, ack, edge, seq, 0, false);
+        self.to_client.push(p);
+    }
+
+    /// Resends up to `segments` segments from the client's last ACK.
+    fn retransmit(&mut self, now: Instant, segments: usize) {
+        let (Some(sh), Some((ack, edge))) = (self.shadow.as_ref(), self.gate_values()) else {
+            return;
+        };
+        if sh.is_empty() {
+            self.rtx_at = None;
+            return;
+        }
+        let window = self.window_field(ack, edge);
+        let client_wnd = (usize::from(self.client_wnd) << self.client_ws).max(self.mss);
+        let mut from = self.client_ack.unwrap_or(sh.base()).max(sh.base());
+        let mut sent_bytes = 0usize;
+        let mut pkts = Vec::new();
+        for _ in 0..segments {
+            let (seq, bytes, fin) = sh.slice(from, self.mss);
+            if bytes.is_empty() && !fin {
+                break;
+            }
+            if sent_bytes + bytes.len() > client_wnd && sent_bytes > 0 {
+                break;
+            }
+            sent_bytes += bytes.len();
+            let len = bytes.len() as u32 + u32::from(fin);
+            pkts.push((
+                seq,
+                len,
+                rewrite::build(
+                    self.key.service,
+                    self.key.client,
+                    seq,
+                    ack,
+                    window,
+                    &bytes,
+                    fin,
+                ),
+            ));
+            from = seq.plus(len);
+            if fin {
+                break;
+            }
+        }
+        for (seq, len, p) in pkts {
+            self.stats.retransmits += 1;
+            self.note_sent(now, ack, edge, seq, len, true);
+            self.to_client.push(p);
+        }
+        self.rtx_at = Some(now + self.rto);
+    }
+}
