@@ -96,7 +96,7 @@ impl ClusterKey {
 pub struct Sealer {
     key: ClusterKey,
     sender: ReplicaId,
-    next_counter: u64,
+    next_counter: std::sync::atomic::AtomicU64,
 }
 
 impl Sealer {
@@ -109,7 +109,7 @@ impl Sealer {
         Sealer {
             key,
             sender,
-            next_counter: initial_counter,
+            next_counter: std::sync::atomic::AtomicU64::new(initial_counter),
         }
     }
 
@@ -118,9 +118,10 @@ impl Sealer {
         self.sender
     }
 
-    /// Seals `payload` into `out` (cleared first).
+    /// Seals `payload` into `out` (cleared first). Threads may share one sealer: each
+    /// datagram still gets its own counter.
     pub fn seal_into(
-        &mut self,
+        &self,
         msg_type: MsgType,
         service: ServiceId,
         epoch: Epoch,
@@ -133,9 +134,10 @@ impl Sealer {
             service,
             epoch,
             sender: self.sender,
-            counter: self.next_counter,
+            counter: self
+                .next_counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
-        self.next_counter = self.next_counter.wrapping_add(1);
         out.clear();
         out.resize(Header::buffer_len(payload.len()), 0);
         header.emit(&mut out[..HEADER_LEN]);
@@ -147,7 +149,7 @@ impl Sealer {
 
     /// Seals `payload` into a new buffer.
     pub fn seal(
-        &mut self,
+        &self,
         msg_type: MsgType,
         service: ServiceId,
         epoch: Epoch,
@@ -308,7 +310,7 @@ mod tests {
 
     #[test]
     fn sealed_datagram_opens_once() {
-        let mut s = Sealer::new(key(1), ReplicaId(3), 100);
+        let s = Sealer::new(key(1), ReplicaId(3), 100);
         let mut o = Opener::new(key(1));
         let d = s.seal(MsgType::ToHost, ServiceId(9), Epoch(1), b"hello");
         let (h, p) = o.open(&d).unwrap();
@@ -318,7 +320,7 @@ mod tests {
 
     #[test]
     fn forged_flipped_and_truncated_datagrams_are_dropped() {
-        let mut s = Sealer::new(key(1), ReplicaId(3), 0);
+        let s = Sealer::new(key(1), ReplicaId(3), 0);
         let mut o = Opener::new(key(1));
         let d = s.seal(MsgType::ToHost, ServiceId(9), Epoch(1), b"payload");
         let forged = Sealer::new(key(2), ReplicaId(3), 0).seal(

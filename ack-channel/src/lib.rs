@@ -16,5 +16,8 @@ pub mod wire;
 
 pub use auth::{ClusterKey, DropReason, KeyError, Opener, ReplayWindow, Sealer};
 pub use ids::{Epoch, ReplicaId, ServiceId};
-pub use proto::{Heartbeat, Mode, ServiceAd};
+pub use proto::{
+    emit_progress, parse_progress, Heartbeat, Mode, ProgressEntry, ServiceAd, View,
+    PROGRESS_PER_DATAGRAM,
+};
 pub use wire::{Datagram, Header, MsgType, WireError};

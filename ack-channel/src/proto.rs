@@ -1,12 +1,18 @@
-//! Message payloads: host server heartbeats that register services with the redirector.
+//! Message payloads. All are idempotent or cumulative, so loss and duplication are harmless.
 //!
 //! ```text
-//! Heartbeat: count (u16) then count entries of
-//!   service ip (4) | port (2) | mode (1)
+//! Heartbeat (host -> redirector): count (u16) then count entries of
+//!   service ip (4) | port (2) | mode (1) | hb ms (2) | timeout ms (2)
+//! View (redirector -> hosts; epoch and service in the header): count (u8) then entries of
+//!   node id (4) | tunnel ip (4) | port (2)          the first member is the primary
+//! Progress (host -> hosts): count (u16) then entries of
+//!   client ip (4) | client port (2) | service ip (4) | service port (2) |
+//!   isn_local (4) | has isn_s (1) | isn_s (4) | rcv_nxt (4) | edge (4)
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use crate::ids::ReplicaId;
 use crate::wire::WireError;
 
 /// How a port is served (`setportopt`'s mode).
@@ -69,6 +75,10 @@ pub struct ServiceAd {
     pub addr: SocketAddrV4,
     /// How it is served.
     pub mode: Mode,
+    /// Heartbeat interval the host keeps for it (setportopt's detector), milliseconds.
+    pub hb_ms: u16,
+    /// Silence after which the redirector drops the host from the service's view, ms.
+    pub timeout_ms: u16,
 }
 
 /// A host server's heartbeat: "I am alive and serve these services right now" (services
@@ -79,7 +89,7 @@ pub struct Heartbeat {
     pub services: Vec<ServiceAd>,
 }
 
-const ENTRY_LEN: usize = 7;
+const ENTRY_LEN: usize = 11;
 
 impl Heartbeat {
     /// Serializes into a payload.
@@ -91,6 +101,8 @@ impl Heartbeat {
             out.extend_from_slice(&s.addr.ip().octets());
             out.extend_from_slice(&s.addr.port().to_be_bytes());
             out.push(s.mode.code());
+            out.extend_from_slice(&s.hb_ms.to_be_bytes());
+            out.extend_from_slice(&s.timeout_ms.to_be_bytes());
         }
         out
     }
@@ -114,11 +126,134 @@ impl Heartbeat {
                         u16::from_be_bytes([e[4], e[5]]),
                     ),
                     mode: Mode::from_code(e[6])?,
+                    hb_ms: u16::from_be_bytes([e[7], e[8]]),
+                    timeout_ms: u16::from_be_bytes([e[9], e[10]]),
                 })
             })
             .collect::<Result<_, _>>()?;
         Ok(Heartbeat { services })
     }
+}
+
+/// A service's view: its members in order (the first is the primary) with their tunnel
+/// addresses. The epoch travels in the datagram header.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct View {
+    /// Members, primary first.
+    pub members: Vec<(ReplicaId, SocketAddrV4)>,
+}
+
+impl View {
+    /// Serializes into a payload (at most 255 members).
+    pub fn emit(&self) -> Vec<u8> {
+        let n = self.members.len().min(255);
+        let mut out = Vec::with_capacity(1 + n * 10);
+        out.push(n as u8);
+        for (id, addr) in &self.members[..n] {
+            out.extend_from_slice(&id.0.to_be_bytes());
+            out.extend_from_slice(&addr.ip().octets());
+            out.extend_from_slice(&addr.port().to_be_bytes());
+        }
+        out
+    }
+
+    /// Parses a payload.
+    pub fn parse(b: &[u8]) -> Result<Self, WireError> {
+        let (&n, body) = b.split_first().ok_or(WireError::Payload)?;
+        if body.len() != usize::from(n) * 10 {
+            return Err(WireError::Payload);
+        }
+        let members = body
+            .chunks_exact(10)
+            .map(|e| {
+                (
+                    ReplicaId(u32::from_be_bytes([e[0], e[1], e[2], e[3]])),
+                    SocketAddrV4::new(
+                        Ipv4Addr::new(e[4], e[5], e[6], e[7]),
+                        u16::from_be_bytes([e[8], e[9]]),
+                    ),
+                )
+            })
+            .collect();
+        Ok(View { members })
+    }
+}
+
+/// One replica's cumulative progress on one ft connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgressEntry {
+    /// The client's address.
+    pub client: SocketAddrV4,
+    /// The service address.
+    pub service: SocketAddrV4,
+    /// The reporter's own ISN.
+    pub isn_local: u32,
+    /// The client-visible ISN, when the reporter knows it.
+    pub isn_s: Option<u32>,
+    /// Next client byte the reporter expects.
+    pub rcv_nxt: u32,
+    /// Right edge of the reporter's receive window.
+    pub edge: u32,
+}
+
+const PROGRESS_LEN: usize = 29;
+
+/// Entries that fit in one datagram on a 1500-byte link.
+pub const PROGRESS_PER_DATAGRAM: usize = 40;
+
+/// Serializes progress entries (at most [`PROGRESS_PER_DATAGRAM`] per datagram is the
+/// caller's business).
+pub fn emit_progress(entries: &[ProgressEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + entries.len() * PROGRESS_LEN);
+    out.extend_from_slice(&(entries.len().min(u16::MAX as usize) as u16).to_be_bytes());
+    for e in entries.iter().take(u16::MAX as usize) {
+        out.extend_from_slice(&e.client.ip().octets());
+        out.extend_from_slice(&e.client.port().to_be_bytes());
+        out.extend_from_slice(&e.service.ip().octets());
+        out.extend_from_slice(&e.service.port().to_be_bytes());
+        out.extend_from_slice(&e.isn_local.to_be_bytes());
+        out.push(u8::from(e.isn_s.is_some()));
+        out.extend_from_slice(&e.isn_s.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&e.rcv_nxt.to_be_bytes());
+        out.extend_from_slice(&e.edge.to_be_bytes());
+    }
+    out
+}
+
+/// Parses progress entries; the length must match the count exactly.
+pub fn parse_progress(b: &[u8]) -> Result<Vec<ProgressEntry>, WireError> {
+    if b.len() < 2 {
+        return Err(WireError::Payload);
+    }
+    let n = usize::from(u16::from_be_bytes([b[0], b[1]]));
+    let body = &b[2..];
+    if body.len() != n * PROGRESS_LEN {
+        return Err(WireError::Payload);
+    }
+    let u32at = |e: &[u8], i: usize| u32::from_be_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
+    body.chunks_exact(PROGRESS_LEN)
+        .map(|e| {
+            let has = match e[16] {
+                0 => false,
+                1 => true,
+                _ => return Err(WireError::Payload),
+            };
+            Ok(ProgressEntry {
+                client: SocketAddrV4::new(
+                    Ipv4Addr::new(e[0], e[1], e[2], e[3]),
+                    u16::from_be_bytes([e[4], e[5]]),
+                ),
+                service: SocketAddrV4::new(
+                    Ipv4Addr::new(e[6], e[7], e[8], e[9]),
+                    u16::from_be_bytes([e[10], e[11]]),
+                ),
+                isn_local: u32at(e, 12),
+                isn_s: has.then(|| u32at(e, 17)),
+                rcv_nxt: u32at(e, 21),
+                edge: u32at(e, 25),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -128,17 +263,52 @@ mod tests {
 
     proptest! {
         #[test]
-        fn heartbeat_round_trips(entries in proptest::collection::vec((any::<u32>(), any::<u16>(), 0u8..3), 0..20)) {
+        fn heartbeat_round_trips(entries in proptest::collection::vec((any::<u32>(), any::<u16>(), 0u8..3, any::<u16>(), any::<u16>()), 0..20)) {
             let hb = Heartbeat {
                 services: entries
                     .into_iter()
-                    .map(|(ip, port, m)| ServiceAd {
+                    .map(|(ip, port, m, hb_ms, timeout_ms)| ServiceAd {
                         addr: SocketAddrV4::new(Ipv4Addr::from(ip), port),
                         mode: Mode::from_code(m).unwrap(),
+                        hb_ms,
+                        timeout_ms,
                     })
                     .collect(),
             };
             prop_assert_eq!(Heartbeat::parse(&hb.emit()).unwrap(), hb);
+        }
+
+        #[test]
+        fn view_round_trips(members in proptest::collection::vec((any::<u32>(), any::<u32>(), any::<u16>()), 0..20)) {
+            let v = View {
+                members: members
+                    .into_iter()
+                    .map(|(id, ip, port)| (ReplicaId(id), SocketAddrV4::new(Ipv4Addr::from(ip), port)))
+                    .collect(),
+            };
+            prop_assert_eq!(View::parse(&v.emit()).unwrap(), v);
+        }
+
+        #[test]
+        fn progress_round_trips(entries in proptest::collection::vec((any::<u32>(), any::<u16>(), any::<u32>(), proptest::option::of(any::<u32>()), any::<u32>(), any::<u32>()), 0..40)) {
+            let v: Vec<ProgressEntry> = entries
+                .into_iter()
+                .map(|(ip, port, isn_local, isn_s, rcv_nxt, edge)| ProgressEntry {
+                    client: SocketAddrV4::new(Ipv4Addr::from(ip), port),
+                    service: SocketAddrV4::new(Ipv4Addr::from(!ip), port ^ 1),
+                    isn_local,
+                    isn_s,
+                    rcv_nxt,
+                    edge,
+                })
+                .collect();
+            prop_assert_eq!(parse_progress(&emit_progress(&v)).unwrap(), v);
+        }
+
+        #[test]
+        fn view_and_progress_parse_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let _ = View::parse(&bytes);
+            let _ = parse_progress(&bytes);
         }
 
         #[test]
@@ -150,6 +320,8 @@ mod tests {
     #[test]
     fn heartbeat_with_wrong_length_is_rejected() {
         assert!(Heartbeat::parse(&[0, 1, 1, 2, 3]).is_err());
+        assert!(View::parse(&[1, 0, 0]).is_err());
+        assert!(parse_progress(&[0, 1]).is_err());
         assert!(Heartbeat::parse(&[0]).is_err());
         assert_eq!(Heartbeat::parse(&[0, 0]).unwrap(), Heartbeat::default());
     }

@@ -68,6 +68,10 @@ pub enum MsgType {
     ToClient,
     /// A host server's liveness and service registration, host server to redirector.
     Heartbeat,
+    /// Progress reports of ft connections, host server to host server (the ack channel).
+    Progress,
+    /// A service's view (epoch in the header, members in the payload), redirector to hosts.
+    View,
 }
 
 impl MsgType {
@@ -76,6 +80,8 @@ impl MsgType {
             MsgType::ToHost => 1,
             MsgType::ToClient => 2,
             MsgType::Heartbeat => 3,
+            MsgType::Progress => 4,
+            MsgType::View => 5,
         }
     }
 
@@ -84,6 +90,8 @@ impl MsgType {
             1 => MsgType::ToHost,
             2 => MsgType::ToClient,
             3 => MsgType::Heartbeat,
+            4 => MsgType::Progress,
+            5 => MsgType::View,
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -300,7 +308,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn header_round_trips(t in 1u8..=3, flags: u16, service: u64, epoch: u64, sender: u32, counter: u64, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn header_round_trips(t in 1u8..=5, flags: u16, service: u64, epoch: u64, sender: u32, counter: u64, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
             let h = Header {
                 msg_type: MsgType::from_code(t).unwrap(),
                 flags,

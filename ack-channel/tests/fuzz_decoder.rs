@@ -16,6 +16,8 @@ fn fuzz_open() {
             panic!("random bytes opened as a datagram: {payload:?}");
         }
         let _ = Heartbeat::parse(bytes);
+        let _ = ack_channel::View::parse(bytes);
+        let _ = ack_channel::parse_progress(bytes);
     });
 }
 
@@ -25,7 +27,7 @@ fn fuzz_open_mutated_real_datagrams() {
     bolero::check!()
         .with_type::<(Vec<u8>, u16, u8)>()
         .for_each(|(payload, pos, xor)| {
-            let mut sealer = Sealer::new(key.clone(), ReplicaId(1), 1);
+            let sealer = Sealer::new(key.clone(), ReplicaId(1), 1);
             let mut d = sealer.seal(MsgType::Heartbeat, ServiceId(0), Epoch(0), payload);
             let mut opener = Opener::new(key.clone());
             let at = usize::from(*pos) % d.len();

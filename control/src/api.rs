@@ -18,4 +18,10 @@ pub struct SetPortOpt {
     pub mode: String,
     /// `127.0.0.1:port` of the local backend; required unless mode is `off`.
     pub backend: Option<String>,
+    /// ft detector heartbeat interval in milliseconds (default 5).
+    #[serde(default)]
+    pub hb_ms: Option<u16>,
+    /// ft detector timeout in milliseconds (default 25).
+    #[serde(default)]
+    pub timeout_ms: Option<u16>,
 }

@@ -232,6 +232,11 @@ impl FtConn {
         &mut self.ep
     }
 
+    /// The local endpoint, read-only.
+    pub fn endpoint_ref(&self) -> &Endpoint {
+        &self.ep
+    }
+
     /// The local endpoint's state.
     pub fn state(&self) -> TcpState {
         self.ep.state()

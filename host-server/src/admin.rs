@@ -80,7 +80,12 @@ pub fn handle(shared: &Arc<Shared>, node: ReplicaId, method: &str, url: &str, bo
             };
             // INVARIANT: no code panics while holding the lock.
             let mut s = shared.services.lock().expect("services lock");
-            match s.set_port_opt(addr, mode, backend) {
+            let d = crate::services::Detector::default();
+            let detector = crate::services::Detector {
+                hb_ms: req.hb_ms.unwrap_or(d.hb_ms),
+                timeout_ms: req.timeout_ms.unwrap_or(d.timeout_ms),
+            };
+            match s.set_port_opt(addr, mode, backend, detector) {
                 Ok(()) => {
                     tracing::info!(service = %addr, mode = mode.as_str(), ?backend, "setportopt");
                     Reply::json(&json!({ "ok": true }))
@@ -106,6 +111,8 @@ fn status(shared: &Arc<Shared>, node: ReplicaId) -> Reply {
                     "mode": p.mode.as_str(),
                     "backend": p.backend.map(|b| b.to_string()),
                     "backend_healthy": p.healthy,
+                    "hb_ms": p.hb_ms,
+                    "timeout_ms": p.timeout_ms,
                 })
             })
             .collect()
@@ -117,12 +124,28 @@ fn status(shared: &Arc<Shared>, node: ReplicaId) -> Reply {
     };
     // INVARIANT: no code panics while holding the lock.
     let conns = shared.conns.lock().expect("conns lock").clone();
+    // INVARIANT: no code panics while holding the lock.
+    let views: Vec<_> = shared
+        .views
+        .lock()
+        .expect("views lock")
+        .iter()
+        .map(|(svc, epoch, members)| {
+            json!({
+                "service": svc,
+                "epoch": epoch,
+                "members": members,
+                "role": if members.first() == Some(&node.0) { "primary" } else if members.contains(&node.0) { "backup" } else { "not a member" },
+            })
+        })
+        .collect();
     let m = &shared.metrics;
     Reply::json(&json!({
         "kind": "host",
         "node_id": node.0,
         "vhosts": vhosts,
         "services": services,
+        "views": views,
         "connections_active": m.conns_active.get(),
         "connections_total": m.conns_total.get(),
         "connections": conns,

@@ -10,8 +10,10 @@
 //!
 //! [[service]]
 //! addr = "198.19.0.10:80"
-//! mode = "redirect"
+//! mode = "redirect"                # or "ft"
 //! backend = "127.0.0.1:8080"
+//! hb_ms = 5                         # ft detector (setportopt --hb), optional
+//! timeout_ms = 25                   # ft detector (setportopt --timeout), optional
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -62,6 +64,10 @@ pub struct ServiceConfig {
     pub mode: String,
     /// The local backend.
     pub backend: Option<SocketAddrV4>,
+    /// ft detector heartbeat interval, milliseconds (default 5).
+    pub hb_ms: Option<u16>,
+    /// ft detector timeout, milliseconds (default 25).
+    pub timeout_ms: Option<u16>,
 }
 
 fn default_admin_socket() -> PathBuf {

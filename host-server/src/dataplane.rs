@@ -19,9 +19,15 @@ use std::net::{Shutdown, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ack_channel::{DropReason, Epoch, Heartbeat, MsgType, Opener, Sealer, ServiceId};
+use ack_channel::{
+    emit_progress, parse_progress, DropReason, Epoch, Heartbeat, Mode, MsgType, Opener,
+    ProgressEntry, ReplicaId, Sealer, ServiceId, View, PROGRESS_PER_DATAGRAM,
+};
 use control::metrics::{Counter, Exposition};
-use ft_tcp::{Endpoint, EndpointConfig, FlowKey, TcpMeta, TcpState};
+use ft_tcp::{
+    Endpoint, EndpointConfig, FlowKey, FtConfig, FtConn, Progress, Role, SeqNumber, TcpMeta,
+    TcpState,
+};
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 use serde::Serialize;
@@ -70,6 +76,8 @@ pub struct HostMetrics {
     pub client_resets: Counter,
     /// Connections the backend reset.
     pub backend_resets: Counter,
+    /// ft machinery.
+    pub ft: FtMetrics,
 }
 
 impl HostMetrics {
@@ -160,6 +168,41 @@ impl HostMetrics {
             "side=\"backend\"",
             self.backend_resets.get(),
         );
+        e.sample(
+            "hydra_ft_views_total",
+            c,
+            "Views received that changed this host's view",
+            "",
+            self.ft.views.get(),
+        );
+        e.sample(
+            "hydra_ft_progress_sent_total",
+            c,
+            "Progress datagrams sent to peers",
+            "",
+            self.ft.progress_sent.get(),
+        );
+        e.sample(
+            "hydra_ft_progress_received_total",
+            c,
+            "Progress entries received from peers",
+            "",
+            self.ft.progress_received.get(),
+        );
+        e.sample(
+            "hydra_ft_promotions_total",
+            c,
+            "Connections this host took over as the new primary",
+            "",
+            self.ft.promotions.get(),
+        );
+        e.sample(
+            "hydra_packets_dropped_total",
+            c,
+            "Tunnelled client packets not delivered to a connection, by reason",
+            "reason=\"ft_unknown_flow\"",
+            self.ft.ft_unknown_flow.get(),
+        );
         e.finish()
     }
 }
@@ -179,6 +222,28 @@ pub struct ConnStatus {
     pub to_backend: usize,
     /// Bytes queued for the client, unacknowledged.
     pub to_client: usize,
+    /// The FT layer's state, in ft mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ft: Option<FtStatus>,
+}
+
+/// The FT layer of one connection as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FtStatus {
+    /// This replica's role for the connection.
+    pub role: &'static str,
+    /// The ACK last sent to the client (primary): every member holds the bytes before it.
+    pub gate: Option<u32>,
+    /// The client's latest ACK of our bytes.
+    pub client_ack: Option<u32>,
+    /// Unacknowledged output kept for failover and retransmission.
+    pub shadow_bytes: usize,
+    /// Each member's next expected client byte (node id, rcv_nxt).
+    pub members: Vec<(u32, u32)>,
+    /// Segments resent by the FT layer.
+    pub retransmits: u64,
+    /// Promotions of this replica for this connection.
+    pub promotions: u64,
 }
 
 /// State shared between the dataplane, the admin API and the health checker.
@@ -190,6 +255,8 @@ pub struct Shared {
     pub metrics: HostMetrics,
     /// The last connection snapshot.
     pub conns: Mutex<Vec<ConnStatus>>,
+    /// The ft views this host holds: service, epoch, members (primary first).
+    pub views: Mutex<Vec<(String, u64, Vec<u32>)>>,
 }
 
 /// Settings of the dataplane.
@@ -205,9 +272,31 @@ pub struct DataplaneConfig {
     pub endpoint: EndpointConfig,
 }
 
+/// A connection's TCP side: plain (redirect mode) or with the FT layer (ft mode).
+enum Tcp {
+    Plain(Box<Endpoint>),
+    Ft(Box<FtConn>),
+}
+
+impl Tcp {
+    fn ep(&mut self) -> &mut Endpoint {
+        match self {
+            Tcp::Plain(ep) => ep,
+            Tcp::Ft(f) => f.endpoint(),
+        }
+    }
+
+    fn ep_ref(&self) -> &Endpoint {
+        match self {
+            Tcp::Plain(ep) => ep,
+            Tcp::Ft(f) => f.endpoint_ref(),
+        }
+    }
+}
+
 struct Conn {
     key: FlowKey,
-    ep: Endpoint,
+    tcp: Tcp,
     backend: Option<TcpStream>,
     connected: bool,
     readable: bool,
@@ -233,6 +322,26 @@ pub struct Dataplane {
     seed: u64,
     out: Vec<Vec<u8>>,
     sealed: Vec<u8>,
+    me: ReplicaId,
+    /// The latest view of each ft service (epoch, members with tunnel addresses).
+    views: HashMap<SocketAddrV4, (Epoch, Vec<(ReplicaId, SocketAddrV4)>)>,
+    /// Progress reports waiting to be sent this loop iteration.
+    progress_out: Vec<ProgressEntry>,
+}
+
+/// Counters of the ft machinery, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct FtMetrics {
+    /// Views received that changed something.
+    pub views: Counter,
+    /// Progress datagrams sent to peers.
+    pub progress_sent: Counter,
+    /// Progress entries received from peers.
+    pub progress_received: Counter,
+    /// Promotions to primary (per connection).
+    pub promotions: Counter,
+    /// Packets of ft services for connections this host does not hold.
+    pub ft_unknown_flow: Counter,
 }
 
 fn resize_socket_buffers(udp: &UdpSocket) {
@@ -266,6 +375,7 @@ impl Dataplane {
         shared: Arc<Shared>,
         seed: u64,
     ) -> io::Result<Self> {
+        let me = sealer.sender();
         let poll = Poll::new()?;
         let mut udp = UdpSocket::bind(cfg.listen)?;
         resize_socket_buffers(&udp);
@@ -286,6 +396,9 @@ impl Dataplane {
             seed,
             out: Vec::new(),
             sealed: Vec::new(),
+            me,
+            views: HashMap::new(),
+            progress_out: Vec::new(),
         })
     }
 
@@ -352,9 +465,10 @@ impl Dataplane {
             for &id in &dirty {
                 self.service(id, snow);
             }
+            self.flush_progress();
             if now >= next_heartbeat {
-                self.heartbeat();
-                next_heartbeat = now + self.cfg.heartbeat;
+                let every = self.heartbeat();
+                next_heartbeat = now + every;
             }
             if now >= next_snapshot {
                 self.snapshot();
@@ -387,13 +501,22 @@ impl Dataplane {
                     continue;
                 }
             };
-            if header.msg_type != MsgType::ToHost {
-                m.dropped_unexpected.inc();
-                continue;
-            }
-            let packet = payload.to_vec();
-            if let Some(id) = self.on_client_packet(&packet) {
-                dirty.push(id);
+            match header.msg_type {
+                MsgType::ToHost => {
+                    let packet = payload.to_vec();
+                    if let Some(id) = self.on_client_packet(&packet) {
+                        dirty.push(id);
+                    }
+                }
+                MsgType::Progress => match parse_progress(payload) {
+                    Ok(entries) => self.on_progress(header.sender, &entries, dirty),
+                    Err(_) => m.dropped_malformed.inc(),
+                },
+                MsgType::View => match View::parse(payload) {
+                    Ok(v) => self.on_view(header.service.addr(), header.epoch, v, dirty),
+                    Err(_) => m.dropped_malformed.inc(),
+                },
+                MsgType::ToClient | MsgType::Heartbeat => m.dropped_unexpected.inc(),
             }
         }
         // More may be waiting: mio is edge-triggered, so come back at once.
@@ -421,7 +544,7 @@ impl Dataplane {
             Some(id)
                 if meta.is_syn()
                     && matches!(
-                        self.conns.get(&id).map(|c| c.ep.state()),
+                        self.conns.get(&id).map(|c| c.tcp.ep_ref().state()),
                         Some(TcpState::TimeWait | TcpState::Closed)
                     ) =>
             {
@@ -430,44 +553,86 @@ impl Dataplane {
             }
             Some(id) => id,
             None if meta.is_syn() => self.open(key, now)?,
+            None if self.views.contains_key(&key.service) => {
+                // ft: another replica may hold it; never reset a connection we lack.
+                self.shared.metrics.ft.ft_unknown_flow.inc();
+                return None;
+            }
             None => {
                 self.shared.metrics.packets_unknown_flow.inc();
                 if let Some(rst) = meta.reset_reply() {
-                    self.send_to_client(ServiceId::from_addr(key.service), &rst);
+                    self.send_to_client(key.service, &rst);
                 }
                 return None;
             }
         };
         let c = self.conns.get_mut(&id)?;
         self.out.clear();
-        c.ep.handle_packet(now, packet, &mut self.out);
+        match &mut c.tcp {
+            Tcp::Plain(ep) => ep.handle_packet(now, packet, &mut self.out),
+            Tcp::Ft(f) => f.handle_client_packet(now, packet),
+        }
         self.flush_out(key.service);
         Some(id)
     }
 
+    /// This host's role and the other members, from the service's current view.
+    fn role_in(&self, service: SocketAddrV4) -> Option<(Role, Vec<u32>)> {
+        let (_, members) = self.views.get(&service)?;
+        let role = if members.first().map(|m| m.0) == Some(self.me) {
+            Role::Primary
+        } else {
+            Role::Backup
+        };
+        let peers = members
+            .iter()
+            .filter(|m| m.0 != self.me)
+            .map(|m| m.0 .0)
+            .collect();
+        Some((role, peers))
+    }
+
     /// Accepts a new connection: an endpoint listening for its SYN and a backend connect.
     fn open(&mut self, key: FlowKey, now: SInstant) -> Option<usize> {
-        let backend = {
+        let opt = {
             // INVARIANT: no code panics while holding the lock.
             let services = self.shared.services.lock().expect("services lock");
-            services.serving(key.service).and_then(|p| p.backend)
+            services.serving(key.service).map(|p| (p.backend, p.mode))
         };
-        let Some(backend) = backend else {
+        let Some((Some(backend), mode)) = opt else {
             self.shared.metrics.packets_no_service.inc();
             tracing::debug!(service = %key.service, "SYN for a service not served here");
             return None;
         };
         let id = self.next_id;
         self.next_id += 1;
-        let ep = Endpoint::listen(
-            key.service,
-            self.cfg.endpoint,
-            self.seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            now,
-        );
+        let seed = self.seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let tcp = if mode == Mode::Ft {
+            let Some((role, peers)) = self.role_in(key.service) else {
+                // No view yet: the redirector does not count this host as a member.
+                self.shared.metrics.ft.ft_unknown_flow.inc();
+                return None;
+            };
+            Tcp::Ft(Box::new(FtConn::new(
+                key,
+                FtConfig::default(),
+                self.cfg.endpoint,
+                seed,
+                now,
+                role,
+                peers,
+            )))
+        } else {
+            Tcp::Plain(Box::new(Endpoint::listen(
+                key.service,
+                self.cfg.endpoint,
+                seed,
+                now,
+            )))
+        };
         let mut conn = Conn {
             key,
-            ep,
+            tcp,
             backend: None,
             connected: false,
             readable: false,
@@ -538,7 +703,7 @@ impl Dataplane {
                     }
                 }
             }
-        } else if !abort_client && c.ep.state() != TcpState::Closed {
+        } else if !abort_client && c.tcp.ep().state() != TcpState::Closed {
             // No backend socket at all (connect failed synchronously).
             m.backend_connect_failures.inc();
             abort_client = true;
@@ -546,16 +711,20 @@ impl Dataplane {
         if c.connected && !abort_client {
             if let Some(s) = c.backend.as_mut() {
                 // Backend -> client, only into free send-buffer space (backpressure).
-                while c.readable && !c.backend_eof && c.ep.may_send() && c.ep.send_space() > 0 {
+                while c.readable
+                    && !c.backend_eof
+                    && c.tcp.ep().may_send()
+                    && c.tcp.ep().send_space() > 0
+                {
                     let mut res = Ok(0);
-                    c.ep.send_from(|buf| {
+                    c.tcp.ep().send_from(|buf| {
                         res = s.read(buf);
                         *res.as_ref().unwrap_or(&0)
                     });
                     match res {
                         Ok(0) => {
                             c.backend_eof = true;
-                            c.ep.close();
+                            c.tcp.ep().close();
                         }
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
@@ -568,9 +737,9 @@ impl Dataplane {
                     }
                 }
                 // Client -> backend, as fast as the backend takes it.
-                while c.writable && !c.fin_to_backend && c.ep.recv_queue() > 0 {
+                while c.writable && !c.fin_to_backend && c.tcp.ep().recv_queue() > 0 {
                     let mut res = Ok(0);
-                    c.ep.recv_into(|buf| {
+                    c.tcp.ep().recv_into(|buf| {
                         res = s.write(buf);
                         *res.as_ref().unwrap_or(&0)
                     });
@@ -586,11 +755,11 @@ impl Dataplane {
                     }
                 }
                 // Client half-close -> backend half-close, once everything was delivered.
-                let state = c.ep.state();
+                let state = c.tcp.ep().state();
                 if !abort_client
                     && !c.fin_to_backend
-                    && c.ep.recv_queue() == 0
-                    && !c.ep.may_recv()
+                    && c.tcp.ep().recv_queue() == 0
+                    && !c.tcp.ep().may_recv()
                     && !matches!(
                         state,
                         TcpState::Listen | TcpState::SynReceived | TcpState::Closed
@@ -605,11 +774,11 @@ impl Dataplane {
                     drop_backend_hard = true;
                 }
             }
-        } else if !abort_client && c.ep.state() == TcpState::Closed {
+        } else if !abort_client && c.tcp.ep().state() == TcpState::Closed {
             drop_backend_hard = true;
         }
         if abort_client {
-            c.ep.abort();
+            c.tcp.ep().abort();
             drop_backend_hard = true;
         }
         if drop_backend_hard {
@@ -619,8 +788,24 @@ impl Dataplane {
             }
         }
         self.out.clear();
-        c.ep.poll(now, &mut self.out);
-        let state = c.ep.state();
+        match &mut c.tcp {
+            Tcp::Plain(ep) => ep.poll(now, &mut self.out),
+            Tcp::Ft(f) => {
+                f.poll(now);
+                self.out.extend(f.take_to_client());
+                if let Some(p) = f.take_progress(now) {
+                    self.progress_out.push(ProgressEntry {
+                        client: c.key.client,
+                        service: c.key.service,
+                        isn_local: p.isn_local.0,
+                        isn_s: p.isn_s.map(|s| s.0),
+                        rcv_nxt: p.rcv_nxt.0,
+                        edge: p.edge.0,
+                    });
+                }
+            }
+        }
+        let state = c.tcp.ep_ref().state();
         let done_both_ways = c.fin_to_backend && c.backend_eof;
         if done_both_ways {
             // Backend socket no longer needed; TIME-WAIT lives on in the endpoint.
@@ -630,7 +815,14 @@ impl Dataplane {
         }
         let service = c.key.service;
         let finished = state == TcpState::Closed;
-        let next = if finished { None } else { c.ep.poll_at(now) };
+        let next = if finished {
+            None
+        } else {
+            match &mut c.tcp {
+                Tcp::Plain(ep) => ep.poll_at(now),
+                Tcp::Ft(f) => f.poll_at(now),
+            }
+        };
         let old = c.deadline;
         c.deadline = next;
         if let Some(d) = old {
@@ -646,19 +838,20 @@ impl Dataplane {
     }
 
     fn flush_out(&mut self, service: SocketAddrV4) {
-        let sid = ServiceId::from_addr(service);
         let out = std::mem::take(&mut self.out);
         for p in &out {
-            self.send_to_client(sid, p);
+            self.send_to_client(service, p);
         }
         self.out = out;
     }
 
-    fn send_to_client(&mut self, service: ServiceId, packet: &[u8]) {
+    fn send_to_client(&mut self, service: SocketAddrV4, packet: &[u8]) {
+        // Stamped with our view epoch: the redirector passes only the current primary's.
+        let epoch = self.views.get(&service).map_or(Epoch(0), |v| v.0);
         self.sealer.seal_into(
             MsgType::ToClient,
-            service,
-            Epoch(0),
+            ServiceId::from_addr(service),
+            epoch,
             packet,
             &mut self.sealed,
         );
@@ -672,7 +865,116 @@ impl Dataplane {
         }
     }
 
-    fn heartbeat(&mut self) {
+    /// Progress reports from a peer replica.
+    fn on_progress(&mut self, from: ReplicaId, entries: &[ProgressEntry], dirty: &mut Vec<usize>) {
+        let now = self.stamp(Instant::now());
+        self.shared
+            .metrics
+            .ft
+            .progress_received
+            .add(entries.len() as u64);
+        for e in entries {
+            let key = FlowKey {
+                client: e.client,
+                service: e.service,
+            };
+            let Some(&id) = self.flows.get(&key) else {
+                continue;
+            };
+            if let Some(Conn {
+                tcp: Tcp::Ft(f), ..
+            }) = self.conns.get_mut(&id)
+            {
+                f.handle_progress(
+                    now,
+                    from.0,
+                    Progress {
+                        isn_local: SeqNumber(e.isn_local),
+                        isn_s: e.isn_s.map(SeqNumber),
+                        rcv_nxt: SeqNumber(e.rcv_nxt),
+                        edge: SeqNumber(e.edge),
+                    },
+                );
+                dirty.push(id);
+            }
+        }
+    }
+
+    /// A view from the redirector: roles change for every connection of the service.
+    fn on_view(&mut self, service: SocketAddrV4, epoch: Epoch, v: View, dirty: &mut Vec<usize>) {
+        if self.views.get(&service).is_some_and(|(e, _)| *e >= epoch) {
+            return;
+        }
+        let members: Vec<String> = v.members.iter().map(|m| m.0.to_string()).collect();
+        tracing::info!(%service, epoch = epoch.0, ?members, me = %self.me, "new view");
+        self.shared.metrics.ft.views.inc();
+        self.views.insert(service, (epoch, v.members));
+        {
+            let snapshot = self
+                .views
+                .iter()
+                .map(|(s, (e, m))| (s.to_string(), e.0, m.iter().map(|x| x.0 .0).collect()))
+                .collect();
+            // INVARIANT: no code panics while holding the lock.
+            *self.shared.views.lock().expect("views lock") = snapshot;
+        }
+        let Some((role, peers)) = self.role_in(service) else {
+            return;
+        };
+        let now = self.stamp(Instant::now());
+        for (id, c) in self.conns.iter_mut() {
+            if c.key.service != service {
+                continue;
+            }
+            if let Tcp::Ft(f) = &mut c.tcp {
+                let was = f.role();
+                f.set_view(now, role, peers.clone());
+                if was == Role::Backup && role == Role::Primary {
+                    self.shared.metrics.ft.promotions.inc();
+                }
+                dirty.push(*id);
+            }
+        }
+    }
+
+    /// Sends this iteration's progress reports to the other members, batched per datagram.
+    fn flush_progress(&mut self) {
+        if self.progress_out.is_empty() {
+            return;
+        }
+        let mut entries = std::mem::take(&mut self.progress_out);
+        entries.sort_by_key(|e| (e.service.ip().octets(), e.service.port()));
+        for chunk in entries.chunk_by(|a, b| a.service == b.service) {
+            let service = chunk[0].service;
+            let Some((epoch, members)) = self.views.get(&service).cloned() else {
+                continue;
+            };
+            for batch in chunk.chunks(PROGRESS_PER_DATAGRAM) {
+                self.sealer.seal_into(
+                    MsgType::Progress,
+                    ServiceId::from_addr(service),
+                    epoch,
+                    &emit_progress(batch),
+                    &mut self.sealed,
+                );
+                for (id, addr) in &members {
+                    if *id == self.me {
+                        continue;
+                    }
+                    match self.udp.send_to(&self.sealed, SocketAddr::V4(*addr)) {
+                        Ok(_) => self.shared.metrics.ft.progress_sent.inc(),
+                        Err(_) => self.shared.metrics.send_errors.inc(),
+                    }
+                }
+            }
+        }
+        entries.clear();
+        self.progress_out = entries;
+    }
+
+    /// Sends a heartbeat; returns when the next is due (the shortest interval any service's
+    /// detector asks for).
+    fn heartbeat(&mut self) -> Duration {
         let hb = {
             // INVARIANT: no code panics while holding the lock.
             let services = self.shared.services.lock().expect("services lock");
@@ -680,6 +982,14 @@ impl Dataplane {
                 services: services.ads(),
             }
         };
+        let every = hb
+            .services
+            .iter()
+            .filter(|s| s.mode == Mode::Ft)
+            .map(|s| Duration::from_millis(u64::from(s.hb_ms.max(1))))
+            .min()
+            .unwrap_or(self.cfg.heartbeat)
+            .min(self.cfg.heartbeat);
         self.sealer.seal_into(
             MsgType::Heartbeat,
             ServiceId(0),
@@ -694,6 +1004,7 @@ impl Dataplane {
                 tracing::debug!(error = %e, redirector = %self.cfg.redirector, "heartbeat not sent");
             }
         }
+        every
     }
 
     fn snapshot(&mut self) {
@@ -704,10 +1015,29 @@ impl Dataplane {
             .map(|c| ConnStatus {
                 client: c.key.client.to_string(),
                 service: c.key.service.to_string(),
-                state: c.ep.state().to_string(),
+                state: c.tcp.ep_ref().state().to_string(),
                 backend_connected: c.connected && c.backend.is_some(),
-                to_backend: c.ep.recv_queue(),
-                to_client: c.ep.send_queue(),
+                to_backend: c.tcp.ep_ref().recv_queue(),
+                to_client: c.tcp.ep_ref().send_queue(),
+                ft: match &c.tcp {
+                    Tcp::Plain(_) => None,
+                    Tcp::Ft(f) => Some(FtStatus {
+                        role: match f.role() {
+                            Role::Primary => "primary",
+                            Role::Backup => "backup",
+                        },
+                        gate: f.gate().map(|g| g.0),
+                        client_ack: f.client_ack().map(|a| a.0),
+                        shadow_bytes: f.shadow_len(),
+                        members: f
+                            .member_progress()
+                            .into_iter()
+                            .map(|(id, r)| (id.map_or(self.me.0, |i| i), r.0))
+                            .collect(),
+                        retransmits: f.stats.retransmits,
+                        promotions: f.stats.promotions,
+                    }),
+                },
             })
             .collect();
         // INVARIANT: no code panics while holding the lock.

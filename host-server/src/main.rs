@@ -48,7 +48,12 @@ fn run() -> anyhow::Result<()> {
         }
         for svc in &cfg.services {
             let mode: Mode = svc.mode.parse().map_err(anyhow::Error::msg)?;
-            s.set_port_opt(svc.addr, mode, svc.backend)
+            let d = host_server::services::Detector::default();
+            let detector = host_server::services::Detector {
+                hb_ms: svc.hb_ms.unwrap_or(d.hb_ms),
+                timeout_ms: svc.timeout_ms.unwrap_or(d.timeout_ms),
+            };
+            s.set_port_opt(svc.addr, mode, svc.backend, detector)
                 .with_context(|| format!("config service {}", svc.addr))?;
         }
     }

@@ -15,6 +15,29 @@ pub struct PortOpt {
     pub backend: Option<SocketAddrV4>,
     /// Whether the last health check reached the backend.
     pub healthy: bool,
+    /// ft detector: heartbeat interval, milliseconds.
+    pub hb_ms: u16,
+    /// ft detector: silence after which the redirector drops this host from the view, ms.
+    pub timeout_ms: u16,
+}
+
+/// setportopt's detector parameters (HydraNet's `detector_parameters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detector {
+    /// Heartbeat interval, milliseconds.
+    pub hb_ms: u16,
+    /// Failure timeout, milliseconds.
+    pub timeout_ms: u16,
+}
+
+impl Default for Detector {
+    /// 5 ms heartbeats, 25 ms timeout (DESIGN.md).
+    fn default() -> Self {
+        Detector {
+            hb_ms: 5,
+            timeout_ms: 25,
+        }
+    }
 }
 
 /// Why an admin request is refused; the message tells the user what to do.
@@ -32,9 +55,14 @@ pub enum ServiceError {
     /// Port 0.
     #[error("port 0 is not a service port: pass ip:port with a port from 1 to 65535")]
     PortZero,
-    /// ft mode is not in this build.
-    #[error("mode ft is not available in this build yet; use --mode redirect")]
-    FtUnavailable,
+    /// A detector whose timeout does not cover a few heartbeats.
+    #[error("detector timeout {timeout_ms} ms must be at least twice the heartbeat interval {hb_ms} ms (and hb at least 1 ms): e.g. --hb 5ms --timeout 25ms")]
+    BadDetector {
+        /// Heartbeat interval.
+        hb_ms: u16,
+        /// Timeout.
+        timeout_ms: u16,
+    },
     /// del of an unknown vhost.
     #[error("no virtual host {0} on this host: `hydractl v_host list` shows the ones there are")]
     UnknownVhost(Ipv4Addr),
@@ -73,6 +101,7 @@ impl Services {
         addr: SocketAddrV4,
         mode: Mode,
         backend: Option<SocketAddrV4>,
+        detector: Detector,
     ) -> Result<(), ServiceError> {
         if addr.port() == 0 {
             return Err(ServiceError::PortZero);
@@ -80,12 +109,14 @@ impl Services {
         if !self.vhosts.contains_key(addr.ip()) {
             return Err(ServiceError::NoVhost(*addr.ip()));
         }
-        match mode {
-            Mode::Ft => return Err(ServiceError::FtUnavailable),
-            Mode::Redirect if backend.is_none() => {
-                return Err(ServiceError::NoBackend(mode.as_str()))
-            }
-            _ => {}
+        if mode != Mode::Off && backend.is_none() {
+            return Err(ServiceError::NoBackend(mode.as_str()));
+        }
+        if detector.hb_ms == 0 || u32::from(detector.timeout_ms) < 2 * u32::from(detector.hb_ms) {
+            return Err(ServiceError::BadDetector {
+                hb_ms: detector.hb_ms,
+                timeout_ms: detector.timeout_ms,
+            });
         }
         if let Some(b) = backend {
             if !b.ip().is_loopback() {
@@ -102,6 +133,8 @@ impl Services {
                 mode,
                 backend,
                 healthy,
+                hb_ms: detector.hb_ms,
+                timeout_ms: detector.timeout_ms,
             },
         );
         Ok(())
@@ -136,6 +169,8 @@ impl Services {
             .map(|(a, p)| ServiceAd {
                 addr: *a,
                 mode: p.mode,
+                hb_ms: p.hb_ms,
+                timeout_ms: p.timeout_ms,
             })
             .collect()
     }
@@ -155,24 +190,44 @@ mod tests {
         let svc = a("198.19.0.10:80");
         let be = Some(a("127.0.0.1:8080"));
         assert_eq!(
-            s.set_port_opt(svc, Mode::Redirect, be),
+            s.set_port_opt(svc, Mode::Redirect, be, Detector::default()),
             Err(ServiceError::NoVhost(*svc.ip()))
         );
         s.add_vhost(*svc.ip());
         assert_eq!(
-            s.set_port_opt(svc, Mode::Redirect, Some(a("10.0.0.1:80"))),
+            s.set_port_opt(
+                svc,
+                Mode::Redirect,
+                Some(a("10.0.0.1:80")),
+                Detector::default()
+            ),
             Err(ServiceError::BackendNotLoopback(a("10.0.0.1:80")))
         );
-        assert!(s.set_port_opt(svc, Mode::Redirect, None).is_err());
         assert!(s
-            .set_port_opt(a("198.19.0.10:0"), Mode::Redirect, be)
+            .set_port_opt(svc, Mode::Redirect, None, Detector::default())
             .is_err());
-        s.set_port_opt(svc, Mode::Redirect, be).unwrap();
+        assert!(s
+            .set_port_opt(
+                svc,
+                Mode::Ft,
+                be,
+                Detector {
+                    hb_ms: 10,
+                    timeout_ms: 15
+                }
+            )
+            .is_err());
+        assert!(s
+            .set_port_opt(a("198.19.0.10:0"), Mode::Redirect, be, Detector::default())
+            .is_err());
+        s.set_port_opt(svc, Mode::Redirect, be, Detector::default())
+            .unwrap();
         assert!(s.serving(svc).is_some());
         assert!(s.ads().is_empty(), "not advertised before a health check");
         s.set_healthy(svc, a("127.0.0.1:8080"), true);
         assert_eq!(s.ads().len(), 1);
-        s.set_port_opt(svc, Mode::Off, be).unwrap();
+        s.set_port_opt(svc, Mode::Off, be, Detector::default())
+            .unwrap();
         assert!(s.serving(svc).is_none());
         assert!(s.ads().is_empty());
         s.del_vhost(*svc.ip()).unwrap();

@@ -39,8 +39,21 @@ pub fn handle(shared: &Arc<Shared>, method: &str, url: &str) -> Reply {
                     }
                 }
             }
+            let views: Vec<_> = table
+                .views()
+                .map(|(svc, v)| {
+                    json!({
+                        "service": svc.to_string(),
+                        "epoch": v.epoch.0,
+                        "members": v.members.iter().map(|m| m.0).collect::<Vec<_>>(),
+                        "primary": v.members.first().map(|m| m.0),
+                        "timeout_ms": v.timeout.as_millis() as u64,
+                    })
+                })
+                .collect();
             Reply::json(&json!({
                 "kind": "redirector",
+                "views": views,
                 "hosts": hosts,
                 "services": services.into_iter().map(|(s, live)| json!({"service": s, "mode": "redirect", "live_hosts": live})).collect::<Vec<_>>(),
                 "connections": table.flow_count(),

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ack_channel::{DropReason, Epoch, Heartbeat, MsgType, Opener, Sealer, ServiceId};
+use ack_channel::{DropReason, Epoch, Heartbeat, MsgType, Opener, Sealer, ServiceId, View};
 use control::metrics::{Counter, Exposition};
 use ft_tcp::TcpMeta;
 use tun_rs::SyncDevice;
@@ -148,29 +148,79 @@ pub struct Shared {
     pub table: Mutex<Table>,
     /// Counters.
     pub metrics: RedirMetrics,
+    /// Seals every datagram the redirector sends (one counter across threads).
+    pub sealer: Sealer,
 }
+
+/// Views are re-sent this often even without change, so a lost view costs little.
+const VIEW_REFRESH: Duration = Duration::from_millis(50);
 
 /// Starts the packet threads and the housekeeping thread; returns at once.
 pub fn start(
     tun: Arc<SyncDevice>,
     udp: UdpSocket,
-    mut sealer: Sealer,
     mut opener: Opener,
     shared: Arc<Shared>,
 ) -> std::io::Result<()> {
     let udp_rx = udp.try_clone()?;
+    let udp_hk = udp.try_clone()?;
     let (t1, s1) = (tun.clone(), shared.clone());
     std::thread::Builder::new()
         .name("tun-to-hosts".into())
-        .spawn(move || to_hosts(&t1, &udp, &mut sealer, &s1))?;
+        .spawn(move || to_hosts(&t1, &udp, &s1))?;
     let (t2, s2) = (tun, shared.clone());
     std::thread::Builder::new()
         .name("hosts-to-tun".into())
         .spawn(move || to_clients(&t2, &udp_rx, &mut opener, &s2))?;
     std::thread::Builder::new()
         .name("housekeeping".into())
-        .spawn(move || housekeeping(&shared))?;
+        .spawn(move || housekeeping(&shared, &udp_hk))?;
     Ok(())
+}
+
+/// Sends a service's current view to every host offering it in ft mode (members learn their
+/// role; a host dropped from the view learns it is out).
+fn broadcast_view(shared: &Shared, udp: &UdpSocket, service: std::net::SocketAddrV4) {
+    let (epoch, view, dests) = {
+        let t = lock(shared);
+        let Some(v) = t.view(service) else { return };
+        let members = v
+            .members
+            .iter()
+            .filter_map(|m| match t.host_addr(*m) {
+                Some(SocketAddr::V4(a)) => Some((*m, a)),
+                _ => None,
+            })
+            .collect();
+        (v.epoch, View { members }, t.ft_hosts(service))
+    };
+    let mut out = Vec::new();
+    shared.sealer.seal_into(
+        MsgType::View,
+        ServiceId::from_addr(service),
+        epoch,
+        &view.emit(),
+        &mut out,
+    );
+    for d in dests {
+        match udp.send_to(&out, d) {
+            Ok(_) => shared.metrics.datagrams_out.inc(),
+            Err(_) => shared.metrics.send_errors.inc(),
+        }
+    }
+}
+
+fn log_event(ev: &HostEvent) {
+    match ev {
+        HostEvent::Down(id) => {
+            tracing::warn!(host = %id, "host silent past its timeout; no new connections go to it")
+        }
+        HostEvent::Up(id, addr) => tracing::info!(host = %id, %addr, "host up"),
+        HostEvent::ViewChanged(svc, epoch, members) => {
+            let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+            tracing::info!(service = %svc, epoch = epoch.0, ?members, "new view (first member is the primary)")
+        }
+    }
 }
 
 /// The I/O shell's clock; the table (the routing decision) only ever gets `now` passed in.
@@ -184,7 +234,8 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Table> {
     shared.table.lock().expect("table lock")
 }
 
-fn to_hosts(tun: &SyncDevice, udp: &UdpSocket, sealer: &mut Sealer, shared: &Shared) {
+fn to_hosts(tun: &SyncDevice, udp: &UdpSocket, shared: &Shared) {
+    let sealer = &shared.sealer;
     let m = &shared.metrics;
     let mut buf = vec![0u8; 65536];
     let mut out = Vec::with_capacity(2048);
@@ -218,6 +269,25 @@ fn to_hosts(tun: &SyncDevice, udp: &UdpSocket, sealer: &mut Sealer, shared: &Sha
                     Err(e) => {
                         m.send_errors.inc();
                         tracing::trace!(error = %e, %addr, "tunnel send failed");
+                    }
+                }
+            }
+            Route::Members(epoch, addrs) => {
+                // One seal for all members: each host keeps its own replay window.
+                sealer.seal_into(
+                    MsgType::ToHost,
+                    ServiceId::from_addr(meta.dst),
+                    epoch,
+                    packet,
+                    &mut out,
+                );
+                for addr in addrs {
+                    match udp.send_to(&out, addr) {
+                        Ok(_) => m.datagrams_out.inc(),
+                        Err(e) => {
+                            m.send_errors.inc();
+                            tracing::trace!(error = %e, %addr, "tunnel send failed");
+                        }
                     }
                 }
             }
@@ -255,12 +325,12 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
         match header.msg_type {
             MsgType::Heartbeat => match Heartbeat::parse(payload) {
                 Ok(hb) => {
-                    if let Some(HostEvent::Up(id, addr)) =
-                        lock(shared).on_heartbeat(clock(), header.sender, from, hb.clone())
-                    {
-                        let services: Vec<String> =
-                            hb.services.iter().map(|s| s.addr.to_string()).collect();
-                        tracing::info!(host = %id, %addr, ?services, "host up");
+                    let events = lock(shared).on_heartbeat(clock(), header.sender, from, hb);
+                    for ev in events {
+                        log_event(&ev);
+                        if let HostEvent::ViewChanged(svc, ..) = ev {
+                            broadcast_view(shared, udp, svc);
+                        }
                     }
                 }
                 Err(_) => m.dropped_bad_heartbeat.inc(),
@@ -270,7 +340,7 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
                     m.bad_server_packet.inc();
                     continue;
                 };
-                if !lock(shared).accept_outbound(clock(), header.sender, &meta) {
+                if !lock(shared).accept_outbound(clock(), header.sender, header.epoch, &meta) {
                     m.fenced.inc();
                     continue;
                 }
@@ -282,20 +352,29 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
                     }
                 }
             }
-            MsgType::ToHost => m.dropped_unexpected.inc(),
+            MsgType::ToHost | MsgType::Progress | MsgType::View => m.dropped_unexpected.inc(),
         }
     }
 }
 
-fn housekeeping(shared: &Shared) {
+fn housekeeping(shared: &Shared, udp: &UdpSocket) {
+    let mut next_refresh = clock();
     loop {
-        std::thread::sleep(Duration::from_millis(20));
-        for ev in lock(shared).expire(clock()) {
-            match ev {
-                HostEvent::Down(id) => {
-                    tracing::warn!(host = %id, "host silent past its timeout; no new connections go to it")
-                }
-                HostEvent::Up(id, addr) => tracing::info!(host = %id, %addr, "host up"),
+        // Fast enough for a 25 ms detector: the check itself costs microseconds.
+        std::thread::sleep(Duration::from_millis(2));
+        let now = clock();
+        let events = lock(shared).expire(now);
+        for ev in events {
+            log_event(&ev);
+            if let HostEvent::ViewChanged(svc, ..) = ev {
+                broadcast_view(shared, udp, svc);
+            }
+        }
+        if now >= next_refresh {
+            next_refresh = now + VIEW_REFRESH;
+            let services: Vec<_> = lock(shared).views().map(|(s, _)| s).collect();
+            for svc in services {
+                broadcast_view(shared, udp, svc);
             }
         }
     }

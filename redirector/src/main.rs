@@ -68,12 +68,13 @@ fn run() -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         table: Mutex::new(Table::new(Duration::from_millis(cfg.host_timeout_ms))),
         metrics: RedirMetrics::default(),
+        sealer,
     });
     let admin_shared = shared.clone();
     control::serve(&cfg.admin_socket, move |m, u, _| {
         redirector::admin::handle(&admin_shared, m, u)
     })?;
-    dataplane::start(Arc::new(tun), udp, sealer, Opener::new(key), shared)
+    dataplane::start(Arc::new(tun), udp, Opener::new(key), shared)
         .context("starting the packet threads")?;
     tracing::info!(listen = %cfg.listen, tun = %cfg.tun_name, prefix = %cfg.tun_addr, admin = %cfg.admin_socket.display(), "hydra-redirector running");
     loop {

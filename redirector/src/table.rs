@@ -5,12 +5,18 @@
 //! 4-tuple, so that all redirectors choose alike and a change of membership moves only the
 //! connections of the host that came or went. A connection stays on its host for its
 //! lifetime; only a new SYN on a 4-tuple whose host is dead is placed again.
+//!
+//! For services in `ft` mode the table is the view authority: per service an epoch and the
+//! ordered list of live replicas (the first is the primary). A member silent past the
+//! service's detector timeout leaves the view (epoch + 1), a new replica joins at the end
+//! (epoch + 1) so that the primary changes only when it fails. Client packets go to every
+//! member; packets for clients pass only from the current epoch's primary (fencing).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use ack_channel::{Heartbeat, Mode, ReplicaId, ServiceAd};
+use ack_channel::{Epoch, Heartbeat, Mode, ReplicaId, ServiceAd};
 use ft_tcp::{FlowKey, TcpMeta};
 
 /// Idle time after which a closed (FIN both ways, or RST) connection is forgotten.
@@ -38,11 +44,24 @@ struct Flow {
     reset: bool,
 }
 
+/// A service's view in ft mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FtView {
+    /// Increases with every membership change.
+    pub epoch: Epoch,
+    /// Live replicas in order; the first is the primary.
+    pub members: Vec<ReplicaId>,
+    /// The detector timeout the service asked for.
+    pub timeout: Duration,
+}
+
 /// Where a client packet goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// To this host.
     Host(ReplicaId, SocketAddr),
+    /// To every member of an ft view, stamped with its epoch.
+    Members(Epoch, Vec<SocketAddr>),
     /// No host offers the service.
     NoService,
     /// Hosts offer it, none is live.
@@ -56,6 +75,8 @@ pub enum HostEvent {
     Up(ReplicaId, SocketAddr),
     /// Silent longer than the timeout.
     Down(ReplicaId),
+    /// An ft service's view changed.
+    ViewChanged(SocketAddrV4, Epoch, Vec<ReplicaId>),
 }
 
 /// The table.
@@ -65,6 +86,7 @@ pub struct Table {
     hosts: BTreeMap<ReplicaId, HostEntry>,
     down: BTreeMap<ReplicaId, bool>,
     flows: HashMap<FlowKey, Flow>,
+    views: BTreeMap<SocketAddrV4, FtView>,
 }
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -83,6 +105,7 @@ impl Table {
             hosts: BTreeMap::new(),
             down: BTreeMap::new(),
             flows: HashMap::new(),
+            views: BTreeMap::new(),
         }
     }
 
@@ -90,15 +113,44 @@ impl Table {
         now.saturating_duration_since(h.last_seen) <= self.timeout
     }
 
-    /// Records a heartbeat from `id` at `addr`.
+    /// Records a heartbeat from `id` at `addr`: liveness, services, ft view membership.
     pub fn on_heartbeat(
         &mut self,
         now: Instant,
         id: ReplicaId,
         addr: SocketAddr,
         hb: Heartbeat,
-    ) -> Option<HostEvent> {
+    ) -> Vec<HostEvent> {
+        let mut events = Vec::new();
         let was_up = self.down.get(&id) == Some(&false);
+        if !was_up {
+            events.push(HostEvent::Up(id, addr));
+        }
+        // Join the views of the ft services it offers; leave those it stopped offering.
+        for ad in hb.services.iter().filter(|s| s.mode == Mode::Ft) {
+            let v = self.views.entry(ad.addr).or_insert_with(|| FtView {
+                epoch: Epoch(0),
+                members: Vec::new(),
+                timeout: Duration::from_millis(25),
+            });
+            v.timeout = Duration::from_millis(u64::from(ad.timeout_ms.max(1)));
+            if !v.members.contains(&id) {
+                v.members.push(id);
+                v.epoch = Epoch(v.epoch.0 + 1);
+                events.push(HostEvent::ViewChanged(ad.addr, v.epoch, v.members.clone()));
+            }
+        }
+        for (svc, v) in self.views.iter_mut() {
+            let offers = hb
+                .services
+                .iter()
+                .any(|s| s.addr == *svc && s.mode == Mode::Ft);
+            if !offers && v.members.contains(&id) {
+                v.members.retain(|m| *m != id);
+                v.epoch = Epoch(v.epoch.0 + 1);
+                events.push(HostEvent::ViewChanged(*svc, v.epoch, v.members.clone()));
+            }
+        }
         self.hosts.insert(
             id,
             HostEntry {
@@ -108,7 +160,35 @@ impl Table {
             },
         );
         self.down.insert(id, false);
-        (!was_up).then_some(HostEvent::Up(id, addr))
+        events
+    }
+
+    /// The ft view of a service.
+    pub fn view(&self, service: SocketAddrV4) -> Option<&FtView> {
+        self.views.get(&service)
+    }
+
+    /// Every ft view.
+    pub fn views(&self) -> impl Iterator<Item = (SocketAddrV4, &FtView)> + '_ {
+        self.views.iter().map(|(s, v)| (*s, v))
+    }
+
+    /// The tunnel address of a host.
+    pub fn host_addr(&self, id: ReplicaId) -> Option<SocketAddr> {
+        self.hosts.get(&id).map(|h| h.addr)
+    }
+
+    /// The hosts that offer `service` in ft mode (members or not): who must hear its views.
+    pub fn ft_hosts(&self, service: SocketAddrV4) -> Vec<SocketAddr> {
+        self.hosts
+            .values()
+            .filter(|h| {
+                h.services
+                    .iter()
+                    .any(|s| s.addr == service && s.mode == Mode::Ft)
+            })
+            .map(|h| h.addr)
+            .collect()
     }
 
     /// Notes hosts that fell silent and forgets finished connections.
@@ -121,6 +201,35 @@ impl Table {
                 *down = true;
                 events.push(HostEvent::Down(*id));
             }
+        }
+        for (svc, v) in self.views.iter_mut() {
+            let timeout = v.timeout;
+            let hosts = &self.hosts;
+            let before = v.members.len();
+            let mut kept: Vec<ReplicaId> = v
+                .members
+                .iter()
+                .copied()
+                .filter(|m| {
+                    hosts
+                        .get(m)
+                        .is_some_and(|h| now.saturating_duration_since(h.last_seen) <= timeout)
+                })
+                .collect();
+            if kept.len() == before {
+                continue;
+            }
+            // Never empty a view: with no member left nobody could ever serve the
+            // connections, and a silent last member may yet come back.
+            if kept.is_empty() {
+                kept.push(v.members[0]);
+                if before == 1 {
+                    continue;
+                }
+            }
+            v.members = kept;
+            v.epoch = Epoch(v.epoch.0 + 1);
+            events.push(HostEvent::ViewChanged(*svc, v.epoch, v.members.clone()));
         }
         self.flows.retain(|_, f| {
             let idle = now.saturating_duration_since(f.last_seen);
@@ -167,6 +276,16 @@ impl Table {
     /// Decides where a packet from a client goes, pinning new connections.
     pub fn route_inbound(&mut self, now: Instant, meta: &TcpMeta) -> Route {
         let key = meta.inbound_flow();
+        if let Some(v) = self.views.get(&key.service) {
+            if !v.members.is_empty() {
+                let addrs = v
+                    .members
+                    .iter()
+                    .filter_map(|m| self.hosts.get(m).map(|h| h.addr))
+                    .collect();
+                return Route::Members(v.epoch, addrs);
+            }
+        }
         if let Some(f) = self.flows.get(&key) {
             let pinned = self.hosts.get(&f.host);
             let reuse = meta.is_syn() && (f.reset || (f.fin_in && f.fin_out));
@@ -202,8 +321,18 @@ impl Table {
 
     /// Whether a packet for a client from host `sender` may pass: only the host a connection
     /// is pinned to speaks for it.
-    pub fn accept_outbound(&mut self, now: Instant, sender: ReplicaId, meta: &TcpMeta) -> bool {
+    pub fn accept_outbound(
+        &mut self,
+        now: Instant,
+        sender: ReplicaId,
+        epoch: Epoch,
+        meta: &TcpMeta,
+    ) -> bool {
         let key = meta.outbound_flow();
+        if let Some(v) = self.views.get(&key.service) {
+            // Fencing: one voice per connection, the current epoch's primary.
+            return v.epoch == epoch && v.members.first() == Some(&sender);
+        }
         match self.flows.get_mut(&key) {
             Some(f) if f.host == sender => {
                 f.last_seen = now;
@@ -275,6 +404,8 @@ mod tests {
             services: vec![ServiceAd {
                 addr: svc(),
                 mode: Mode::Redirect,
+                hb_ms: 50,
+                timeout_ms: 300,
             }],
         }
     }
@@ -301,7 +432,7 @@ mod tests {
             let addr: SocketAddr = format!("198.18.{i}.2:7000").parse().unwrap();
             assert_eq!(
                 t.on_heartbeat(t0, ReplicaId(i), addr, hb()),
-                Some(HostEvent::Up(ReplicaId(i), addr))
+                vec![HostEvent::Up(ReplicaId(i), addr)]
             );
         }
         t
@@ -385,9 +516,94 @@ mod tests {
             TcpMeta::parse(&b).unwrap()
         };
         let other = ReplicaId(3 - id.0);
-        assert!(t.accept_outbound(t0, id, &reply));
-        assert!(!t.accept_outbound(t0, other, &reply));
-        assert!(!t.accept_outbound(t0, ReplicaId(99), &reply));
+        assert!(t.accept_outbound(t0, id, Epoch(0), &reply));
+        assert!(!t.accept_outbound(t0, other, Epoch(0), &reply));
+        assert!(!t.accept_outbound(t0, ReplicaId(99), Epoch(0), &reply));
+    }
+
+    fn ft_hb() -> Heartbeat {
+        Heartbeat {
+            services: vec![ServiceAd {
+                addr: svc(),
+                mode: Mode::Ft,
+                hb_ms: 5,
+                timeout_ms: 25,
+            }],
+        }
+    }
+
+    #[test]
+    fn ft_view_orders_members_by_join_and_fences_all_but_the_primary() {
+        let t0 = crate::dataplane::clock();
+        let mut t = Table::new(Duration::from_millis(300));
+        for i in 1..=3 {
+            t.on_heartbeat(
+                t0,
+                ReplicaId(i),
+                format!("198.18.{i}.2:7000").parse().unwrap(),
+                ft_hb(),
+            );
+        }
+        let v = t.view(svc()).unwrap().clone();
+        assert_eq!(v.members, vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)]);
+        assert_eq!(v.epoch, Epoch(3));
+        let Route::Members(e, addrs) = t.route_inbound(t0, &pkt(1, true, false)) else {
+            panic!("ft service not multicast")
+        };
+        assert_eq!((e, addrs.len()), (Epoch(3), 3));
+        let reply = {
+            let mut b = Vec::new();
+            PacketBuilder::ipv4([198, 19, 0, 10], [198, 18, 0, 2], 64)
+                .tcp(80, 1, 1, 100)
+                .syn()
+                .ack(2)
+                .write(&mut b, b"")
+                .unwrap();
+            TcpMeta::parse(&b).unwrap()
+        };
+        assert!(t.accept_outbound(t0, ReplicaId(1), Epoch(3), &reply));
+        assert!(!t.accept_outbound(t0, ReplicaId(2), Epoch(3), &reply));
+        assert!(!t.accept_outbound(t0, ReplicaId(1), Epoch(2), &reply));
+        // The primary falls silent: 30 ms later the view moves on without it.
+        let t1 = t0 + Duration::from_millis(30);
+        for i in 2..=3 {
+            t.on_heartbeat(
+                t1,
+                ReplicaId(i),
+                format!("198.18.{i}.2:7000").parse().unwrap(),
+                ft_hb(),
+            );
+        }
+        let ev = t.expire(t1);
+        assert!(
+            ev.contains(&HostEvent::ViewChanged(
+                svc(),
+                Epoch(4),
+                vec![ReplicaId(2), ReplicaId(3)]
+            )),
+            "{ev:?}"
+        );
+        assert!(
+            !t.accept_outbound(t1, ReplicaId(1), Epoch(3), &reply),
+            "old primary fenced"
+        );
+        assert!(t.accept_outbound(t1, ReplicaId(2), Epoch(4), &reply));
+        // It comes back: it joins at the end and does not take the primary role back.
+        let t2 = t1 + Duration::from_millis(5);
+        t.on_heartbeat(
+            t2,
+            ReplicaId(1),
+            "198.18.1.2:7000".parse().unwrap(),
+            ft_hb(),
+        );
+        assert_eq!(
+            t.view(svc()).unwrap().members,
+            vec![ReplicaId(2), ReplicaId(3), ReplicaId(1)]
+        );
+        // The last member is never removed.
+        let t3 = t2 + Duration::from_secs(1);
+        t.expire(t3);
+        assert_eq!(t.view(svc()).unwrap().members.len(), 1);
     }
 
     #[test]
@@ -421,7 +637,7 @@ mod tests {
                 .unwrap();
             TcpMeta::parse(&b).unwrap()
         };
-        assert!(t.accept_outbound(t0, ReplicaId(1), &fin_back));
+        assert!(t.accept_outbound(t0, ReplicaId(1), Epoch(0), &fin_back));
         assert_eq!(t.flow_count(), 2);
         let t1 = t0 + CLOSED_FLOW_TTL + Duration::from_millis(1);
         t.on_heartbeat(t1, ReplicaId(1), "198.18.1.2:7000".parse().unwrap(), hb());

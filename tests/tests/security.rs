@@ -36,8 +36,8 @@ fn bad_datagrams_are_dropped_and_counted_and_service_continues() {
     let wrong = ClusterKey::generate().unwrap();
     for (node, addr) in [("redir", "198.18.0.1:7000"), ("h1", "198.18.1.2:7000")] {
         let before = lab.metrics(node);
-        let mut good = Sealer::new(key.clone(), ReplicaId(4242), 1);
-        let mut forger = Sealer::new(wrong.clone(), ReplicaId(1), u64::MAX / 2);
+        let good = Sealer::new(key.clone(), ReplicaId(4242), 1);
+        let forger = Sealer::new(wrong.clone(), ReplicaId(1), u64::MAX / 2);
         // A valid datagram of a kind that changes nothing (not an IPv4 packet).
         let valid = good.seal(MsgType::ToHost, ServiceId(0), Epoch(0), b"not a packet");
         let mut flipped = good.seal(MsgType::ToHost, ServiceId(0), Epoch(0), b"flip me");

@@ -60,13 +60,19 @@ enum Command {
     Setportopt {
         /// The service, ip:port (the ip must be a v_host here).
         service: String,
-        /// redirect: each connection to one live host; off: not served; ft arrives with
-        /// the FT layer.
+        /// redirect: each connection to one live host; ft: every replica gets every packet,
+        /// one answers, connections survive its crash; off: not served.
         #[arg(long)]
         mode: String,
         /// The local backend, 127.0.0.1:PORT (required unless --mode off).
         #[arg(long)]
         backend: Option<String>,
+        /// ft failure detector: heartbeat interval (e.g. 5ms).
+        #[arg(long, default_value = "5ms")]
+        hb: String,
+        /// ft failure detector: silence after which the redirector drops a replica (e.g. 25ms).
+        #[arg(long, default_value = "25ms")]
+        timeout: String,
         #[command(flatten)]
         target: Target,
     },
@@ -107,8 +113,20 @@ fn main() {
             service,
             mode,
             backend,
+            hb,
+            timeout,
             target,
-        } => setportopt(&target.socket, &service, &mode, backend.as_deref()),
+        } => parse_ms(&hb, "--hb").and_then(|hb| {
+            let timeout = parse_ms(&timeout, "--timeout")?;
+            setportopt(
+                &target.socket,
+                &service,
+                &mode,
+                backend.as_deref(),
+                hb,
+                timeout,
+            )
+        }),
         Command::Status { json, target } => status(&target.socket, json),
         Command::Lab(args) => lab::run(args),
     };
@@ -185,11 +203,32 @@ fn vhost(socket: &Path, action: VHostAction) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Parses `5ms`, `1s` or a bare number of milliseconds.
+fn parse_ms(s: &str, flag: &str) -> anyhow::Result<u16> {
+    let bad =
+        || anyhow::anyhow!("{flag} `{s}` is not a duration: write e.g. 5ms or 1s (1ms to 60s)");
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        (s, 1)
+    };
+    let v: u32 = num.trim().parse().map_err(|_| bad())?;
+    let ms = v.checked_mul(mult).ok_or_else(bad)?;
+    if !(1..=60_000).contains(&ms) {
+        return Err(bad());
+    }
+    Ok(ms as u16)
+}
+
 fn setportopt(
     socket: &Path,
     service: &str,
     mode: &str,
     backend: Option<&str>,
+    hb_ms: u16,
+    timeout_ms: u16,
 ) -> anyhow::Result<()> {
     let svc: SocketAddrV4 = service
         .parse()
@@ -215,6 +254,8 @@ fn setportopt(
             "service": svc.to_string(),
             "mode": mode.as_str(),
             "backend": backend.map(|b| b.to_string()),
+            "hb_ms": hb_ms,
+            "timeout_ms": timeout_ms,
         })),
     )?;
     println!("{svc}: mode {}", mode.as_str());
@@ -263,6 +304,15 @@ fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
                     }
                 );
             }
+            for view in v["views"].as_array().into_iter().flatten() {
+                println!(
+                    "view {}: epoch {} members {} (this host: {})",
+                    s(&view["service"]),
+                    view["epoch"],
+                    view["members"],
+                    s(&view["role"])
+                );
+            }
             println!(
                 "connections: {} open, {} since start",
                 v["connections_active"], v["connections_total"]
@@ -276,10 +326,32 @@ fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
                     c["to_backend"],
                     c["to_client"]
                 );
+                let ft = &c["ft"];
+                if !ft.is_null() {
+                    println!(
+                        "    ft {}: gate={} client_ack={} shadow={}B members(node,rcv_nxt)={} retransmits={}",
+                        s(&ft["role"]),
+                        ft["gate"],
+                        ft["client_ack"],
+                        ft["shadow_bytes"],
+                        ft["members"],
+                        ft["retransmits"]
+                    );
+                }
             }
         }
         Some("redirector") => {
             println!("redirector: {} connections pinned", v["connections"]);
+            for view in v["views"].as_array().into_iter().flatten() {
+                println!(
+                    "ft view {}: epoch {} members {} primary node{} (timeout {} ms)",
+                    s(&view["service"]),
+                    view["epoch"],
+                    view["members"],
+                    view["primary"],
+                    view["timeout_ms"]
+                );
+            }
             println!(
                 "{:<6} {:<22} {:<5} {:>6} services",
                 "host", "address", "live", "conns"
