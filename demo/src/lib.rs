@@ -3,7 +3,8 @@
 //! `hydra-fileserver` is a deterministic HTTP/1.1 file server: the same request always gets
 //! byte-identical response bytes (no `Date:` header, no randomness), which is what active
 //! replication needs from a backend. It can pace its output (`--rate`), for streams that
-//! must last long enough to kill a replica in the middle.
+//! must last long enough to kill a replica in the middle. A `POST` or `PUT` is answered with
+//! the SHA-256 of its body, so an upload's integrity can be checked end to end.
 #![warn(missing_docs)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +20,8 @@ pub struct Request {
     pub path: String,
     /// Whether the client asked to close after this response.
     pub close: bool,
+    /// `Content-Length` of the request body (0 if none).
+    pub body_len: u64,
 }
 
 /// Reads one request head; `Ok(None)` on a clean end of stream.
@@ -32,6 +35,7 @@ pub fn read_request<R: BufRead>(r: &mut R) -> std::io::Result<Option<Request>> {
     let target = parts.next().unwrap_or("/");
     let version = parts.next().unwrap_or("HTTP/1.0");
     let mut close = version != "HTTP/1.1";
+    let mut body_len = 0;
     loop {
         let mut h = String::new();
         if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
@@ -41,12 +45,16 @@ pub fn read_request<R: BufRead>(r: &mut R) -> std::io::Result<Option<Request>> {
         if lower.starts_with("connection:") {
             close = lower.contains("close");
         }
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            body_len = v.trim().parse().unwrap_or(0);
+        }
     }
     let path = target.split('?').next().unwrap_or("/").to_string();
     Ok(Some(Request {
         method,
         path,
         close,
+        body_len,
     }))
 }
 
@@ -67,6 +75,38 @@ pub fn serve_connection<S: Read + Write>(
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     while let Some(req) = read_request(&mut reader)? {
+        if req.method == "POST" || req.method == "PUT" {
+            use sha2::Digest;
+            let mut hasher = sha2::Sha256::new();
+            let mut left = req.body_len;
+            let mut buf = vec![0u8; 64 * 1024];
+            while left > 0 {
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = reader.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Ok(());
+                }
+                hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+            let hex: String = hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let body = format!("{hex}\n");
+            let stream = reader.get_mut();
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{body}",
+                body.len()
+            )?;
+            stream.flush()?;
+            if req.close {
+                break;
+            }
+            continue;
+        }
         let file = resolve(root, &req.path)
             .filter(|p| p.is_file())
             .and_then(|p| std::fs::File::open(p).ok());

@@ -135,6 +135,7 @@ pub struct FtConn {
 
     progress_dirty: bool,
     progress_at: Instant,
+    more_unsent: bool,
     last_reported: Option<(SeqNumber, SeqNumber)>,
 
     to_client: Vec<Vec<u8>>,
@@ -215,6 +216,7 @@ impl FtConn {
             rtx_at: None,
             progress_dirty: false,
             progress_at: now,
+            more_unsent: false,
             last_reported: None,
             to_client: Vec::new(),
             scratch: Vec::new(),
@@ -310,6 +312,9 @@ impl FtConn {
         }
         if self.synack_paused {
             merge(Some(self.created + self.cfg.synack_hold_max));
+        }
+        if self.more_unsent {
+            merge(Some(now));
         }
         t
     }
@@ -498,7 +503,63 @@ impl FtConn {
             }
         }
         self.maybe_gate_ack(now, true);
-        self.retransmit(now, self.cfg.burst);
+        // Everything our stack produced while we were silent is unsent as far as the client
+        // is concerned: send it now, as far as the client's window allows.
+        self.push_unsent(now);
+    }
+
+    /// Sends shadow-queue bytes the client has not been sent by this primary (output our
+    /// stack produced while we were a backup, which it will not send again by itself), within
+    /// the client's window and at most `burst` segments per call.
+    fn push_unsent(&mut self, now: Instant) {
+        self.more_unsent = false;
+        if self.role != Role::Primary {
+            return;
+        }
+        let (Some(sh), Some((ack, edge)), Some(client_ack)) =
+            (self.shadow.as_ref(), self.gate_values(), self.client_ack)
+        else {
+            return;
+        };
+        let window = self.window_field(ack, edge);
+        let wnd = (u32::from(self.client_wnd) << self.client_ws).max(self.mss as u32);
+        let limit = client_ack.plus(wnd);
+        let mut from = self
+            .snd_max_s
+            .unwrap_or(client_ack)
+            .max(client_ack)
+            .max(sh.base());
+        let mut pkts = Vec::new();
+        for _ in 0..self.cfg.burst {
+            if !from.lt(sh.end()) || !from.lt(limit) {
+                break;
+            }
+            let room = limit.since(from) as usize;
+            let (seq, bytes, fin) = sh.slice(from, self.mss.min(room));
+            if bytes.is_empty() && !fin {
+                break;
+            }
+            let len = bytes.len() as u32 + u32::from(fin);
+            pkts.push((
+                seq,
+                len,
+                rewrite::build(
+                    self.key.service,
+                    self.key.client,
+                    seq,
+                    ack,
+                    window,
+                    &bytes,
+                    fin,
+                ),
+            ));
+            from = seq.plus(len);
+        }
+        self.more_unsent = pkts.len() == self.cfg.burst && from.lt(sh.end()) && from.lt(limit);
+        for (seq, len, p) in pkts {
+            self.note_sent(now, ack, edge, seq, len, false);
+            self.to_client.push(p);
+        }
     }
 
     /// Ends the SYN-ACK hold when every view member reported or the hold expired.
@@ -551,6 +612,7 @@ impl FtConn {
                     self.rto = (self.rto * 2).min(self.cfg.rto_max);
                 }
             }
+            self.push_unsent(now);
         }
     }
 

@@ -16,6 +16,12 @@ pub fn handle(shared: &Arc<Shared>, method: &str, url: &str) -> Reply {
         ("GET", "/metrics") => Reply::metrics(shared.metrics.render(&table, now)),
         ("GET", "/status") => {
             let per_host = table.flows_per_host();
+            let spoke = shared
+                .metrics
+                .to_client_by_host
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default();
             let hosts: Vec<_> = table
                 .hosts()
                 .map(|(id, h)| {
@@ -27,6 +33,7 @@ pub fn handle(shared: &Arc<Shared>, method: &str, url: &str) -> Reply {
                         "services": h.services.iter().map(|s| s.addr.to_string()).collect::<Vec<_>>(),
                         "modes": h.services.iter().map(|s| s.mode.as_str()).collect::<Vec<_>>(),
                         "connections": per_host.get(&id).copied().unwrap_or(0),
+                        "to_client_packets": spoke.get(&id.0).copied().unwrap_or(0),
                     })
                 })
                 .collect();

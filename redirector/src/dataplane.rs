@@ -47,6 +47,8 @@ pub struct RedirMetrics {
     pub datagrams_out: Counter,
     /// Sends or TUN writes the kernel refused.
     pub send_errors: Counter,
+    /// Packets passed to clients, per sending host (who actually spoke).
+    pub to_client_by_host: Mutex<std::collections::BTreeMap<u32, u64>>,
 }
 
 impl RedirMetrics {
@@ -343,6 +345,9 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
                 if !lock(shared).accept_outbound(clock(), header.sender, header.epoch, &meta) {
                     m.fenced.inc();
                     continue;
+                }
+                if let Ok(mut per) = m.to_client_by_host.lock() {
+                    *per.entry(header.sender.0).or_default() += 1;
                 }
                 match tun.send(payload) {
                     Ok(_) => m.tun_out.inc(),

@@ -64,10 +64,12 @@ pub fn serial() -> MutexGuard<'static, ()> {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// A lab name unique to this process: `prefix` (up to 5 chars) + pid + counter.
+/// A lab name unique to this process, at most 12 characters: the first 5 of `prefix`, the
+/// pid modulo 10000, a counter.
 pub fn unique_name(prefix: &str) -> String {
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{}{n}", std::process::id() % 100_000)
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % 100;
+    let short: String = prefix.chars().take(5).collect();
+    format!("{short}{}{n}", std::process::id() % 10_000)
 }
 
 /// The `hn-NAME-*` namespaces that exist now.
@@ -176,6 +178,56 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// The node name (`h1`...) of the current primary of the lab's ft service.
+    pub fn primary(&self) -> String {
+        let st = self.status("redir");
+        let id = st["views"][0]["primary"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no ft view at the redirector: {st}"));
+        format!("h{id}")
+    }
+
+    /// The ft view's members as node names, primary first.
+    pub fn members(&self) -> Vec<String> {
+        let st = self.status("redir");
+        st["views"][0]["members"]
+            .as_array()
+            .map(|a| a.iter().map(|m| format!("h{m}")).collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits (up to 2 s) until the redirector's view no longer contains `node`.
+    pub fn wait_until_out_of_view(&self, node: &str) {
+        for _ in 0..200 {
+            if !self.members().iter().any(|m| m == node) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!(
+            "{node} still in the view 2 s after its failure: {}",
+            self.status("redir")
+        );
+    }
+
+    /// Runs a closure on a thread inside a node's network namespace (setns affects only
+    /// that thread), e.g. a kernel-TCP test client that timestamps its reads.
+    pub fn in_ns<T: Send + 'static>(
+        &self,
+        node: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        use std::os::fd::AsFd;
+        let ns = format!("/run/netns/hn-{}-{node}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&ns).expect("open netns");
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = hydractl()
@@ -273,6 +325,16 @@ impl WebRoot {
             bin("hydra-fileserver").display(),
             self.dir.display()
         )
+    }
+
+    /// The same, pacing every response to `rate` bytes per second.
+    pub fn paced_backend_cmd(&self, rate: u64) -> String {
+        format!("{} --rate {rate}", self.backend_cmd())
+    }
+
+    /// The path of `data.bin`.
+    pub fn file(&self) -> PathBuf {
+        self.dir.join("data.bin")
     }
 }
 
