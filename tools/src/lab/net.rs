@@ -127,12 +127,19 @@ fn pids_in(namespaces: &[String]) -> Result<Vec<Pid>> {
 
 /// SIGKILLs every process in the namespaces `namespaces`, again and again until none is
 /// left (a process may fork while we kill). Returns how many were killed.
+///
+/// Every process is first stopped (SIGSTOP), then killed: a crash takes a whole host at once,
+/// so no process may see another die and react (a host server noticing its backend's death
+/// would close the client's connection, which a real crash never does).
 pub(super) fn kill_all(namespaces: &[String]) -> Result<usize> {
     let mut killed = 0;
     for _ in 0..100 {
         let pids = pids_in(namespaces)?;
         if pids.is_empty() {
             return Ok(killed);
+        }
+        for pid in &pids {
+            let _ = kill(*pid, Signal::SIGSTOP);
         }
         for pid in pids {
             // ESRCH: it died on its own meanwhile; anything else we will see again next round.
