@@ -3,7 +3,8 @@
 //! `hydra-fileserver` is a deterministic HTTP/1.1 file server: the same request always gets
 //! byte-identical response bytes (no `Date:` header, no randomness), which is what active
 //! replication needs from a backend. It can pace its output (`--rate`), for streams that
-//! must last long enough to kill a replica in the middle. A `POST` or `PUT` is answered with
+//! must last long enough to kill a replica in the middle (`--rate` for every response, or
+//! `?rate=BYTES_PER_SECOND` per request). A `POST` or `PUT` is answered with
 //! the SHA-256 of its body, so an upload's integrity can be checked end to end.
 #![warn(missing_docs)]
 
@@ -22,6 +23,8 @@ pub struct Request {
     pub close: bool,
     /// `Content-Length` of the request body (0 if none).
     pub body_len: u64,
+    /// Pacing asked for with `?rate=BYTES_PER_SECOND`.
+    pub rate: Option<u64>,
 }
 
 /// Reads one request head; `Ok(None)` on a clean end of stream.
@@ -49,12 +52,18 @@ pub fn read_request<R: BufRead>(r: &mut R) -> std::io::Result<Option<Request>> {
             body_len = v.trim().parse().unwrap_or(0);
         }
     }
-    let path = target.split('?').next().unwrap_or("/").to_string();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let rate = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("rate="))
+        .and_then(|v| v.parse().ok())
+        .filter(|r| *r > 0);
     Ok(Some(Request {
         method,
-        path,
+        path: path.to_string(),
         close,
         body_len,
+        rate,
     }))
 }
 
@@ -128,7 +137,7 @@ pub fn serve_connection<S: Read + Write>(
             if req.close { "Connection: close\r\n" } else { "" }
         )?;
         if req.method == "GET" {
-            copy_paced(&mut file, stream, rate)?;
+            copy_paced(&mut file, stream, req.rate.or(rate))?;
         }
         stream.flush()?;
         if req.close {
@@ -174,9 +183,11 @@ mod tests {
 
     #[test]
     fn requests_parse_and_paths_stay_inside_root() {
-        let mut r = &b"GET /a/b.bin?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..];
+        let mut r =
+            &b"GET /a/b.bin?x=1&rate=500 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..];
         let req = read_request(&mut r).unwrap().unwrap();
         assert_eq!(req.path, "/a/b.bin");
+        assert_eq!(req.rate, Some(500));
         assert!(req.close);
         assert_eq!(
             resolve(Path::new("/srv"), "/a/b.bin"),

@@ -34,8 +34,22 @@ fn main() {
     }
 }
 
+/// One backend socket per client connection: raise the open-files limit to the hard limit
+/// so that tens of thousands of connections fit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, "cannot raise the open-files limit");
+            }
+        }
+    }
+}
+
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
+    raise_fd_limit();
     let cfg = HostConfig::load(&args.config)?;
     let key = ClusterKey::load(&cfg.key_file)?;
     let node = ReplicaId(cfg.node_id);

@@ -3,6 +3,7 @@
 //! Talks to a daemon's admin API (a Unix socket) for `v_host`, `setportopt` and `status`,
 //! makes cluster keys, and builds whole deployments in network namespaces (`lab`).
 
+mod bench;
 mod lab;
 
 use std::io::Write;
@@ -86,6 +87,9 @@ enum Command {
     },
     /// Build and drive a whole HydraNet deployment in network namespaces on this machine.
     Lab(lab::LabArgs),
+    /// Measure kernel routing, an nginx stream proxy, redirect, ft2 and ft3 side by side in
+    /// one run: bulk throughput, latency, requests per second, failover, scale.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -129,6 +133,7 @@ fn main() {
         }),
         Command::Status { json, target } => status(&target.socket, json),
         Command::Lab(args) => lab::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("hydractl: {e:#}");
