@@ -100,7 +100,9 @@ pub struct FtConn {
     ep: Endpoint,
     mss: usize,
     role: Role,
-    /// Other members of the current view.
+    /// The other members of this connection: those in the view when it opened and still in
+    /// every view since. A replica that leaves the view never returns for this connection
+    /// (it missed client bytes while out); one that joins later never had it.
     view_peers: Vec<PeerId>,
     created: Instant,
 
@@ -182,6 +184,9 @@ impl FtConn {
         let mut ep = Endpoint::listen(key.service, ep_cfg, seed, now);
         let synack_paused = role == Role::Primary && !view_peers.is_empty();
         ep.pause_synack(synack_paused);
+        // A replica's progress is read off its stack's ACKs; a delayed ACK would hold the
+        // primary's gate (and the client's view of its data) back by up to 10 ms.
+        ep.set_ack_delay(None);
         FtConn {
             key,
             cfg,
@@ -476,8 +481,9 @@ impl FtConn {
 
     /// A new view: this replica's role and the other live members.
     pub fn set_view(&mut self, now: Instant, role: Role, view_peers: Vec<PeerId>) {
-        self.peers.retain(|id, _| view_peers.contains(id));
-        self.view_peers = view_peers;
+        self.view_peers.retain(|id| view_peers.contains(id));
+        let members = &self.view_peers;
+        self.peers.retain(|id, _| members.contains(id));
         let promoted = role == Role::Primary && self.role == Role::Backup;
         self.role = role;
         if promoted {

@@ -303,6 +303,8 @@ struct Conn {
     writable: bool,
     backend_eof: bool,
     fin_to_backend: bool,
+    /// The backend socket was closed after both directions finished.
+    backend_done: bool,
     deadline: Option<SInstant>,
 }
 
@@ -312,7 +314,7 @@ pub struct Dataplane {
     udp: UdpSocket,
     cfg: DataplaneConfig,
     opener: Opener,
-    sealer: Sealer,
+    sealer: Arc<Sealer>,
     shared: Arc<Shared>,
     flows: HashMap<FlowKey, usize>,
     conns: HashMap<usize, Conn>,
@@ -376,8 +378,28 @@ impl Dataplane {
         seed: u64,
     ) -> io::Result<Self> {
         let me = sealer.sender();
+        let sealer = Arc::new(sealer);
         let poll = Poll::new()?;
-        let mut udp = UdpSocket::bind(cfg.listen)?;
+        let std_udp = std::net::UdpSocket::bind(cfg.listen)?;
+        std_udp.set_nonblocking(true)?;
+        // Heartbeats leave from their own thread through the same socket (same source
+        // address, which the redirector hands to peers), so that a busy packet loop never
+        // delays them into a false failure detection.
+        // (A dup shares O_NONBLOCK with the packet loop's socket: it stays non-blocking; a
+        // full send buffer loses one heartbeat, counted as a send error.)
+        let hb_udp = std_udp.try_clone()?;
+        {
+            let (sealer, shared, redirector, cap) = (
+                sealer.clone(),
+                shared.clone(),
+                cfg.redirector,
+                cfg.heartbeat,
+            );
+            std::thread::Builder::new()
+                .name("heartbeat".into())
+                .spawn(move || heartbeat_loop(&hb_udp, &sealer, &shared, redirector, cap))?;
+        }
+        let mut udp = UdpSocket::from_std(std_udp);
         resize_socket_buffers(&udp);
         poll.registry()
             .register(&mut udp, UDP, Interest::READABLE)?;
@@ -410,12 +432,11 @@ impl Dataplane {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut buf = vec![0u8; 65536];
-        let mut next_heartbeat = Instant::now();
         let mut next_snapshot = Instant::now();
         let mut dirty: Vec<usize> = Vec::new();
         loop {
             let now = Instant::now();
-            let mut wake = next_heartbeat;
+            let mut wake = next_snapshot;
             if let Some((t, _)) = self.timers.first() {
                 let t = self.start + Duration::from_micros(t.total_micros().max(0) as u64);
                 wake = wake.min(t);
@@ -466,10 +487,6 @@ impl Dataplane {
                 self.service(id, snow);
             }
             self.flush_progress();
-            if now >= next_heartbeat {
-                let every = self.heartbeat();
-                next_heartbeat = now + every;
-            }
             if now >= next_snapshot {
                 self.snapshot();
                 next_snapshot = now + SNAPSHOT_EVERY;
@@ -639,6 +656,7 @@ impl Dataplane {
             writable: false,
             backend_eof: false,
             fin_to_backend: false,
+            backend_done: false,
             deadline: None,
         };
         match TcpStream::connect(SocketAddr::V4(backend)) {
@@ -703,7 +721,7 @@ impl Dataplane {
                     }
                 }
             }
-        } else if !abort_client && c.tcp.ep().state() != TcpState::Closed {
+        } else if !c.backend_done && c.tcp.ep().state() != TcpState::Closed {
             // No backend socket at all (connect failed synchronously).
             m.backend_connect_failures.inc();
             abort_client = true;
@@ -812,6 +830,7 @@ impl Dataplane {
             if let Some(mut s) = c.backend.take() {
                 let _ = self.poll.registry().deregister(&mut s);
             }
+            c.backend_done = true;
         }
         let service = c.key.service;
         let finished = state == TcpState::Closed;
@@ -972,41 +991,6 @@ impl Dataplane {
         self.progress_out = entries;
     }
 
-    /// Sends a heartbeat; returns when the next is due (the shortest interval any service's
-    /// detector asks for).
-    fn heartbeat(&mut self) -> Duration {
-        let hb = {
-            // INVARIANT: no code panics while holding the lock.
-            let services = self.shared.services.lock().expect("services lock");
-            Heartbeat {
-                services: services.ads(),
-            }
-        };
-        let every = hb
-            .services
-            .iter()
-            .filter(|s| s.mode == Mode::Ft)
-            .map(|s| Duration::from_millis(u64::from(s.hb_ms.max(1))))
-            .min()
-            .unwrap_or(self.cfg.heartbeat)
-            .min(self.cfg.heartbeat);
-        self.sealer.seal_into(
-            MsgType::Heartbeat,
-            ServiceId(0),
-            Epoch(0),
-            &hb.emit(),
-            &mut self.sealed,
-        );
-        match self.udp.send_to(&self.sealed, self.cfg.redirector) {
-            Ok(_) => self.shared.metrics.datagrams_out.inc(),
-            Err(e) => {
-                self.shared.metrics.send_errors.inc();
-                tracing::debug!(error = %e, redirector = %self.cfg.redirector, "heartbeat not sent");
-            }
-        }
-        every
-    }
-
     fn snapshot(&mut self) {
         let list: Vec<ConnStatus> = self
             .conns
@@ -1042,5 +1026,49 @@ impl Dataplane {
             .collect();
         // INVARIANT: no code panics while holding the lock.
         *self.shared.conns.lock().expect("conns lock") = list;
+    }
+}
+
+/// Sends a heartbeat at the shortest interval any service's detector asks for (at most
+/// `cap`), forever.
+fn heartbeat_loop(
+    udp: &std::net::UdpSocket,
+    sealer: &Sealer,
+    shared: &Shared,
+    redirector: SocketAddr,
+    cap: Duration,
+) {
+    let mut sealed = Vec::new();
+    loop {
+        let hb = {
+            // INVARIANT: no code panics while holding the lock.
+            let services = shared.services.lock().expect("services lock");
+            Heartbeat {
+                services: services.ads(),
+            }
+        };
+        let every = hb
+            .services
+            .iter()
+            .filter(|s| s.mode == Mode::Ft)
+            .map(|s| Duration::from_millis(u64::from(s.hb_ms.max(1))))
+            .min()
+            .unwrap_or(cap)
+            .min(cap);
+        sealer.seal_into(
+            MsgType::Heartbeat,
+            ServiceId(0),
+            Epoch(0),
+            &hb.emit(),
+            &mut sealed,
+        );
+        match udp.send_to(&sealed, redirector) {
+            Ok(_) => shared.metrics.datagrams_out.inc(),
+            Err(e) => {
+                shared.metrics.send_errors.inc();
+                tracing::debug!(error = %e, %redirector, "heartbeat not sent");
+            }
+        }
+        std::thread::sleep(every);
     }
 }

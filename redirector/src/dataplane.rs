@@ -342,7 +342,13 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
                     m.bad_server_packet.inc();
                     continue;
                 };
-                if !lock(shared).accept_outbound(clock(), header.sender, header.epoch, &meta) {
+                let accepted = {
+                    let mut t = lock(shared);
+                    let now = clock();
+                    t.on_traffic(now, header.sender);
+                    t.accept_outbound(now, header.sender, header.epoch, &meta)
+                };
+                if !accepted {
                     m.fenced.inc();
                     continue;
                 }

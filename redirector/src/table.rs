@@ -163,6 +163,16 @@ impl Table {
         events
     }
 
+    /// Any authenticated datagram from a known host shows it is alive (heartbeats can queue
+    /// behind its data in a busy socket).
+    pub fn on_traffic(&mut self, now: Instant, id: ReplicaId) {
+        if let Some(h) = self.hosts.get_mut(&id) {
+            if h.last_seen < now {
+                h.last_seen = now;
+            }
+        }
+    }
+
     /// The ft view of a service.
     pub fn view(&self, service: SocketAddrV4) -> Option<&FtView> {
         self.views.get(&service)
