@@ -38,6 +38,9 @@ use crate::rewrite::{self, Seg};
 use crate::seq::SeqNumber;
 use crate::shadow::ShadowQueue;
 
+/// How many times an unchanged progress report is repeated after a change.
+const PROGRESS_REPEATS: u8 = 3;
+
 /// A replica's id as the FT layer sees it (the cluster's node id).
 pub type PeerId = u32;
 
@@ -137,6 +140,7 @@ pub struct FtConn {
 
     progress_dirty: bool,
     progress_at: Instant,
+    progress_repeats: u8,
     more_unsent: bool,
     last_reported: Option<(SeqNumber, SeqNumber)>,
 
@@ -221,6 +225,7 @@ impl FtConn {
             rtx_at: None,
             progress_dirty: false,
             progress_at: now,
+            progress_repeats: 0,
             more_unsent: false,
             last_reported: None,
             to_client: Vec::new(),
@@ -285,9 +290,14 @@ impl FtConn {
         std::mem::take(&mut self.to_client)
     }
 
-    /// This replica's progress report, when one is due (changed, or periodic).
+    /// This replica's progress report, when one is due: at once on change, then repeated
+    /// a few times (`PROGRESS_REPEATS`) every `progress_every` in case a report was lost.
+    /// An idle connection sends nothing, so thousands of idle connections cost nothing.
     pub fn take_progress(&mut self, now: Instant) -> Option<Progress> {
-        let due = self.progress_dirty || now >= self.progress_at;
+        if self.progress_dirty {
+            self.progress_repeats = PROGRESS_REPEATS;
+        }
+        let due = self.progress_dirty || (self.progress_repeats > 0 && now >= self.progress_at);
         let p = Progress {
             isn_local: self.local_isn?,
             isn_s: self.isn_s,
@@ -296,6 +306,9 @@ impl FtConn {
         };
         if !due {
             return None;
+        }
+        if !self.progress_dirty {
+            self.progress_repeats -= 1;
         }
         self.progress_dirty = false;
         self.progress_at = now + self.cfg.progress_every;
@@ -312,7 +325,10 @@ impl FtConn {
             }
         };
         merge(self.rtx_at);
-        if self.local_isn.is_some() && self.ep.state() != TcpState::Closed {
+        if self.local_isn.is_some()
+            && self.ep.state() != TcpState::Closed
+            && (self.progress_repeats > 0 || self.progress_dirty)
+        {
             merge(Some(self.progress_at));
         }
         if self.synack_paused {

@@ -281,7 +281,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    let i = ((sorted.len() as f64 - 1.0) * p).floor() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
 
@@ -960,10 +960,10 @@ fn plots(
             .draw()?;
         root.present()?;
     }
-    // Failover timeline: bytes received over time, kills marked.
+    // Failover timeline: one panel per path, bytes received over time, kills in red.
     {
         let path = dir.join("failover-timeline.png");
-        let root = BitMapBackend::new(&path, (1000, 500)).into_drawing_area();
+        let root = BitMapBackend::new(&path, (1200, 800)).into_drawing_area();
         root.fill(&WHITE)?;
         let xmax = timelines
             .iter()
@@ -973,39 +973,41 @@ fn plots(
             .iter()
             .filter_map(|(_, s)| s.stamps.last().map(|x| x.1 as f64 / 1048576.0))
             .fold(1.0, f64::max);
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "Paced 2 MiB/s stream while the serving host is killed (vertical lines)",
-                ("sans-serif", 20),
-            )
-            .margin(15)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..xmax * 1.05, 0f64..ymax * 1.05)?;
-        chart
-            .configure_mesh()
-            .x_desc("time (s)")
-            .y_desc("MiB received")
-            .draw()?;
-        for (i, (label, s)) in timelines.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
+        let panels = root.split_evenly((2, 2));
+        for (area, (label, s)) in panels.iter().zip(timelines) {
+            let mut chart = ChartBuilder::on(area)
+                .caption(
+                    if s.intact {
+                        format!("{label}: complete, every byte right")
+                    } else {
+                        format!(
+                            "{label}: cut after {:.1} MiB ({})",
+                            s.bytes as f64 / 1048576.0,
+                            s.ended
+                        )
+                    },
+                    ("sans-serif", 18),
+                )
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(50)
+                .build_cartesian_2d(0f64..xmax * 1.05, 0f64..ymax * 1.05)?;
             chart
-                .draw_series(LineSeries::new(
-                    s.stamps.iter().map(|(t, b)| (*t, *b as f64 / 1048576.0)),
-                    color.stroke_width(2),
-                ))?
-                .label(label.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+                .configure_mesh()
+                .x_desc("time (s)")
+                .y_desc("MiB received")
+                .draw()?;
+            chart.draw_series(LineSeries::new(
+                s.stamps.iter().map(|(t, b)| (*t, *b as f64 / 1048576.0)),
+                BLUE.stroke_width(2),
+            ))?;
             for k in &s.kills {
-                chart.draw_series(LineSeries::new(vec![(*k, 0.0), (*k, ymax)], color.mix(0.5)))?;
+                chart.draw_series(LineSeries::new(
+                    vec![(*k, 0.0), (*k, ymax)],
+                    RED.stroke_width(2),
+                ))?;
             }
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
         root.present()?;
     }
     Ok(())
