@@ -546,42 +546,55 @@ impl FtConn {
         let window = self.window_field(ack, edge);
         let wnd = (u32::from(self.client_wnd) << self.client_ws).max(self.mss as u32);
         let limit = client_ack.plus(wnd);
-        let mut from = self
+        let from = self
             .snd_max_s
             .unwrap_or(client_ack)
             .max(client_ack)
             .max(sh.base());
+        let end = sh.end();
+        let (pkts, from) = self.shadow_segments(from, limit, self.cfg.burst, ack, window);
+        self.more_unsent = pkts.len() == self.cfg.burst && from.lt(end) && from.lt(limit);
+        for (seq, len, p) in pkts {
+            self.note_sent(now, ack, edge, seq, len, false);
+            self.to_client.push(p);
+        }
+    }
+
+    /// Segments of shadow-queue bytes from `from`, one MSS each at most, not beyond `limit`,
+    /// at most `max` of them (FIN included where it follows); with the sequence number after
+    /// the last.
+    fn shadow_segments(
+        &self,
+        mut from: SeqNumber,
+        limit: SeqNumber,
+        max: usize,
+        ack: SeqNumber,
+        window: u16,
+    ) -> (Vec<(SeqNumber, u32, Vec<u8>)>, SeqNumber) {
         let mut pkts = Vec::new();
-        for _ in 0..self.cfg.burst {
-            if !from.lt(sh.end()) || !from.lt(limit) {
-                break;
-            }
+        let Some(sh) = self.shadow.as_ref() else {
+            return (pkts, from);
+        };
+        while pkts.len() < max && from.lt(sh.end()) && from.lt(limit) {
             let room = limit.since(from) as usize;
             let (seq, bytes, fin) = sh.slice(from, self.mss.min(room));
             if bytes.is_empty() && !fin {
                 break;
             }
             let len = bytes.len() as u32 + u32::from(fin);
-            pkts.push((
+            let p = rewrite::build(
+                self.key.service,
+                self.key.client,
                 seq,
-                len,
-                rewrite::build(
-                    self.key.service,
-                    self.key.client,
-                    seq,
-                    ack,
-                    window,
-                    &bytes,
-                    fin,
-                ),
-            ));
+                ack,
+                window,
+                &bytes,
+                fin,
+            );
+            pkts.push((seq, len, p));
             from = seq.plus(len);
         }
-        self.more_unsent = pkts.len() == self.cfg.burst && from.lt(sh.end()) && from.lt(limit);
-        for (seq, len, p) in pkts {
-            self.note_sent(now, ack, edge, seq, len, false);
-            self.to_client.push(p);
-        }
+        (pkts, from)
     }
 
     /// Ends the SYN-ACK hold when every view member reported or the hold expired.
@@ -832,38 +845,9 @@ impl FtConn {
             return;
         }
         let window = self.window_field(ack, edge);
-        let client_wnd = (usize::from(self.client_wnd) << self.client_ws).max(self.mss);
-        let mut from = self.client_ack.unwrap_or(sh.base()).max(sh.base());
-        let mut sent_bytes = 0usize;
-        let mut pkts = Vec::new();
-        for _ in 0..segments {
-            let (seq, bytes, fin) = sh.slice(from, self.mss);
-            if bytes.is_empty() && !fin {
-                break;
-            }
-            if sent_bytes + bytes.len() > client_wnd && sent_bytes > 0 {
-                break;
-            }
-            sent_bytes += bytes.len();
-            let len = bytes.len() as u32 + u32::from(fin);
-            pkts.push((
-                seq,
-                len,
-                rewrite::build(
-                    self.key.service,
-                    self.key.client,
-                    seq,
-                    ack,
-                    window,
-                    &bytes,
-                    fin,
-                ),
-            ));
-            from = seq.plus(len);
-            if fin {
-                break;
-            }
-        }
+        let client_wnd = (u32::from(self.client_wnd) << self.client_ws).max(self.mss as u32);
+        let from = self.client_ack.unwrap_or(sh.base()).max(sh.base());
+        let (pkts, _) = self.shadow_segments(from, from.plus(client_wnd), segments, ack, window);
         for (seq, len, p) in pkts {
             self.stats.retransmits += 1;
             self.note_sent(now, ack, edge, seq, len, true);

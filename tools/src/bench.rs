@@ -241,28 +241,29 @@ fn bulk(lab: &BenchLab, host: &str, port: u16, file: &str, conns: usize) -> Resu
     Ok(bytes / secs / 1e6)
 }
 
+/// One redis PING round trip on `s`, in milliseconds.
+fn ping_once(s: &mut TcpStream) -> Result<f64> {
+    let mut buf = [0u8; 16];
+    let t = Instant::now();
+    s.write_all(b"PING\r\n")?;
+    let mut got = 0;
+    while got < 7 {
+        let k = s.read(&mut buf[got..])?;
+        if k == 0 {
+            bail!("connection closed during PING");
+        }
+        got += k;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
 /// Latency of redis PING on one connection, `n` round trips, from a kernel-TCP client.
 fn ping_latencies(lab: &BenchLab, addr: SocketAddr, n: usize) -> Result<Vec<f64>> {
     lab.in_client(move || -> Result<Vec<f64>> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut buf = [0u8; 64];
-        let mut lat = Vec::with_capacity(n);
-        for _ in 0..n {
-            let t = Instant::now();
-            s.write_all(b"PING\r\n")?;
-            let mut got = 0;
-            while got < 7 {
-                let k = s.read(&mut buf[got..])?;
-                if k == 0 {
-                    bail!("connection closed during PING");
-                }
-                got += k;
-            }
-            lat.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        Ok(lat)
+        (0..n).map(|_| ping_once(&mut s)).collect()
     })?
 }
 
@@ -428,21 +429,10 @@ fn scale(lab: &BenchLab, n: usize) -> Result<Value> {
             }
             let mut lat = Vec::new();
             let step = (n / 200).max(1);
-            let mut buf = [0u8; 16];
             for s in conns.iter_mut().step_by(step) {
                 s.set_nodelay(true)?;
                 s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                let t = Instant::now();
-                s.write_all(b"PING\r\n")?;
-                let mut got = 0;
-                while got < 7 {
-                    let k = s.read(&mut buf[got..])?;
-                    if k == 0 {
-                        bail!("connection closed");
-                    }
-                    got += k;
-                }
-                lat.push(t.elapsed().as_secs_f64() * 1e3);
+                lat.push(ping_once(s)?);
             }
             Ok(lat)
         };
