@@ -37,6 +37,7 @@ fn every_subcommand_has_help() {
         vec!["lab", "up"],
         vec!["lab", "exec"],
         vec!["lab", "kill"],
+        vec!["lab", "restart"],
         vec!["lab", "partition"],
         vec!["lab", "heal"],
         vec!["lab", "impair"],

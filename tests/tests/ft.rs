@@ -273,3 +273,39 @@ fn failover_pause_over_21_primary_kills() {
     let _ = std::fs::write(bin_dir().join("failover-pause.txt"), format!("{line}\n"));
     let _ = Command::new("true").status();
 }
+
+#[test]
+fn killed_and_restarted_host_serves_new_connections_within_1s() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let www = WebRoot::new("ftrs", 1 << 20, 0xf7_0005);
+    let lab = Lab::up("ftrs", 3, &www.backend_cmd(), &["--mode", "ft"]);
+    lab.ctl("kill", "h1", &[]);
+    lab.wait_until_out_of_view("h1");
+    let restarted = Instant::now();
+    lab.ctl("restart", "h1", &[]);
+    assert!(
+        lab.members().iter().any(|m| m == "h1"),
+        "h1 not back in the view"
+    );
+    let before = metric(&lab.metrics("h1"), "hydra_connections_total");
+    let out = lab.sh(
+        "client",
+        "curl -sS --fail --max-time 5 http://198.19.0.10/data.bin | sha256sum",
+    );
+    let served_after = restarted.elapsed();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&www.sha256));
+    let after = metric(&lab.metrics("h1"), "hydra_connections_total");
+    assert_eq!(
+        after,
+        before + 1,
+        "the new connection did not reach restarted h1"
+    );
+    assert!(
+        served_after < Duration::from_secs(1),
+        "h1 served a new connection only {served_after:?} after its restart began"
+    );
+}

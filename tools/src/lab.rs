@@ -62,6 +62,9 @@ enum LabCommand {
     Exec(ExecArgs),
     /// Crash a node: SIGKILL every process in its namespace.
     Kill(NodeArgs),
+    /// Restart a crashed host (h1..hN): its backend and hydra-host, same config and key;
+    /// returns once the redirector counts it live. It serves new connections from then on.
+    Restart(NodeArgs),
     /// Cut a node's link to the redirector, both ways (undo with `lab heal`).
     Partition(NodeArgs),
     /// Restore a node's link to the redirector after `lab partition`.
@@ -313,6 +316,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabCommand::Up(a) => up(a),
         LabCommand::Exec(a) => exec(a),
         LabCommand::Kill(a) => kill(a),
+        LabCommand::Restart(a) => restart(a),
         LabCommand::Partition(a) => faults::partition(&checked_lab(&a.name)?, &a.node, true),
         LabCommand::Heal(a) => faults::partition(&checked_lab(&a.name)?, &a.node, false),
         LabCommand::Impair(a) => faults::impair(&checked_lab(&a.name)?, &a.node, a.loss, a.dup),
@@ -474,6 +478,24 @@ fn kill(a: NodeArgs) -> Result<()> {
     let ns = lab.ns(&node);
     let n = net::kill_all(std::slice::from_ref(&ns))?;
     eprintln!("killed {n} processes in {ns}");
+    Ok(())
+}
+
+fn restart(a: NodeArgs) -> Result<()> {
+    let lab = checked_lab(&a.name)?;
+    let node = lab.parse_node(&a.node)?;
+    let Node::Host(i) = node else {
+        bail!(
+            "lab restart takes a host node (h1..h{}): {} is not one",
+            lab.replicas,
+            a.node
+        );
+    };
+    let took = daemons::restart_host(&lab, &daemons::Binaries::find()?, i)?;
+    eprintln!(
+        "restarted {node}: live at the redirector after {} ms",
+        took.as_millis()
+    );
     Ok(())
 }
 

@@ -208,6 +208,60 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
 
 /// Starts `program args` in `node`'s namespace, in a session of its own (so it outlives us
 /// and no terminal signal reaches it), stdin null, stdout and stderr appended to `log`.
+/// Restarts a crashed host: kills whatever is left in its namespace, starts its backend and
+/// its hydra-host again (same config, same key), and waits until the redirector counts it
+/// live again.
+pub(super) fn restart_host(lab: &LabState, bins: &Binaries, i: u16) -> Result<Duration> {
+    let node = Node::Host(i);
+    let dir = lab.dir();
+    super::net::kill_all(std::slice::from_ref(&lab.ns(&node)))?;
+    // Wait until the redirector has stopped counting the old life as live, so that "live"
+    // below means a heartbeat of the new one.
+    let sock = dir.join("redir.sock");
+    let forget = Instant::now() + Duration::from_secs(5);
+    while !hosts_not_live(lab, &sock)?.contains(&i) && Instant::now() < forget {
+        thread::sleep(POLL);
+    }
+    let started = Instant::now();
+    let cwd = dir.join(node.to_string());
+    fs::create_dir_all(&cwd).with_context(|| format!("creating {}", cwd.display()))?;
+    spawn_detached(
+        lab,
+        &node,
+        Path::new("sh"),
+        &["-c".as_ref(), lab.backend_cmd.as_ref()],
+        &cwd,
+        &dir.join(format!("{node}-backend.log")),
+    )?;
+    let config = dir.join(format!("{node}.toml"));
+    write_file(&config, &host_config(lab, i))?;
+    let mut daemons = vec![Daemon {
+        node: node.clone(),
+        child: spawn_detached(
+            lab,
+            &node,
+            &bins.host,
+            &["--config".as_ref(), config.as_os_str()],
+            &dir,
+            &dir.join(format!("{node}.log")),
+        )?,
+    }];
+    let deadline = started + Duration::from_secs(10);
+    loop {
+        check_alive(lab, &mut daemons, None)?;
+        if !hosts_not_live(lab, &sock)?.contains(&i) {
+            return Ok(started.elapsed());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{node} restarted but is not live at the redirector after 10 s; its log:\n{}",
+                tail(&dir.join(format!("{node}.log")), 5)
+            );
+        }
+        thread::sleep(POLL);
+    }
+}
+
 fn spawn_detached(
     lab: &LabState,
     node: &Node,
