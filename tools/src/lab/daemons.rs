@@ -236,7 +236,7 @@ pub(super) fn restart_host(lab: &LabState, bins: &Binaries, i: u16) -> Result<Du
     let config = dir.join(format!("{node}.toml"));
     write_file(&config, &host_config(lab, i))?;
     let mut daemons = vec![Daemon {
-        node: node.clone(),
+        node,
         child: spawn_detached(
             lab,
             &node,
