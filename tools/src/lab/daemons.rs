@@ -125,18 +125,7 @@ pub(super) fn start_all(lab: &LabState, bins: &Binaries, with_daemons: bool) -> 
     }
 
     for i in 1..=lab.replicas {
-        let node = Node::Host(i);
-        let cwd = dir.join(node.to_string());
-        fs::create_dir_all(&cwd).with_context(|| format!("creating {}", cwd.display()))?;
-        // The backend is not watched: `sh -c` may legitimately exit after daemonizing it.
-        spawn_detached(
-            lab,
-            &node,
-            Path::new("sh"),
-            &["-c".as_ref(), lab.backend_cmd.as_ref()],
-            &cwd,
-            &dir.join(format!("{node}-backend.log")),
-        )?;
+        spawn_backend(lab, i)?;
     }
 
     if !with_daemons {
@@ -152,20 +141,44 @@ pub(super) fn start_all(lab: &LabState, bins: &Binaries, with_daemons: bool) -> 
     }
 
     for i in 1..=lab.replicas {
-        let node = Node::Host(i);
-        let config = dir.join(format!("{node}.toml"));
-        write_file(&config, &host_config(lab, i))?;
-        let child = spawn_detached(
-            lab,
-            &node,
-            &bins.host,
-            &["--config".as_ref(), config.as_os_str()],
-            &dir,
-            &dir.join(format!("{node}.log")),
-        )?;
-        daemons.push(Daemon { node, child });
+        daemons.push(spawn_host(lab, bins, i)?);
     }
     Ok(Started { daemons, at })
+}
+
+/// Starts host `i`'s backend (`sh -c CMD` in its own directory). The backend is not
+/// watched: `sh -c` may legitimately exit after daemonizing it.
+fn spawn_backend(lab: &LabState, i: u16) -> Result<()> {
+    let node = Node::Host(i);
+    let dir = lab.dir();
+    let cwd = dir.join(node.to_string());
+    fs::create_dir_all(&cwd).with_context(|| format!("creating {}", cwd.display()))?;
+    spawn_detached(
+        lab,
+        &node,
+        Path::new("sh"),
+        &["-c".as_ref(), lab.backend_cmd.as_ref()],
+        &cwd,
+        &dir.join(format!("{node}-backend.log")),
+    )?;
+    Ok(())
+}
+
+/// Writes host `i`'s config and starts its hydra-host.
+fn spawn_host(lab: &LabState, bins: &Binaries, i: u16) -> Result<Daemon> {
+    let node = Node::Host(i);
+    let dir = lab.dir();
+    let config = dir.join(format!("{node}.toml"));
+    write_file(&config, &host_config(lab, i))?;
+    let child = spawn_detached(
+        lab,
+        &node,
+        &bins.host,
+        &["--config".as_ref(), config.as_os_str()],
+        &dir,
+        &dir.join(format!("{node}.log")),
+    )?;
+    Ok(Daemon { node, child })
 }
 
 fn redirector_config(lab: &LabState) -> String {
@@ -223,29 +236,8 @@ pub(super) fn restart_host(lab: &LabState, bins: &Binaries, i: u16) -> Result<Du
         thread::sleep(POLL);
     }
     let started = Instant::now();
-    let cwd = dir.join(node.to_string());
-    fs::create_dir_all(&cwd).with_context(|| format!("creating {}", cwd.display()))?;
-    spawn_detached(
-        lab,
-        &node,
-        Path::new("sh"),
-        &["-c".as_ref(), lab.backend_cmd.as_ref()],
-        &cwd,
-        &dir.join(format!("{node}-backend.log")),
-    )?;
-    let config = dir.join(format!("{node}.toml"));
-    write_file(&config, &host_config(lab, i))?;
-    let mut daemons = vec![Daemon {
-        node,
-        child: spawn_detached(
-            lab,
-            &node,
-            &bins.host,
-            &["--config".as_ref(), config.as_os_str()],
-            &dir,
-            &dir.join(format!("{node}.log")),
-        )?,
-    }];
+    spawn_backend(lab, i)?;
+    let mut daemons = vec![spawn_host(lab, bins, i)?];
     let deadline = started + Duration::from_secs(10);
     loop {
         check_alive(lab, &mut daemons, None)?;
