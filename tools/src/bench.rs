@@ -777,13 +777,13 @@ fn measure(
 }
 
 fn render_table(r: &BTreeMap<&str, BTreeMap<String, Value>>) -> String {
-    let metrics: [(&str, &str, bool); 6] = [
-        ("bulk_1conn_MBps", "bulk, 1 connection (MB/s)", true),
-        ("bulk_8conn_MBps", "bulk, 8 connections (MB/s)", true),
-        ("ping_p50_ms", "PING latency p50 (ms)", false),
-        ("ping_p99_ms", "PING latency p99 (ms)", false),
-        ("ping_p999_ms", "PING latency p99.9 (ms)", false),
-        ("get_rps_50conn", "GET, 50 connections (req/s)", true),
+    let metrics: [(&str, &str); 6] = [
+        ("bulk_1conn_MBps", "bulk, 1 connection (MB/s)"),
+        ("bulk_8conn_MBps", "bulk, 8 connections (MB/s)"),
+        ("ping_p50_ms", "PING latency p50 (ms)"),
+        ("ping_p99_ms", "PING latency p99 (ms)"),
+        ("ping_p999_ms", "PING latency p99.9 (ms)"),
+        ("get_rps_50conn", "GET, 50 connections (req/s)"),
     ];
     let mut t = String::new();
     t.push_str("| metric | ");
@@ -792,7 +792,7 @@ fn render_table(r: &BTreeMap<&str, BTreeMap<String, Value>>) -> String {
     t.push_str(&"---|".repeat(PATHS.len()));
     t.push('\n');
     let num = |p: &str, m: &str| r.get(p).and_then(|e| e.get(m)).and_then(Value::as_f64);
-    for (key, label, _higher_better) in metrics {
+    for (key, label) in metrics {
         t.push_str(&format!("| {label} |"));
         for p in PATHS {
             match num(p, key) {
