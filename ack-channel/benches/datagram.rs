@@ -108,6 +108,7 @@ fn decode(c: &mut Criterion) {
             isn_s: Some(0x2000_0000 + i),
             rcv_nxt: 0x3000_0000 + i,
             edge: 0x3001_0000 + i,
+            hole_end: 0x3000_0000 + i,
         })
         .collect();
     let progress = emit_progress(&entries);

@@ -7,7 +7,7 @@
 //!   node id (4) | tunnel ip (4) | port (2)          the first member is the primary
 //! Progress (host -> hosts): count (u16) then entries of
 //!   client ip (4) | client port (2) | service ip (4) | service port (2) |
-//!   isn_local (4) | has isn_s (1) | isn_s (4) | rcv_nxt (4) | edge (4)
+//!   isn_local (4) | has isn_s (1) | isn_s (4) | rcv_nxt (4) | edge (4) | hole_end (4)
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -194,9 +194,12 @@ pub struct ProgressEntry {
     pub rcv_nxt: u32,
     /// Right edge of the reporter's receive window.
     pub edge: u32,
+    /// End of the reporter's hole after `rcv_nxt` (the first client byte it saw beyond
+    /// it; the primary repairs up to here); equal to `rcv_nxt` when it has none.
+    pub hole_end: u32,
 }
 
-const PROGRESS_LEN: usize = 29;
+const PROGRESS_LEN: usize = 33;
 
 /// Entries that fit in one datagram on a 1500-byte link.
 pub const PROGRESS_PER_DATAGRAM: usize = 40;
@@ -216,6 +219,7 @@ pub fn emit_progress(entries: &[ProgressEntry]) -> Vec<u8> {
         out.extend_from_slice(&e.isn_s.unwrap_or(0).to_be_bytes());
         out.extend_from_slice(&e.rcv_nxt.to_be_bytes());
         out.extend_from_slice(&e.edge.to_be_bytes());
+        out.extend_from_slice(&e.hole_end.to_be_bytes());
     }
     out
 }
@@ -251,6 +255,7 @@ pub fn parse_progress(b: &[u8]) -> Result<Vec<ProgressEntry>, WireError> {
                 isn_s: has.then(|| u32at(e, 17)),
                 rcv_nxt: u32at(e, 21),
                 edge: u32at(e, 25),
+                hole_end: u32at(e, 29),
             })
         })
         .collect()
@@ -290,16 +295,17 @@ mod tests {
         }
 
         #[test]
-        fn progress_round_trips(entries in proptest::collection::vec((any::<u32>(), any::<u16>(), any::<u32>(), proptest::option::of(any::<u32>()), any::<u32>(), any::<u32>()), 0..40)) {
+        fn progress_round_trips(entries in proptest::collection::vec((any::<u32>(), any::<u16>(), any::<u32>(), proptest::option::of(any::<u32>()), any::<u32>(), any::<u32>(), any::<u32>()), 0..40)) {
             let v: Vec<ProgressEntry> = entries
                 .into_iter()
-                .map(|(ip, port, isn_local, isn_s, rcv_nxt, edge)| ProgressEntry {
+                .map(|(ip, port, isn_local, isn_s, rcv_nxt, edge, hole_end)| ProgressEntry {
                     client: SocketAddrV4::new(Ipv4Addr::from(ip), port),
                     service: SocketAddrV4::new(Ipv4Addr::from(!ip), port ^ 1),
                     isn_local,
                     isn_s,
                     rcv_nxt,
                     edge,
+                    hole_end,
                 })
                 .collect();
             prop_assert_eq!(parse_progress(&emit_progress(&v)).unwrap(), v);

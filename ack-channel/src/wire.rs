@@ -72,6 +72,11 @@ pub enum MsgType {
     Progress,
     /// A service's view (epoch in the header, members in the payload), redirector to hosts.
     View,
+    /// Client bytes a backup missed, primary to backup (hop-by-hop repair): an IPv4 packet
+    /// as the client would have sent it.
+    Repair,
+    /// Digests of connections' output (output agreement), host server to host server.
+    Digest,
 }
 
 impl MsgType {
@@ -82,6 +87,8 @@ impl MsgType {
             MsgType::Heartbeat => 3,
             MsgType::Progress => 4,
             MsgType::View => 5,
+            MsgType::Repair => 6,
+            MsgType::Digest => 7,
         }
     }
 
@@ -92,6 +99,8 @@ impl MsgType {
             3 => MsgType::Heartbeat,
             4 => MsgType::Progress,
             5 => MsgType::View,
+            6 => MsgType::Repair,
+            7 => MsgType::Digest,
             other => return Err(WireError::UnknownType(other)),
         })
     }

@@ -24,4 +24,7 @@ pub struct SetPortOpt {
     /// ft detector timeout in milliseconds (default 25).
     #[serde(default)]
     pub timeout_ms: Option<u16>,
+    /// ft hop-by-hop repair (default on).
+    #[serde(default)]
+    pub repair: Option<bool>,
 }

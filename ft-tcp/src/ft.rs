@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 
 use smoltcp::time::{Duration, Instant};
 
+use crate::clientlog::ClientLog;
 use crate::endpoint::{Endpoint, EndpointConfig, TcpState};
 use crate::packet::FlowKey;
 use crate::rewrite::{self, Seg};
@@ -40,6 +41,9 @@ use crate::shadow::ShadowQueue;
 
 /// How many times an unchanged progress report is repeated after a change.
 const PROGRESS_REPEATS: u8 = 3;
+
+/// Segments repaired at once for a backup that stays behind without reporting a hole.
+const STALE_REPAIR_SEGMENTS: usize = 8;
 
 /// A replica's id as the FT layer sees it (the cluster's node id).
 pub type PeerId = u32;
@@ -68,6 +72,13 @@ pub struct FtConfig {
     pub progress_every: Duration,
     /// Segments resent at once on promotion or timeout.
     pub burst: usize,
+    /// Hop-by-hop repair: the primary sends a backup the client bytes it lacks.
+    pub repair: bool,
+    /// A backup whose `rcv_nxt` stays behind the primary's this long without reporting a
+    /// hole is repaired anyway (its report of the tail was lost, or the tail itself was).
+    pub repair_after: Duration,
+    /// The same range is not repaired again sooner than this.
+    pub repair_retry: Duration,
 }
 
 impl Default for FtConfig {
@@ -78,6 +89,9 @@ impl Default for FtConfig {
             synack_hold_max: Duration::from_millis(3500),
             progress_every: Duration::from_millis(50),
             burst: 64,
+            repair: true,
+            repair_after: Duration::from_millis(4),
+            repair_retry: Duration::from_millis(8),
         }
     }
 }
@@ -94,6 +108,19 @@ pub struct Progress {
     pub rcv_nxt: SeqNumber,
     /// Right edge of its receive window (C).
     pub edge: SeqNumber,
+    /// End of the hole after `rcv_nxt` (C): the first client byte seen beyond it, which the
+    /// primary repairs up to; equal to `rcv_nxt` when there is no hole.
+    pub hole_end: SeqNumber,
+}
+
+/// The primary's repair bookkeeping for one backup.
+#[derive(Debug, Clone, Copy)]
+struct RepairState {
+    /// The backup's `rcv_nxt` as last reported, and since when.
+    rcv_nxt: SeqNumber,
+    since: Instant,
+    /// When a repair from `rcv_nxt` was last sent.
+    sent: Option<Instant>,
 }
 
 /// The FT layer of one connection on one replica.
@@ -143,6 +170,13 @@ pub struct FtConn {
     progress_repeats: u8,
     more_unsent: bool,
     last_reported: Option<(SeqNumber, SeqNumber)>,
+    reported_hole: Option<SeqNumber>,
+
+    local_hole_end: Option<SeqNumber>,
+    log: ClientLog,
+    repair: BTreeMap<PeerId, RepairState>,
+    repair_at: Option<Instant>,
+    repairs_out: Vec<(PeerId, Vec<u8>)>,
 
     to_client: Vec<Vec<u8>>,
     scratch: Vec<Vec<u8>>,
@@ -161,6 +195,10 @@ pub struct FtStats {
     pub gate_acks: u64,
     /// Client ACKs held back (clamped) for a lagging local stack.
     pub clamped_acks: u64,
+    /// Client segments this replica (as primary) sent a backup that missed them.
+    pub repairs_sent: u64,
+    /// Repair segments this replica received.
+    pub repairs_received: u64,
 }
 
 impl std::fmt::Debug for FtConn {
@@ -228,6 +266,12 @@ impl FtConn {
             progress_repeats: 0,
             more_unsent: false,
             last_reported: None,
+            reported_hole: None,
+            local_hole_end: None,
+            log: ClientLog::default(),
+            repair: BTreeMap::new(),
+            repair_at: None,
+            repairs_out: Vec::new(),
             to_client: Vec::new(),
             scratch: Vec::new(),
             stats: FtStats::default(),
@@ -290,6 +334,17 @@ impl FtConn {
         std::mem::take(&mut self.to_client)
     }
 
+    /// Repair packets for other members: client segments they lack, to be handed to their
+    /// [`FtConn::handle_repair`].
+    pub fn take_repairs(&mut self) -> Vec<(PeerId, Vec<u8>)> {
+        std::mem::take(&mut self.repairs_out)
+    }
+
+    /// Bytes held for repair.
+    pub fn repair_log_len(&self) -> usize {
+        self.log.len()
+    }
+
     /// This replica's progress report, when one is due: at once on change, then repeated
     /// a few times (`PROGRESS_REPEATS`) every `progress_every` in case a report was lost.
     /// An idle connection sends nothing, so thousands of idle connections cost nothing.
@@ -298,11 +353,13 @@ impl FtConn {
             self.progress_repeats = PROGRESS_REPEATS;
         }
         let due = self.progress_dirty || (self.progress_repeats > 0 && now >= self.progress_at);
+        let rcv_nxt = self.local_rcv_nxt?;
         let p = Progress {
             isn_local: self.local_isn?,
             isn_s: self.isn_s,
-            rcv_nxt: self.local_rcv_nxt?,
+            rcv_nxt,
             edge: self.local_edge?,
+            hole_end: self.local_hole_end.map_or(rcv_nxt, |h| h.max(rcv_nxt)),
         };
         if !due {
             return None;
@@ -313,6 +370,7 @@ impl FtConn {
         self.progress_dirty = false;
         self.progress_at = now + self.cfg.progress_every;
         self.last_reported = Some((p.rcv_nxt, p.edge));
+        self.reported_hole = self.local_hole_end;
         Some(p)
     }
 
@@ -337,7 +395,14 @@ impl FtConn {
         if self.more_unsent {
             merge(Some(now));
         }
+        merge(self.repair_at);
         t
+    }
+
+    /// A repair packet from the primary: client bytes this replica missed.
+    pub fn handle_repair(&mut self, now: Instant, packet: &[u8]) {
+        self.stats.repairs_received += 1;
+        self.handle_client_packet(now, packet);
     }
 
     /// A packet from the client.
@@ -345,6 +410,15 @@ impl FtConn {
         let Some(seg) = rewrite::parse(packet) else {
             return;
         };
+        if !seg.syn && !seg.rst && (seg.payload_len > 0 || seg.fin) {
+            let payload = &packet[seg.payload_off..seg.payload_off + seg.payload_len];
+            self.log.record(seg.seq, payload, seg.fin);
+            if self.local_rcv_nxt.is_some_and(|r| r.lt(seg.seq)) {
+                // Beyond what we expect: the bytes before it were lost on the way here.
+                let h = self.local_hole_end.map_or(seg.seq, |h| h.min(seg.seq));
+                self.local_hole_end = Some(h);
+            }
+        }
         if seg.syn && !seg.ack_flag {
             self.client_isn = Some(seg.seq);
             self.client_ws = seg.wscale.unwrap_or(0);
@@ -381,6 +455,14 @@ impl FtConn {
             rewrite::set_ack(&mut p, &seg, acked);
         }
         self.feed(now, &p);
+        if let (Some(h), Some(r)) = (self.local_hole_end, self.local_rcv_nxt) {
+            if !r.lt(h) {
+                self.local_hole_end = None;
+            } else if self.reported_hole != Some(h) {
+                // A hole: tell the primary at once, it repairs it.
+                self.progress_dirty = true;
+            }
+        }
     }
 
     /// Clamps an ACK (local space) into what smoltcp accepts: not above what it produced, not
@@ -486,13 +568,105 @@ impl FtConn {
             }
         }
         let entry = self.peers.entry(from).or_insert(p);
+        if entry.rcv_nxt.le(p.rcv_nxt) {
+            entry.hole_end = p.hole_end;
+        }
         // Cumulative: never move a member backwards on a reordered report.
         entry.rcv_nxt = entry.rcv_nxt.max(p.rcv_nxt);
         entry.edge = entry.edge.max(p.edge);
         entry.isn_local = p.isn_local;
+        self.trim_log();
         if self.role == Role::Primary {
             self.maybe_gate_ack(now, false);
+            self.maybe_repair(now);
         }
+    }
+
+    /// Forgets client bytes every member holds.
+    fn trim_log(&mut self) {
+        let Some(mut low) = self.local_rcv_nxt else {
+            return;
+        };
+        for id in &self.view_peers {
+            match self.peers.get(id) {
+                Some(p) => low = low.min(p.rcv_nxt),
+                // A member that has not reported may need everything.
+                None => return,
+            }
+        }
+        self.log.trim(low);
+    }
+
+    /// Primary: sends each backup that lacks client bytes we hold those bytes, at once
+    /// when it reported a hole, after `repair_after` when it just stays behind.
+    fn maybe_repair(&mut self, now: Instant) {
+        self.repair_at = None;
+        if !self.cfg.repair || self.role != Role::Primary {
+            return;
+        }
+        let (Some(own), Some(client_ack)) = (self.local_rcv_nxt, self.client_ack) else {
+            return;
+        };
+        let mut next: Option<Instant> = None;
+        for id in self.view_peers.clone() {
+            let Some(p) = self.peers.get(&id).copied() else {
+                continue;
+            };
+            let st = self.repair.entry(id).or_insert(RepairState {
+                rcv_nxt: p.rcv_nxt,
+                since: now,
+                sent: None,
+            });
+            if st.rcv_nxt != p.rcv_nxt {
+                *st = RepairState {
+                    rcv_nxt: p.rcv_nxt,
+                    since: now,
+                    sent: None,
+                };
+            }
+            let hole = p.rcv_nxt.lt(p.hole_end);
+            // Up to what we hold and what fits its window; just the hole when it told us one.
+            let mut to = own.min(p.edge);
+            if hole {
+                to = to.min(p.hole_end);
+            }
+            if !p.rcv_nxt.lt(to) {
+                continue;
+            }
+            let first = if hole {
+                st.since
+            } else {
+                st.since + self.cfg.repair_after
+            };
+            let due = st.sent.map_or(first, |t| t + self.cfg.repair_retry);
+            if now < due {
+                next = Some(next.map_or(due, |n: Instant| n.min(due)));
+                continue;
+            }
+            st.sent = Some(now);
+            let retry = now + self.cfg.repair_retry;
+            next = Some(next.map_or(retry, |n: Instant| n.min(retry)));
+            // Without a reported hole, the backup may just be busy: send only the first few.
+            let max = if hole {
+                self.cfg.burst
+            } else {
+                STALE_REPAIR_SEGMENTS
+            };
+            for (seq, bytes, fin) in self.log.segments(p.rcv_nxt, to, self.mss, max) {
+                let pkt = rewrite::build(
+                    self.key.client,
+                    self.key.service,
+                    seq,
+                    client_ack,
+                    self.client_wnd,
+                    &bytes,
+                    fin,
+                );
+                self.stats.repairs_sent += 1;
+                self.repairs_out.push((id, pkt));
+            }
+        }
+        self.repair_at = next;
     }
 
     /// A new view: this replica's role and the other live members.
@@ -500,6 +674,7 @@ impl FtConn {
         self.view_peers.retain(|id| view_peers.contains(id));
         let members = &self.view_peers;
         self.peers.retain(|id, _| members.contains(id));
+        self.repair.retain(|id, _| members.contains(id));
         let promoted = role == Role::Primary && self.role == Role::Backup;
         self.role = role;
         if promoted {
@@ -508,6 +683,8 @@ impl FtConn {
             // A member left: the gate may move at once.
             self.maybe_gate_ack(now, false);
         }
+        self.trim_log();
+        self.maybe_repair(now);
     }
 
     fn promote(&mut self, now: Instant) {
@@ -648,6 +825,9 @@ impl FtConn {
                 }
             }
             self.push_unsent(now);
+            if self.repair_at.is_some_and(|t| now >= t) {
+                self.maybe_repair(now);
+            }
         }
     }
 
@@ -720,6 +900,7 @@ impl FtConn {
             self.local_edge = Some(self.local_edge.map_or(edge, |e| e.max(edge)));
             if changed {
                 self.progress_dirty = true;
+                self.trim_log();
             }
         }
         let Some(delta) = self.delta() else {
@@ -745,8 +926,11 @@ impl FtConn {
         };
         let window = self.window_field(ack, edge);
         let pure = seg.payload_len == 0 && !seg.fin;
-        if pure && !seg.sack && self.sent_ack == Some(ack) && self.sent_edge == Some(edge) {
-            // A repeated pure ACK would count as a duplicate at the client.
+        let repeated = self.sent_ack == Some(ack) && self.sent_edge == Some(edge);
+        if pure && !seg.sack && repeated && self.local_hole_end.is_none() {
+            // A repeated pure ACK would count as a duplicate at the client; it is one only
+            // when client bytes were lost on their way to us (then the client must see it
+            // and retransmit fast).
             return;
         }
         rewrite::set_ack(&mut p, &seg, ack);

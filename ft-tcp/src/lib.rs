@@ -12,6 +12,7 @@
 //! or suppressed.
 #![warn(missing_docs)]
 
+pub mod clientlog;
 pub mod endpoint;
 pub mod ft;
 pub mod packet;

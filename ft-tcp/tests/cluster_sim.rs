@@ -94,6 +94,10 @@ enum Msg {
         from: usize,
         p: ft_tcp::Progress,
     },
+    Repair {
+        to: usize,
+        pkt: Vec<u8>,
+    },
 }
 
 struct Replica {
@@ -372,6 +376,15 @@ impl Sim {
                     }
                 }
             }
+            Msg::Repair { to, pkt } => {
+                let now = self.now;
+                let rep = &mut self.replicas[to];
+                if rep.alive {
+                    if let Some(c) = rep.conn.as_mut() {
+                        c.handle_repair(now, &pkt);
+                    }
+                }
+            }
         }
     }
 
@@ -405,6 +418,13 @@ impl Sim {
         c.poll(now);
         let out = c.take_to_client();
         let progress = c.take_progress(now);
+        let repairs = c.take_repairs();
+        for (to, pkt) in repairs {
+            self.send(Msg::Repair {
+                to: to as usize,
+                pkt,
+            });
+        }
         for pkt in out {
             self.send(Msg::ToClient {
                 from: r,
@@ -614,6 +634,10 @@ fn clone_msg(m: &Msg) -> Msg {
             to: *to,
             from: *from,
             p: *p,
+        },
+        Msg::Repair { to, pkt } => Msg::Repair {
+            to: *to,
+            pkt: pkt.clone(),
         },
     }
 }

@@ -85,9 +85,12 @@ pub fn handle(shared: &Arc<Shared>, node: ReplicaId, method: &str, url: &str, bo
                 hb_ms: req.hb_ms.unwrap_or(d.hb_ms),
                 timeout_ms: req.timeout_ms.unwrap_or(d.timeout_ms),
             };
-            match s.set_port_opt(addr, mode, backend, detector) {
+            let ft = crate::services::FtOpts {
+                repair: req.repair.unwrap_or(true),
+            };
+            match s.set_port_opt(addr, mode, backend, detector, ft) {
                 Ok(()) => {
-                    tracing::info!(service = %addr, mode = mode.as_str(), ?backend, "setportopt");
+                    tracing::info!(service = %addr, mode = mode.as_str(), ?backend, repair = ft.repair, "setportopt");
                     Reply::json(&json!({ "ok": true }))
                 }
                 Err(e) => Reply::error(400, e.to_string()),
@@ -113,6 +116,7 @@ fn status(shared: &Arc<Shared>, node: ReplicaId) -> Reply {
                     "backend_healthy": p.healthy,
                     "hb_ms": p.hb_ms,
                     "timeout_ms": p.timeout_ms,
+                    "repair": p.ft.repair,
                 })
             })
             .collect()

@@ -14,6 +14,7 @@
 //! backend = "127.0.0.1:8080"
 //! hb_ms = 5                         # ft detector (setportopt --hb), optional
 //! timeout_ms = 25                   # ft detector (setportopt --timeout), optional
+//! repair = true                     # ft hop-by-hop repair (setportopt --repair), optional
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -68,6 +69,9 @@ pub struct ServiceConfig {
     pub hb_ms: Option<u16>,
     /// ft detector timeout, milliseconds (default 25).
     pub timeout_ms: Option<u16>,
+    /// ft hop-by-hop repair (default on).
+    #[serde(default)]
+    pub repair: Option<bool>,
 }
 
 fn default_admin_socket() -> PathBuf {

@@ -203,6 +203,27 @@ impl HostMetrics {
             "reason=\"ft_unknown_flow\"",
             self.ft.ft_unknown_flow.get(),
         );
+        e.sample(
+            "hydra_ft_repairs_total",
+            c,
+            "Hop-by-hop repair packets (client bytes a backup missed), by direction",
+            "dir=\"sent\"",
+            self.ft.repairs_sent.get(),
+        );
+        e.sample(
+            "hydra_ft_repairs_total",
+            c,
+            "Hop-by-hop repair packets (client bytes a backup missed), by direction",
+            "dir=\"received\"",
+            self.ft.repairs_received.get(),
+        );
+        e.sample(
+            "hydra_ft_repairs_total",
+            c,
+            "Hop-by-hop repair packets (client bytes a backup missed), by direction",
+            "dir=\"dropped\"",
+            self.ft.repairs_dropped.get(),
+        );
         e.finish()
     }
 }
@@ -244,6 +265,12 @@ pub struct FtStatus {
     pub retransmits: u64,
     /// Promotions of this replica for this connection.
     pub promotions: u64,
+    /// Repair segments sent (as primary).
+    pub repairs_sent: u64,
+    /// Repair segments received.
+    pub repairs_received: u64,
+    /// Client bytes held for repair.
+    pub repair_log_bytes: usize,
 }
 
 /// State shared between the dataplane, the admin API and the health checker.
@@ -329,6 +356,8 @@ pub struct Dataplane {
     views: HashMap<SocketAddrV4, (Epoch, Vec<(ReplicaId, SocketAddrV4)>)>,
     /// Progress reports waiting to be sent this loop iteration.
     progress_out: Vec<ProgressEntry>,
+    /// Repair packets for peers: service, peer id, packet.
+    repairs_out: Vec<(SocketAddrV4, u32, Vec<u8>)>,
 }
 
 /// Counters of the ft machinery, for `/metrics`.
@@ -344,6 +373,12 @@ pub struct FtMetrics {
     pub promotions: Counter,
     /// Packets of ft services for connections this host does not hold.
     pub ft_unknown_flow: Counter,
+    /// Repair packets sent to backups that missed client bytes.
+    pub repairs_sent: Counter,
+    /// Repair packets received from the primary.
+    pub repairs_received: Counter,
+    /// Repair packets for no ft connection here, or from a node outside the view.
+    pub repairs_dropped: Counter,
 }
 
 fn resize_socket_buffers(udp: &UdpSocket) {
@@ -421,6 +456,7 @@ impl Dataplane {
             me,
             views: HashMap::new(),
             progress_out: Vec::new(),
+            repairs_out: Vec::new(),
         })
     }
 
@@ -533,7 +569,14 @@ impl Dataplane {
                     Ok(v) => self.on_view(header.service.addr(), header.epoch, v, dirty),
                     Err(_) => m.dropped_malformed.inc(),
                 },
-                MsgType::ToClient | MsgType::Heartbeat => m.dropped_unexpected.inc(),
+                MsgType::Repair => {
+                    if let Some(id) = self.on_repair(header.sender, payload) {
+                        dirty.push(id);
+                    }
+                }
+                MsgType::ToClient | MsgType::Heartbeat | MsgType::Digest => {
+                    m.dropped_unexpected.inc()
+                }
             }
         }
         // More may be waiting: mio is edge-triggered, so come back at once.
@@ -593,6 +636,37 @@ impl Dataplane {
         Some(id)
     }
 
+    /// A repair packet from a peer: client bytes this replica missed, for a connection it
+    /// holds (never opens one). Only members of the service's view may repair.
+    fn on_repair(&mut self, from: ReplicaId, packet: &[u8]) -> Option<usize> {
+        let m = &self.shared.metrics.ft;
+        let Ok(meta) = TcpMeta::parse(packet) else {
+            m.repairs_dropped.inc();
+            return None;
+        };
+        let key = meta.inbound_flow();
+        let member = self
+            .views
+            .get(&key.service)
+            .is_some_and(|(_, v)| v.iter().any(|(id, _)| *id == from));
+        let id = self.flows.get(&key).copied();
+        let (Some(id), true, false) = (id, member, meta.is_syn()) else {
+            m.repairs_dropped.inc();
+            return None;
+        };
+        let now = self.stamp(Instant::now());
+        let Some(Conn {
+            tcp: Tcp::Ft(f), ..
+        }) = self.conns.get_mut(&id)
+        else {
+            m.repairs_dropped.inc();
+            return None;
+        };
+        m.repairs_received.inc();
+        f.handle_repair(now, packet);
+        Some(id)
+    }
+
     /// This host's role and the other members, from the service's current view.
     fn role_in(&self, service: SocketAddrV4) -> Option<(Role, Vec<u32>)> {
         let (_, members) = self.views.get(&service)?;
@@ -614,9 +688,11 @@ impl Dataplane {
         let opt = {
             // INVARIANT: no code panics while holding the lock.
             let services = self.shared.services.lock().expect("services lock");
-            services.serving(key.service).map(|p| (p.backend, p.mode))
+            services
+                .serving(key.service)
+                .map(|p| (p.backend, p.mode, p.ft))
         };
-        let Some((Some(backend), mode)) = opt else {
+        let Some((Some(backend), mode, ft_opts)) = opt else {
             self.shared.metrics.packets_no_service.inc();
             tracing::debug!(service = %key.service, "SYN for a service not served here");
             return None;
@@ -630,9 +706,13 @@ impl Dataplane {
                 self.shared.metrics.ft.ft_unknown_flow.inc();
                 return None;
             };
+            let ft_cfg = FtConfig {
+                repair: ft_opts.repair,
+                ..FtConfig::default()
+            };
             Tcp::Ft(Box::new(FtConn::new(
                 key,
-                FtConfig::default(),
+                ft_cfg,
                 self.cfg.endpoint,
                 seed,
                 now,
@@ -819,7 +899,11 @@ impl Dataplane {
                         isn_s: p.isn_s.map(|s| s.0),
                         rcv_nxt: p.rcv_nxt.0,
                         edge: p.edge.0,
+                        hole_end: p.hole_end.0,
                     });
+                }
+                for (to, pkt) in f.take_repairs() {
+                    self.repairs_out.push((c.key.service, to, pkt));
                 }
             }
         }
@@ -851,9 +935,36 @@ impl Dataplane {
             self.timers.insert((d, id));
         }
         self.flush_out(service);
+        self.flush_repairs();
         if finished {
             self.remove(id);
         }
+    }
+
+    /// Sends repair packets to the peers that need them.
+    fn flush_repairs(&mut self) {
+        let mut out = std::mem::take(&mut self.repairs_out);
+        for (service, to, pkt) in out.drain(..) {
+            let Some((epoch, members)) = self.views.get(&service) else {
+                continue;
+            };
+            let Some((_, addr)) = members.iter().find(|(id, _)| id.0 == to) else {
+                continue;
+            };
+            let (epoch, addr) = (*epoch, *addr);
+            self.sealer.seal_into(
+                MsgType::Repair,
+                ServiceId::from_addr(service),
+                epoch,
+                &pkt,
+                &mut self.sealed,
+            );
+            match self.udp.send_to(&self.sealed, SocketAddr::V4(addr)) {
+                Ok(_) => self.shared.metrics.ft.repairs_sent.inc(),
+                Err(_) => self.shared.metrics.send_errors.inc(),
+            }
+        }
+        self.repairs_out = out;
     }
 
     fn flush_out(&mut self, service: SocketAddrV4) {
@@ -912,6 +1023,7 @@ impl Dataplane {
                         isn_s: e.isn_s.map(SeqNumber),
                         rcv_nxt: SeqNumber(e.rcv_nxt),
                         edge: SeqNumber(e.edge),
+                        hole_end: SeqNumber(e.hole_end),
                     },
                 );
                 dirty.push(id);
@@ -1020,6 +1132,9 @@ impl Dataplane {
                             .collect(),
                         retransmits: f.stats.retransmits,
                         promotions: f.stats.promotions,
+                        repairs_sent: f.stats.repairs_sent,
+                        repairs_received: f.stats.repairs_received,
+                        repair_log_bytes: f.repair_log_len(),
                     }),
                 },
             })

@@ -67,7 +67,10 @@ fn run() -> anyhow::Result<()> {
                 hb_ms: svc.hb_ms.unwrap_or(d.hb_ms),
                 timeout_ms: svc.timeout_ms.unwrap_or(d.timeout_ms),
             };
-            s.set_port_opt(svc.addr, mode, svc.backend, detector)
+            let ft = host_server::services::FtOpts {
+                repair: svc.repair.unwrap_or(true),
+            };
+            s.set_port_opt(svc.addr, mode, svc.backend, detector, ft)
                 .with_context(|| format!("config service {}", svc.addr))?;
         }
     }

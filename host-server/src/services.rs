@@ -19,6 +19,21 @@ pub struct PortOpt {
     pub hb_ms: u16,
     /// ft detector: silence after which the redirector drops this host from the view, ms.
     pub timeout_ms: u16,
+    /// ft replication options.
+    pub ft: FtOpts,
+}
+
+/// setportopt's ft replication options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FtOpts {
+    /// Hop-by-hop repair: the primary sends a backup client bytes it missed at once.
+    pub repair: bool,
+}
+
+impl Default for FtOpts {
+    fn default() -> Self {
+        FtOpts { repair: true }
+    }
 }
 
 /// setportopt's detector parameters (HydraNet's `detector_parameters`).
@@ -102,6 +117,7 @@ impl Services {
         mode: Mode,
         backend: Option<SocketAddrV4>,
         detector: Detector,
+        ft: FtOpts,
     ) -> Result<(), ServiceError> {
         if addr.port() == 0 {
             return Err(ServiceError::PortZero);
@@ -135,6 +151,7 @@ impl Services {
                 healthy,
                 hb_ms: detector.hb_ms,
                 timeout_ms: detector.timeout_ms,
+                ft,
             },
         );
         Ok(())
@@ -190,7 +207,13 @@ mod tests {
         let svc = a("198.19.0.10:80");
         let be = Some(a("127.0.0.1:8080"));
         assert_eq!(
-            s.set_port_opt(svc, Mode::Redirect, be, Detector::default()),
+            s.set_port_opt(
+                svc,
+                Mode::Redirect,
+                be,
+                Detector::default(),
+                FtOpts::default()
+            ),
             Err(ServiceError::NoVhost(*svc.ip()))
         );
         s.add_vhost(*svc.ip());
@@ -199,12 +222,19 @@ mod tests {
                 svc,
                 Mode::Redirect,
                 Some(a("10.0.0.1:80")),
-                Detector::default()
+                Detector::default(),
+                FtOpts::default()
             ),
             Err(ServiceError::BackendNotLoopback(a("10.0.0.1:80")))
         );
         assert!(s
-            .set_port_opt(svc, Mode::Redirect, None, Detector::default())
+            .set_port_opt(
+                svc,
+                Mode::Redirect,
+                None,
+                Detector::default(),
+                FtOpts::default()
+            )
             .is_err());
         assert!(s
             .set_port_opt(
@@ -214,19 +244,32 @@ mod tests {
                 Detector {
                     hb_ms: 10,
                     timeout_ms: 15
-                }
+                },
+                FtOpts::default()
             )
             .is_err());
         assert!(s
-            .set_port_opt(a("198.19.0.10:0"), Mode::Redirect, be, Detector::default())
+            .set_port_opt(
+                a("198.19.0.10:0"),
+                Mode::Redirect,
+                be,
+                Detector::default(),
+                FtOpts::default()
+            )
             .is_err());
-        s.set_port_opt(svc, Mode::Redirect, be, Detector::default())
-            .unwrap();
+        s.set_port_opt(
+            svc,
+            Mode::Redirect,
+            be,
+            Detector::default(),
+            FtOpts::default(),
+        )
+        .unwrap();
         assert!(s.serving(svc).is_some());
         assert!(s.ads().is_empty(), "not advertised before a health check");
         s.set_healthy(svc, a("127.0.0.1:8080"), true);
         assert_eq!(s.ads().len(), 1);
-        s.set_port_opt(svc, Mode::Off, be, Detector::default())
+        s.set_port_opt(svc, Mode::Off, be, Detector::default(), FtOpts::default())
             .unwrap();
         assert!(s.serving(svc).is_none());
         assert!(s.ads().is_empty());

@@ -363,7 +363,11 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
                     }
                 }
             }
-            MsgType::ToHost | MsgType::Progress | MsgType::View => m.dropped_unexpected.inc(),
+            MsgType::ToHost
+            | MsgType::Progress
+            | MsgType::View
+            | MsgType::Repair
+            | MsgType::Digest => m.dropped_unexpected.inc(),
         }
     }
 }

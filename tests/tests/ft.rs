@@ -308,3 +308,107 @@ fn killed_and_restarted_host_serves_new_connections_within_1s() {
         "h1 served a new connection only {served_after:?} after its restart began"
     );
 }
+
+/// One upload of `file` from the client, at most `max_secs`: (bytes/s, curl's output).
+/// A timed-out upload still reports what it moved.
+fn upload_rate(lab: &Lab, file: &std::path::Path, max_secs: u32) -> (f64, String) {
+    let out = lab.sh(
+        "client",
+        &format!(
+            "curl -sS --max-time {max_secs} -w '\\nrate %{{size_upload}} %{{time_total}}\\n' \
+             --data-binary @{} http://198.19.0.10/upload",
+            file.display()
+        ),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rate = text
+        .lines()
+        .find_map(|l| l.strip_prefix("rate "))
+        .and_then(|l| {
+            let mut it = l.split_whitespace().map(|x| x.parse::<f64>().ok());
+            Some(it.next()?? / it.next()??.max(0.001))
+        })
+        .unwrap_or(0.0);
+    (rate, format!("{text}{}", show(&out)))
+}
+
+/// The better of two uploads that must both arrive intact (the backend answers the sha256).
+fn best_intact_upload(lab: &Lab, www: &WebRoot) -> f64 {
+    (0..2)
+        .map(|_| {
+            let (rate, text) = upload_rate(lab, &www.file(), 60);
+            assert!(
+                text.contains(&www.sha256),
+                "upload not intact or not complete: {text}"
+            );
+            rate
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn repair_keeps_upload_throughput_with_5pct_loss_on_a_backups_link() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let www = WebRoot::new("ftrep", 24 << 20, 0xf7_0005);
+    let lab = Lab::up("ftrep", 3, &www.backend_cmd(), &["--mode", "ft"]);
+    let clean = best_intact_upload(&lab, &www);
+
+    let members = lab.members();
+    let (primary, backup) = (members[0].clone(), members[1].clone());
+    lab.ctl("impair", &backup, &["--loss", "5"]);
+    let before = metric(
+        &lab.metrics(&primary),
+        "hydra_ft_repairs_total{dir=\"sent\"}",
+    );
+    let repaired = best_intact_upload(&lab, &www);
+    let sent = metric(
+        &lab.metrics(&primary),
+        "hydra_ft_repairs_total{dir=\"sent\"}",
+    ) - before;
+
+    // The contrast: the same loss with repair off on every replica, so the client's
+    // retransmission timer is the only way the backup gets its missing bytes.
+    for h in &members {
+        let out = hydractl()
+            .args(["setportopt", "--socket"])
+            .arg(lab.socket(h))
+            .args([
+                "198.19.0.10:80",
+                "--mode",
+                "ft",
+                "--backend",
+                "127.0.0.1:8080",
+            ])
+            .args(["--repair", "off"])
+            .output()
+            .expect("run hydractl");
+        assert!(
+            out.status.success(),
+            "setportopt --repair off: {}",
+            show(&out)
+        );
+    }
+    let (unrepaired, _) = upload_rate(&lab, &www.file(), 8);
+    println!(
+        "ft3 single-connection upload: loss-free {:.1} MB/s; 5% loss on {backup}'s link: \
+         {:.1} MB/s with repair ({:.0}% of loss-free, {sent} repair packets from {primary}), \
+         {:.2} MB/s without",
+        clean / 1e6,
+        repaired / 1e6,
+        100.0 * repaired / clean,
+        unrepaired / 1e6
+    );
+    assert!(sent > 0, "the primary sent no repair packets");
+    assert!(
+        repaired >= 0.8 * clean,
+        "with repair, 5% loss on a backup's link cut throughput to {:.0}% of loss-free",
+        100.0 * repaired / clean
+    );
+    assert!(
+        unrepaired < repaired,
+        "repair off was as fast as repair on: the loss did not reach the backup?"
+    );
+}

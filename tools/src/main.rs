@@ -74,6 +74,10 @@ enum Command {
         /// ft failure detector: silence after which the redirector drops a replica (e.g. 25ms).
         #[arg(long, default_value = "25ms")]
         timeout: String,
+        /// ft hop-by-hop repair: the primary sends a backup the client bytes it missed at
+        /// once, instead of the client's retransmission timer (on|off).
+        #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+        repair: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -119,6 +123,7 @@ fn main() {
             backend,
             hb,
             timeout,
+            repair,
             target,
         } => parse_ms(&hb, "--hb").and_then(|hb| {
             let timeout = parse_ms(&timeout, "--timeout")?;
@@ -127,8 +132,8 @@ fn main() {
                 &service,
                 &mode,
                 backend.as_deref(),
-                hb,
-                timeout,
+                (hb, timeout),
+                repair,
             )
         }),
         Command::Status { json, target } => status(&target.socket, json),
@@ -227,13 +232,21 @@ fn parse_ms(s: &str, flag: &str) -> anyhow::Result<u16> {
     Ok(ms as u16)
 }
 
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("`{other}` is not on or off")),
+    }
+}
+
 fn setportopt(
     socket: &Path,
     service: &str,
     mode: &str,
     backend: Option<&str>,
-    hb_ms: u16,
-    timeout_ms: u16,
+    (hb_ms, timeout_ms): (u16, u16),
+    repair: bool,
 ) -> anyhow::Result<()> {
     let svc: SocketAddrV4 = service
         .parse()
@@ -261,6 +274,7 @@ fn setportopt(
             "backend": backend.map(|b| b.to_string()),
             "hb_ms": hb_ms,
             "timeout_ms": timeout_ms,
+            "repair": repair,
         })),
     )?;
     println!("{svc}: mode {}", mode.as_str());
