@@ -8,6 +8,9 @@
 //! Progress (host -> hosts): count (u16) then entries of
 //!   client ip (4) | client port (2) | service ip (4) | service port (2) |
 //!   isn_local (4) | has isn_s (1) | isn_s (4) | rcv_nxt (4) | edge (4) | hole_end (4)
+//! Digest (host -> hosts): count (u16) then entries of
+//!   client ip (4) | client port (2) | service ip (4) | service port (2) |
+//!   block index (4) | block length (4) | fin (1) | digest (16)
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -261,6 +264,84 @@ pub fn parse_progress(b: &[u8]) -> Result<Vec<ProgressEntry>, WireError> {
         .collect()
 }
 
+/// A digest of one block of one replica's output on one ft connection (output agreement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestEntry {
+    /// The client's address.
+    pub client: SocketAddrV4,
+    /// The service address.
+    pub service: SocketAddrV4,
+    /// Block number from the start of the output stream.
+    pub index: u32,
+    /// Bytes in the block.
+    pub len: u32,
+    /// The output ended (FIN) after this block.
+    pub fin: bool,
+    /// Truncated BLAKE3 of the block.
+    pub digest: [u8; 16],
+}
+
+const DIGEST_LEN: usize = 37;
+
+/// Digest entries that fit in one datagram on a 1500-byte link.
+pub const DIGESTS_PER_DATAGRAM: usize = 36;
+
+/// Serializes digest entries.
+pub fn emit_digests(entries: &[DigestEntry]) -> Vec<u8> {
+    let n = entries.len().min(u16::MAX as usize);
+    let mut out = Vec::with_capacity(2 + n * DIGEST_LEN);
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    for e in &entries[..n] {
+        out.extend_from_slice(&e.client.ip().octets());
+        out.extend_from_slice(&e.client.port().to_be_bytes());
+        out.extend_from_slice(&e.service.ip().octets());
+        out.extend_from_slice(&e.service.port().to_be_bytes());
+        out.extend_from_slice(&e.index.to_be_bytes());
+        out.extend_from_slice(&e.len.to_be_bytes());
+        out.push(u8::from(e.fin));
+        out.extend_from_slice(&e.digest);
+    }
+    out
+}
+
+/// Parses digest entries; the length must match the count exactly.
+pub fn parse_digests(b: &[u8]) -> Result<Vec<DigestEntry>, WireError> {
+    if b.len() < 2 {
+        return Err(WireError::Payload);
+    }
+    let n = usize::from(u16::from_be_bytes([b[0], b[1]]));
+    let body = &b[2..];
+    if body.len() != n * DIGEST_LEN {
+        return Err(WireError::Payload);
+    }
+    let u32at = |e: &[u8], i: usize| u32::from_be_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
+    body.chunks_exact(DIGEST_LEN)
+        .map(|e| {
+            let fin = match e[20] {
+                0 => false,
+                1 => true,
+                _ => return Err(WireError::Payload),
+            };
+            let mut digest = [0u8; 16];
+            digest.copy_from_slice(&e[21..37]);
+            Ok(DigestEntry {
+                client: SocketAddrV4::new(
+                    Ipv4Addr::new(e[0], e[1], e[2], e[3]),
+                    u16::from_be_bytes([e[4], e[5]]),
+                ),
+                service: SocketAddrV4::new(
+                    Ipv4Addr::new(e[6], e[7], e[8], e[9]),
+                    u16::from_be_bytes([e[10], e[11]]),
+                ),
+                index: u32at(e, 12),
+                len: u32at(e, 16),
+                fin,
+                digest,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +396,23 @@ mod tests {
         fn view_and_progress_parse_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
             let _ = View::parse(&bytes);
             let _ = parse_progress(&bytes);
+            let _ = parse_digests(&bytes);
+        }
+
+        #[test]
+        fn digests_round_trip(entries in proptest::collection::vec((any::<u32>(), any::<u16>(), any::<u32>(), any::<u32>(), any::<bool>(), any::<[u8; 16]>()), 0..36)) {
+            let v: Vec<DigestEntry> = entries
+                .into_iter()
+                .map(|(ip, port, index, len, fin, digest)| DigestEntry {
+                    client: SocketAddrV4::new(Ipv4Addr::from(ip), port),
+                    service: SocketAddrV4::new(Ipv4Addr::from(!ip), port ^ 1),
+                    index,
+                    len,
+                    fin,
+                    digest,
+                })
+                .collect();
+            prop_assert_eq!(parse_digests(&emit_digests(&v)).unwrap(), v);
         }
 
         #[test]

@@ -76,11 +76,25 @@ pub fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
     Some(root.join(rel))
 }
 
-/// Serves one connection until the client closes.
+/// One random byte when `noise` names a file that exists (a deliberately nondeterministic
+/// backend, for testing output agreement), else nothing.
+fn noise_byte(noise: Option<&Path>) -> Option<u8> {
+    use std::hash::{BuildHasher, Hasher};
+    if !noise.is_some_and(Path::exists) {
+        return None;
+    }
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    Some(h.finish() as u8)
+}
+
+/// Serves one connection until the client closes. With `noise` naming a file that exists,
+/// every 200 response's body starts with one extra random byte.
 pub fn serve_connection<S: Read + Write>(
     stream: S,
     root: &Path,
     rate: Option<u64>,
+    noise: Option<&Path>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     while let Some(req) = read_request(&mut reader)? {
@@ -103,7 +117,10 @@ pub fn serve_connection<S: Read + Write>(
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
-            let body = format!("{hex}\n");
+            let mut body = format!("{hex}\n");
+            if let Some(b) = noise_byte(noise) {
+                body.insert(0, char::from(b'a' + b % 26));
+            }
             let stream = reader.get_mut();
             write!(
                 stream,
@@ -130,13 +147,17 @@ pub fn serve_connection<S: Read + Write>(
             stream.write_all(body)?;
             continue;
         };
-        let len = file.metadata()?.len();
+        let extra = noise_byte(noise);
+        let len = file.metadata()?.len() + u64::from(extra.is_some());
         write!(
             stream,
             "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\n{}\r\n",
             if req.close { "Connection: close\r\n" } else { "" }
         )?;
         if req.method == "GET" {
+            if let Some(b) = extra {
+                stream.write_all(&[b])?;
+            }
             copy_paced(&mut file, stream, req.rate.or(rate))?;
         }
         stream.flush()?;
@@ -219,7 +240,7 @@ mod tests {
                     Ok(())
                 }
             }
-            serve_connection(Duplex(&mut io, &mut out), &dir, None).unwrap();
+            serve_connection(Duplex(&mut io, &mut out), &dir, None, None).unwrap();
             out
         };
         let a = run();

@@ -20,6 +20,10 @@ struct Args {
     /// Pace each response to at most this many bytes per second.
     #[arg(long)]
     rate: Option<u64>,
+    /// Testing output agreement: while this file exists, start every 200 response's body
+    /// with one extra random byte (a nondeterministic replica).
+    #[arg(long, value_name = "PATH")]
+    noise_file: Option<PathBuf>,
 }
 
 fn main() {
@@ -42,9 +46,10 @@ fn run() -> anyhow::Result<()> {
         let Ok(stream) = stream else { continue };
         let root = args.root.clone();
         let rate = args.rate;
+        let noise = args.noise_file.clone();
         std::thread::spawn(move || {
             let _ = stream.set_nodelay(true);
-            let _ = demo::serve_connection(stream, &root, rate);
+            let _ = demo::serve_connection(stream, &root, rate, noise.as_deref());
         });
     }
     Ok(())

@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 
 use smoltcp::time::{Duration, Instant};
 
+use crate::agreement::{Agreement, BlockDigest};
 use crate::clientlog::ClientLog;
 use crate::endpoint::{Endpoint, EndpointConfig, TcpState};
 use crate::packet::FlowKey;
@@ -113,6 +114,23 @@ pub struct Progress {
     pub hole_end: SeqNumber,
 }
 
+/// Output agreement of one connection as one replica sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgreementStatus {
+    /// Blocks compared with the primary's.
+    pub compared: u64,
+    /// Blocks that differed.
+    pub mismatched: u64,
+    /// (member, bytes): this replica vouches that the member's output equals the
+    /// primary's from the start of the stream up to there.
+    pub attested: Vec<(PeerId, u64)>,
+    /// (member, byte offset of the first block where its output differed).
+    pub mismatch_at: Vec<(PeerId, u64)>,
+    /// Members whose output differs from the primary's where it matters (not eligible to
+    /// take the connection over).
+    pub divergent: Vec<PeerId>,
+}
+
 /// The primary's repair bookkeeping for one backup.
 #[derive(Debug, Clone, Copy)]
 struct RepairState {
@@ -130,6 +148,8 @@ pub struct FtConn {
     ep: Endpoint,
     mss: usize,
     role: Role,
+    /// This replica's id.
+    me: PeerId,
     /// The other members of this connection: those in the view when it opened and still in
     /// every view since. A replica that leaves the view never returns for this connection
     /// (it missed client bytes while out); one that joins later never had it.
@@ -177,6 +197,10 @@ pub struct FtConn {
     repair: BTreeMap<PeerId, RepairState>,
     repair_at: Option<Instant>,
     repairs_out: Vec<(PeerId, Vec<u8>)>,
+    agreement: Option<Agreement>,
+    /// The first member of the view, when it is not this replica (the primary whose output
+    /// ours is compared with).
+    speaker_hint: Option<PeerId>,
 
     to_client: Vec<Vec<u8>>,
     scratch: Vec<Vec<u8>>,
@@ -199,6 +223,9 @@ pub struct FtStats {
     pub repairs_sent: u64,
     /// Repair segments this replica received.
     pub repairs_received: u64,
+    /// Times a view's first member was passed over for this connection because its output
+    /// differed from the primary's (output agreement).
+    pub divergent_skips: u64,
 }
 
 impl std::fmt::Debug for FtConn {
@@ -212,17 +239,24 @@ impl std::fmt::Debug for FtConn {
 }
 
 impl FtConn {
-    /// A new connection at its SYN. A primary holds its SYN-ACK until `view_peers` have
-    /// reported (or `synack_hold_max` passed).
+    /// A new connection at its SYN on replica `me`, with the service's view `members`
+    /// (primary first, `me` among them). A primary holds its SYN-ACK until the other members
+    /// have reported (or `synack_hold_max` passed).
     pub fn new(
         key: FlowKey,
         cfg: FtConfig,
         ep_cfg: EndpointConfig,
         seed: u64,
         now: Instant,
-        role: Role,
-        view_peers: Vec<PeerId>,
+        me: PeerId,
+        members: &[PeerId],
     ) -> Self {
+        let role = if members.first() == Some(&me) {
+            Role::Primary
+        } else {
+            Role::Backup
+        };
+        let view_peers: Vec<PeerId> = members.iter().copied().filter(|m| *m != me).collect();
         let mut ep = Endpoint::listen(key.service, ep_cfg, seed, now);
         let synack_paused = role == Role::Primary && !view_peers.is_empty();
         ep.pause_synack(synack_paused);
@@ -235,6 +269,7 @@ impl FtConn {
             ep,
             mss: ep_cfg.mtu - 40,
             role,
+            me,
             view_peers,
             created: now,
             client_isn: None,
@@ -272,6 +307,8 @@ impl FtConn {
             repair: BTreeMap::new(),
             repair_at: None,
             repairs_out: Vec::new(),
+            agreement: None,
+            speaker_hint: members.first().copied().filter(|m| *m != me),
             to_client: Vec::new(),
             scratch: Vec::new(),
             stats: FtStats::default(),
@@ -540,8 +577,73 @@ impl FtConn {
         if self.shadow.is_none() {
             if let Some(isn_s) = self.isn_s {
                 self.shadow = Some(ShadowQueue::new(isn_s.plus(1)));
+                self.agreement = Some(Agreement::new(isn_s.plus(1)));
             }
         }
+    }
+
+    /// The member whose output the client gets: this replica if primary, else the first
+    /// member of the view that holds the connection.
+    fn speaker(&self) -> PeerId {
+        if self.role == Role::Primary {
+            self.me
+        } else {
+            self.speaker_hint.unwrap_or(self.me)
+        }
+    }
+
+    /// Digests of this replica's output to send to the other members.
+    pub fn take_digests(&mut self) -> Vec<BlockDigest> {
+        self.agreement
+            .as_mut()
+            .map(Agreement::take_outbox)
+            .unwrap_or_default()
+    }
+
+    /// A digest of member `from`'s output.
+    pub fn handle_digest(&mut self, from: PeerId, d: BlockDigest) {
+        if !self.view_peers.contains(&from) {
+            return;
+        }
+        let (me, speaker) = (self.me, self.speaker());
+        if let Some(a) = self.agreement.as_mut() {
+            a.peer_digest(from, d);
+            a.compare(me, speaker);
+        }
+    }
+
+    /// Output agreement so far: blocks compared and mismatched, attestations (member, end
+    /// in `S` of its output that matched the primary's) and divergent members (not
+    /// eligible to take over now, given the client's ACK).
+    pub fn agreement(&self) -> AgreementStatus {
+        let Some(a) = self.agreement.as_ref() else {
+            return AgreementStatus::default();
+        };
+        let mut members: Vec<PeerId> = self.view_peers.clone();
+        members.push(self.me);
+        AgreementStatus {
+            compared: a.compared,
+            mismatched: a.mismatched,
+            attested: a.attested(),
+            mismatch_at: a.mismatches(),
+            divergent: members
+                .into_iter()
+                .filter(|m| a.divergent(*m, self.client_ack))
+                .collect(),
+        }
+    }
+
+    /// Blocks compared and blocks that differed, so far (cheap, for counters).
+    pub fn agreement_counts(&self) -> (u64, u64) {
+        self.agreement
+            .as_ref()
+            .map_or((0, 0), |a| (a.compared, a.mismatched))
+    }
+
+    fn divergent(&self, m: PeerId) -> bool {
+        self.agreement
+            .as_ref()
+            .is_some_and(|a| a.divergent(m, self.client_ack))
     }
 
     /// Feeds one packet to the local stack and processes what it sends.
@@ -669,9 +771,36 @@ impl FtConn {
         self.repair_at = next;
     }
 
-    /// A new view: this replica's role and the other live members.
-    pub fn set_view(&mut self, now: Instant, role: Role, view_peers: Vec<PeerId>) {
-        self.view_peers.retain(|id| view_peers.contains(id));
+    /// A new view: the service's live members, primary first. This replica's role for the
+    /// connection is primary when it is the first member that holds the connection and
+    /// whose output agrees with the old primary's (a divergent member is passed over).
+    pub fn set_view(&mut self, now: Instant, members: &[PeerId]) {
+        self.view_peers.retain(|id| members.contains(id));
+        let holders: Vec<PeerId> = members
+            .iter()
+            .copied()
+            .filter(|m| *m == self.me || self.view_peers.contains(m))
+            .collect();
+        let mut chosen = None;
+        for m in &holders {
+            if self.divergent(*m) {
+                self.stats.divergent_skips += 1;
+                continue;
+            }
+            chosen = Some(*m);
+            break;
+        }
+        if chosen.is_none() && !holders.is_empty() {
+            // Every holder differs from the old primary: none may splice its bytes into
+            // the client's stream. Nobody speaks; the client's connection times out.
+            tracing::warn!(conn = ?self.key, "no member with agreeing output left to take over");
+        }
+        let role = if chosen == Some(self.me) {
+            Role::Primary
+        } else {
+            Role::Backup
+        };
+        self.speaker_hint = chosen.filter(|m| *m != self.me);
         let members = &self.view_peers;
         self.peers.retain(|id, _| members.contains(id));
         self.repair.retain(|id, _| members.contains(id));
@@ -911,6 +1040,13 @@ impl FtConn {
             if let Some(sh) = self.shadow.as_mut() {
                 let payload = &p[seg.payload_off..seg.payload_off + seg.payload_len];
                 sh.push(s_seq, payload, seg.fin);
+            }
+            let (me, speaker) = (self.me, self.speaker());
+            if let Some(a) = self.agreement.as_mut() {
+                let payload = &p[seg.payload_off..seg.payload_off + seg.payload_len];
+                if a.output(s_seq, payload, seg.fin) {
+                    a.compare(me, speaker);
+                }
             }
         }
         if self.role == Role::Backup {

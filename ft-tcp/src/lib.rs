@@ -12,6 +12,7 @@
 //! or suppressed.
 #![warn(missing_docs)]
 
+pub mod agreement;
 pub mod clientlog;
 pub mod endpoint;
 pub mod ft;
@@ -21,6 +22,6 @@ pub mod seq;
 pub mod shadow;
 
 pub use endpoint::{Endpoint, EndpointConfig, TcpState};
-pub use ft::{FtConfig, FtConn, FtStats, PeerId, Progress, Role};
+pub use ft::{AgreementStatus, FtConfig, FtConn, FtStats, PeerId, Progress, Role};
 pub use packet::{FlowKey, PacketError, TcpFlags, TcpMeta};
 pub use seq::SeqNumber;

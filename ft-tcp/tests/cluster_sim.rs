@@ -13,7 +13,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use ft_tcp::{rewrite, EndpointConfig, FlowKey, FtConfig, FtConn, Role};
+use ft_tcp::{rewrite, EndpointConfig, FlowKey, FtConfig, FtConn};
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
@@ -97,6 +97,11 @@ enum Msg {
     Repair {
         to: usize,
         pkt: Vec<u8>,
+    },
+    Digest {
+        to: usize,
+        from: usize,
+        d: ft_tcp::agreement::BlockDigest,
     },
 }
 
@@ -284,28 +289,16 @@ impl Sim {
         );
     }
 
-    fn peers_of(&self, r: usize) -> Vec<u32> {
-        self.view
-            .iter()
-            .filter(|&&x| x != r)
-            .map(|&x| x as u32)
-            .collect()
-    }
-
-    fn role_of(&self, r: usize) -> Role {
-        if self.view.first() == Some(&r) {
-            Role::Primary
-        } else {
-            Role::Backup
-        }
-    }
-
     fn deliver(&mut self, m: Msg) {
         match m {
             Msg::ToClient { from, epoch, pkt } => {
-                // The redirector's fencing: only the current epoch's primary reaches the client.
-                if epoch != self.epoch || self.view.first() != Some(&from) {
+                // The redirector's fencing: only the current epoch's members reach the client
+                // (a member passed over for divergent output is silent by itself).
+                if epoch != self.epoch || !self.view.contains(&from) {
                     return;
+                }
+                if self.view.first() != Some(&from) {
+                    self.fail("a member other than the view's first spoke to the client");
                 }
                 let Some(seg) = rewrite::parse(&pkt) else {
                     return;
@@ -334,8 +327,7 @@ impl Sim {
             }
             Msg::ToReplica { to, pkt } => {
                 let now = self.now;
-                let role = self.role_of(to);
-                let peers = self.peers_of(to);
+                let members: Vec<u32> = self.view.iter().map(|&x| x as u32).collect();
                 let rep = &mut self.replicas[to];
                 if !rep.alive {
                     return;
@@ -358,8 +350,8 @@ impl Sim {
                         ep,
                         self.seed ^ ((to as u64 + 1) * 7919),
                         now,
-                        role,
-                        peers,
+                        to as u32,
+                        &members,
                     ));
                     rep.out_pending.extend(banner(self.seed));
                 }
@@ -382,6 +374,14 @@ impl Sim {
                 if rep.alive {
                     if let Some(c) = rep.conn.as_mut() {
                         c.handle_repair(now, &pkt);
+                    }
+                }
+            }
+            Msg::Digest { to, from, d } => {
+                let rep = &mut self.replicas[to];
+                if rep.alive {
+                    if let Some(c) = rep.conn.as_mut() {
+                        c.handle_digest(from as u32, d);
                     }
                 }
             }
@@ -419,6 +419,12 @@ impl Sim {
         let out = c.take_to_client();
         let progress = c.take_progress(now);
         let repairs = c.take_repairs();
+        let digests = c.take_digests();
+        for d in digests {
+            for &to in view.iter().filter(|&&x| x != r) {
+                self.send(Msg::Digest { to, from: r, d });
+            }
+        }
         for (to, pkt) in repairs {
             self.send(Msg::Repair {
                 to: to as usize,
@@ -491,6 +497,14 @@ impl Sim {
             ));
         }
         for &r in &self.view {
+            if let Some(c) = self.replicas[r].conn.as_ref() {
+                let a = c.agreement();
+                if a.mismatched > 0 || !a.divergent.is_empty() {
+                    self.fail(&format!(
+                        "replica {r} saw deterministic output differ: {a:?}"
+                    ));
+                }
+            }
             let inp = &self.replicas[r].input;
             if inp.len() > self.client_sent || inp[..] != self.client_data[..inp.len()] {
                 self.fail(&format!(
@@ -543,11 +557,10 @@ impl Sim {
                 self.epoch,
                 self.view
             ));
+            let members: Vec<u32> = self.view.iter().map(|&x| x as u32).collect();
             for &m in &self.view.clone() {
-                let role = self.role_of(m);
-                let peers = self.peers_of(m);
                 if let Some(c) = self.replicas[m].conn.as_mut() {
-                    c.set_view(now, role, peers);
+                    c.set_view(now, &members);
                 }
             }
         }
@@ -638,6 +651,11 @@ fn clone_msg(m: &Msg) -> Msg {
         Msg::Repair { to, pkt } => Msg::Repair {
             to: *to,
             pkt: pkt.clone(),
+        },
+        Msg::Digest { to, from, d } => Msg::Digest {
+            to: *to,
+            from: *from,
+            d: *d,
         },
     }
 }

@@ -20,10 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ack_channel::{
-    emit_progress, parse_progress, DropReason, Epoch, Heartbeat, Mode, MsgType, Opener,
-    ProgressEntry, ReplicaId, Sealer, ServiceId, View, PROGRESS_PER_DATAGRAM,
+    emit_digests, emit_progress, parse_digests, parse_progress, DigestEntry, DropReason, Epoch,
+    Heartbeat, Mode, MsgType, Opener, ProgressEntry, ReplicaId, Sealer, ServiceId, View,
+    DIGESTS_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
 };
 use control::metrics::{Counter, Exposition};
+use ft_tcp::agreement::BlockDigest;
 use ft_tcp::{
     Endpoint, EndpointConfig, FlowKey, FtConfig, FtConn, Progress, Role, SeqNumber, TcpMeta,
     TcpState,
@@ -224,6 +226,44 @@ impl HostMetrics {
             "dir=\"dropped\"",
             self.ft.repairs_dropped.get(),
         );
+        e.sample(
+            "hydra_ft_digests_sent_total",
+            c,
+            "Output-digest datagrams sent to peers (output agreement)",
+            "",
+            self.ft.digests_sent.get(),
+        );
+        e.sample(
+            "hydra_ft_blocks_compared_total",
+            c,
+            "Output blocks of ft connections compared with the primary's, by result",
+            "result=\"equal\"",
+            self.ft
+                .blocks_compared
+                .get()
+                .saturating_sub(self.ft.blocks_mismatched.get()),
+        );
+        e.sample(
+            "hydra_ft_blocks_compared_total",
+            c,
+            "Output blocks of ft connections compared with the primary's, by result",
+            "result=\"different\"",
+            self.ft.blocks_mismatched.get(),
+        );
+        e.sample(
+            "hydra_ft_divergent_skips_total",
+            "counter",
+            "Takeovers that passed over a member whose output differed from the primary's",
+            "",
+            self.ft.divergent_skips.get(),
+        );
+        e.sample(
+            "hydra_ft_divergent_members",
+            "gauge",
+            "Members (per connection) whose output differs from the primary's where it matters",
+            "",
+            self.ft.divergent_members.get(),
+        );
         e.finish()
     }
 }
@@ -271,6 +311,25 @@ pub struct FtStatus {
     pub repairs_received: u64,
     /// Client bytes held for repair.
     pub repair_log_bytes: usize,
+    /// Output agreement as this replica sees it.
+    pub agreement: AgreementView,
+}
+
+/// Output agreement of one connection as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgreementView {
+    /// Output blocks compared with the primary's.
+    pub blocks_compared: u64,
+    /// Blocks that differed.
+    pub blocks_different: u64,
+    /// Attestations: (member, bytes): this replica vouches that the member's output equals
+    /// the primary's from the start of the stream up to that many bytes.
+    pub attests: Vec<(u32, u64)>,
+    /// (member, byte offset of the first 16 KiB block where its output differed).
+    pub differs_from_byte: Vec<(u32, u64)>,
+    /// Members not eligible to take this connection over: their output differs from the
+    /// primary's in bytes the client has not acknowledged, or in length.
+    pub divergent: Vec<u32>,
 }
 
 /// State shared between the dataplane, the admin API and the health checker.
@@ -333,6 +392,8 @@ struct Conn {
     /// The backend socket was closed after both directions finished.
     backend_done: bool,
     deadline: Option<SInstant>,
+    /// Output-agreement counts already added to the metrics.
+    agreement_seen: (u64, u64),
 }
 
 /// The packet loop.
@@ -358,6 +419,27 @@ pub struct Dataplane {
     progress_out: Vec<ProgressEntry>,
     /// Repair packets for peers: service, peer id, packet.
     repairs_out: Vec<(SocketAddrV4, u32, Vec<u8>)>,
+    /// Digests of our output waiting to be sent this loop iteration.
+    digests_out: Vec<DigestEntry>,
+}
+
+fn digest_entry(key: FlowKey, d: BlockDigest) -> DigestEntry {
+    DigestEntry {
+        client: key.client,
+        service: key.service,
+        index: d.index,
+        len: d.len,
+        fin: d.fin,
+        digest: d.digest,
+    }
+}
+
+/// Adds what a connection compared since `seen` to the host's counters.
+fn note_agreement(seen: &mut (u64, u64), f: &FtConn, m: &FtMetrics) {
+    let now = f.agreement_counts();
+    m.blocks_compared.add(now.0.saturating_sub(seen.0));
+    m.blocks_mismatched.add(now.1.saturating_sub(seen.1));
+    *seen = now;
 }
 
 /// Counters of the ft machinery, for `/metrics`.
@@ -379,6 +461,16 @@ pub struct FtMetrics {
     pub repairs_received: Counter,
     /// Repair packets for no ft connection here, or from a node outside the view.
     pub repairs_dropped: Counter,
+    /// Digest datagrams sent to peers.
+    pub digests_sent: Counter,
+    /// Output blocks compared with the primary's (output agreement).
+    pub blocks_compared: Counter,
+    /// Output blocks that differed from the primary's.
+    pub blocks_mismatched: Counter,
+    /// Takeovers that passed over a member whose output differed.
+    pub divergent_skips: Counter,
+    /// (connection, member) pairs now divergent, at the last snapshot.
+    pub divergent_members: Counter,
 }
 
 fn resize_socket_buffers(udp: &UdpSocket) {
@@ -457,6 +549,7 @@ impl Dataplane {
             views: HashMap::new(),
             progress_out: Vec::new(),
             repairs_out: Vec::new(),
+            digests_out: Vec::new(),
         })
     }
 
@@ -574,9 +667,11 @@ impl Dataplane {
                         dirty.push(id);
                     }
                 }
-                MsgType::ToClient | MsgType::Heartbeat | MsgType::Digest => {
-                    m.dropped_unexpected.inc()
-                }
+                MsgType::Digest => match parse_digests(payload) {
+                    Ok(entries) => self.on_digests(header.sender, &entries, dirty),
+                    Err(_) => m.dropped_malformed.inc(),
+                },
+                MsgType::ToClient | MsgType::Heartbeat => m.dropped_unexpected.inc(),
             }
         }
         // More may be waiting: mio is edge-triggered, so come back at once.
@@ -667,20 +762,10 @@ impl Dataplane {
         Some(id)
     }
 
-    /// This host's role and the other members, from the service's current view.
-    fn role_in(&self, service: SocketAddrV4) -> Option<(Role, Vec<u32>)> {
+    /// The members of the service's current view, primary first.
+    fn members_of(&self, service: SocketAddrV4) -> Option<Vec<u32>> {
         let (_, members) = self.views.get(&service)?;
-        let role = if members.first().map(|m| m.0) == Some(self.me) {
-            Role::Primary
-        } else {
-            Role::Backup
-        };
-        let peers = members
-            .iter()
-            .filter(|m| m.0 != self.me)
-            .map(|m| m.0 .0)
-            .collect();
-        Some((role, peers))
+        Some(members.iter().map(|m| m.0 .0).collect())
     }
 
     /// Accepts a new connection: an endpoint listening for its SYN and a backend connect.
@@ -701,7 +786,7 @@ impl Dataplane {
         self.next_id += 1;
         let seed = self.seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let tcp = if mode == Mode::Ft {
-            let Some((role, peers)) = self.role_in(key.service) else {
+            let Some(members) = self.members_of(key.service) else {
                 // No view yet: the redirector does not count this host as a member.
                 self.shared.metrics.ft.ft_unknown_flow.inc();
                 return None;
@@ -716,8 +801,8 @@ impl Dataplane {
                 self.cfg.endpoint,
                 seed,
                 now,
-                role,
-                peers,
+                self.me.0,
+                &members,
             )))
         } else {
             Tcp::Plain(Box::new(Endpoint::listen(
@@ -738,6 +823,7 @@ impl Dataplane {
             fin_to_backend: false,
             backend_done: false,
             deadline: None,
+            agreement_seen: (0, 0),
         };
         match TcpStream::connect(SocketAddr::V4(backend)) {
             Ok(mut s) => {
@@ -905,6 +991,10 @@ impl Dataplane {
                 for (to, pkt) in f.take_repairs() {
                     self.repairs_out.push((c.key.service, to, pkt));
                 }
+                for d in f.take_digests() {
+                    self.digests_out.push(digest_entry(c.key, d));
+                }
+                note_agreement(&mut c.agreement_seen, f, &self.shared.metrics.ft);
             }
         }
         let state = c.tcp.ep_ref().state();
@@ -1049,7 +1139,7 @@ impl Dataplane {
             // INVARIANT: no code panics while holding the lock.
             *self.shared.views.lock().expect("views lock") = snapshot;
         }
-        let Some((role, peers)) = self.role_in(service) else {
+        let Some(members) = self.members_of(service) else {
             return;
         };
         let now = self.stamp(Instant::now());
@@ -1059,8 +1149,13 @@ impl Dataplane {
             }
             if let Tcp::Ft(f) = &mut c.tcp {
                 let was = f.role();
-                f.set_view(now, role, peers.clone());
-                if was == Role::Backup && role == Role::Primary {
+                let skips = f.stats.divergent_skips;
+                f.set_view(now, &members);
+                if f.stats.divergent_skips > skips {
+                    self.shared.metrics.ft.divergent_skips.inc();
+                    tracing::warn!(client = %c.key.client, "passed over a member whose output differs from the old primary's");
+                }
+                if was == Role::Backup && f.role() == Role::Primary {
                     self.shared.metrics.ft.promotions.inc();
                 }
                 dirty.push(*id);
@@ -1068,39 +1163,95 @@ impl Dataplane {
         }
     }
 
-    /// Sends this iteration's progress reports to the other members, batched per datagram.
+    /// Sends this iteration's progress reports and output digests to the other members,
+    /// batched per datagram.
     fn flush_progress(&mut self) {
-        if self.progress_out.is_empty() {
-            return;
+        if !self.progress_out.is_empty() {
+            let mut entries = std::mem::take(&mut self.progress_out);
+            entries.sort_by_key(|e| (e.service.ip().octets(), e.service.port()));
+            for chunk in entries.chunk_by(|a, b| a.service == b.service) {
+                for batch in chunk.chunks(PROGRESS_PER_DATAGRAM) {
+                    let sent = self.send_to_members(
+                        chunk[0].service,
+                        MsgType::Progress,
+                        &emit_progress(batch),
+                    );
+                    self.shared.metrics.ft.progress_sent.add(sent);
+                }
+            }
+            entries.clear();
+            self.progress_out = entries;
         }
-        let mut entries = std::mem::take(&mut self.progress_out);
-        entries.sort_by_key(|e| (e.service.ip().octets(), e.service.port()));
-        for chunk in entries.chunk_by(|a, b| a.service == b.service) {
-            let service = chunk[0].service;
-            let Some((epoch, members)) = self.views.get(&service).cloned() else {
+        if !self.digests_out.is_empty() {
+            let mut entries = std::mem::take(&mut self.digests_out);
+            entries.sort_by_key(|e| (e.service.ip().octets(), e.service.port()));
+            for chunk in entries.chunk_by(|a, b| a.service == b.service) {
+                for batch in chunk.chunks(DIGESTS_PER_DATAGRAM) {
+                    let sent = self.send_to_members(
+                        chunk[0].service,
+                        MsgType::Digest,
+                        &emit_digests(batch),
+                    );
+                    self.shared.metrics.ft.digests_sent.add(sent);
+                }
+            }
+            entries.clear();
+            self.digests_out = entries;
+        }
+    }
+
+    /// Sends one ack-channel message to every other member of the service's view; returns
+    /// how many datagrams left.
+    fn send_to_members(&mut self, service: SocketAddrV4, t: MsgType, payload: &[u8]) -> u64 {
+        let Some((epoch, members)) = self.views.get(&service) else {
+            return 0;
+        };
+        self.sealer.seal_into(
+            t,
+            ServiceId::from_addr(service),
+            *epoch,
+            payload,
+            &mut self.sealed,
+        );
+        let mut sent = 0;
+        for (id, addr) in members {
+            if *id == self.me {
+                continue;
+            }
+            match self.udp.send_to(&self.sealed, SocketAddr::V4(*addr)) {
+                Ok(_) => sent += 1,
+                Err(_) => self.shared.metrics.send_errors.inc(),
+            }
+        }
+        sent
+    }
+
+    /// Output digests from a peer replica.
+    fn on_digests(&mut self, from: ReplicaId, entries: &[DigestEntry], dirty: &mut Vec<usize>) {
+        for e in entries {
+            let key = FlowKey {
+                client: e.client,
+                service: e.service,
+            };
+            let Some(&id) = self.flows.get(&key) else {
                 continue;
             };
-            for batch in chunk.chunks(PROGRESS_PER_DATAGRAM) {
-                self.sealer.seal_into(
-                    MsgType::Progress,
-                    ServiceId::from_addr(service),
-                    epoch,
-                    &emit_progress(batch),
-                    &mut self.sealed,
-                );
-                for (id, addr) in &members {
-                    if *id == self.me {
-                        continue;
-                    }
-                    match self.udp.send_to(&self.sealed, SocketAddr::V4(*addr)) {
-                        Ok(_) => self.shared.metrics.ft.progress_sent.inc(),
-                        Err(_) => self.shared.metrics.send_errors.inc(),
-                    }
+            if let Some(c) = self.conns.get_mut(&id) {
+                if let Tcp::Ft(f) = &mut c.tcp {
+                    f.handle_digest(
+                        from.0,
+                        BlockDigest {
+                            index: e.index,
+                            len: e.len,
+                            fin: e.fin,
+                            digest: e.digest,
+                        },
+                    );
+                    note_agreement(&mut c.agreement_seen, f, &self.shared.metrics.ft);
+                    dirty.push(id);
                 }
             }
         }
-        entries.clear();
-        self.progress_out = entries;
     }
 
     fn snapshot(&mut self) {
@@ -1135,10 +1286,33 @@ impl Dataplane {
                         repairs_sent: f.stats.repairs_sent,
                         repairs_received: f.stats.repairs_received,
                         repair_log_bytes: f.repair_log_len(),
+                        agreement: {
+                            let a = f.agreement();
+                            AgreementView {
+                                blocks_compared: a.compared,
+                                blocks_different: a.mismatched,
+                                attests: a.attested,
+                                differs_from_byte: a.mismatch_at,
+                                divergent: a.divergent,
+                            }
+                        },
                     }),
                 },
             })
             .collect();
+        let divergent: usize = self
+            .conns
+            .values()
+            .map(|c| match &c.tcp {
+                Tcp::Ft(f) => f.agreement().divergent.len(),
+                Tcp::Plain(_) => 0,
+            })
+            .sum();
+        self.shared
+            .metrics
+            .ft
+            .divergent_members
+            .set(divergent as u64);
         // INVARIANT: no code panics while holding the lock.
         *self.shared.conns.lock().expect("conns lock") = list;
     }

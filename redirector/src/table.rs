@@ -10,7 +10,7 @@
 //! ordered list of live replicas (the first is the primary). A member silent past the
 //! service's detector timeout leaves the view (epoch + 1), a new replica joins at the end
 //! (epoch + 1) so that the primary changes only when it fails. Client packets go to every
-//! member; packets for clients pass only from the current epoch's primary (fencing).
+//! member; packets for clients pass only from the current epoch's members (fencing).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -340,8 +340,10 @@ impl Table {
     ) -> bool {
         let key = meta.outbound_flow();
         if let Some(v) = self.views.get(&key.service) {
-            // Fencing: one voice per connection, the current epoch's primary.
-            return v.epoch == epoch && v.members.first() == Some(&sender);
+            // Fencing: only members of the current epoch speak. Of those, the view's first
+            // speaks for every connection, except one whose output it does not share (output
+            // agreement passed it over); the members decide that among themselves.
+            return v.epoch == epoch && v.members.contains(&sender);
         }
         match self.flows.get_mut(&key) {
             Some(f) if f.host == sender => {
@@ -543,7 +545,7 @@ mod tests {
     }
 
     #[test]
-    fn ft_view_orders_members_by_join_and_fences_all_but_the_primary() {
+    fn ft_view_orders_members_by_join_and_fences_stale_epochs_and_non_members() {
         let t0 = crate::dataplane::clock();
         let mut t = Table::new(Duration::from_millis(300));
         for i in 1..=3 {
@@ -572,8 +574,12 @@ mod tests {
             TcpMeta::parse(&b).unwrap()
         };
         assert!(t.accept_outbound(t0, ReplicaId(1), Epoch(3), &reply));
-        assert!(!t.accept_outbound(t0, ReplicaId(2), Epoch(3), &reply));
+        assert!(
+            t.accept_outbound(t0, ReplicaId(2), Epoch(3), &reply),
+            "a current member may speak for a connection it took over"
+        );
         assert!(!t.accept_outbound(t0, ReplicaId(1), Epoch(2), &reply));
+        assert!(!t.accept_outbound(t0, ReplicaId(9), Epoch(3), &reply));
         // The primary falls silent: 30 ms later the view moves on without it.
         let t1 = t0 + Duration::from_millis(30);
         for i in 2..=3 {

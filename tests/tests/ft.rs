@@ -412,3 +412,87 @@ fn repair_keeps_upload_throughput_with_5pct_loss_on_a_backups_link() {
         "repair off was as fast as repair on: the loss did not reach the backup?"
     );
 }
+
+#[test]
+fn a_replica_with_different_output_is_reported_and_never_takes_over() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let www = WebRoot::new("ftdiv", 64 << 20, 0xf7_0006);
+    // Every host runs the same backend; the one whose directory holds `noisy` starts each
+    // response with one random extra byte (its output is one byte longer and shifted).
+    let cmd = format!("{} --rate 8000000 --noise-file ./noisy", www.backend_cmd());
+    let lab = Lab::up("ftdiv", 3, &cmd, &["--mode", "ft"]);
+    let members = lab.members();
+    let (primary, noisy, good) = (&members[0], &members[1], &members[2]);
+    std::fs::write(format!("/run/hydranet/lab-{}/{noisy}/noisy", lab.name), b"")
+        .expect("mark the noisy host");
+
+    let client = spawn_in_client(
+        &lab,
+        "curl -sS --fail --max-time 60 http://198.19.0.10/data.bin | sha256sum",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // Every member reports the noisy one divergent; the good one is vouched for.
+    let noisy_id: u64 = noisy[1..].parse().expect("node id");
+    let good_id: u64 = good[1..].parse().expect("node id");
+    for h in [primary, good] {
+        let st = lab.status(h);
+        let conn = &st["connections"][0]["ft"]["agreement"];
+        let divergent: Vec<u64> = conn["divergent"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+            .unwrap_or_default();
+        assert_eq!(divergent, vec![noisy_id], "{h} status: {conn}");
+        let attests = conn["attests"].to_string();
+        if h == primary {
+            assert!(
+                attests.contains(&format!("[{good_id},")),
+                "{h} vouches for nobody: {conn}"
+            );
+        }
+        let text = lab.metrics(h);
+        assert!(
+            metric(
+                &text,
+                "hydra_ft_blocks_compared_total{result=\"different\"}"
+            ) > 0,
+            "{h} counted no differing blocks"
+        );
+        assert_eq!(metric(&text, "hydra_ft_divergent_members"), 1, "{h}");
+    }
+    let shown = hydractl()
+        .args(["status", "--socket"])
+        .arg(lab.socket(primary))
+        .output()
+        .expect("run hydractl");
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown.contains(&format!("divergent (never takes over) node{noisy_id}")),
+        "hydractl status: {shown}"
+    );
+
+    // The view makes the noisy host first; for this connection it is passed over.
+    lab.ctl("kill", primary, &[]);
+    lab.wait_until_out_of_view(primary);
+    assert_eq!(
+        &lab.primary(),
+        noisy,
+        "the view's next member is the noisy host"
+    );
+    let (ok, text) = finish(client);
+    assert!(ok, "download failed: {text}");
+    assert!(
+        text.contains(&www.sha256),
+        "the client's stream was corrupted: {text}"
+    );
+    let good_metrics = lab.metrics(good);
+    assert_eq!(
+        metric(&good_metrics, "hydra_ft_promotions_total"),
+        1,
+        "the agreeing member took over"
+    );
+    assert_eq!(metric(&lab.metrics(noisy), "hydra_ft_promotions_total"), 0);
+    assert!(metric(&good_metrics, "hydra_ft_divergent_skips_total") >= 1);
+}

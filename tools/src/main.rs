@@ -232,6 +232,39 @@ fn parse_ms(s: &str, flag: &str) -> anyhow::Result<u16> {
     Ok(ms as u16)
 }
 
+/// One connection's output agreement: who this host vouches for, and who differs.
+fn print_agreement(a: &serde_json::Value) {
+    let pairs = |v: &serde_json::Value| -> Vec<(u64, u64)> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p[0].as_u64()?, p[1].as_u64()?)))
+            .collect()
+    };
+    let attests: Vec<String> = pairs(&a["attests"])
+        .into_iter()
+        .map(|(m, n)| format!("node{m} up to byte {n}"))
+        .collect();
+    let differs: Vec<String> = pairs(&a["differs_from_byte"])
+        .into_iter()
+        .map(|(m, n)| format!("node{m} from byte {n}"))
+        .collect();
+    let divergent: Vec<String> = a["divergent"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| format!("node{m}"))
+        .collect();
+    println!(
+        "    output agreement: {} blocks compared, {} different; attests {}; differs {}; divergent (never takes over) {}",
+        a["blocks_compared"],
+        a["blocks_different"],
+        if attests.is_empty() { "-".into() } else { attests.join(", ") },
+        if differs.is_empty() { "-".into() } else { differs.join(", ") },
+        if divergent.is_empty() { "-".into() } else { divergent.join(", ") },
+    );
+}
+
 fn parse_on_off(s: &str) -> Result<bool, String> {
     match s {
         "on" => Ok(true),
@@ -356,6 +389,7 @@ fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
                         ft["members"],
                         ft["retransmits"]
                     );
+                    print_agreement(&ft["agreement"]);
                 }
             }
         }
