@@ -426,7 +426,12 @@ impl FtConn {
         {
             merge(Some(self.progress_at));
         }
-        if self.synack_paused {
+        if self.synack_paused
+            || self
+                .view_peers
+                .iter()
+                .any(|id| !self.peers.contains_key(id))
+        {
             merge(Some(self.created + self.cfg.synack_hold_max));
         }
         if self.more_unsent {
@@ -938,6 +943,20 @@ impl FtConn {
         if self.role == Role::Primary {
             self.release_synack_if_ready(now);
         }
+        if now >= self.created + self.cfg.synack_hold_max
+            && self
+                .view_peers
+                .iter()
+                .any(|id| !self.peers.contains_key(id))
+        {
+            // Members silent since the connection opened never had it (they missed every
+            // SYN): they are not members of this connection.
+            let peers = &self.peers;
+            self.view_peers.retain(|id| peers.contains_key(id));
+            if self.role == Role::Primary {
+                self.maybe_gate_ack(now, false);
+            }
+        }
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
         self.ep.poll(now, &mut out);
@@ -1081,10 +1100,11 @@ impl FtConn {
         let mut ack = self.local_rcv_nxt?;
         let mut edge = self.local_edge?;
         for id in &self.view_peers {
-            if let Some(p) = self.peers.get(id) {
-                ack = ack.min(p.rcv_nxt);
-                edge = edge.min(p.edge);
-            }
+            // A member we have not heard from yet may hold less than anyone: wait for it
+            // (one that never had the connection is dropped after the SYN-ACK hold).
+            let p = self.peers.get(id)?;
+            ack = ack.min(p.rcv_nxt);
+            edge = edge.min(p.edge);
         }
         if let Some(s) = self.sent_ack {
             ack = ack.max(s);

@@ -41,6 +41,7 @@ fn every_subcommand_has_help() {
         vec!["lab", "partition"],
         vec!["lab", "heal"],
         vec!["lab", "impair"],
+        vec!["lab", "soak"],
         vec!["lab", "down"],
     ] {
         let out = hydractl().args(&sub).arg("--help").output().unwrap();

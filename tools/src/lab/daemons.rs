@@ -78,6 +78,12 @@ impl Binaries {
         })
     }
 
+    /// The directory holding the daemons (hydra-fileserver is built beside them).
+    pub(super) fn dir(&self) -> &std::path::Path {
+        // INVARIANT: `find` built the path as dir.join(name).
+        self.host.parent().expect("binary path has a parent")
+    }
+
     /// No binaries: for `lab up --no-daemons`.
     pub(super) fn none() -> Binaries {
         Binaries {
