@@ -139,6 +139,8 @@ struct RepairState {
     since: Instant,
     /// When a repair from `rcv_nxt` was last sent.
     sent: Option<Instant>,
+    /// Repairs sent from this `rcv_nxt` without effect (each doubles the wait, up to 1 s).
+    tries: u32,
 }
 
 /// The FT layer of one connection on one replica.
@@ -719,17 +721,15 @@ impl FtConn {
             let Some(p) = self.peers.get(&id).copied() else {
                 continue;
             };
-            let st = self.repair.entry(id).or_insert(RepairState {
+            let fresh = RepairState {
                 rcv_nxt: p.rcv_nxt,
                 since: now,
                 sent: None,
-            });
+                tries: 0,
+            };
+            let st = self.repair.entry(id).or_insert(fresh);
             if st.rcv_nxt != p.rcv_nxt {
-                *st = RepairState {
-                    rcv_nxt: p.rcv_nxt,
-                    since: now,
-                    sent: None,
-                };
+                *st = fresh;
             }
             let hole = p.rcv_nxt.lt(p.hole_end);
             // Up to what we hold and what fits its window; just the hole when it told us one.
@@ -745,13 +745,18 @@ impl FtConn {
             } else {
                 st.since + self.cfg.repair_after
             };
-            let due = st.sent.map_or(first, |t| t + self.cfg.repair_retry);
+            let backoff = (self.cfg.repair_retry * (1u32 << st.tries.min(7)))
+                .min(Duration::from_millis(1000));
+            let due = st.sent.map_or(first, |t| t + backoff);
             if now < due {
                 next = Some(next.map_or(due, |n: Instant| n.min(due)));
                 continue;
             }
+            if st.sent.is_some() {
+                st.tries += 1;
+            }
             st.sent = Some(now);
-            let retry = now + self.cfg.repair_retry;
+            let retry = now + self.cfg.repair_retry * (1u32 << st.tries.min(7));
             next = Some(next.map_or(retry, |n: Instant| n.min(retry)));
             // Without a reported hole, the backup may just be busy: send only the first few.
             let max = if hole {

@@ -426,6 +426,30 @@ fn a_replica_with_different_output_is_reported_and_never_takes_over() {
     let lab = Lab::up("ftdiv", 3, &cmd, &["--mode", "ft"]);
     let members = lab.members();
     let (primary, noisy, good) = (&members[0], &members[1], &members[2]);
+    // A slower detector: a false removal under CPU load would drop the noisy host from
+    // the connection and leave nothing to test.
+    for h in &members {
+        let out = hydractl()
+            .args(["setportopt", "--socket"])
+            .arg(lab.socket(h))
+            .args([
+                "198.19.0.10:80",
+                "--mode",
+                "ft",
+                "--backend",
+                "127.0.0.1:8080",
+            ])
+            .args(["--hb", "10ms", "--timeout", "300ms"])
+            .output()
+            .expect("run hydractl");
+        assert!(out.status.success(), "setportopt: {}", show(&out));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        &lab.members(),
+        &members,
+        "the view changed while the detector was set"
+    );
     std::fs::write(format!("/run/hydranet/lab-{}/{noisy}/noisy", lab.name), b"")
         .expect("mark the noisy host");
 

@@ -13,7 +13,7 @@ fn soak_with_a_random_seed_loses_corrupts_and_resets_nothing() {
     let seconds: u64 = std::env::var("HYDRA_SOAK_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(150);
+        .unwrap_or(120);
     let name = unique_name("soak");
     let out = hydractl()
         .args([
