@@ -11,6 +11,8 @@
 //! Digest (host -> hosts): count (u16) then entries of
 //!   client ip (4) | client port (2) | service ip (4) | service port (2) |
 //!   block index (4) | block length (4) | fin (1) | digest (16)
+//! Order (primary -> hosts, total order of a service): count (u16) then entries of
+//!   stamp (8) | client ip (4) | client port (2) | service ip (4) | service port (2) | len (4)
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -342,6 +344,69 @@ pub fn parse_digests(b: &[u8]) -> Result<Vec<DigestEntry>, WireError> {
         .collect()
 }
 
+/// One stamped chunk of a total-order service: the connection's next `len` client bytes
+/// are the backend's `stamp`-th input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderEntry {
+    /// Position in the service's total order.
+    pub stamp: u64,
+    /// The client's address.
+    pub client: SocketAddrV4,
+    /// The service address.
+    pub service: SocketAddrV4,
+    /// Bytes in the chunk.
+    pub len: u32,
+}
+
+const ORDER_LEN: usize = 24;
+
+/// Serializes order entries.
+pub fn emit_order(entries: &[OrderEntry]) -> Vec<u8> {
+    let n = entries.len().min(u16::MAX as usize);
+    let mut out = Vec::with_capacity(2 + n * ORDER_LEN);
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    for e in &entries[..n] {
+        out.extend_from_slice(&e.stamp.to_be_bytes());
+        out.extend_from_slice(&e.client.ip().octets());
+        out.extend_from_slice(&e.client.port().to_be_bytes());
+        out.extend_from_slice(&e.service.ip().octets());
+        out.extend_from_slice(&e.service.port().to_be_bytes());
+        out.extend_from_slice(&e.len.to_be_bytes());
+    }
+    out
+}
+
+/// Parses order entries; the length must match the count exactly.
+pub fn parse_order(b: &[u8]) -> Result<Vec<OrderEntry>, WireError> {
+    if b.len() < 2 {
+        return Err(WireError::Payload);
+    }
+    let n = usize::from(u16::from_be_bytes([b[0], b[1]]));
+    let body = &b[2..];
+    if body.len() != n * ORDER_LEN {
+        return Err(WireError::Payload);
+    }
+    Ok(body
+        .chunks_exact(ORDER_LEN)
+        .map(|e| {
+            let mut st = [0u8; 8];
+            st.copy_from_slice(&e[..8]);
+            OrderEntry {
+                stamp: u64::from_be_bytes(st),
+                client: SocketAddrV4::new(
+                    Ipv4Addr::new(e[8], e[9], e[10], e[11]),
+                    u16::from_be_bytes([e[12], e[13]]),
+                ),
+                service: SocketAddrV4::new(
+                    Ipv4Addr::new(e[14], e[15], e[16], e[17]),
+                    u16::from_be_bytes([e[18], e[19]]),
+                ),
+                len: u32::from_be_bytes([e[20], e[21], e[22], e[23]]),
+            }
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +462,21 @@ mod tests {
             let _ = View::parse(&bytes);
             let _ = parse_progress(&bytes);
             let _ = parse_digests(&bytes);
+            let _ = parse_order(&bytes);
+        }
+
+        #[test]
+        fn order_round_trips(entries in proptest::collection::vec((any::<u64>(), any::<u32>(), any::<u16>(), any::<u32>()), 0..50)) {
+            let v: Vec<OrderEntry> = entries
+                .into_iter()
+                .map(|(stamp, ip, port, len)| OrderEntry {
+                    stamp,
+                    client: SocketAddrV4::new(Ipv4Addr::from(ip), port),
+                    service: SocketAddrV4::new(Ipv4Addr::from(!ip), port ^ 1),
+                    len,
+                })
+                .collect();
+            prop_assert_eq!(parse_order(&emit_order(&v)).unwrap(), v);
         }
 
         #[test]

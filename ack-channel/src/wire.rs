@@ -77,6 +77,8 @@ pub enum MsgType {
     Repair,
     /// Digests of connections' output (output agreement), host server to host server.
     Digest,
+    /// Stamped chunks of a total-order service, primary to backups.
+    Order,
 }
 
 impl MsgType {
@@ -89,6 +91,7 @@ impl MsgType {
             MsgType::View => 5,
             MsgType::Repair => 6,
             MsgType::Digest => 7,
+            MsgType::Order => 8,
         }
     }
 
@@ -101,6 +104,7 @@ impl MsgType {
             5 => MsgType::View,
             6 => MsgType::Repair,
             7 => MsgType::Digest,
+            8 => MsgType::Order,
             other => return Err(WireError::UnknownType(other)),
         })
     }

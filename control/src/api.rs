@@ -27,4 +27,10 @@ pub struct SetPortOpt {
     /// ft hop-by-hop repair (default on).
     #[serde(default)]
     pub repair: Option<bool>,
+    /// ft order across connections: `none` (default) or `total`.
+    #[serde(default)]
+    pub order: Option<String>,
+    /// Total order: the longest wait for the backend's answer, milliseconds (default 2).
+    #[serde(default)]
+    pub quiet_ms: Option<u16>,
 }

@@ -85,8 +85,20 @@ pub fn handle(shared: &Arc<Shared>, node: ReplicaId, method: &str, url: &str, bo
                 hb_ms: req.hb_ms.unwrap_or(d.hb_ms),
                 timeout_ms: req.timeout_ms.unwrap_or(d.timeout_ms),
             };
+            let total_order = match req.order.as_deref() {
+                None | Some("none") => false,
+                Some("total") => true,
+                Some(other) => {
+                    return Reply::error(
+                        400,
+                        format!("unknown order `{other}`: use none or total"),
+                    )
+                }
+            };
             let ft = crate::services::FtOpts {
                 repair: req.repair.unwrap_or(true),
+                total_order,
+                quiet_ms: req.quiet_ms.unwrap_or(2).max(1),
             };
             match s.set_port_opt(addr, mode, backend, detector, ft) {
                 Ok(()) => {
@@ -117,6 +129,8 @@ fn status(shared: &Arc<Shared>, node: ReplicaId) -> Reply {
                     "hb_ms": p.hb_ms,
                     "timeout_ms": p.timeout_ms,
                     "repair": p.ft.repair,
+                    "order": if p.ft.total_order { "total" } else { "none" },
+                    "quiet_ms": p.ft.quiet_ms,
                 })
             })
             .collect()

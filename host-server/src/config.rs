@@ -15,6 +15,8 @@
 //! hb_ms = 5                         # ft detector (setportopt --hb), optional
 //! timeout_ms = 25                   # ft detector (setportopt --timeout), optional
 //! repair = true                     # ft hop-by-hop repair (setportopt --repair), optional
+//! order = "total"                   # ft total order across connections, optional
+//! quiet_ms = 2                      # total order: longest wait for an answer, optional
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -72,6 +74,12 @@ pub struct ServiceConfig {
     /// ft hop-by-hop repair (default on).
     #[serde(default)]
     pub repair: Option<bool>,
+    /// ft order across connections: `none` (default) or `total`.
+    #[serde(default)]
+    pub order: Option<String>,
+    /// Total order: longest wait for the backend's answer, milliseconds (default 2).
+    #[serde(default)]
+    pub quiet_ms: Option<u16>,
 }
 
 fn default_admin_socket() -> PathBuf {

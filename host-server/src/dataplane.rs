@@ -19,10 +19,11 @@ use std::net::{Shutdown, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::order::{ConnView, Sequencer, Stamp};
 use ack_channel::{
-    emit_digests, emit_progress, parse_digests, parse_progress, DigestEntry, DropReason, Epoch,
-    Heartbeat, Mode, MsgType, Opener, ProgressEntry, ReplicaId, Sealer, ServiceId, View,
-    DIGESTS_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
+    emit_digests, emit_order, emit_progress, parse_digests, parse_order, parse_progress,
+    DigestEntry, DropReason, Epoch, Heartbeat, Mode, MsgType, Opener, OrderEntry, ProgressEntry,
+    ReplicaId, Sealer, ServiceId, View, DIGESTS_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
 };
 use control::metrics::{Counter, Exposition};
 use ft_tcp::agreement::BlockDigest;
@@ -42,6 +43,8 @@ const UDP: Token = Token(0);
 const RECV_BATCH: usize = 256;
 /// How often the connection table snapshot for `status` is refreshed.
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
+/// How often a total-order primary repeats its recent stamps.
+const ORDER_RESEND_EVERY: Duration = Duration::from_millis(20);
 /// The most connections listed one by one in `status`.
 const SNAPSHOT_MAX: usize = 1000;
 
@@ -394,6 +397,12 @@ struct Conn {
     deadline: Option<SInstant>,
     /// Output-agreement counts already added to the metrics.
     agreement_seen: (u64, u64),
+    /// The service is in total order: client bytes reach the backend only as granted.
+    total: bool,
+    /// Client bytes the sequencer granted and the backend has not taken yet.
+    credit: usize,
+    /// Bytes the backend has written back (the sequencer's sign of an answer).
+    from_backend: u64,
 }
 
 /// The packet loop.
@@ -421,6 +430,10 @@ pub struct Dataplane {
     repairs_out: Vec<(SocketAddrV4, u32, Vec<u8>)>,
     /// Digests of our output waiting to be sent this loop iteration.
     digests_out: Vec<DigestEntry>,
+    /// Total-order sequencers of the services in `--order total`.
+    sequencers: HashMap<SocketAddrV4, Sequencer>,
+    /// When the primary repeats its recent stamps next (the last datagram may be lost).
+    order_resend_at: Instant,
 }
 
 fn digest_entry(key: FlowKey, d: BlockDigest) -> DigestEntry {
@@ -550,6 +563,8 @@ impl Dataplane {
             progress_out: Vec::new(),
             repairs_out: Vec::new(),
             digests_out: Vec::new(),
+            sequencers: HashMap::new(),
+            order_resend_at: Instant::now(),
         })
     }
 
@@ -568,6 +583,9 @@ impl Dataplane {
             let mut wake = next_snapshot;
             if let Some((t, _)) = self.timers.first() {
                 let t = self.start + Duration::from_micros(t.total_micros().max(0) as u64);
+                wake = wake.min(t);
+            }
+            if let Some(t) = self.order_wake(now) {
                 wake = wake.min(t);
             }
             let timeout = wake.saturating_duration_since(now);
@@ -613,6 +631,9 @@ impl Dataplane {
             dirty.sort_unstable();
             dirty.dedup();
             for &id in &dirty {
+                self.service(id, snow);
+            }
+            for id in self.run_order() {
                 self.service(id, snow);
             }
             self.flush_progress();
@@ -667,6 +688,10 @@ impl Dataplane {
                         dirty.push(id);
                     }
                 }
+                MsgType::Order => match parse_order(payload) {
+                    Ok(entries) => self.on_order(header.sender, &entries),
+                    Err(_) => m.dropped_malformed.inc(),
+                },
                 MsgType::Digest => match parse_digests(payload) {
                     Ok(entries) => self.on_digests(header.sender, &entries, dirty),
                     Err(_) => m.dropped_malformed.inc(),
@@ -824,7 +849,15 @@ impl Dataplane {
             backend_done: false,
             deadline: None,
             agreement_seen: (0, 0),
+            total: mode == Mode::Ft && ft_opts.total_order,
+            credit: 0,
+            from_backend: 0,
         };
+        if conn.total {
+            self.sequencers.entry(key.service).or_insert_with(|| {
+                Sequencer::new(Duration::from_millis(u64::from(ft_opts.quiet_ms)))
+            });
+        }
         match TcpStream::connect(SocketAddr::V4(backend)) {
             Ok(mut s) => {
                 if let Err(e) = self.poll.registry().register(
@@ -910,7 +943,7 @@ impl Dataplane {
                             c.backend_eof = true;
                             c.tcp.ep().close();
                         }
-                        Ok(_) => {}
+                        Ok(n) => c.from_backend += n as u64,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(_) => {
@@ -920,14 +953,27 @@ impl Dataplane {
                         }
                     }
                 }
-                // Client -> backend, as fast as the backend takes it.
-                while c.writable && !c.fin_to_backend && c.tcp.ep().recv_queue() > 0 {
+                // Client -> backend, as fast as the backend takes it (in total order, only
+                // the bytes the service's sequencer granted).
+                while c.writable
+                    && !c.fin_to_backend
+                    && c.tcp.ep().recv_queue() > 0
+                    && (!c.total || c.credit > 0)
+                {
                     let mut res = Ok(0);
+                    let limit = if c.total { c.credit } else { usize::MAX };
                     c.tcp.ep().recv_into(|buf| {
-                        res = s.write(buf);
+                        let n = buf.len().min(limit);
+                        res = s.write(&buf[..n]);
                         *res.as_ref().unwrap_or(&0)
                     });
                     match res {
+                        Ok(n) if c.total => {
+                            c.credit -= n.min(c.credit);
+                            if let Some(q) = self.sequencers.get_mut(&c.key.service) {
+                                q.on_delivered(c.key, n, Instant::now());
+                            }
+                        }
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1224,6 +1270,128 @@ impl Dataplane {
             }
         }
         sent
+    }
+
+    /// Stamps from the service's primary (total order); anyone else's are ignored.
+    fn on_order(&mut self, from: ReplicaId, entries: &[OrderEntry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        let primary = self
+            .views
+            .get(&first.service)
+            .and_then(|(_, m)| m.first())
+            .map(|m| m.0);
+        if primary != Some(from) || primary == Some(self.me) {
+            return;
+        }
+        let Some(q) = self.sequencers.get_mut(&first.service) else {
+            return;
+        };
+        let stamps: Vec<Stamp> = entries
+            .iter()
+            .filter(|e| e.service == first.service)
+            .map(|e| Stamp {
+                stamp: e.stamp,
+                key: FlowKey {
+                    client: e.client,
+                    service: e.service,
+                },
+                len: e.len,
+            })
+            .collect();
+        q.on_stamps(&stamps);
+    }
+
+    /// Runs every total-order sequencer: grants the next chunk where one may go, sends new
+    /// stamps to the backups; returns the connections granted bytes.
+    fn run_order(&mut self) -> Vec<usize> {
+        let mut granted = Vec::new();
+        if self.sequencers.is_empty() {
+            return granted;
+        }
+        let now = Instant::now();
+        let resend = now >= self.order_resend_at;
+        if resend {
+            self.order_resend_at = now + ORDER_RESEND_EVERY;
+        }
+        let services: Vec<SocketAddrV4> = self.sequencers.keys().copied().collect();
+        for service in services {
+            let primary = self
+                .views
+                .get(&service)
+                .and_then(|(_, m)| m.first())
+                .is_some_and(|m| m.0 == self.me);
+            let keys: Vec<FlowKey> = self
+                .conns
+                .values()
+                .filter(|c| c.total && c.key.service == service)
+                .map(|c| c.key)
+                .collect();
+            let (flows, conns) = (&self.flows, &self.conns);
+            let view = |k: FlowKey| {
+                let c = conns.get(flows.get(&k)?)?;
+                if c.backend.is_none() || c.fin_to_backend {
+                    return None;
+                }
+                Some(ConnView {
+                    pending: c.tcp.ep_ref().recv_queue().saturating_sub(c.credit),
+                    answered: c.from_backend,
+                })
+            };
+            let Some(q) = self.sequencers.get_mut(&service) else {
+                continue;
+            };
+            if let Some((key, len)) = q.next_grant(now, primary, &keys, view) {
+                if let Some(&id) = self.flows.get(&key) {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.credit += len as usize;
+                        granted.push(id);
+                    }
+                }
+            }
+            let mut stamps = None;
+            if primary {
+                stamps = q.take_outbox();
+                if stamps.is_none() && resend {
+                    let r = q.recent();
+                    stamps = (!r.is_empty()).then_some(r);
+                }
+            }
+            if let Some(st) = stamps {
+                let entries: Vec<OrderEntry> = st
+                    .iter()
+                    .map(|s| OrderEntry {
+                        stamp: s.stamp,
+                        client: s.key.client,
+                        service: s.key.service,
+                        len: s.len,
+                    })
+                    .collect();
+                self.send_to_members(service, MsgType::Order, &emit_order(&entries));
+            }
+        }
+        granted
+    }
+
+    /// When the loop must look at the sequencers again.
+    fn order_wake(&self, now: Instant) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        for q in self.sequencers.values() {
+            let t = if q.busy() {
+                Some(now + Duration::from_millis(1))
+            } else {
+                q.wake_at()
+            };
+            if let Some(t) = t {
+                wake = Some(wake.map_or(t, |w| w.min(t)));
+            }
+        }
+        if !self.sequencers.is_empty() {
+            let t = self.order_resend_at;
+            wake = Some(wake.map_or(t, |w| w.min(t)));
+        }
+        wake
     }
 
     /// Output digests from a peer replica.

@@ -17,4 +17,5 @@
 pub mod admin;
 pub mod config;
 pub mod dataplane;
+pub mod order;
 pub mod services;

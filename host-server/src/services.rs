@@ -28,11 +28,20 @@ pub struct PortOpt {
 pub struct FtOpts {
     /// Hop-by-hop repair: the primary sends a backup client bytes it missed at once.
     pub repair: bool,
+    /// Total order across the service's connections (`--order total`).
+    pub total_order: bool,
+    /// Total order: the longest wait for the backend's answer before the next chunk for
+    /// another connection, milliseconds.
+    pub quiet_ms: u16,
 }
 
 impl Default for FtOpts {
     fn default() -> Self {
-        FtOpts { repair: true }
+        FtOpts {
+            repair: true,
+            total_order: false,
+            quiet_ms: 2,
+        }
     }
 }
 

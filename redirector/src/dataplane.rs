@@ -367,7 +367,8 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
             | MsgType::Progress
             | MsgType::View
             | MsgType::Repair
-            | MsgType::Digest => m.dropped_unexpected.inc(),
+            | MsgType::Digest
+            | MsgType::Order => m.dropped_unexpected.inc(),
         }
     }
 }

@@ -520,3 +520,80 @@ fn a_replica_with_different_output_is_reported_and_never_takes_over() {
     assert_eq!(metric(&lab.metrics(noisy), "hydra_ft_promotions_total"), 0);
     assert!(metric(&good_metrics, "hydra_ft_divergent_skips_total") >= 1);
 }
+
+/// `redis-cli DEBUG DIGEST` of the redis on `node` (port 8080 in its namespace).
+fn redis_digest(lab: &Lab, node: &str) -> String {
+    let out = lab.exec(node, &["redis-cli", "-p", "8080", "DEBUG", "DIGEST"]);
+    assert!(
+        out.status.success(),
+        "DEBUG DIGEST on {node}: {}",
+        show(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn total_order_keeps_redis_replicas_identical_across_a_primary_kill() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let lab = Lab::up(
+        "fttot",
+        3,
+        "exec redis-server --port 8080 --bind 127.0.0.1 --save '' --appendonly no \
+         --enable-debug-command yes",
+        &["--mode", "ft"],
+    );
+    for h in lab.members() {
+        let out = hydractl()
+            .args(["setportopt", "--socket"])
+            .arg(lab.socket(&h))
+            .args([
+                "198.19.0.10:80",
+                "--mode",
+                "ft",
+                "--backend",
+                "127.0.0.1:8080",
+            ])
+            .args(["--order", "total"])
+            .output()
+            .expect("run hydractl");
+        assert!(
+            out.status.success(),
+            "setportopt --order total: {}",
+            show(&out)
+        );
+    }
+    // Replies and final state of these depend on how the 20 connections interleave.
+    let client = spawn_in_client(
+        &lab,
+        "redis-benchmark -h 198.19.0.10 -p 80 -c 20 -r 100 -n 20000 -t set,incr,lpush,rpop -q 2>&1 | tr '\\r' '\\n'",
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let victim = lab.primary();
+    lab.ctl("kill", &victim, &[]);
+    lab.wait_until_out_of_view(&victim);
+    let (ok, text) = finish(client);
+    assert!(ok, "redis-benchmark failed: {text}");
+    let lower = text.to_lowercase();
+    assert!(
+        !lower.contains("error") && !lower.contains("reset"),
+        "{text}"
+    );
+    for t in ["SET:", "INCR:", "LPUSH:", "RPOP:"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(t) && l.contains("requests per second")),
+            "no {t} summary: {text}"
+        );
+    }
+    let survivors = lab.members();
+    assert_eq!(survivors.len(), 2, "{survivors:?}");
+    let digests: Vec<String> = survivors.iter().map(|h| redis_digest(&lab, h)).collect();
+    println!("DEBUG DIGEST on {survivors:?}: {digests:?}");
+    assert!(
+        digests.iter().all(|d| d == &digests[0] && d.len() == 40),
+        "the surviving replicas' redis states differ: {digests:?}"
+    );
+}

@@ -78,6 +78,16 @@ enum Command {
         /// once, instead of the client's retransmission timer (on|off).
         #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
         repair: bool,
+        /// ft order across connections: none (bytes ordered per connection only) or total
+        /// (the primary stamps each chunk it gives its backend; every replica's backend gets
+        /// the chunks of all connections in that order, one at a time, so a deterministic
+        /// single-threaded server such as redis evolves identically on every replica).
+        #[arg(long, default_value = "none", value_parser = ["none", "total"])]
+        order: String,
+        /// Total order: the longest wait for the backend's answer before the next
+        /// connection's chunk (e.g. 2ms).
+        #[arg(long, default_value = "2ms")]
+        quiet: String,
         #[command(flatten)]
         target: Target,
     },
@@ -124,16 +134,19 @@ fn main() {
             hb,
             timeout,
             repair,
+            order,
+            quiet,
             target,
         } => parse_ms(&hb, "--hb").and_then(|hb| {
             let timeout = parse_ms(&timeout, "--timeout")?;
+            let quiet = parse_ms(&quiet, "--quiet")?;
             setportopt(
                 &target.socket,
                 &service,
                 &mode,
                 backend.as_deref(),
                 (hb, timeout),
-                repair,
+                (repair, &order, quiet),
             )
         }),
         Command::Status { json, target } => status(&target.socket, json),
@@ -279,7 +292,7 @@ fn setportopt(
     mode: &str,
     backend: Option<&str>,
     (hb_ms, timeout_ms): (u16, u16),
-    repair: bool,
+    (repair, order, quiet_ms): (bool, &str, u16),
 ) -> anyhow::Result<()> {
     let svc: SocketAddrV4 = service
         .parse()
@@ -308,6 +321,8 @@ fn setportopt(
             "hb_ms": hb_ms,
             "timeout_ms": timeout_ms,
             "repair": repair,
+            "order": order,
+            "quiet_ms": quiet_ms,
         })),
     )?;
     println!("{svc}: mode {}", mode.as_str());
