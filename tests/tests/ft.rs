@@ -568,9 +568,9 @@ fn total_order_keeps_redis_replicas_identical_across_a_primary_kill() {
     // Replies and final state of these depend on how the 20 connections interleave.
     let client = spawn_in_client(
         &lab,
-        "redis-benchmark -h 198.19.0.10 -p 80 -c 20 -r 100 -n 20000 -t set,incr,lpush,rpop -q 2>&1 | tr '\\r' '\\n'",
+        "redis-benchmark -h 198.19.0.10 -p 80 -c 20 -r 100 -n 100000 -t set,incr,lpush,rpop -q 2>&1 | tr '\\r' '\\n'",
     );
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(15));
     let victim = lab.primary();
     lab.ctl("kill", &victim, &[]);
     lab.wait_until_out_of_view(&victim);
