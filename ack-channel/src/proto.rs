@@ -184,6 +184,21 @@ impl View {
     }
 }
 
+/// The entries of a count-prefixed payload (u16 count, then `count` entries of `len` bytes);
+/// the length must match the count exactly.
+fn entries(b: &[u8], len: usize) -> Result<&[u8], WireError> {
+    let (count, body) = b.split_first_chunk::<2>().ok_or(WireError::Payload)?;
+    if body.len() != usize::from(u16::from_be_bytes(*count)) * len {
+        return Err(WireError::Payload);
+    }
+    Ok(body)
+}
+
+/// The big-endian u32 at `i` of an entry whose length `entries` checked.
+fn be_u32(e: &[u8], i: usize) -> u32 {
+    u32::from_be_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]])
+}
+
 /// One replica's cumulative progress on one ft connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProgressEntry {
@@ -231,15 +246,7 @@ pub fn emit_progress(entries: &[ProgressEntry]) -> Vec<u8> {
 
 /// Parses progress entries; the length must match the count exactly.
 pub fn parse_progress(b: &[u8]) -> Result<Vec<ProgressEntry>, WireError> {
-    if b.len() < 2 {
-        return Err(WireError::Payload);
-    }
-    let n = usize::from(u16::from_be_bytes([b[0], b[1]]));
-    let body = &b[2..];
-    if body.len() != n * PROGRESS_LEN {
-        return Err(WireError::Payload);
-    }
-    let u32at = |e: &[u8], i: usize| u32::from_be_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
+    let body = entries(b, PROGRESS_LEN)?;
     body.chunks_exact(PROGRESS_LEN)
         .map(|e| {
             let has = match e[16] {
@@ -256,11 +263,11 @@ pub fn parse_progress(b: &[u8]) -> Result<Vec<ProgressEntry>, WireError> {
                     Ipv4Addr::new(e[6], e[7], e[8], e[9]),
                     u16::from_be_bytes([e[10], e[11]]),
                 ),
-                isn_local: u32at(e, 12),
-                isn_s: has.then(|| u32at(e, 17)),
-                rcv_nxt: u32at(e, 21),
-                edge: u32at(e, 25),
-                hole_end: u32at(e, 29),
+                isn_local: be_u32(e, 12),
+                isn_s: has.then(|| be_u32(e, 17)),
+                rcv_nxt: be_u32(e, 21),
+                edge: be_u32(e, 25),
+                hole_end: be_u32(e, 29),
             })
         })
         .collect()
@@ -308,15 +315,7 @@ pub fn emit_digests(entries: &[DigestEntry]) -> Vec<u8> {
 
 /// Parses digest entries; the length must match the count exactly.
 pub fn parse_digests(b: &[u8]) -> Result<Vec<DigestEntry>, WireError> {
-    if b.len() < 2 {
-        return Err(WireError::Payload);
-    }
-    let n = usize::from(u16::from_be_bytes([b[0], b[1]]));
-    let body = &b[2..];
-    if body.len() != n * DIGEST_LEN {
-        return Err(WireError::Payload);
-    }
-    let u32at = |e: &[u8], i: usize| u32::from_be_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
+    let body = entries(b, DIGEST_LEN)?;
     body.chunks_exact(DIGEST_LEN)
         .map(|e| {
             let fin = match e[20] {
@@ -335,8 +334,8 @@ pub fn parse_digests(b: &[u8]) -> Result<Vec<DigestEntry>, WireError> {
                     Ipv4Addr::new(e[6], e[7], e[8], e[9]),
                     u16::from_be_bytes([e[10], e[11]]),
                 ),
-                index: u32at(e, 12),
-                len: u32at(e, 16),
+                index: be_u32(e, 12),
+                len: be_u32(e, 16),
                 fin,
                 digest,
             })
@@ -378,14 +377,7 @@ pub fn emit_order(entries: &[OrderEntry]) -> Vec<u8> {
 
 /// Parses order entries; the length must match the count exactly.
 pub fn parse_order(b: &[u8]) -> Result<Vec<OrderEntry>, WireError> {
-    if b.len() < 2 {
-        return Err(WireError::Payload);
-    }
-    let n = usize::from(u16::from_be_bytes([b[0], b[1]]));
-    let body = &b[2..];
-    if body.len() != n * ORDER_LEN {
-        return Err(WireError::Payload);
-    }
+    let body = entries(b, ORDER_LEN)?;
     Ok(body
         .chunks_exact(ORDER_LEN)
         .map(|e| {
@@ -401,7 +393,7 @@ pub fn parse_order(b: &[u8]) -> Result<Vec<OrderEntry>, WireError> {
                     Ipv4Addr::new(e[14], e[15], e[16], e[17]),
                     u16::from_be_bytes([e[18], e[19]]),
                 ),
-                len: u32::from_be_bytes([e[20], e[21], e[22], e[23]]),
+                len: be_u32(e, 20),
             }
         })
         .collect())

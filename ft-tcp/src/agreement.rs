@@ -271,11 +271,6 @@ impl Agreement {
             .map(|(m, e)| (*m, u64::from(e.since(self.base))))
             .collect()
     }
-
-    /// Bytes of output digested so far.
-    pub fn hashed(&self) -> u64 {
-        self.hashed
-    }
 }
 
 #[cfg(test)]

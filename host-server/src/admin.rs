@@ -85,20 +85,13 @@ pub fn handle(shared: &Arc<Shared>, node: ReplicaId, method: &str, url: &str, bo
                 hb_ms: req.hb_ms.unwrap_or(d.hb_ms),
                 timeout_ms: req.timeout_ms.unwrap_or(d.timeout_ms),
             };
-            let total_order = match req.order.as_deref() {
-                None | Some("none") => false,
-                Some("total") => true,
-                Some(other) => {
-                    return Reply::error(
-                        400,
-                        format!("unknown order `{other}`: use none or total"),
-                    )
-                }
-            };
-            let ft = crate::services::FtOpts {
-                repair: req.repair.unwrap_or(true),
-                total_order,
-                quiet_ms: req.quiet_ms.unwrap_or(2).max(1),
+            let ft = match crate::services::FtOpts::from_request(
+                req.repair,
+                req.order.as_deref(),
+                req.quiet_ms,
+            ) {
+                Ok(ft) => ft,
+                Err(e) => return Reply::error(400, e.to_string()),
             };
             match s.set_port_opt(addr, mode, backend, detector, ft) {
                 Ok(()) => {

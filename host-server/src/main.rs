@@ -67,19 +67,12 @@ fn run() -> anyhow::Result<()> {
                 hb_ms: svc.hb_ms.unwrap_or(d.hb_ms),
                 timeout_ms: svc.timeout_ms.unwrap_or(d.timeout_ms),
             };
-            let total_order = match svc.order.as_deref() {
-                None | Some("none") => false,
-                Some("total") => true,
-                Some(other) => anyhow::bail!(
-                    "config service {}: unknown order `{other}`: use none or total",
-                    svc.addr
-                ),
-            };
-            let ft = host_server::services::FtOpts {
-                repair: svc.repair.unwrap_or(true),
-                total_order,
-                quiet_ms: svc.quiet_ms.unwrap_or(2).max(1),
-            };
+            let ft = host_server::services::FtOpts::from_request(
+                svc.repair,
+                svc.order.as_deref(),
+                svc.quiet_ms,
+            )
+            .with_context(|| format!("config service {}", svc.addr))?;
             s.set_port_opt(svc.addr, mode, svc.backend, detector, ft)
                 .with_context(|| format!("config service {}", svc.addr))?;
         }

@@ -72,8 +72,6 @@ pub struct Sequencer {
     fresh: bool,
     waiting_since: Option<Instant>,
     rr: usize,
-    /// Chunks delivered to the backend.
-    pub delivered: u64,
     /// Stamps skipped for connections this replica does not hold.
     pub skipped: u64,
 }
@@ -90,7 +88,6 @@ impl Sequencer {
             fresh: false,
             waiting_since: None,
             rr: 0,
-            delivered: 0,
             skipped: 0,
         }
     }
@@ -188,7 +185,6 @@ impl Sequencer {
     }
 
     fn start_turn(&mut self, key: FlowKey, len: u32, v: ConnView) -> (FlowKey, u32) {
-        self.delivered += 1;
         self.turn = Some(Turn {
             key,
             left: len,

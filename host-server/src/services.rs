@@ -35,6 +35,28 @@ pub struct FtOpts {
     pub quiet_ms: u16,
 }
 
+impl FtOpts {
+    /// The options as setportopt and the config file give them (`None`: the default);
+    /// `order` is `none` or `total`.
+    pub fn from_request(
+        repair: Option<bool>,
+        order: Option<&str>,
+        quiet_ms: Option<u16>,
+    ) -> Result<FtOpts, ServiceError> {
+        let d = FtOpts::default();
+        let total_order = match order {
+            None | Some("none") => false,
+            Some("total") => true,
+            Some(other) => return Err(ServiceError::BadOrder(other.to_string())),
+        };
+        Ok(FtOpts {
+            repair: repair.unwrap_or(d.repair),
+            total_order,
+            quiet_ms: quiet_ms.unwrap_or(d.quiet_ms).max(1),
+        })
+    }
+}
+
 impl Default for FtOpts {
     fn default() -> Self {
         FtOpts {
@@ -79,6 +101,9 @@ pub enum ServiceError {
     /// Port 0.
     #[error("port 0 is not a service port: pass ip:port with a port from 1 to 65535")]
     PortZero,
+    /// An `order` other than none or total.
+    #[error("unknown order `{0}`: use none or total")]
+    BadOrder(String),
     /// A detector whose timeout does not cover a few heartbeats.
     #[error("detector timeout {timeout_ms} ms must be at least twice the heartbeat interval {hb_ms} ms (and hb at least 1 ms): e.g. --hb 5ms --timeout 25ms")]
     BadDetector {

@@ -125,22 +125,35 @@ fn redis_benchmark_survives_a_primary_crash() {
     // SET and GET of redis-benchmark's fixed key give the same replies whatever the order
     // of connections at each replica; commands whose replies depend on the interleaving of
     // connections (INCR, LPOP...) need total order (issue #6).
-    let client = spawn_in_client(
+    benchmark_across_a_primary_kill(
         &lab,
-        "redis-benchmark -h 198.19.0.10 -p 80 -c 20 -n 200000 -t ping,set,get -q 2>&1",
+        "-c 20 -n 200000 -t ping,set,get",
+        Duration::from_secs(2),
+        &["SET:", "GET:"],
     );
-    std::thread::sleep(Duration::from_secs(2));
+}
+
+/// Runs `redis-benchmark ARGS` against the service, kills the primary after `kill_after`,
+/// and asserts the benchmark ended without errors or resets, with a summary for each test.
+fn benchmark_across_a_primary_kill(lab: &Lab, args: &str, kill_after: Duration, tests: &[&str]) {
+    let client = spawn_in_client(
+        lab,
+        &format!("redis-benchmark -h 198.19.0.10 -p 80 {args} -q 2>&1"),
+    );
+    std::thread::sleep(kill_after);
     let victim = lab.primary();
     lab.ctl("kill", &victim, &[]);
     lab.wait_until_out_of_view(&victim);
     let (ok, text) = finish(client);
     assert!(ok, "redis-benchmark failed: {text}");
+    // Its progress lines end in carriage returns.
+    let text = text.replace('\r', "\n");
     let lower = text.to_lowercase();
     assert!(
         !lower.contains("error") && !lower.contains("reset"),
         "{text}"
     );
-    for t in ["SET:", "GET:"] {
+    for t in tests {
         assert!(
             text.lines()
                 .any(|l| l.contains(t) && l.contains("requests per second")),
@@ -538,28 +551,12 @@ fn total_order_keeps_redis_replicas_identical_across_a_primary_kill() {
     );
     setportopt_all(&lab, &["--order", "total"]);
     // Replies and final state of these depend on how the 20 connections interleave.
-    let client = spawn_in_client(
+    benchmark_across_a_primary_kill(
         &lab,
-        "redis-benchmark -h 198.19.0.10 -p 80 -c 20 -r 100 -n 100000 -t set,incr,lpush,rpop -q 2>&1 | tr '\\r' '\\n'",
+        "-c 20 -r 100 -n 100000 -t set,incr,lpush,rpop",
+        Duration::from_secs(15),
+        &["SET:", "INCR:", "LPUSH:", "RPOP:"],
     );
-    std::thread::sleep(Duration::from_secs(15));
-    let victim = lab.primary();
-    lab.ctl("kill", &victim, &[]);
-    lab.wait_until_out_of_view(&victim);
-    let (ok, text) = finish(client);
-    assert!(ok, "redis-benchmark failed: {text}");
-    let lower = text.to_lowercase();
-    assert!(
-        !lower.contains("error") && !lower.contains("reset"),
-        "{text}"
-    );
-    for t in ["SET:", "INCR:", "LPUSH:", "RPOP:"] {
-        assert!(
-            text.lines()
-                .any(|l| l.contains(t) && l.contains("requests per second")),
-            "no {t} summary: {text}"
-        );
-    }
     let survivors = lab.members();
     assert_eq!(survivors.len(), 2, "{survivors:?}");
     let digests: Vec<String> = survivors.iter().map(|h| redis_digest(&lab, h)).collect();
