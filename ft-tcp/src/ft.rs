@@ -165,6 +165,9 @@ pub struct FtConn {
     our_ws: u8,
     synack: Option<Vec<u8>>,
     synack_paused: bool,
+    /// The client got its SYN-ACK from a SYN cookie (`isn_s` is the cookie): our stack's own
+    /// SYN-ACK only teaches us `delta` and never leaves.
+    synack_by_cookie: bool,
 
     client_ack: Option<SeqNumber>,
     client_wnd: u16,
@@ -281,6 +284,7 @@ impl FtConn {
             our_ws: 0,
             synack: None,
             synack_paused,
+            synack_by_cookie: false,
             client_ack: None,
             client_wnd: 0,
             dupacks: 0,
@@ -315,6 +319,33 @@ impl FtConn {
             scratch: Vec::new(),
             stats: FtStats::default(),
         }
+    }
+
+    /// A connection whose handshake the client completed against a SYN cookie `isn_s`
+    /// ([`crate::syncookie`]): `syn` (the client's SYN as the cookie remembers it) is replayed
+    /// into the local stack, whose SYN-ACK only sets `delta`. Every replica that sees the
+    /// client's ACK builds the same connection with the same `isn_s`, so there is no SYN-ACK
+    /// hold; the primary still acknowledges client bytes only once every member holds them.
+    /// Feed the ACK itself with [`FtConn::handle_client_packet`] next.
+    #[allow(clippy::too_many_arguments)]
+    pub fn accept(
+        key: FlowKey,
+        cfg: FtConfig,
+        ep_cfg: EndpointConfig,
+        seed: u64,
+        now: Instant,
+        me: PeerId,
+        members: &[PeerId],
+        syn: &[u8],
+        isn_s: SeqNumber,
+    ) -> Self {
+        let mut c = FtConn::new(key, cfg, ep_cfg, seed, now, me, members);
+        c.synack_paused = false;
+        c.ep.pause_synack(false);
+        c.synack_by_cookie = true;
+        c.isn_s = Some(isn_s);
+        c.handle_client_packet(now, syn);
+        c
     }
 
     /// The connection's 4-tuple.
@@ -835,7 +866,7 @@ impl FtConn {
             self.release_synack_if_ready(now);
             return;
         }
-        if self.client_ack.is_none() {
+        if self.client_ack.is_none() && !self.synack_by_cookie {
             if let Some(s) = self.synack.clone() {
                 self.send_synack(s);
             }
@@ -1039,7 +1070,11 @@ impl FtConn {
                 self.isn_s = Some(seg.seq);
             }
             self.init_shadow();
-            if self.role == Role::Primary && self.isn_s.is_some() && !self.synack_paused {
+            if self.role == Role::Primary
+                && self.isn_s.is_some()
+                && !self.synack_paused
+                && !self.synack_by_cookie
+            {
                 self.send_synack(p);
             }
             return;

@@ -17,11 +17,14 @@ pub mod clientlog;
 pub mod endpoint;
 pub mod ft;
 pub mod packet;
+pub mod plain;
 pub mod rewrite;
 pub mod seq;
 pub mod shadow;
+pub mod syncookie;
 
 pub use endpoint::{Endpoint, EndpointConfig, TcpState};
 pub use ft::{AgreementStatus, FtConfig, FtConn, FtStats, PeerId, Progress, Role};
 pub use packet::{FlowKey, PacketError, TcpFlags, TcpMeta};
+pub use plain::PlainConn;
 pub use seq::SeqNumber;

@@ -37,6 +37,8 @@ pub struct Seg {
     pub mss: Option<u16>,
     /// Whether the segment carries a SACK option.
     pub sack: bool,
+    /// Whether the segment offers SACK (SACK-permitted option; SYN segments only).
+    pub sack_permitted: bool,
 }
 
 impl Seg {
@@ -88,7 +90,7 @@ pub fn parse(p: &[u8]) -> Option<Seg> {
         payload_len: total - t - doff,
         ..Seg::default()
     };
-    // Options: kind 0 end, 1 nop, 2 MSS, 3 window scale, 5 SACK.
+    // Options: kind 0 end, 1 nop, 2 MSS, 3 window scale, 4 SACK-permitted, 5 SACK.
     let mut i = t + 20;
     while i < t + doff {
         match p[i] {
@@ -102,6 +104,7 @@ pub fn parse(p: &[u8]) -> Option<Seg> {
                 match (kind, len) {
                     (2, 4) => seg.mss = Some(be16(p, i + 2)),
                     (3, 3) => seg.wscale = Some(p[i + 2].min(14)),
+                    (4, 2) => seg.sack_permitted = true,
                     (5, _) => seg.sack = true,
                     _ => {}
                 }

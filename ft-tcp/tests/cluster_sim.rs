@@ -8,11 +8,16 @@
 //! order); the client never receives a reset; nothing the client sees acknowledged is missing
 //! at a live member holding the connection. At the end: everything arrived both ways.
 //!
+//! Half of the seeds open the connection the way hosts do, with a SYN cookie: the primary
+//! answers the SYN statelessly and every replica builds its connection from the client's ACK
+//! ([`FtConn::accept`]); the other half with the SYN-ACK hold ([`FtConn::new`]).
+//!
 //! `FT_SEEDS=n` sets how many seeds run (default 1000); `FT_SEED=s` replays one seed.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
+use ft_tcp::syncookie::{self, CookieJar, SynOpts};
 use ft_tcp::{rewrite, EndpointConfig, FlowKey, FtConfig, FtConn};
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
@@ -147,7 +152,17 @@ struct Sim {
     expected: Vec<u8>,
     key: FlowKey,
     log: Vec<String>,
+    /// Open by SYN cookie (the hosts' way) rather than with the SYN-ACK hold.
+    cookies: Option<CookieJar>,
 }
+
+/// The wall clock the cookies see (seconds); the sim runs for well under a period.
+const COOKIE_NOW: u64 = 1_800_000_000;
+const SIM_EP: EndpointConfig = EndpointConfig {
+    mtu: 1420,
+    rx_buffer: 65536,
+    tx_buffer: 65536,
+};
 
 impl Sim {
     fn new(seed: u64) -> Sim {
@@ -195,6 +210,9 @@ impl Sim {
             };
             crashes.push((Instant::from_millis(t as i64), who));
         }
+        let cookies = rng
+            .chance(0.5)
+            .then(|| CookieJar::from_cluster_key(&seed.to_be_bytes()));
         let replicas = (0..REPLICAS)
             .map(|_| Replica {
                 alive: true,
@@ -231,6 +249,7 @@ impl Sim {
                 service: "198.19.0.10:80".parse().unwrap(),
             },
             log: Vec::new(),
+            cookies,
         }
     }
 
@@ -336,23 +355,66 @@ impl Sim {
                     let Some(seg) = rewrite::parse(&pkt) else {
                         return;
                     };
-                    if !seg.syn || seg.ack_flag {
-                        return;
+                    let seed = self.seed ^ ((to as u64 + 1) * 7919);
+                    match &self.cookies {
+                        None if seg.syn && !seg.ack_flag => {
+                            rep.conn = Some(FtConn::new(
+                                self.key,
+                                FtConfig::default(),
+                                SIM_EP,
+                                seed,
+                                now,
+                                to as u32,
+                                &members,
+                            ));
+                        }
+                        None => return,
+                        Some(jar) if seg.syn && !seg.ack_flag => {
+                            // Stateless: only the view's first member answers.
+                            if members.first() == Some(&(to as u32)) {
+                                let opts = SynOpts::of_syn(&seg);
+                                let isn = jar.isn(self.key, seg.seq, opts, COOKIE_NOW);
+                                let synack = syncookie::synack(
+                                    self.key,
+                                    seg.seq,
+                                    isn,
+                                    opts,
+                                    SIM_EP.mtu,
+                                    SIM_EP.rx_buffer,
+                                );
+                                let epoch = self.epoch;
+                                self.send(Msg::ToClient {
+                                    from: to,
+                                    epoch,
+                                    pkt: synack,
+                                });
+                            }
+                            return;
+                        }
+                        Some(jar) => {
+                            if !seg.ack_flag || seg.rst {
+                                return;
+                            }
+                            let client_isn = seg.seq.minus(1);
+                            let isn_s = seg.ack.minus(1);
+                            let Some(opts) = jar.check(self.key, client_isn, isn_s, COOKIE_NOW)
+                            else {
+                                return;
+                            };
+                            let syn = syncookie::rebuild_syn(self.key, client_isn, opts);
+                            rep.conn = Some(FtConn::accept(
+                                self.key,
+                                FtConfig::default(),
+                                SIM_EP,
+                                seed,
+                                now,
+                                to as u32,
+                                &members,
+                                &syn,
+                                isn_s,
+                            ));
+                        }
                     }
-                    let ep = EndpointConfig {
-                        mtu: 1420,
-                        rx_buffer: 65536,
-                        tx_buffer: 65536,
-                    };
-                    rep.conn = Some(FtConn::new(
-                        self.key,
-                        FtConfig::default(),
-                        ep,
-                        self.seed ^ ((to as u64 + 1) * 7919),
-                        now,
-                        to as u32,
-                        &members,
-                    ));
                     rep.out_pending.extend(banner(self.seed));
                 }
                 if let Some(c) = rep.conn.as_mut() {
