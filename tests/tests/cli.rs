@@ -201,3 +201,43 @@ fn no_namespace_is_left_after_a_failed_up_or_a_failing_test() {
     assert!(!name.is_empty());
     assert_eq!(namespaces_of(&name), Vec::<String>::new());
 }
+
+#[test]
+fn lab_up_with_a_missing_backend_program_fails_at_once_naming_it() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let name = unique_name("nopro");
+    let started = std::time::Instant::now();
+    let out = hydractl()
+        .args([
+            "lab",
+            "up",
+            "--name",
+            &name,
+            "--replicas",
+            "1",
+            "--mode",
+            "ft",
+        ])
+        .args(["--backend-cmd", "no-such-program-xyz --port 8080"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    // Anything created by mistake goes again, even if an assertion below fails.
+    let _down = Lab {
+        name: name.clone(),
+        info: serde_json::Value::Null,
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "lab up succeeded: {}", show(&out));
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "not one line: {err}");
+    assert!(lines[0].contains("no-such-program-xyz"), "{err}");
+    assert!(lines[0].contains("not found on PATH"), "{err}");
+    // Without the check, lab up waits 30 s for a service that never comes.
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    assert_eq!(namespaces_of(&name), Vec::<String>::new());
+    assert!(!std::path::Path::new(&format!("/run/hydranet/lab-{name}")).exists());
+}

@@ -407,7 +407,14 @@ fn checked_lab(name: &str) -> Result<LabState> {
 fn up(a: UpArgs) -> Result<()> {
     validate_name(&a.name)?;
     require_root()?;
-    net::require_tool("ip", "iproute2")?;
+    // Every program `up` runs, before anything is created: a missing one is one line now,
+    // not a lab that never answers.
+    for program in ["ip", "sysctl", "setsid"] {
+        net::require_program(program)?;
+    }
+    if let Some(program) = daemons::backend_program(&a.backend_cmd) {
+        net::require_program(program).context("--backend-cmd cannot start")?;
+    }
     if state_dir(&a.name).exists() || !net::lab_namespaces(&a.name)?.is_empty() {
         bail!(
             "lab {0} exists: remove it with hydractl lab down --name {0}",

@@ -170,6 +170,37 @@ fn spawn_backend(lab: &LabState, i: u16) -> Result<()> {
     Ok(())
 }
 
+/// The program `sh -c CMD` will run first, when it can be told without running the shell:
+/// the first word after variable assignments and `exec`. `None` for shell builtins and
+/// keywords, words with quoting or expansions, and paths relative to the host's directory.
+pub(super) fn backend_program(cmd: &str) -> Option<&str> {
+    const SHELL_WORDS: &[&str] = &[
+        ".", ":", "!", "{", "}", "[", "alias", "bg", "break", "case", "cd", "command", "continue",
+        "do", "done", "echo", "elif", "else", "esac", "eval", "exit", "export", "false", "fg",
+        "fi", "for", "getopts", "if", "jobs", "kill", "local", "printf", "pwd", "read", "readonly",
+        "return", "set", "shift", "source", "test", "then", "times", "trap", "true", "type",
+        "ulimit", "umask", "unalias", "unset", "until", "wait", "while",
+    ];
+    let is_assignment = |w: &str| {
+        w.split_once('=').is_some_and(|(name, _)| {
+            !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+    };
+    let word = cmd
+        .split_whitespace()
+        .find(|w| *w != "exec" && !is_assignment(w))?;
+    let special = |c: char| "$`'\"\\(){}[];&|<>*?~#=".contains(c);
+    if SHELL_WORDS.contains(&word)
+        || word.contains(special)
+        || (word.contains('/') && !word.starts_with('/'))
+    {
+        return None;
+    }
+    Some(word)
+}
+
 /// Writes host `i`'s config and starts its hydra-host.
 fn spawn_host(lab: &LabState, bins: &Binaries, i: u16) -> Result<Daemon> {
     let node = Node::Host(i);
@@ -686,6 +717,34 @@ mod tests {
             {"id":3,"addr":"198.18.3.2:7000","live":true,"services":[]}]}"#;
         let status: Status = serde_json::from_str(body).unwrap();
         assert_eq!(missing_hosts(&lab, &status), vec![2, 3]);
+    }
+
+    #[test]
+    fn backend_program_is_the_first_word_sh_runs() {
+        assert_eq!(
+            backend_program("redis-server --port 8080"),
+            Some("redis-server")
+        );
+        assert_eq!(
+            backend_program("exec python3 -m http.server 8080"),
+            Some("python3")
+        );
+        assert_eq!(
+            backend_program("  RUST_LOG=info exec /opt/x/bin/srv --flag"),
+            Some("/opt/x/bin/srv")
+        );
+        // What only the shell can tell: not checked.
+        for cmd in [
+            "exit 3",
+            "cd www && nginx",
+            "$SERVER --port 1",
+            "'redis-server' --port 1",
+            "./srv",
+            "(redis-server)",
+            "",
+        ] {
+            assert_eq!(backend_program(cmd), None, "{cmd:?}");
+        }
     }
 
     #[test]

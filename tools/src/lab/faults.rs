@@ -9,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{bail, Result};
 
-use super::net::{require_tool, run, run_with_input};
+use super::net::{find_program, require_program, run, run_with_input};
 use super::{LabState, Node};
 
 /// The nftables table holding a partition, in the node's namespace.
@@ -68,7 +68,7 @@ fn nft_replace_table(ns: &str, table: &str, in_rule: &str, out_rule: &str) -> Re
 /// `lab partition` (`cut`) and `lab heal` (`!cut`).
 pub(super) fn partition(lab: &LabState, node: &str, cut: bool) -> Result<()> {
     let node = leaf(lab, node, if cut { "partition" } else { "heal" })?;
-    require_tool("nft", "nftables")?;
+    require_program("nft")?;
     let ns = lab.ns(&node);
     if cut {
         nft_replace_table(
@@ -98,9 +98,9 @@ pub(super) fn impair(lab: &LabState, node: &str, loss: f64, dup: f64) -> Result<
     check_pct("--loss", loss)?;
     check_pct("--dup", dup)?;
     let node = leaf(lab, node, "impair")?;
-    require_tool("nft", "nftables")?;
+    require_program("nft")?;
     if dup > 0.0 {
-        require_tool("iptables", "iptables")?;
+        require_program("iptables")?;
     }
     let ns = lab.ns(&node);
     let redir = lab.ns(&Node::Redir);
@@ -122,7 +122,7 @@ pub(super) fn impair(lab: &LabState, node: &str, loss: f64, dup: f64) -> Result<
 
     let redir_chain = format!("{DUP_CHAIN}_{}", iface.to_ascii_uppercase());
     let probability = (dup > 0.0).then_some(dup / 100.0);
-    if probability.is_some() || require_tool("iptables", "iptables").is_ok() {
+    if probability.is_some() || find_program("iptables").is_some() {
         // Toward the redirector from the node, and toward the node from the redirector.
         set_dup(&ns, DUP_CHAIN, "eth0", &peer, probability)?;
         set_dup(&redir, &redir_chain, &iface, &addr, probability)?;

@@ -59,15 +59,58 @@ fn command_line(cmd: &Command) -> String {
     parts.join(" ")
 }
 
-/// Fails with an install hint unless `tool` is on PATH.
-pub(super) fn require_tool(tool: &str, package: &str) -> Result<()> {
-    let found = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-        .unwrap_or(false);
-    if !found {
-        bail!("{tool} not found: install {package} (apt-get install {package})");
+/// The Debian package that installs `program`, for the programs the lab runs itself and the
+/// backends and clients its users and tests run most (all in scripts/packages.txt).
+fn debian_package(program: &str) -> Option<&'static str> {
+    Some(match program {
+        "ip" => "iproute2",
+        "sysctl" => "procps",
+        "setsid" => "util-linux",
+        "nft" => "nftables",
+        "iptables" => "iptables",
+        "redis-server" => "redis-server",
+        "redis-benchmark" | "redis-cli" => "redis-tools",
+        "nginx" => "nginx",
+        "ffmpeg" => "ffmpeg",
+        "iperf3" => "iperf3",
+        "curl" => "curl",
+        "python3" => "python3",
+        _ => return None,
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+}
+
+/// Where `program` (a bare name) is on PATH, as `sh` and `ip netns exec` would find it.
+pub(super) fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
+}
+
+/// Fails at once, with the package that installs it, unless `program` can be run: a bare
+/// name must be on PATH, a path must be an executable file. Checked before a lab is built,
+/// so a missing program is one line rather than a lab that never answers.
+pub(super) fn require_program(program: &str) -> Result<()> {
+    if program.contains('/') {
+        if !is_executable(Path::new(program)) {
+            bail!("{program} is not an executable file: check the path");
+        }
+        return Ok(());
     }
-    Ok(())
+    if find_program(program).is_some() {
+        return Ok(());
+    }
+    match debian_package(program) {
+        Some(package) => bail!(
+            "{program} not found on PATH: install it with `apt-get install {package}` \
+             (or run scripts/install-deps)"
+        ),
+        None => bail!("{program} not found on PATH: install it, or give its full path"),
+    }
 }
 
 /// The namespaces that belong to the lab named `lab`, whether or not `lab.json` knows them:
