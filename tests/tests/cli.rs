@@ -42,6 +42,7 @@ fn every_subcommand_has_help() {
         vec!["lab", "heal"],
         vec!["lab", "impair"],
         vec!["lab", "soak"],
+        vec!["lab", "flood"],
         vec!["lab", "down"],
     ] {
         let out = hydractl().args(&sub).arg("--help").output().unwrap();
@@ -96,6 +97,14 @@ fn wrong_input_gives_one_actionable_line() {
         "--backend",
     );
     assert_one_line_error(&["lab", "down", "--name", "Bad Name"], "from a-z and 0-9");
+    assert_one_line_error(
+        &["lab", "flood", "--name", "x", "--rate", "200001"],
+        "1 to 200000",
+    );
+    assert_one_line_error(
+        &["lab", "flood", "--name", "x", "--seconds", "121"],
+        "1 to 120",
+    );
 }
 
 /// Runs a daemon with a config whose key file is missing.
@@ -240,4 +249,75 @@ fn lab_up_with_a_missing_backend_program_fails_at_once_naming_it() {
     assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
     assert_eq!(namespaces_of(&name), Vec::<String>::new());
     assert!(!std::path::Path::new(&format!("/run/hydranet/lab-{name}")).exists());
+}
+
+/// TCP packets the redirector read from its TUN (the ICMP errors a flood provokes apart).
+fn tcp_from_tun(lab: &Lab) -> u64 {
+    let m = lab.metrics("redir");
+    metric(&m, "hydra_tun_packets_total{dir=\"in\"}")
+        - metric(&m, "hydra_packets_dropped_total{reason=\"not_tcp\"}")
+}
+
+#[test]
+fn lab_flood_sends_syns_at_the_rate_and_they_reach_the_redirector() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let missing = hydractl()
+        .args(["lab", "flood", "--name", "nolab0", "--seconds", "1"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success(), "{}", show(&missing));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no lab named nolab0"),
+        "{}",
+        show(&missing)
+    );
+
+    let www = WebRoot::new("flood", 1024, 1);
+    let lab = Lab::up("flood", 1, &www.backend_cmd(), &["--mode", "redirect"]);
+    let before = tcp_from_tun(&lab);
+    let (rate, seconds) = (2000u64, 1u64);
+    let out = hydractl()
+        .args(["lab", "flood", "--name", &lab.name])
+        .args([
+            "--rate",
+            &rate.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "lab flood: {}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "not one line: {}", show(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("lab flood printed no JSON ({e}): {}", show(&out)));
+    let sent = report["sent"].as_u64().expect("sent");
+    let pps = report["pps"].as_u64().expect("pps");
+    let want = rate * seconds;
+    assert!(
+        want * 8 / 10 <= sent && sent <= want * 12 / 10,
+        "sent {sent}, want {want} ± 20%"
+    );
+    assert!(
+        rate / 2 <= pps && pps <= rate * 12 / 10,
+        "pps {pps} at --rate {rate}"
+    );
+
+    // Every SYN crosses the client link and the redirector's forwarding into its TUN;
+    // the counters may trail the sender by a moment.
+    let mut got = 0;
+    for _ in 0..40 {
+        got = tcp_from_tun(&lab) - before;
+        if got >= sent * 9 / 10 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        sent * 9 / 10 <= got && got <= sent * 11 / 10 + 20,
+        "the redirector read {got} TCP packets from its TUN for {sent} SYNs sent"
+    );
 }

@@ -18,7 +18,9 @@
 
 mod daemons;
 mod faults;
+mod flood;
 mod net;
+mod rng;
 mod soak;
 
 use std::fs;
@@ -83,6 +85,11 @@ enum LabCommand {
     /// loss and duplication to links, one host fault at a time. Exits 0 only when no byte
     /// was lost or corrupted, no connection was reset and the cluster recovered.
     Soak(SoakCmd),
+    /// SYN flood: send TCP SYNs to the service from the client namespace, from random
+    /// addresses in 198.18.128.0/17 and random ports, at --rate per second for --seconds.
+    ///
+    /// Prints one JSON line on stdout: {"sent": N, "pps": R}, R the measured rate.
+    Flood(FloodCmd),
     /// Remove a lab: kill its processes, delete its namespaces and its state directory.
     ///
     /// Works on half-built labs too; a lab that does not exist is not an error.
@@ -106,6 +113,22 @@ struct SoakCmd {
     /// Concurrent client workers.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
     workers: u64,
+}
+
+#[derive(Args)]
+struct FloodCmd {
+    /// The lab's name.
+    #[arg(long)]
+    name: String,
+    /// SYNs per second (1 to 200000).
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+    /// How long to send, in seconds (1 to 120).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// The port to flood on 198.19.0.10. Default: the lab's service port.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    port: Option<u16>,
 }
 
 /// The lab's name.
@@ -350,6 +373,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabCommand::Heal(a) => faults::partition(&checked_lab(&a.name)?, &a.node, false),
         LabCommand::Impair(a) => faults::impair(&checked_lab(&a.name)?, &a.node, a.loss, a.dup),
         LabCommand::Down(a) => down(&a.name),
+        LabCommand::Flood(a) => flood(a),
         LabCommand::Soak(a) => {
             validate_name(&a.name)?;
             require_root()?;
@@ -558,6 +582,35 @@ fn restart(a: NodeArgs) -> Result<()> {
         "restarted {node}: live at the redirector after {} ms",
         took.as_millis()
     );
+    Ok(())
+}
+
+fn flood(a: FloodCmd) -> Result<()> {
+    // Limits first: they need neither root nor a lab.
+    flood::check_limits(a.rate, a.seconds)?;
+    let lab = checked_lab(&a.name)?;
+    let report = flood::flood(
+        &lab,
+        &flood::FloodArgs {
+            rate: a.rate,
+            seconds: a.seconds,
+            port: a.port.unwrap_or(lab.port),
+            seed: random_seed(),
+        },
+    )?;
+    if report.refused > 0 {
+        eprintln!(
+            "flood: the client namespace's firewall refused {} SYNs (is the client partitioned?)",
+            report.refused
+        );
+    }
+    if report.full > 0 {
+        eprintln!(
+            "flood: the client link's queue was full {} times (the machine cannot keep up)",
+            report.full
+        );
+    }
+    println!("{{\"sent\": {}, \"pps\": {}}}", report.sent, report.pps);
     Ok(())
 }
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use sha2::Digest;
 
+use super::rng::{rng, Rng};
 use super::{daemons, faults, net, DownGuard, LabState, Mode, Node, UpArgs};
 
 /// Files the soak serves, by size (bytes).
@@ -37,35 +38,6 @@ pub(super) struct SoakArgs {
     pub seed: u64,
     pub replicas: u16,
     pub workers: usize,
-}
-
-/// xorshift64*: small, seeded, good enough for a schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-}
-
-fn rng(seed: u64) -> Rng {
-    Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
 }
 
 /// How one operation ended.
