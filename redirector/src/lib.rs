@@ -7,11 +7,12 @@
 //! window, and the flow's pinned host), and are written to the TUN for the kernel to route
 //! to the client.
 //!
-//! [`table`] is the pure routing decision (time passed in); [`dataplane`] the threads around
-//! the TUN device and the UDP socket.
+//! [`table`] is the pure routing decision (time passed in), [`flows`] its bounded table of
+//! pinned connections; [`dataplane`] the threads around the TUN device and the UDP socket.
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod config;
 pub mod dataplane;
+pub mod flows;
 pub mod table;
