@@ -8,6 +8,7 @@
 //! tun_name = "hydra0"
 //! tun_addr = "198.19.255.254/16"        # the kernel routes this prefix into the TUN
 //! host_timeout_ms = 300                 # a host silent this long gets no new connections
+//! max_flows = 262144                    # redirect mode: most connections pinned at once
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
+
+use crate::flows::{DEFAULT_MAX_FLOWS, MAX_MAX_FLOWS};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +44,11 @@ pub struct RedirConfig {
     /// Heartbeat silence after which a host gets no new connections, milliseconds.
     #[serde(default = "default_timeout")]
     pub host_timeout_ms: u64,
+    /// Redirect mode: the most connections the flow table pins at once. When it is full, a new
+    /// connection takes the place of the oldest half-open (SYN only) or closed entry, or is
+    /// routed by hash without pinning (see `flows.rs`).
+    #[serde(default = "default_max_flows")]
+    pub max_flows: usize,
 }
 
 fn default_admin_socket() -> PathBuf {
@@ -55,6 +63,9 @@ fn default_mtu() -> u16 {
 fn default_timeout() -> u64 {
     300
 }
+fn default_max_flows() -> usize {
+    DEFAULT_MAX_FLOWS
+}
 
 impl RedirConfig {
     /// Reads and checks a config file.
@@ -63,14 +74,28 @@ impl RedirConfig {
             .with_context(|| format!("cannot read config {}", path.display()))?;
         let cfg: RedirConfig = toml::from_str(&text)
             .with_context(|| format!("config {} is not valid", path.display()))?;
-        cfg.tun_prefix()?;
-        if cfg.host_timeout_ms == 0 || cfg.host_timeout_ms > 60_000 {
+        cfg.check()
+            .with_context(|| format!("config {} is not valid", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.tun_prefix()?;
+        if self.host_timeout_ms == 0 || self.host_timeout_ms > 60_000 {
             bail!(
                 "host_timeout_ms {} out of range: use 1..=60000",
-                cfg.host_timeout_ms
+                self.host_timeout_ms
             );
         }
-        Ok(cfg)
+        if self.max_flows == 0 || self.max_flows > MAX_MAX_FLOWS {
+            bail!(
+                "max_flows {} out of range: use 1..={MAX_MAX_FLOWS} (each entry costs about 100 \
+                 bytes; the default {DEFAULT_MAX_FLOWS} holds 10 s of a 26000 SYN/s flood)",
+                self.max_flows
+            );
+        }
+        Ok(())
     }
 
     /// `tun_addr` split into address and prefix length.
@@ -88,5 +113,38 @@ impl RedirConfig {
             return Err(bad());
         }
         Ok((a, p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        listen = "0.0.0.0:7000"
+        key_file = "/etc/hydranet/cluster.key"
+        tun_addr = "198.19.255.254/16"
+    "#;
+
+    #[test]
+    fn a_config_without_max_flows_gets_the_default() {
+        let cfg: RedirConfig = toml::from_str(MINIMAL).unwrap();
+        assert_eq!(cfg.max_flows, DEFAULT_MAX_FLOWS);
+        cfg.check().unwrap();
+    }
+
+    #[test]
+    fn max_flows_out_of_range_is_refused_with_the_range_to_use() {
+        for bad in [0, MAX_MAX_FLOWS + 1] {
+            let cfg: RedirConfig = toml::from_str(&format!("{MINIMAL}max_flows = {bad}")).unwrap();
+            let err = cfg.check().unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("max_flows {bad} out of range: use 1..=")),
+                "{err}"
+            );
+        }
+        let cfg: RedirConfig = toml::from_str(&format!("{MINIMAL}max_flows = 1000")).unwrap();
+        assert_eq!(cfg.max_flows, 1000);
+        cfg.check().unwrap();
     }
 }

@@ -66,7 +66,10 @@ fn run() -> anyhow::Result<()> {
         .unwrap_or_default();
     let sealer = Sealer::new(key.clone(), ReplicaId(cfg.node_id), wall.as_nanos() as u64);
     let shared = Arc::new(Shared {
-        table: Mutex::new(Table::new(Duration::from_millis(cfg.host_timeout_ms))),
+        table: Mutex::new(Table::with_max_flows(
+            Duration::from_millis(cfg.host_timeout_ms),
+            cfg.max_flows,
+        )),
         metrics: RedirMetrics::default(),
         sealer,
     });

@@ -11,18 +11,25 @@
 //! service's detector timeout leaves the view (epoch + 1), a new replica joins at the end
 //! (epoch + 1) so that the primary changes only when it fails. Client packets go to every
 //! member; packets for clients pass only from the current epoch's members (fencing).
+//!
+//! In redirect mode only a client's SYN creates an entry ([`crate::flows`] bounds them). Any
+//! other packet of a connection the table does not know goes where the hash over the live
+//! hosts sends it, without an entry: that is where its SYN went unless the live set changed,
+//! and a flood of them costs nothing but the hash.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use ack_channel::{Epoch, Heartbeat, Mode, ReplicaId, ServiceAd};
 use ft_tcp::{FlowKey, TcpMeta};
 
-/// Idle time after which a closed (FIN both ways, or RST) connection is forgotten.
-pub const CLOSED_FLOW_TTL: Duration = Duration::from_secs(5);
-/// Idle time after which any connection is forgotten.
-pub const IDLE_FLOW_TTL: Duration = Duration::from_secs(900);
+use crate::flows::{FlowStats, FlowTable, PerPhase, Phase, DEFAULT_MAX_FLOWS};
+pub use crate::flows::{CLOSED_FLOW_TTL, HALF_OPEN_FLOW_TTL, IDLE_FLOW_TTL};
+
+/// Most flow entries one [`Table::expire`] call forgets. It runs every 2 ms, so this clears
+/// 512,000 entries a second while holding the lock for tens of microseconds per call.
+pub const FLOW_EXPIRY_BUDGET: usize = 1024;
 
 /// What the redirector knows of one host server.
 #[derive(Debug, Clone)]
@@ -33,15 +40,6 @@ pub struct HostEntry {
     pub last_seen: Instant,
     /// What it offered then.
     pub services: Vec<ServiceAd>,
-}
-
-#[derive(Debug, Clone)]
-struct Flow {
-    host: ReplicaId,
-    last_seen: Instant,
-    fin_in: bool,
-    fin_out: bool,
-    reset: bool,
 }
 
 /// A service's view in ft mode.
@@ -85,7 +83,7 @@ pub struct Table {
     timeout: Duration,
     hosts: BTreeMap<ReplicaId, HostEntry>,
     down: BTreeMap<ReplicaId, bool>,
-    flows: HashMap<FlowKey, Flow>,
+    flows: FlowTable,
     views: BTreeMap<SocketAddrV4, FtView>,
 }
 
@@ -98,13 +96,19 @@ fn mix(a: u64, b: u64) -> u64 {
 }
 
 impl Table {
-    /// A table that considers a host dead after `timeout` without heartbeat.
+    /// A table that considers a host dead after `timeout` without heartbeat, with room for
+    /// [`DEFAULT_MAX_FLOWS`] connections.
     pub fn new(timeout: Duration) -> Self {
+        Self::with_max_flows(timeout, DEFAULT_MAX_FLOWS)
+    }
+
+    /// A table with room for `max_flows` pinned connections (see [`crate::flows`]).
+    pub fn with_max_flows(timeout: Duration, max_flows: usize) -> Self {
         Table {
             timeout,
             hosts: BTreeMap::new(),
             down: BTreeMap::new(),
-            flows: HashMap::new(),
+            flows: FlowTable::new(max_flows),
             views: BTreeMap::new(),
         }
     }
@@ -201,7 +205,8 @@ impl Table {
             .collect()
     }
 
-    /// Notes hosts that fell silent and forgets finished connections.
+    /// Notes hosts that fell silent and forgets connections silent past their phase's idle
+    /// time, at most [`FLOW_EXPIRY_BUDGET`] of them per call.
     pub fn expire(&mut self, now: Instant) -> Vec<HostEvent> {
         let mut events = Vec::new();
         for (id, h) in &self.hosts {
@@ -241,15 +246,7 @@ impl Table {
             v.epoch = Epoch(v.epoch.0 + 1);
             events.push(HostEvent::ViewChanged(*svc, v.epoch, v.members.clone()));
         }
-        self.flows.retain(|_, f| {
-            let idle = now.saturating_duration_since(f.last_seen);
-            let closed = f.reset || (f.fin_in && f.fin_out);
-            idle < if closed {
-                CLOSED_FLOW_TTL
-            } else {
-                IDLE_FLOW_TTL
-            }
-        });
+        self.flows.expire(now, FLOW_EXPIRY_BUDGET);
         events
     }
 
@@ -283,7 +280,9 @@ impl Table {
         }
     }
 
-    /// Decides where a packet from a client goes, pinning new connections.
+    /// Decides where a packet from a client goes. A SYN pins its connection to the host the
+    /// hash picks (if the table has room); a packet of a pinned connection goes to its host,
+    /// live or not; any other packet goes where the hash sends it, and is not pinned.
     pub fn route_inbound(&mut self, now: Instant, meta: &TcpMeta) -> Route {
         let key = meta.inbound_flow();
         if let Some(v) = self.views.get(&key.service) {
@@ -296,35 +295,26 @@ impl Table {
                 return Route::Members(v.epoch, addrs);
             }
         }
-        if let Some(f) = self.flows.get(&key) {
+        let syn = meta.is_syn();
+        if let Some(f) = self.flows.get(&key).copied() {
             let pinned = self.hosts.get(&f.host);
-            let reuse = meta.is_syn() && (f.reset || (f.fin_in && f.fin_out));
             let dead = pinned.is_none_or(|h| !self.is_live(h, now));
-            if let Some(h) = pinned {
-                if !(reuse || meta.is_syn() && dead) {
-                    let addr = h.addr;
-                    let host = f.host;
-                    // INVARIANT: the entry was found just above.
-                    let f = self.flows.get_mut(&key).expect("flow present");
-                    f.last_seen = now;
-                    f.fin_in |= meta.flags.fin;
-                    f.reset |= meta.flags.rst;
-                    return Route::Host(host, addr);
-                }
+            // A SYN on a closed 4-tuple is a new connection; one whose host died (the client
+            // retransmitting its SYN) is placed again.
+            let place_again = syn && (f.phase == Phase::Closed || dead);
+            if let (false, Some(h)) = (place_again, pinned) {
+                let addr = h.addr;
+                self.flows.on_inbound(now, &key, meta.flags);
+                return Route::Host(f.host, addr);
             }
         }
         let route = self.pick(now, &key);
         if let Route::Host(id, _) = route {
-            self.flows.insert(
-                key,
-                Flow {
-                    host: id,
-                    last_seen: now,
-                    fin_in: meta.flags.fin,
-                    fin_out: false,
-                    reset: meta.flags.rst,
-                },
-            );
+            if !syn {
+                self.flows.stats_mut().unknown_flow_packets += 1;
+            } else if !self.flows.pin(now, key, id, Phase::HalfOpen) {
+                self.flows.stats_mut().unpinned_syns += 1;
+            }
         }
         route
     }
@@ -345,32 +335,33 @@ impl Table {
             // agreement passed it over); the members decide that among themselves.
             return v.epoch == epoch && v.members.contains(&sender);
         }
-        match self.flows.get_mut(&key) {
+        match self.flows.get(&key) {
             Some(f) if f.host == sender => {
-                f.last_seen = now;
-                f.fin_out |= meta.flags.fin;
-                f.reset |= meta.flags.rst;
+                self.flows.on_outbound(now, &key, meta.flags);
                 true
             }
             Some(_) => false,
-            // Not pinned (e.g. the redirector restarted): a host that offers the service may
-            // carry on, and is pinned from now on.
+            // Not pinned (the redirector restarted, the table was full when the SYN came, or
+            // the client's packets are routed by hash): a host that offers the service may
+            // carry on, and is pinned from now on if there is room. Its RST ends the
+            // connection and needs no entry: that is how a host answers a stray segment.
             None => {
                 let ok = self
                     .hosts
                     .get(&sender)
                     .is_some_and(|h| Self::offers(h, key.service));
-                if ok {
-                    self.flows.insert(
-                        key,
-                        Flow {
-                            host: sender,
-                            last_seen: now,
+                if ok && !meta.flags.rst {
+                    let phase = if meta.flags.syn {
+                        Phase::HalfOpen
+                    } else {
+                        Phase::Open {
                             fin_in: false,
                             fin_out: meta.flags.fin,
-                            reset: meta.flags.rst,
-                        },
-                    );
+                        }
+                    };
+                    if !self.flows.pin(now, key, sender, phase) {
+                        self.flows.stats_mut().unpinned_replies += 1;
+                    }
                 }
                 ok
             }
@@ -387,18 +378,29 @@ impl Table {
         self.hosts.iter().map(|(id, h)| (*id, h))
     }
 
-    /// Connections pinned per host.
+    /// Connections pinned per host (kept as entries come and go: no walk of the table).
     pub fn flows_per_host(&self) -> BTreeMap<ReplicaId, usize> {
-        let mut m = BTreeMap::new();
-        for f in self.flows.values() {
-            *m.entry(f.host).or_default() += 1;
-        }
-        m
+        self.flows.per_host().clone()
     }
 
     /// Number of pinned connections.
     pub fn flow_count(&self) -> usize {
         self.flows.len()
+    }
+
+    /// Pinned connections by phase.
+    pub fn flows_by_phase(&self) -> PerPhase {
+        self.flows.by_phase()
+    }
+
+    /// The bound on pinned connections.
+    pub fn max_flows(&self) -> usize {
+        self.flows.max()
+    }
+
+    /// What happened to flow entries so far.
+    pub fn flow_stats(&self) -> &FlowStats {
+        self.flows.stats()
     }
 }
 
@@ -663,5 +665,297 @@ mod tests {
             1,
             "flow 7 closed both ways is gone, half-closed 8 stays"
         );
+    }
+
+    /// SplitMix64: a seeded stream, so a failure replays.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            mix(self.0, 0)
+        }
+    }
+
+    /// A client packet from a source in the flood range 198.18.128.0/17, built without
+    /// serialising (a million of them).
+    fn from(client: SocketAddrV4, syn: bool, ack: bool) -> TcpMeta {
+        TcpMeta {
+            src: client,
+            dst: svc(),
+            flags: ft_tcp::TcpFlags {
+                syn,
+                ack,
+                fin: false,
+                rst: false,
+            },
+            payload_len: 0,
+            seq: 1,
+            ack: 1,
+        }
+    }
+
+    fn random_client(rng: &mut Rng) -> SocketAddrV4 {
+        let r = rng.next();
+        SocketAddrV4::new(
+            std::net::Ipv4Addr::from(0xc612_8000 | (r as u32 & 0x7fff)),
+            (r >> 32) as u16,
+        )
+    }
+
+    fn alive(t: &mut Table, now: Instant, n: u32) {
+        for i in 1..=n {
+            let addr = format!("198.18.{i}.2:7000").parse().unwrap();
+            t.on_heartbeat(now, ReplicaId(i), addr, hb());
+        }
+    }
+
+    #[test]
+    fn only_a_syn_creates_a_flow_entry() {
+        let t0 = crate::dataplane::clock();
+        let mut t = table_with_hosts(t0, 3);
+        let mut rng = Rng(7);
+        for flags in [(false, true), (true, true), (false, false)] {
+            for _ in 0..100 {
+                let p = from(random_client(&mut rng), flags.0, flags.1);
+                let expected = t.pick(t0, &p.inbound_flow());
+                assert!(matches!(expected, Route::Host(..)));
+                assert_eq!(t.route_inbound(t0, &p), expected, "routed by the hash");
+            }
+        }
+        let rst = TcpMeta::parse(&{
+            let mut b = Vec::new();
+            PacketBuilder::ipv4([198, 18, 0, 2], [198, 19, 0, 10], 64)
+                .tcp(9, 80, 1, 100)
+                .rst()
+                .write(&mut b, b"")
+                .unwrap();
+            b
+        })
+        .unwrap();
+        t.route_inbound(t0, &rst);
+        t.route_inbound(t0, &pkt(9, false, true));
+        assert_eq!(
+            t.flow_count(),
+            0,
+            "ACK, SYN-ACK, bare, RST and FIN pin nothing"
+        );
+        assert_eq!(t.flow_stats().unknown_flow_packets, 302);
+        t.route_inbound(t0, &pkt(9, true, false));
+        assert_eq!(t.flow_count(), 1, "a SYN does");
+        assert_eq!(t.flow_stats().pinned, 1);
+    }
+
+    #[test]
+    fn a_million_random_syns_keep_the_table_within_its_cap_and_evictions_are_counted() {
+        // 100,000 SYN/s for 10 s from random sources in 198.18.128.0/17, against the default
+        // cap; one client in a thousand is real and completes its handshake.
+        let t0 = crate::dataplane::clock();
+        let mut t = table_with_hosts(t0, 3);
+        let mut rng = Rng(10);
+        let mut real = Vec::new();
+        let mut now = t0;
+        for i in 0..1_000_000u32 {
+            now += Duration::from_micros(10);
+            if i % 200 == 0 {
+                alive(&mut t, now, 3);
+                t.expire(now);
+            }
+            let client = random_client(&mut rng);
+            let Route::Host(id, _) = t.route_inbound(now, &from(client, true, false)) else {
+                panic!("SYN {i} not routed to a host");
+            };
+            if i % 1000 == 0 {
+                assert_eq!(t.route_inbound(now, &from(client, false, true)), {
+                    let addr = t.host_addr(id).unwrap();
+                    Route::Host(id, addr)
+                });
+                real.push((client, id));
+            }
+            assert!(
+                t.flow_count() <= DEFAULT_MAX_FLOWS,
+                "over the cap at SYN {i}"
+            );
+        }
+        let st = *t.flow_stats();
+        assert_eq!(t.flow_count(), DEFAULT_MAX_FLOWS);
+        assert!(
+            st.evicted.half_open > 700_000,
+            "evictions not counted: {st:?}"
+        );
+        assert_eq!((st.evicted.open, st.unpinned_syns), (0, 0), "{st:?}");
+        let gone = st.expired.half_open + st.expired.open + st.expired.closed;
+        assert_eq!(
+            st.pinned,
+            t.flow_count() as u64 + gone + st.evicted.half_open + st.evicted.closed
+        );
+        // Every real connection kept its entry and its host.
+        assert_eq!(t.flows_by_phase().open, 1000);
+        for (client, id) in real {
+            assert!(matches!(
+                t.route_inbound(now, &from(client, false, true)),
+                Route::Host(h, _) if h == id
+            ));
+        }
+        // Once the flood stops, the SYN-only entries are gone within their idle time.
+        let mut later = now;
+        while later < now + HALF_OPEN_FLOW_TTL + Duration::from_millis(500) {
+            later += Duration::from_millis(2);
+            alive(&mut t, later, 3);
+            t.expire(later);
+        }
+        assert_eq!(t.flow_count(), 1000);
+    }
+
+    #[test]
+    fn a_full_table_of_open_connections_routes_a_new_syn_by_hash_without_pinning() {
+        let t0 = crate::dataplane::clock();
+        let mut t = Table::with_max_flows(Duration::from_millis(300), 10);
+        alive(&mut t, t0, 3);
+        for port in 1..=10 {
+            t.route_inbound(t0, &pkt(port, true, false));
+            t.route_inbound(t0, &pkt(port, false, false));
+        }
+        assert_eq!(t.flows_by_phase().open, 10);
+        for port in 100..200 {
+            let syn = pkt(port, true, false);
+            let expected = t.pick(t0, &syn.inbound_flow());
+            assert_eq!(t.route_inbound(t0, &syn), expected);
+            // The client's next packet finds the same host by the same hash.
+            assert_eq!(t.route_inbound(t0, &pkt(port, false, false)), expected);
+        }
+        assert_eq!(t.flow_count(), 10);
+        assert_eq!(t.flow_stats().unpinned_syns, 100);
+        assert_eq!(t.flow_stats().unknown_flow_packets, 100);
+        // The host's SYN-ACK finds no room either, and passes.
+        let Route::Host(id, _) = t.route_inbound(t0, &pkt(300, true, false)) else {
+            panic!()
+        };
+        assert!(t.accept_outbound(t0, id, Epoch(0), &syn_ack(300)));
+        assert_eq!(t.flow_stats().unpinned_replies, 1);
+    }
+
+    fn syn_ack(port: u16) -> TcpMeta {
+        let mut b = Vec::new();
+        PacketBuilder::ipv4([198, 19, 0, 10], [198, 18, 0, 2], 64)
+            .tcp(80, port, 1, 100)
+            .syn()
+            .ack(2)
+            .write(&mut b, b"")
+            .unwrap();
+        TcpMeta::parse(&b).unwrap()
+    }
+
+    #[test]
+    fn half_open_entries_expire_after_ten_seconds_and_established_ones_stay() {
+        let t0 = crate::dataplane::clock();
+        let mut t = table_with_hosts(t0, 1);
+        for port in 1..=100 {
+            t.route_inbound(t0, &pkt(port, true, false));
+        }
+        for port in 1..=10 {
+            t.route_inbound(t0, &pkt(port, false, false));
+        }
+        let t1 = t0 + HALF_OPEN_FLOW_TTL - Duration::from_millis(1);
+        alive(&mut t, t1, 1);
+        t.expire(t1);
+        assert_eq!(t.flow_count(), 100);
+        let t2 = t0 + HALF_OPEN_FLOW_TTL;
+        alive(&mut t, t2, 1);
+        t.expire(t2);
+        assert_eq!(t.flow_count(), 10, "only the established connections stay");
+        assert_eq!(t.flow_stats().expired.half_open, 90);
+    }
+
+    #[test]
+    fn expire_forgets_at_most_its_budget_per_call() {
+        let t0 = crate::dataplane::clock();
+        let mut t = table_with_hosts(t0, 1);
+        let mut rng = Rng(3);
+        let n = 3 * FLOW_EXPIRY_BUDGET + 5;
+        for _ in 0..n {
+            t.route_inbound(t0, &from(random_client(&mut rng), true, false));
+        }
+        assert_eq!(t.flow_count(), n);
+        let late = t0 + HALF_OPEN_FLOW_TTL;
+        alive(&mut t, late, 1);
+        for left in [2 * FLOW_EXPIRY_BUDGET + 5, FLOW_EXPIRY_BUDGET + 5, 5, 0, 0] {
+            t.expire(late);
+            assert_eq!(t.flow_count(), left);
+        }
+    }
+
+    #[test]
+    fn a_flow_pinned_before_the_live_set_changed_stays_pinned() {
+        let t0 = crate::dataplane::clock();
+        let mut t = table_with_hosts(t0, 3);
+        let mut pinned = Vec::new();
+        for port in 1000..1300 {
+            let Route::Host(id, _) = t.route_inbound(t0, &pkt(port, true, false)) else {
+                panic!("no route")
+            };
+            // Half of them complete the handshake before the change, half after.
+            if port % 2 == 0 {
+                t.route_inbound(t0, &pkt(port, false, false));
+            }
+            pinned.push((port, id));
+        }
+        // Host 4 joins and host 3 falls silent: the hash now places many 4-tuples elsewhere.
+        let t1 = t0 + Duration::from_millis(400);
+        alive(&mut t, t1, 2);
+        t.on_heartbeat(t1, ReplicaId(4), "198.18.4.2:7000".parse().unwrap(), hb());
+        t.expire(t1);
+        assert!(!t.host_live(t1, ReplicaId(3)));
+        let mut moved_by_hash = 0;
+        for (port, id) in pinned {
+            let p = pkt(port, false, false);
+            if t.pick(t1, &p.inbound_flow()) != Route::Host(id, t.host_addr(id).unwrap()) {
+                moved_by_hash += 1;
+            }
+            assert!(
+                matches!(t.route_inbound(t1, &p), Route::Host(h, _) if h == id),
+                "port {port} left host {id}"
+            );
+            // A retransmitted SYN stays too, unless its host is dead.
+            let again = t.route_inbound(t1, &pkt(port, true, false));
+            if id != ReplicaId(3) {
+                assert!(matches!(again, Route::Host(h, _) if h == id));
+            }
+        }
+        assert!(moved_by_hash > 100, "the change moved only {moved_by_hash}");
+    }
+
+    #[test]
+    fn a_host_reply_without_an_entry_pins_it_unless_it_is_a_reset() {
+        let t0 = crate::dataplane::clock();
+        let mut t = table_with_hosts(t0, 2);
+        // The redirector restarted under an open connection: its host's data re-pins it.
+        let data = {
+            let mut b = Vec::new();
+            PacketBuilder::ipv4([198, 19, 0, 10], [198, 18, 0, 2], 64)
+                .tcp(80, 5000, 1, 100)
+                .ack(2)
+                .write(&mut b, b"x")
+                .unwrap();
+            TcpMeta::parse(&b).unwrap()
+        };
+        assert!(t.accept_outbound(t0, ReplicaId(2), Epoch(0), &data));
+        assert!(matches!(
+            t.route_inbound(t0, &pkt(5000, false, false)),
+            Route::Host(ReplicaId(2), _)
+        ));
+        assert!(!t.accept_outbound(t0, ReplicaId(1), Epoch(0), &data));
+        // A host's RST for a stray segment passes and leaves nothing behind.
+        let rst = {
+            let mut b = Vec::new();
+            PacketBuilder::ipv4([198, 19, 0, 10], [198, 18, 0, 2], 64)
+                .tcp(80, 6000, 1, 0)
+                .rst()
+                .write(&mut b, b"")
+                .unwrap();
+            TcpMeta::parse(&b).unwrap()
+        };
+        assert!(t.accept_outbound(t0, ReplicaId(1), Epoch(0), &rst));
+        assert_eq!(t.flow_count(), 1);
     }
 }
