@@ -139,6 +139,72 @@ impl RedirMetrics {
             "",
             table.flow_count() as u64,
         );
+        // The flow table's bound and what it did under pressure (flows.rs).
+        let g = "gauge";
+        for (phase, n) in table.flows_by_phase().labelled() {
+            e.sample(
+                "hydra_redirector_flows",
+                g,
+                "Connections in the redirection table, by phase",
+                &format!("phase=\"{phase}\""),
+                n,
+            );
+        }
+        e.sample(
+            "hydra_redirector_flows_max",
+            g,
+            "The most connections the redirection table holds (max_flows)",
+            "",
+            table.max_flows() as u64,
+        );
+        let st = table.flow_stats();
+        e.sample(
+            "hydra_redirector_flows_pinned_total",
+            c,
+            "Connections pinned to a host (a client SYN, or a host reply with no entry)",
+            "",
+            st.pinned,
+        );
+        for (phase, n) in st.expired.labelled() {
+            e.sample(
+                "hydra_redirector_flow_expirations_total",
+                c,
+                "Entries forgotten after their phase's idle time, by phase",
+                &format!("phase=\"{phase}\""),
+                n,
+            );
+        }
+        for (phase, n) in st.evicted.labelled() {
+            if phase == "open" {
+                continue; // never evicted
+            }
+            e.sample(
+                "hydra_redirector_flow_evictions_total",
+                c,
+                "Entries removed early to make room in a full table, by phase",
+                &format!("phase=\"{phase}\""),
+                n,
+            );
+        }
+        for (packet, n) in [
+            ("syn", st.unpinned_syns),
+            ("host_reply", st.unpinned_replies),
+        ] {
+            e.sample(
+                "hydra_redirector_flows_unpinned_total",
+                c,
+                "Connections routed by hash without an entry: the table was full of open connections",
+                &format!("packet=\"{packet}\""),
+                n,
+            );
+        }
+        e.sample(
+            "hydra_redirector_unknown_flow_packets_total",
+            c,
+            "Client packets other than a SYN for a connection not in the table, routed by hash",
+            "",
+            st.unknown_flow_packets,
+        );
         e.finish()
     }
 }
@@ -393,5 +459,33 @@ fn housekeeping(shared: &Shared, udp: &UdpSocket) {
                 broadcast_view(shared, udp, svc);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_show_the_flow_table_bound_and_its_outcomes() {
+        let now = clock();
+        let t = Table::with_max_flows(Duration::from_millis(300), 1000);
+        let text = RedirMetrics::default().render(&t, now);
+        for line in [
+            "hydra_redirector_flows{phase=\"half_open\"} 0",
+            "hydra_redirector_flows{phase=\"open\"} 0",
+            "hydra_redirector_flows{phase=\"closed\"} 0",
+            "hydra_redirector_flows_max 1000",
+            "hydra_redirector_flows_pinned_total 0",
+            "hydra_redirector_flow_expirations_total{phase=\"half_open\"} 0",
+            "hydra_redirector_flow_evictions_total{phase=\"half_open\"} 0",
+            "hydra_redirector_flow_evictions_total{phase=\"closed\"} 0",
+            "hydra_redirector_flows_unpinned_total{packet=\"syn\"} 0",
+            "hydra_redirector_flows_unpinned_total{packet=\"host_reply\"} 0",
+            "hydra_redirector_unknown_flow_packets_total 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(!text.contains("hydra_redirector_flow_evictions_total{phase=\"open\"}"));
     }
 }
