@@ -6,6 +6,7 @@
 mod bench;
 mod lab;
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -92,10 +93,19 @@ enum Command {
         target: Target,
     },
     /// Show a daemon's services, hosts and connections.
+    ///
+    /// A host's connections are counted by TCP state, and the first --connections of them
+    /// listed (--all lists every one); --json prints the daemon's JSON as it is.
     Status {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+        /// List at most N connections (the count by state covers all of them).
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        connections: usize,
+        /// List every connection.
+        #[arg(long, conflicts_with = "connections")]
+        all: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -149,7 +159,12 @@ fn main() {
                 (repair, &order, quiet),
             )
         }),
-        Command::Status { json, target } => status(&target.socket, json),
+        Command::Status {
+            json,
+            connections,
+            all,
+            target,
+        } => status(&target.socket, json, (!all).then_some(connections)),
         Command::Lab(args) => lab::run(args),
         Command::Bench(args) => bench::run(args),
     };
@@ -246,8 +261,8 @@ fn parse_ms(s: &str, flag: &str) -> anyhow::Result<u16> {
 }
 
 /// One connection's output agreement: who this host vouches for, and who differs.
-fn print_agreement(a: &serde_json::Value) {
-    let pairs = |v: &serde_json::Value| -> Vec<(u64, u64)> {
+fn agreement_line(a: &Value) -> String {
+    let pairs = |v: &Value| -> Vec<(u64, u64)> {
         v.as_array()
             .into_iter()
             .flatten()
@@ -268,14 +283,21 @@ fn print_agreement(a: &serde_json::Value) {
         .flatten()
         .map(|m| format!("node{m}"))
         .collect();
-    println!(
+    let list = |v: Vec<String>| {
+        if v.is_empty() {
+            "-".into()
+        } else {
+            v.join(", ")
+        }
+    };
+    format!(
         "    output agreement: {} blocks compared, {} different; attests {}; differs {}; divergent (never takes over) {}",
         a["blocks_compared"],
         a["blocks_different"],
-        if attests.is_empty() { "-".into() } else { attests.join(", ") },
-        if differs.is_empty() { "-".into() } else { differs.join(", ") },
-        if divergent.is_empty() { "-".into() } else { divergent.join(", ") },
-    );
+        list(attests),
+        list(differs),
+        list(divergent),
+    )
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -329,12 +351,59 @@ fn setportopt(
     Ok(())
 }
 
-fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
+fn status(socket: &Path, json: bool, limit: Option<usize>) -> anyhow::Result<()> {
     let v = call(socket, "GET", "/status", None)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+    } else {
+        print!("{}", render_status(&v, limit)?);
     }
+    Ok(())
+}
+
+/// `n` with thousands separators: 4,312.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A JSON count with thousands separators, anything else as it is.
+fn count(v: &Value) -> String {
+    v.as_u64().map(thousands).unwrap_or_else(|| v.to_string())
+}
+
+/// How many connections are in each TCP state, most first: the host's `connection_states`
+/// (over all its connections) when it sends one, else a count of the listed `connections`.
+fn connection_states(v: &Value) -> Vec<(String, u64)> {
+    let mut states: Vec<(String, u64)> = match v["connection_states"].as_object() {
+        Some(m) => m
+            .iter()
+            .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+            .collect(),
+        None => {
+            let mut m = std::collections::BTreeMap::<String, u64>::new();
+            for c in v["connections"].as_array().into_iter().flatten() {
+                let state = c["state"].as_str().unwrap_or("?").to_string();
+                *m.entry(state).or_default() += 1;
+            }
+            m.into_iter().collect()
+        }
+    };
+    states.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    states
+}
+
+/// The human-readable `status`: a host's services, views and connections (summarised by
+/// state, at most `limit` listed; `None` lists all), or the redirector's hosts and views.
+fn render_status(v: &Value, limit: Option<usize>) -> anyhow::Result<String> {
+    let mut out = String::new();
     let s = |v: &Value| {
         v.as_str()
             .map(str::to_string)
@@ -342,24 +411,30 @@ fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
     };
     match v["kind"].as_str() {
         Some("host") => {
-            println!("host server node{}", v["node_id"]);
+            writeln!(out, "host server node{}", v["node_id"])?;
             let vh: Vec<String> = v["vhosts"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .map(s)
                 .collect();
-            println!(
+            writeln!(
+                out,
                 "v_hosts: {}",
                 if vh.is_empty() {
                     "(none)".into()
                 } else {
                     vh.join(", ")
                 }
-            );
-            println!("{:<22} {:<9} {:<22} backend", "service", "mode", "backend");
+            )?;
+            writeln!(
+                out,
+                "{:<22} {:<9} {:<22} backend",
+                "service", "mode", "backend"
+            )?;
             for p in v["services"].as_array().into_iter().flatten() {
-                println!(
+                writeln!(
+                    out,
                     "{:<22} {:<9} {:<22} {}",
                     s(&p["service"]),
                     s(&p["mode"]),
@@ -369,61 +444,48 @@ fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
                     } else {
                         "DOWN"
                     }
-                );
+                )?;
             }
             for view in v["views"].as_array().into_iter().flatten() {
-                println!(
+                writeln!(
+                    out,
                     "view {}: epoch {} members {} (this host: {})",
                     s(&view["service"]),
                     view["epoch"],
                     view["members"],
                     s(&view["role"])
-                );
+                )?;
             }
-            println!(
+            writeln!(
+                out,
                 "connections: {} open, {} since start",
-                v["connections_active"], v["connections_total"]
-            );
-            for c in v["connections"].as_array().into_iter().flatten().take(20) {
-                println!(
-                    "  {} -> {} {} to_backend={} to_client={}",
-                    s(&c["client"]),
-                    s(&c["service"]),
-                    s(&c["state"]),
-                    c["to_backend"],
-                    c["to_client"]
-                );
-                let ft = &c["ft"];
-                if !ft.is_null() {
-                    println!(
-                        "    ft {}: gate={} client_ack={} shadow={}B members(node,rcv_nxt)={} retransmits={}",
-                        s(&ft["role"]),
-                        ft["gate"],
-                        ft["client_ack"],
-                        ft["shadow_bytes"],
-                        ft["members"],
-                        ft["retransmits"]
-                    );
-                    print_agreement(&ft["agreement"]);
-                }
-            }
+                count(&v["connections_active"]),
+                count(&v["connections_total"])
+            )?;
+            render_connections(&mut out, v, limit)?;
         }
         Some("redirector") => {
-            println!("redirector: {} connections pinned", v["connections"]);
+            writeln!(
+                out,
+                "redirector: {} connections pinned",
+                count(&v["connections"])
+            )?;
             for view in v["views"].as_array().into_iter().flatten() {
-                println!(
+                writeln!(
+                    out,
                     "ft view {}: epoch {} members {} primary node{} (timeout {} ms)",
                     s(&view["service"]),
                     view["epoch"],
                     view["members"],
                     view["primary"],
                     view["timeout_ms"]
-                );
+                )?;
             }
-            println!(
-                "{:<6} {:<22} {:<5} {:>6} services",
+            writeln!(
+                out,
+                "{:<6} {:<22} {:<5} {:>7} services",
                 "host", "address", "live", "conns"
-            );
+            )?;
             for h in v["hosts"].as_array().into_iter().flatten() {
                 let svcs: Vec<String> = h["services"]
                     .as_array()
@@ -431,8 +493,9 @@ fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
                     .flatten()
                     .map(s)
                     .collect();
-                println!(
-                    "{:<6} {:<22} {:<5} {:>6} {}",
+                writeln!(
+                    out,
+                    "{:<6} {:<22} {:<5} {:>7} {}",
                     format!("node{}", h["id"]),
                     s(&h["addr"]),
                     if h["live"].as_bool() == Some(true) {
@@ -440,12 +503,185 @@ fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
                     } else {
                         "NO"
                     },
-                    h["connections"],
+                    count(&h["connections"]),
                     svcs.join(", ")
-                );
+                )?;
             }
         }
-        _ => println!("{}", serde_json::to_string_pretty(&v)?),
+        _ => writeln!(out, "{}", serde_json::to_string_pretty(v)?)?,
+    }
+    Ok(out)
+}
+
+/// A host's connections: how many in each state, then at most `limit` of them, then how
+/// many were left out and how to see them.
+fn render_connections(out: &mut String, v: &Value, limit: Option<usize>) -> anyhow::Result<()> {
+    let s = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    let states = connection_states(v);
+    if !states.is_empty() {
+        let by_state: Vec<String> = states
+            .iter()
+            .map(|(state, n)| format!("{state} {}", thousands(*n)))
+            .collect();
+        writeln!(out, "by state: {}", by_state.join(", "))?;
+    }
+    let listed = v["connections"].as_array().map_or(&[][..], Vec::as_slice);
+    let total = (states.iter().map(|(_, n)| n).sum::<u64>()).max(listed.len() as u64);
+    let shown = limit.map_or(listed.len(), |l| l.min(listed.len()));
+    for c in &listed[..shown] {
+        writeln!(
+            out,
+            "  {} -> {} {} to_backend={} to_client={}",
+            s(&c["client"]),
+            s(&c["service"]),
+            s(&c["state"]),
+            c["to_backend"],
+            c["to_client"]
+        )?;
+        let ft = &c["ft"];
+        if !ft.is_null() {
+            writeln!(
+                out,
+                "    ft {}: gate={} client_ack={} shadow={}B members(node,rcv_nxt)={} retransmits={}",
+                s(&ft["role"]),
+                ft["gate"],
+                ft["client_ack"],
+                ft["shadow_bytes"],
+                ft["members"],
+                ft["retransmits"]
+            )?;
+            writeln!(out, "{}", agreement_line(&ft["agreement"]))?;
+        }
+    }
+    let rest = total - shown as u64;
+    if rest > 0 {
+        let more = thousands(rest);
+        if shown == listed.len() {
+            writeln!(out, "  ... and {more} more the host does not list")?;
+        } else if total > listed.len() as u64 {
+            writeln!(
+                out,
+                "  ... and {more} more; --all lists the {} the host reports",
+                thousands(listed.len() as u64)
+            )?;
+        } else {
+            writeln!(out, "  ... and {more} more; --all lists them")?;
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A host's status with `n` listed connections, the first `syn` of them half open.
+    fn host_status(n: usize, syn: usize) -> Value {
+        let conns: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({
+                    "client": format!("198.18.0.2:{}", 40000 + i),
+                    "service": "198.19.0.10:80",
+                    "state": if i < syn { "SYN-RECEIVED" } else { "ESTABLISHED" },
+                    "to_backend": 10,
+                    "to_client": 20,
+                    "ft": null,
+                })
+            })
+            .collect();
+        json!({
+            "kind": "host",
+            "node_id": 1,
+            "vhosts": ["198.19.0.10"],
+            "services": [],
+            "views": [],
+            "connections_active": n,
+            "connections_total": 12345,
+            "connections": conns,
+        })
+    }
+
+    fn connection_lines(text: &str) -> usize {
+        text.lines().filter(|l| l.contains(" -> ")).count()
+    }
+
+    #[test]
+    fn thousands_are_separated() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(4312), "4,312");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn host_status_lists_at_most_n_connections_and_counts_states_of_all() {
+        let text = render_status(&host_status(30, 5), Some(20)).unwrap();
+        assert!(
+            text.contains("connections: 30 open, 12,345 since start"),
+            "{text}"
+        );
+        assert!(
+            text.contains("by state: ESTABLISHED 25, SYN-RECEIVED 5\n"),
+            "{text}"
+        );
+        assert_eq!(connection_lines(&text), 20, "{text}");
+        assert!(text.contains("... and 10 more; --all lists them"), "{text}");
+
+        let all = render_status(&host_status(30, 5), None).unwrap();
+        assert_eq!(connection_lines(&all), 30, "{all}");
+        assert!(!all.contains("more"), "{all}");
+
+        let few = render_status(&host_status(3, 0), Some(20)).unwrap();
+        assert_eq!(connection_lines(&few), 3, "{few}");
+        assert!(few.contains("by state: ESTABLISHED 3\n"), "{few}");
+        assert!(!few.contains("more"), "{few}");
+
+        let none = render_status(&host_status(0, 0), Some(20)).unwrap();
+        assert!(!none.contains("by state"), "{none}");
+    }
+
+    #[test]
+    fn host_status_prefers_the_hosts_state_counts_over_the_listed_connections() {
+        let mut v = host_status(30, 5);
+        v["connection_states"] = json!({"ESTABLISHED": 312, "SYN-RECEIVED": 4000});
+        let text = render_status(&v, Some(20)).unwrap();
+        assert!(
+            text.contains("by state: SYN-RECEIVED 4,000, ESTABLISHED 312\n"),
+            "{text}"
+        );
+        assert_eq!(connection_lines(&text), 20, "{text}");
+        assert!(
+            text.contains("... and 4,292 more; --all lists the 30 the host reports"),
+            "{text}"
+        );
+        let all = render_status(&v, None).unwrap();
+        assert_eq!(connection_lines(&all), 30, "{all}");
+        assert!(
+            all.contains("... and 4,282 more the host does not list"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn redirector_status_shows_counts() {
+        let v = json!({
+            "kind": "redirector",
+            "views": [],
+            "hosts": [{"id": 1, "addr": "198.18.1.2:7000", "live": true,
+                       "services": ["198.19.0.10:80"], "connections": 12000}],
+            "connections": 12000,
+        });
+        let text = render_status(&v, Some(20)).unwrap();
+        assert!(
+            text.contains("redirector: 12,000 connections pinned"),
+            "{text}"
+        );
+        assert!(text.contains("12,000 198.19.0.10:80"), "{text}");
+    }
 }
