@@ -47,6 +47,11 @@ impl ClusterKey {
         ClusterKey(bytes)
     }
 
+    /// The raw key, for deriving other secrets from it (e.g. the SYN-cookie secret).
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
     /// A fresh random key from the operating system.
     pub fn generate() -> Result<Self, KeyError> {
         let mut k = [0u8; KEY_LEN];

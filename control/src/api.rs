@@ -33,4 +33,7 @@ pub struct SetPortOpt {
     /// Total order: the longest wait for the backend's answer, milliseconds (default 2).
     #[serde(default)]
     pub quiet_ms: Option<u16>,
+    /// Most client connections of this service at once (default: only the host's cap).
+    #[serde(default)]
+    pub max_conns: Option<u32>,
 }

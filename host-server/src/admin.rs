@@ -93,9 +93,12 @@ pub fn handle(shared: &Arc<Shared>, node: ReplicaId, method: &str, url: &str, bo
                 Ok(ft) => ft,
                 Err(e) => return Reply::error(400, e.to_string()),
             };
-            match s.set_port_opt(addr, mode, backend, detector, ft) {
+            match s
+                .set_port_opt(addr, mode, backend, detector, ft)
+                .and_then(|()| s.set_max_conns(addr, req.max_conns))
+            {
                 Ok(()) => {
-                    tracing::info!(service = %addr, mode = mode.as_str(), ?backend, repair = ft.repair, "setportopt");
+                    tracing::info!(service = %addr, mode = mode.as_str(), ?backend, repair = ft.repair, max_conns = ?req.max_conns, "setportopt");
                     Reply::json(&json!({ "ok": true }))
                 }
                 Err(e) => Reply::error(400, e.to_string()),
@@ -124,6 +127,7 @@ fn status(shared: &Arc<Shared>, node: ReplicaId) -> Reply {
                     "repair": p.ft.repair,
                     "order": if p.ft.total_order { "total" } else { "none" },
                     "quiet_ms": p.ft.quiet_ms,
+                    "max_conns": p.max_conns,
                 })
             })
             .collect()
@@ -150,6 +154,8 @@ fn status(shared: &Arc<Shared>, node: ReplicaId) -> Reply {
             })
         })
         .collect();
+    // INVARIANT: no code panics while holding the lock.
+    let states = shared.conn_states.lock().expect("conn_states lock").clone();
     let m = &shared.metrics;
     Reply::json(&json!({
         "kind": "host",
@@ -159,6 +165,7 @@ fn status(shared: &Arc<Shared>, node: ReplicaId) -> Reply {
         "views": views,
         "connections_active": m.conns_active.get(),
         "connections_total": m.conns_total.get(),
+        "connection_states": states,
         "connections": conns,
     }))
 }

@@ -49,6 +49,11 @@ pub struct HostConfig {
     /// Per-connection socket buffer bytes (each direction).
     #[serde(default = "default_socket_buffer")]
     pub socket_buffer: usize,
+    /// Most client connections on this host at once, all services together. Each
+    /// established connection holds two `socket_buffer`s; past the cap new clients' SYNs get
+    /// no answer and are counted (`hydra_syn_dropped_total{reason="host_cap"}`).
+    #[serde(default = "default_max_conns")]
+    pub max_conns: u32,
     /// Virtual hosts to create at start.
     #[serde(default)]
     pub vhosts: Vec<Ipv4Addr>,
@@ -80,6 +85,9 @@ pub struct ServiceConfig {
     /// Total order: longest wait for the backend's answer, milliseconds (default 2).
     #[serde(default)]
     pub quiet_ms: Option<u16>,
+    /// Most client connections of this service at once (default: only the host's cap).
+    #[serde(default)]
+    pub max_conns: Option<u32>,
 }
 
 fn default_admin_socket() -> PathBuf {
@@ -93,6 +101,9 @@ fn default_mtu() -> usize {
 }
 fn default_socket_buffer() -> usize {
     256 * 1024
+}
+fn default_max_conns() -> u32 {
+    10_000
 }
 
 impl HostConfig {
@@ -110,6 +121,9 @@ impl HostConfig {
                 "socket_buffer {} out of range: use 4096..=67108864",
                 cfg.socket_buffer
             );
+        }
+        if cfg.max_conns == 0 {
+            bail!("max_conns 0 would refuse every client: use at least 1 (default 10000)");
         }
         if cfg.heartbeat_ms == 0 || cfg.heartbeat_ms > 10_000 {
             bail!(

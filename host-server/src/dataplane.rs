@@ -27,9 +27,10 @@ use ack_channel::{
 };
 use control::metrics::{Counter, Exposition};
 use ft_tcp::agreement::BlockDigest;
+use ft_tcp::syncookie::{self, CookieJar, SynOpts};
 use ft_tcp::{
-    Endpoint, EndpointConfig, FlowKey, FtConfig, FtConn, Progress, Role, SeqNumber, TcpMeta,
-    TcpState,
+    rewrite, Endpoint, EndpointConfig, FlowKey, FtConfig, FtConn, PlainConn, Progress, Role,
+    SeqNumber, TcpMeta, TcpState,
 };
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
@@ -81,6 +82,14 @@ pub struct HostMetrics {
     pub client_resets: Counter,
     /// Connections the backend reset.
     pub backend_resets: Counter,
+    /// SYNs answered with a SYN cookie (no state kept).
+    pub syn_cookies_sent: Counter,
+    /// Handshake ACKs whose cookie checked: connections built.
+    pub syn_cookies_accepted: Counter,
+    /// SYNs (and handshake ACKs) refused because the host is at `max_conns`.
+    pub syn_dropped_host_cap: Counter,
+    /// SYNs (and handshake ACKs) refused because the service is at its `max_conns`.
+    pub syn_dropped_service_cap: Counter,
     /// ft machinery.
     pub ft: FtMetrics,
 }
@@ -173,6 +182,32 @@ impl HostMetrics {
             "side=\"backend\"",
             self.backend_resets.get(),
         );
+        e.sample(
+            "hydra_syn_cookies_total",
+            c,
+            "SYN cookies: sent (every SYN is answered statelessly) and accepted (handshake ACKs that built a connection)",
+            "result=\"sent\"",
+            self.syn_cookies_sent.get(),
+        );
+        e.sample(
+            "hydra_syn_cookies_total",
+            c,
+            "SYN cookies: sent (every SYN is answered statelessly) and accepted (handshake ACKs that built a connection)",
+            "result=\"accepted\"",
+            self.syn_cookies_accepted.get(),
+        );
+        for (reason, v) in [
+            ("host_cap", &self.syn_dropped_host_cap),
+            ("service_cap", &self.syn_dropped_service_cap),
+        ] {
+            e.sample(
+                "hydra_syn_dropped_total",
+                c,
+                "New connections refused (SYN or handshake ACK left unanswered), by reason",
+                &format!("reason=\"{reason}\""),
+                v.get(),
+            );
+        }
         e.sample(
             "hydra_ft_views_total",
             c,
@@ -346,6 +381,8 @@ pub struct Shared {
     pub conns: Mutex<Vec<ConnStatus>>,
     /// The ft views this host holds: service, epoch, members (primary first).
     pub views: Mutex<Vec<(String, u64, Vec<u32>)>>,
+    /// How many connections are in each TCP state (all of them, not only those listed).
+    pub conn_states: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Settings of the dataplane.
@@ -359,28 +396,39 @@ pub struct DataplaneConfig {
     pub heartbeat: Duration,
     /// Endpoint tunables.
     pub endpoint: EndpointConfig,
+    /// Most connections on this host at once.
+    pub max_conns: u32,
+    /// Makes and checks SYN cookies (secret derived from the cluster key).
+    pub cookies: CookieJar,
 }
 
 /// A connection's TCP side: plain (redirect mode) or with the FT layer (ft mode).
 enum Tcp {
-    Plain(Box<Endpoint>),
+    Plain(Box<PlainConn>),
     Ft(Box<FtConn>),
 }
 
 impl Tcp {
     fn ep(&mut self) -> &mut Endpoint {
         match self {
-            Tcp::Plain(ep) => ep,
+            Tcp::Plain(p) => p.endpoint(),
             Tcp::Ft(f) => f.endpoint(),
         }
     }
 
     fn ep_ref(&self) -> &Endpoint {
         match self {
-            Tcp::Plain(ep) => ep,
+            Tcp::Plain(p) => p.endpoint_ref(),
             Tcp::Ft(f) => f.endpoint_ref(),
         }
     }
+}
+
+/// Seconds of wall-clock time: SYN cookies are valid for a period of it, on every replica.
+fn wall_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 struct Conn {
@@ -415,6 +463,8 @@ pub struct Dataplane {
     shared: Arc<Shared>,
     flows: HashMap<FlowKey, usize>,
     conns: HashMap<usize, Conn>,
+    /// Connections per service (for the caps).
+    per_service: HashMap<SocketAddrV4, u32>,
     next_id: usize,
     timers: BTreeSet<(SInstant, usize)>,
     start: Instant,
@@ -552,6 +602,7 @@ impl Dataplane {
             shared,
             flows: HashMap::new(),
             conns: HashMap::new(),
+            per_service: HashMap::new(),
             next_id: 1,
             timers: BTreeSet::new(),
             start: Instant::now(),
@@ -718,33 +769,23 @@ impl Dataplane {
         };
         let key = meta.inbound_flow();
         let now = self.stamp(Instant::now());
-        let existing = self.flows.get(&key).copied();
-        let id = match existing {
-            // A new SYN on a 4-tuple whose old connection is over: the client reused the port.
-            Some(id)
-                if meta.is_syn()
-                    && matches!(
-                        self.conns.get(&id).map(|c| c.tcp.ep_ref().state()),
-                        Some(TcpState::TimeWait | TcpState::Closed)
-                    ) =>
-            {
+        let mut existing = self.flows.get(&key).copied();
+        if let Some(id) = existing {
+            let state = self.conns.get(&id).map(|c| c.tcp.ep_ref().state());
+            if meta.is_syn() && matches!(state, Some(TcpState::TimeWait | TcpState::Closed)) {
+                // A new SYN on a 4-tuple whose old connection is over: the client reused the
+                // port.
                 self.remove(id);
-                self.open(key, now)?
+                existing = None;
             }
+        }
+        let id = match existing {
             Some(id) => id,
-            None if meta.is_syn() => self.open(key, now)?,
-            None if self.views.contains_key(&key.service) => {
-                // ft: another replica may hold it; never reset a connection we lack.
-                self.shared.metrics.ft.ft_unknown_flow.inc();
+            None if meta.is_syn() => {
+                self.on_syn(key, packet);
                 return None;
             }
-            None => {
-                self.shared.metrics.packets_unknown_flow.inc();
-                if let Some(rst) = meta.reset_reply() {
-                    self.send_to_client(key.service, &rst);
-                }
-                return None;
-            }
+            None => self.on_handshake_ack(key, &meta, now)?,
         };
         let c = self.conns.get_mut(&id)?;
         self.out.clear();
@@ -793,20 +834,117 @@ impl Dataplane {
         Some(members.iter().map(|m| m.0 .0).collect())
     }
 
-    /// Accepts a new connection: an endpoint listening for its SYN and a backend connect.
-    fn open(&mut self, key: FlowKey, now: SInstant) -> Option<usize> {
+    /// A client's SYN: answered with a SYN cookie and forgotten (nothing is kept or connected
+    /// before the handshake completes). In ft mode only the view's first member answers; the
+    /// others build the connection from the client's ACK like it.
+    fn on_syn(&mut self, key: FlowKey, packet: &[u8]) {
+        let m = &self.shared.metrics;
+        let Some(seg) = rewrite::parse(packet) else {
+            m.packets_not_tcp.inc();
+            return;
+        };
+        let opt = {
+            // INVARIANT: no code panics while holding the lock.
+            let services = self.shared.services.lock().expect("services lock");
+            services.serving(key.service).map(|p| (p.mode, p.max_conns))
+        };
+        let Some((mode, max)) = opt else {
+            m.packets_no_service.inc();
+            tracing::debug!(service = %key.service, "SYN for a service not served here");
+            return;
+        };
+        if mode == Mode::Ft {
+            match self.views.get(&key.service) {
+                None => {
+                    // No view yet: the redirector does not count this host as a member.
+                    m.ft.ft_unknown_flow.inc();
+                    return;
+                }
+                Some((_, members)) if members.first().map(|x| x.0) != Some(self.me) => return,
+                Some(_) => {}
+            }
+        }
+        if !self.has_room(key.service, max, false) {
+            return;
+        }
+        let opts = SynOpts::of_syn(&seg);
+        let isn = self.cfg.cookies.isn(key, seg.seq, opts, wall_secs());
+        let ep = self.cfg.endpoint;
+        let synack = syncookie::synack(key, seg.seq, isn, opts, ep.mtu, ep.rx_buffer);
+        self.send_to_client(key.service, &synack);
+        self.shared.metrics.syn_cookies_sent.inc();
+    }
+
+    /// A non-SYN segment of no known connection: the handshake ACK of a SYN this service
+    /// answered (the cookie checks), or a stray.
+    fn on_handshake_ack(&mut self, key: FlowKey, meta: &TcpMeta, now: SInstant) -> Option<usize> {
+        let cookie = (meta.flags.ack && !meta.flags.rst).then(|| {
+            let client_isn = SeqNumber(meta.seq.wrapping_sub(1));
+            let isn_s = SeqNumber(meta.ack.wrapping_sub(1));
+            let opts = self
+                .cfg
+                .cookies
+                .check(key, client_isn, isn_s, wall_secs())?;
+            Some((syncookie::rebuild_syn(key, client_isn, opts), isn_s))
+        });
+        if let Some(Some((syn, isn_s))) = cookie {
+            return self.open(key, now, &syn, isn_s);
+        }
+        if self.views.contains_key(&key.service) {
+            // ft: another replica may hold it; never reset a connection we lack.
+            self.shared.metrics.ft.ft_unknown_flow.inc();
+            return None;
+        }
+        self.shared.metrics.packets_unknown_flow.inc();
+        if let Some(rst) = meta.reset_reply() {
+            self.send_to_client(key.service, &rst);
+        }
+        None
+    }
+
+    /// Whether one more connection of `service` fits under the host's and the service's caps
+    /// (counted when not). A backup (`slack`) takes a few more than the primary allows: it
+    /// may still hold connections the primary has already forgotten, and it must not miss
+    /// one the primary accepted.
+    fn has_room(&self, service: SocketAddrV4, max: Option<u32>, slack: bool) -> bool {
+        let extra = |cap: u32| if slack { cap + (cap / 8).max(16) } else { cap };
+        let m = &self.shared.metrics;
+        if self.conns.len() >= extra(self.cfg.max_conns) as usize {
+            m.syn_dropped_host_cap.inc();
+            tracing::debug!(%service, cap = self.cfg.max_conns, "host at max_conns: new connection refused");
+            return false;
+        }
+        let n = self.per_service.get(&service).copied().unwrap_or(0);
+        if max.is_some_and(|cap| n >= extra(cap)) {
+            m.syn_dropped_service_cap.inc();
+            tracing::debug!(%service, cap = ?max, "service at max_conns: new connection refused");
+            return false;
+        }
+        true
+    }
+
+    /// Builds a connection whose client completed the handshake against the cookie `isn_s`
+    /// (`syn` is its SYN, rebuilt from the cookie), and connects to the backend: the first
+    /// moment anything is spent on it.
+    fn open(&mut self, key: FlowKey, now: SInstant, syn: &[u8], isn_s: SeqNumber) -> Option<usize> {
         let opt = {
             // INVARIANT: no code panics while holding the lock.
             let services = self.shared.services.lock().expect("services lock");
             services
                 .serving(key.service)
-                .map(|p| (p.backend, p.mode, p.ft))
+                .map(|p| (p.backend, p.mode, p.ft, p.max_conns))
         };
-        let Some((Some(backend), mode, ft_opts)) = opt else {
+        let Some((Some(backend), mode, ft_opts, max)) = opt else {
             self.shared.metrics.packets_no_service.inc();
-            tracing::debug!(service = %key.service, "SYN for a service not served here");
+            tracing::debug!(service = %key.service, "handshake for a service not served here");
             return None;
         };
+        let primary = self
+            .members_of(key.service)
+            .is_none_or(|m| m.first() == Some(&self.me.0));
+        if !self.has_room(key.service, max, !primary) {
+            return None;
+        }
         let id = self.next_id;
         self.next_id += 1;
         let seed = self.seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -820,7 +958,7 @@ impl Dataplane {
                 repair: ft_opts.repair,
                 ..FtConfig::default()
             };
-            Tcp::Ft(Box::new(FtConn::new(
+            Tcp::Ft(Box::new(FtConn::accept(
                 key,
                 ft_cfg,
                 self.cfg.endpoint,
@@ -828,15 +966,18 @@ impl Dataplane {
                 now,
                 self.me.0,
                 &members,
+                syn,
+                isn_s,
             )))
         } else {
-            Tcp::Plain(Box::new(Endpoint::listen(
-                key.service,
-                self.cfg.endpoint,
-                seed,
-                now,
-            )))
+            let Some(p) = PlainConn::accept(key.service, self.cfg.endpoint, seed, now, syn, isn_s)
+            else {
+                tracing::warn!(client = %key.client, "local stack did not answer a rebuilt SYN");
+                return None;
+            };
+            Tcp::Plain(Box::new(p))
         };
+        self.shared.metrics.syn_cookies_accepted.inc();
         let mut conn = Conn {
             key,
             tcp,
@@ -875,6 +1016,7 @@ impl Dataplane {
         tracing::debug!(client = %key.client, service = %key.service, %backend, "connection opened");
         self.shared.metrics.conns_total.inc();
         self.shared.metrics.conns_active.add(1);
+        *self.per_service.entry(key.service).or_insert(0) += 1;
         self.flows.insert(key, id);
         self.conns.insert(id, conn);
         Some(id)
@@ -889,6 +1031,9 @@ impl Dataplane {
                 let _ = self.poll.registry().deregister(&mut s);
             }
             self.flows.remove(&c.key);
+            if let Some(n) = self.per_service.get_mut(&c.key.service) {
+                *n = n.saturating_sub(1);
+            }
             let active = self.shared.metrics.conns_active.get();
             self.shared
                 .metrics
@@ -1468,6 +1613,14 @@ impl Dataplane {
                 },
             })
             .collect();
+        let mut states = std::collections::BTreeMap::new();
+        for c in self.conns.values() {
+            *states
+                .entry(c.tcp.ep_ref().state().to_string())
+                .or_insert(0u64) += 1;
+        }
+        // INVARIANT: no code panics while holding the lock.
+        *self.shared.conn_states.lock().expect("conn_states lock") = states;
         let divergent: usize = self
             .conns
             .values()

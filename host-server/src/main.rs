@@ -74,6 +74,7 @@ fn run() -> anyhow::Result<()> {
             )
             .with_context(|| format!("config service {}", svc.addr))?;
             s.set_port_opt(svc.addr, mode, svc.backend, detector, ft)
+                .and_then(|()| s.set_max_conns(svc.addr, svc.max_conns))
                 .with_context(|| format!("config service {}", svc.addr))?;
         }
     }
@@ -90,11 +91,14 @@ fn run() -> anyhow::Result<()> {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     let sealer = Sealer::new(key.clone(), node, wall.as_nanos() as u64);
+    let cookies = ft_tcp::syncookie::CookieJar::from_cluster_key(key.as_bytes());
     let dp = Dataplane::new(
         DataplaneConfig {
             listen: cfg.listen,
             redirector: cfg.redirector,
             heartbeat: Duration::from_millis(cfg.heartbeat_ms),
+            max_conns: cfg.max_conns,
+            cookies,
             endpoint: EndpointConfig {
                 mtu: cfg.mtu,
                 rx_buffer: cfg.socket_buffer,

@@ -21,6 +21,8 @@ pub struct PortOpt {
     pub timeout_ms: u16,
     /// ft replication options.
     pub ft: FtOpts,
+    /// Most client connections of this service at once (None: only the host's cap).
+    pub max_conns: Option<u32>,
 }
 
 /// setportopt's ft replication options.
@@ -112,6 +114,9 @@ pub enum ServiceError {
         /// Timeout.
         timeout_ms: u16,
     },
+    /// A connection cap of zero.
+    #[error("max_conns 0 would refuse every client: pass at least 1, or leave it out for no per-service cap")]
+    ZeroCap,
     /// del of an unknown vhost.
     #[error("no virtual host {0} on this host: `hydractl v_host list` shows the ones there are")]
     UnknownVhost(Ipv4Addr),
@@ -186,8 +191,25 @@ impl Services {
                 hb_ms: detector.hb_ms,
                 timeout_ms: detector.timeout_ms,
                 ft,
+                max_conns: None,
             },
         );
+        Ok(())
+    }
+
+    /// Caps the service's connections (`None`: only the host's cap applies). Past the cap a
+    /// new client's SYN gets no answer (it retries, as with a full Linux backlog).
+    pub fn set_max_conns(
+        &mut self,
+        addr: SocketAddrV4,
+        max: Option<u32>,
+    ) -> Result<(), ServiceError> {
+        if max == Some(0) {
+            return Err(ServiceError::ZeroCap);
+        }
+        if let Some(p) = self.ports.get_mut(&addr) {
+            p.max_conns = max;
+        }
         Ok(())
     }
 
