@@ -19,6 +19,58 @@ pub enum PacketError {
     /// A truncated or malformed TCP header.
     #[error("malformed tcp header")]
     Tcp,
+    /// The IPv4 header checksum or the TCP checksum is wrong: the packet was damaged (or
+    /// forged carelessly) and no layer may act on it.
+    #[error("bad ipv4 or tcp checksum")]
+    Checksum,
+}
+
+/// The ones' complement sum of `data` (RFC 1071) added to `acc`, unfolded. Words start at
+/// even offsets of `data`.
+fn sum_words(data: &[u8], mut acc: u64) -> u64 {
+    // A 32-bit big-endian word is hi * 2^16 + lo, and 2^16 = 1 modulo 2^16 - 1: summing
+    // 32-bit words and folding at the end gives the 16-bit ones' complement sum.
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        acc += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+    }
+    let rest = chunks.remainder();
+    let mut i = 0;
+    while i + 1 < rest.len() {
+        acc += u64::from(u16::from_be_bytes([rest[i], rest[i + 1]]));
+        i += 2;
+    }
+    if i < rest.len() {
+        acc += u64::from(rest[i]) << 8;
+    }
+    acc
+}
+
+fn fold(mut acc: u64) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// Whether an IPv4/TCP packet's IPv4 header checksum and TCP checksum (with the pseudo
+/// header, RFC 9293 §3.1) are both right. `false` for anything that does not parse.
+pub fn checksums_ok(p: &[u8]) -> bool {
+    if p.len() < 20 || p[0] >> 4 != 4 || p[9] != 6 {
+        return false;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+    if ihl < 20 || total < ihl + 20 || total > p.len() {
+        return false;
+    }
+    if fold(sum_words(&p[..ihl], 0)) != 0xffff {
+        return false;
+    }
+    let tcp_len = (total - ihl) as u64;
+    // Pseudo header: source and destination address, protocol 6, TCP length.
+    let pseudo = sum_words(&p[12..20], 6 + tcp_len);
+    fold(sum_words(&p[ihl..total], pseudo)) == 0xffff
 }
 
 /// The TCP flags HydraNet's routing cares about.
@@ -104,6 +156,16 @@ impl TcpMeta {
             seq: tcp.sequence_number(),
             ack: tcp.acknowledgment_number(),
         })
+    }
+
+    /// [`TcpMeta::parse`], for a packet from the network that a stack will act on: also
+    /// checks the IPv4 header checksum and the TCP checksum.
+    pub fn parse_checked(packet: &[u8]) -> Result<TcpMeta, PacketError> {
+        let meta = TcpMeta::parse(packet)?;
+        if !checksums_ok(packet) {
+            return Err(PacketError::Checksum);
+        }
+        Ok(meta)
     }
 
     /// The flow of a packet travelling from the client to the service.
@@ -196,10 +258,50 @@ mod tests {
         assert!(r2.is_err(), "never answer an RST");
     }
 
+    fn data_segment(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ipv4([198, 18, 0, 2], [198, 19, 0, 10], 64)
+            .tcp(40000, 80, 1234, 65535)
+            .ack(99)
+            .write(&mut out, payload)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_damaged_segment_fails_the_checked_parse() {
+        let good = data_segment(b"hello, odd length");
+        assert!(TcpMeta::parse_checked(&good).is_ok());
+        let mut bad = good.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(TcpMeta::parse_checked(&bad), Err(PacketError::Checksum));
+        assert!(
+            TcpMeta::parse(&bad).is_ok(),
+            "the unchecked parse still reads it"
+        );
+        let mut bad_ip = good.clone();
+        bad_ip[8] ^= 0x40; // TTL: only the IPv4 header checksum covers it
+        assert_eq!(TcpMeta::parse_checked(&bad_ip), Err(PacketError::Checksum));
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
             let _ = TcpMeta::parse(&bytes);
+            let _ = TcpMeta::parse_checked(&bytes);
+        }
+
+        #[test]
+        fn checksum_agrees_with_etherparse_and_catches_any_one_byte_change(
+                payload in proptest::collection::vec(any::<u8>(), 0..1500), at: usize, xor in 1u8..) {
+            let good = data_segment(&payload);
+            prop_assert!(checksums_ok(&good));
+            let mut bad = good.clone();
+            // Every byte but the IPv4 total length (which would change what is summed).
+            let i = at % bad.len();
+            prop_assume!(i != 2 && i != 3);
+            bad[i] ^= xor;
+            prop_assert!(!checksums_ok(&bad));
         }
     }
 }

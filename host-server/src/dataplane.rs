@@ -13,7 +13,7 @@
 //! and so does reset (client RST aborts the backend socket with SO_LINGER 0; a backend reset
 //! or refused connect aborts the client connection with RST).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
@@ -29,8 +29,8 @@ use control::metrics::{Counter, Exposition};
 use ft_tcp::agreement::BlockDigest;
 use ft_tcp::syncookie::{self, CookieJar, SynOpts};
 use ft_tcp::{
-    rewrite, Endpoint, EndpointConfig, FlowKey, FtConfig, FtConn, PlainConn, Progress, Role,
-    SeqNumber, TcpMeta, TcpState,
+    rewrite, Endpoint, EndpointConfig, FlowKey, FtConfig, FtConn, PacketError, PlainConn, Progress,
+    Role, SeqNumber, TcpMeta, TcpState,
 };
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
@@ -48,6 +48,12 @@ const SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
 const ORDER_RESEND_EVERY: Duration = Duration::from_millis(20);
 /// The most connections listed one by one in `status`.
 const SNAPSHOT_MAX: usize = 1000;
+/// How long a connection that closed in order is remembered after its endpoint is gone
+/// (smoltcp keeps TIME-WAIT 10 s, Linux 60 s): the client's retransmitted FINs still get
+/// their ACK, a stray segment of the old connection gets silence, not a reset.
+const LINGER: Duration = Duration::from_secs(15);
+/// Expired linger records dropped per loop iteration at most (expiry is amortised).
+const LINGER_EXPIRE_BATCH: usize = 256;
 
 /// Counters the admin API exposes at `/metrics`.
 #[derive(Debug, Default)]
@@ -64,6 +70,8 @@ pub struct HostMetrics {
     pub dropped_unexpected: Counter,
     /// Tunnelled packets that are not IPv4/TCP.
     pub packets_not_tcp: Counter,
+    /// Tunnelled packets whose IPv4 or TCP checksum is wrong (never acted on).
+    pub packets_bad_checksum: Counter,
     /// SYNs for a service this host does not serve.
     pub packets_no_service: Counter,
     /// Non-SYN packets of no known connection (answered with RST).
@@ -74,6 +82,10 @@ pub struct HostMetrics {
     pub send_errors: Counter,
     /// Open connections.
     pub conns_active: Counter,
+    /// Connections closed in order and remembered only by their last sequence numbers.
+    pub conns_lingering: Counter,
+    /// ACKs sent for closed connections (a client's retransmitted FIN).
+    pub linger_acks: Counter,
     /// Connections ever opened.
     pub conns_total: Counter,
     /// Backend connects that failed (client got RST).
@@ -122,6 +134,7 @@ impl HostMetrics {
         }
         for (reason, v) in [
             ("not_tcp", &self.packets_not_tcp),
+            ("bad_checksum", &self.packets_bad_checksum),
             ("no_service", &self.packets_no_service),
             ("unknown_flow", &self.packets_unknown_flow),
         ] {
@@ -153,6 +166,20 @@ impl HostMetrics {
             "Client connections open",
             "",
             self.conns_active.get(),
+        );
+        e.sample(
+            "hydra_connections_lingering",
+            "gauge",
+            "Connections closed in order, kept only as sequence numbers to answer retransmitted FINs",
+            "",
+            self.conns_lingering.get(),
+        );
+        e.sample(
+            "hydra_linger_acks_total",
+            c,
+            "ACKs sent for connections already closed (the client's FIN came again)",
+            "",
+            self.linger_acks.get(),
         );
         e.sample(
             "hydra_connections_total",
@@ -431,6 +458,16 @@ fn wall_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// A connection that closed in order, reduced to what TCP still needs: the sequence numbers
+/// of its last ACK (client space). Its endpoint, buffers and backend socket are gone.
+struct Linger {
+    /// Our next sequence number (after our FIN).
+    snd_nxt: SeqNumber,
+    /// The client's next sequence number (after its FIN).
+    rcv_nxt: SeqNumber,
+    until: Instant,
+}
+
 struct Conn {
     key: FlowKey,
     tcp: Tcp,
@@ -465,6 +502,10 @@ pub struct Dataplane {
     conns: HashMap<usize, Conn>,
     /// Connections per service (for the caps).
     per_service: HashMap<SocketAddrV4, u32>,
+    /// Connections that closed in order, by 4-tuple.
+    lingering: HashMap<FlowKey, Linger>,
+    /// The same, oldest first (every record lives `LINGER`), for amortised expiry.
+    linger_queue: VecDeque<(Instant, FlowKey)>,
     next_id: usize,
     timers: BTreeSet<(SInstant, usize)>,
     start: Instant,
@@ -603,6 +644,8 @@ impl Dataplane {
             flows: HashMap::new(),
             conns: HashMap::new(),
             per_service: HashMap::new(),
+            lingering: HashMap::new(),
+            linger_queue: VecDeque::new(),
             next_id: 1,
             timers: BTreeSet::new(),
             start: Instant::now(),
@@ -688,6 +731,7 @@ impl Dataplane {
                 self.service(id, snow);
             }
             self.flush_progress();
+            self.expire_lingers(now);
             if now >= next_snapshot {
                 self.snapshot();
                 next_snapshot = now + SNAPSHOT_EVERY;
@@ -760,14 +804,24 @@ impl Dataplane {
     /// Delivers one client packet; returns the connection it touched.
     fn on_client_packet(&mut self, packet: &[u8]) -> Option<usize> {
         let m = &self.shared.metrics;
-        let meta = match TcpMeta::parse(packet) {
+        // Checked before anything acts on it: a damaged ACK must not move the FT layer's
+        // client_ack, damaged bytes must not enter the repair log.
+        let meta = match TcpMeta::parse_checked(packet) {
             Ok(meta) => meta,
+            Err(PacketError::Checksum) => {
+                m.packets_bad_checksum.inc();
+                tracing::trace!("client packet with a bad checksum dropped");
+                return None;
+            }
             Err(_) => {
                 m.packets_not_tcp.inc();
                 return None;
             }
         };
         let key = meta.inbound_flow();
+        if self.lingering.contains_key(&key) && !self.on_lingering(key, &meta) {
+            return None;
+        }
         let now = self.stamp(Instant::now());
         let mut existing = self.flows.get(&key).copied();
         if let Some(id) = existing {
@@ -801,7 +855,7 @@ impl Dataplane {
     /// holds (never opens one). Only members of the service's view may repair.
     fn on_repair(&mut self, from: ReplicaId, packet: &[u8]) -> Option<usize> {
         let m = &self.shared.metrics.ft;
-        let Ok(meta) = TcpMeta::parse(packet) else {
+        let Ok(meta) = TcpMeta::parse_checked(packet) else {
             m.repairs_dropped.inc();
             return None;
         };
@@ -832,6 +886,64 @@ impl Dataplane {
     fn members_of(&self, service: SocketAddrV4) -> Option<Vec<u32>> {
         let (_, members) = self.views.get(&service)?;
         Some(members.iter().map(|m| m.0 .0).collect())
+    }
+
+    /// A segment for a connection that closed in order: a retransmitted FIN (or data) gets
+    /// the last ACK again (in ft mode from the primary only), an RST or a new SYN ends the
+    /// record. Returns whether the segment goes on as one of no known connection (a SYN).
+    fn on_lingering(&mut self, key: FlowKey, meta: &TcpMeta) -> bool {
+        if meta.flags.rst || meta.is_syn() {
+            self.lingering.remove(&key);
+            return meta.is_syn();
+        }
+        if !(meta.flags.fin || meta.payload_len > 0) {
+            return false;
+        }
+        let speaks = self
+            .members_of(key.service)
+            .is_none_or(|m| m.first() == Some(&self.me.0));
+        if let (true, Some(l)) = (speaks, self.lingering.get(&key)) {
+            let ack = rewrite::build(key.service, key.client, l.snd_nxt, l.rcv_nxt, 0, &[], false);
+            self.send_to_client(key.service, &ack);
+            self.shared.metrics.linger_acks.inc();
+        }
+        false
+    }
+
+    /// Remembers a connection that closed in order by its last sequence numbers; sends its
+    /// last ACK at once if the client has not had it (the FT gate held it back).
+    fn linger(&mut self, key: FlowKey, snd_nxt: SeqNumber, rcv_nxt: SeqNumber, told: bool) {
+        let until = Instant::now() + LINGER;
+        self.lingering.insert(
+            key,
+            Linger {
+                snd_nxt,
+                rcv_nxt,
+                until,
+            },
+        );
+        self.linger_queue.push_back((until, key));
+        if !told {
+            let ack = rewrite::build(key.service, key.client, snd_nxt, rcv_nxt, 0, &[], false);
+            self.send_to_client(key.service, &ack);
+            self.shared.metrics.linger_acks.inc();
+        }
+    }
+
+    /// Forgets linger records whose time is up, a bounded number per call.
+    fn expire_lingers(&mut self, now: Instant) {
+        for _ in 0..LINGER_EXPIRE_BATCH {
+            match self.linger_queue.front() {
+                Some(&(t, key)) if t <= now => {
+                    self.linger_queue.pop_front();
+                    // A record replaced since (the 4-tuple closed again) lives on.
+                    if self.lingering.get(&key).is_some_and(|l| l.until <= now) {
+                        self.lingering.remove(&key);
+                    }
+                }
+                _ => break,
+            }
+        }
     }
 
     /// A client's SYN: answered with a SYN cookie and forgotten (nothing is kept or connected
@@ -1197,8 +1309,14 @@ impl Dataplane {
             }
             c.backend_done = true;
         }
-        let service = c.key.service;
-        let finished = state == TcpState::Closed;
+        let (service, key) = (c.key.service, c.key);
+        // Closed in order both ways: keep only the sequence numbers of the last ACK.
+        let close = match &c.tcp {
+            Tcp::Plain(p) => p.close_point().map(|(s, r)| (s, r, true)),
+            Tcp::Ft(f) => f.close_point(),
+        }
+        .filter(|_| c.backend_done && matches!(state, TcpState::TimeWait | TcpState::Closed));
+        let finished = state == TcpState::Closed || close.is_some();
         let next = if finished {
             None
         } else {
@@ -1219,6 +1337,9 @@ impl Dataplane {
         self.flush_repairs();
         if finished {
             self.remove(id);
+            if let Some((snd, rcv, told)) = close {
+                self.linger(key, snd, rcv, told);
+            }
         }
     }
 
@@ -1613,6 +1734,10 @@ impl Dataplane {
                 },
             })
             .collect();
+        self.shared
+            .metrics
+            .conns_lingering
+            .set(self.lingering.len() as u64);
         let mut states = std::collections::BTreeMap::new();
         for c in self.conns.values() {
             *states
