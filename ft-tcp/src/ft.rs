@@ -348,6 +348,17 @@ impl FtConn {
         c
     }
 
+    /// What the connection's last ACK to the client must say once it has closed in order,
+    /// in the client's sequence spaces: (our next sequence number, the client's next),
+    /// and whether the client was told the second yet (the gate may still have held back
+    /// the ACK of its FIN when the local stack finished).
+    pub fn close_point(&self) -> Option<(SeqNumber, SeqNumber, bool)> {
+        let snd = self.local_snd_max?.plus(self.delta()?);
+        let rcv = self.local_rcv_nxt?;
+        let told = self.role == Role::Backup || self.sent_ack.is_some_and(|a| !a.lt(rcv));
+        Some((snd, rcv, told))
+    }
+
     /// The connection's 4-tuple.
     pub fn key(&self) -> FlowKey {
         self.key

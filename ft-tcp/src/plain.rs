@@ -22,6 +22,8 @@ pub struct PlainConn {
     /// Client-visible ISN minus the endpoint's ISN.
     delta: u32,
     scratch: Vec<u8>,
+    /// The highest sequence number sent and the last ACK sent, client space.
+    sent: Option<(SeqNumber, SeqNumber)>,
 }
 
 impl std::fmt::Debug for PlainConn {
@@ -56,6 +58,7 @@ impl PlainConn {
             ep,
             delta: isn_s.0.wrapping_sub(local_isn.0),
             scratch: Vec::new(),
+            sent: None,
         })
     }
 
@@ -97,10 +100,22 @@ impl PlainConn {
         self.ep.poll_at(now)
     }
 
-    fn translate(&self, packets: &mut [Vec<u8>]) {
+    /// (our next sequence number, the client's next), client space, as last sent: what a
+    /// closed connection's last ACK says.
+    pub fn close_point(&self) -> Option<(SeqNumber, SeqNumber)> {
+        self.sent
+    }
+
+    fn translate(&mut self, packets: &mut [Vec<u8>]) {
         for p in packets {
             if let Some(seg) = rewrite::parse(p) {
-                rewrite::set_seq(p, &seg, seg.seq.plus(self.delta));
+                let seq = seg.seq.plus(self.delta);
+                rewrite::set_seq(p, &seg, seq);
+                if seg.ack_flag && !seg.rst {
+                    let end = seq.plus(seg.seq_len());
+                    let snd = self.sent.map_or(end, |(s, _)| s.max(end));
+                    self.sent = Some((snd, seg.ack));
+                }
             }
         }
     }

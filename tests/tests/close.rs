@@ -1,0 +1,111 @@
+//! Every close completes (issue #10, defect 1): a client that closes first must get the ACK
+//! of its FIN even when the FT gate held that ACK back until the host had already forgotten
+//! the connection. Kernel-TCP clients ask redis for PONG and close first; afterwards no client
+//! socket may sit in CLOSING, FIN-WAIT or LAST-ACK (Linux's own TCP leaves none either).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use tests::*;
+
+const CONNS: usize = 1000;
+const PARALLEL: usize = 20;
+
+/// One connection: PING, read PONG, close first. Returns whether it got its answer.
+fn ping_and_close() -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(
+        &"198.19.0.10:80".parse().expect("addr"),
+        Duration::from_secs(5),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    let ok = s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n";
+    drop(s);
+    ok
+}
+
+/// Client sockets of the lab's client namespace not in TIME-WAIT or LISTEN (a completed
+/// client-first close ends in TIME-WAIT).
+fn unfinished_closes(lab: &Lab) -> Vec<String> {
+    let out = lab.sh("client", "ss -tanH");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("198.19.0.10:80"))
+        .filter(|l| !l.starts_with("TIME-WAIT"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn client_first_closes(prefix: &str, kill_primary: bool) {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let lab = Lab::up(
+        prefix,
+        3,
+        "exec redis-server --port 8080 --bind 127.0.0.1 --save '' --appendonly no",
+        &["--mode", "ft"],
+    );
+    let workers: Vec<_> = (0..PARALLEL)
+        .map(|_| {
+            lab.in_ns("client", || {
+                (0..CONNS / PARALLEL)
+                    .filter(|_| {
+                        // Spread the connections over about a second, so that a kill lands
+                        // among them.
+                        std::thread::sleep(Duration::from_millis(15));
+                        ping_and_close()
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    if kill_primary {
+        std::thread::sleep(Duration::from_millis(300));
+        let p = lab.primary();
+        lab.ctl("kill", &p, &[]);
+        lab.wait_until_out_of_view(&p);
+    }
+    let answered: usize = workers.into_iter().map(|w| w.join().expect("worker")).sum();
+    // Give retransmitted FINs time to be answered (the FT timer is tens of ms, the client's
+    // own FIN retransmission 200 ms and up).
+    let mut left = unfinished_closes(&lab);
+    for _ in 0..30 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        left = unfinished_closes(&lab);
+    }
+    println!(
+        "{prefix}: {answered} of {CONNS} answered; {} closes unfinished",
+        left.len()
+    );
+    assert!(
+        left.is_empty(),
+        "{} of {CONNS} client-first closes did not complete:\n{}",
+        left.len(),
+        left.join("\n")
+    );
+    assert_eq!(
+        answered, CONNS,
+        "every PING must be answered, across a kill too"
+    );
+}
+
+#[test]
+fn every_client_first_close_completes() {
+    client_first_closes("clo", false);
+}
+
+#[test]
+fn every_client_first_close_completes_across_a_primary_kill() {
+    client_first_closes("clok", true);
+}
