@@ -161,7 +161,7 @@ impl RedirMetrics {
         e.sample(
             "hydra_redirector_flows_pinned_total",
             c,
-            "Connections pinned to a host (a client SYN, or a host reply with no entry)",
+            "Connections pinned to a host (a client SYN, or host data with no entry)",
             "",
             st.pinned,
         );

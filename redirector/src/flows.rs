@@ -167,7 +167,7 @@ impl PerPhase {
 /// What happened to entries, for `/metrics`. `pinned = len + expired + evicted` at all times.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlowStats {
-    /// Entries created: a client's SYN pinned, or a host's reply re-pinned.
+    /// Entries created: a client's SYN pinned, or a host's data re-pinned.
     pub pinned: u64,
     /// Entries forgotten after their phase's idle time, by phase.
     pub expired: PerPhase,

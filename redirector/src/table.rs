@@ -342,22 +342,20 @@ impl Table {
             }
             Some(_) => false,
             // Not pinned (the redirector restarted, the table was full when the SYN came, or
-            // the client's packets are routed by hash): a host that offers the service may
-            // carry on, and is pinned from now on if there is room. Its RST ends the
-            // connection and needs no entry: that is how a host answers a stray segment.
+            // the entry expired): a host that offers the service may carry on. Its data pins
+            // the connection from now on if there is room. Its SYN-ACK does not: only a
+            // client's SYN makes a half-open entry, and a host retransmits SYN-ACKs to spoofed
+            // SYNs long after their entries expired. Its RST ends the connection and needs
+            // no entry: that is how a host answers a stray segment.
             None => {
                 let ok = self
                     .hosts
                     .get(&sender)
                     .is_some_and(|h| Self::offers(h, key.service));
-                if ok && !meta.flags.rst {
-                    let phase = if meta.flags.syn {
-                        Phase::HalfOpen
-                    } else {
-                        Phase::Open {
-                            fin_in: false,
-                            fin_out: meta.flags.fin,
-                        }
+                if ok && !meta.flags.rst && !meta.flags.syn {
+                    let phase = Phase::Open {
+                        fin_in: false,
+                        fin_out: meta.flags.fin,
                     };
                     if !self.flows.pin(now, key, sender, phase) {
                         self.flows.stats_mut().unpinned_replies += 1;
@@ -827,12 +825,25 @@ mod tests {
         assert_eq!(t.flow_count(), 10);
         assert_eq!(t.flow_stats().unpinned_syns, 100);
         assert_eq!(t.flow_stats().unknown_flow_packets, 100);
-        // The host's SYN-ACK finds no room either, and passes.
+        // The host's SYN-ACK passes without an entry; its data finds no room either, and
+        // passes.
         let Route::Host(id, _) = t.route_inbound(t0, &pkt(300, true, false)) else {
             panic!()
         };
         assert!(t.accept_outbound(t0, id, Epoch(0), &syn_ack(300)));
+        assert!(t.accept_outbound(t0, id, Epoch(0), &data_from_host(300)));
+        assert_eq!(t.flow_count(), 10);
         assert_eq!(t.flow_stats().unpinned_replies, 1);
+    }
+
+    fn data_from_host(port: u16) -> TcpMeta {
+        let mut b = Vec::new();
+        PacketBuilder::ipv4([198, 19, 0, 10], [198, 18, 0, 2], 64)
+            .tcp(80, port, 1, 100)
+            .ack(2)
+            .write(&mut b, b"x")
+            .unwrap();
+        TcpMeta::parse(&b).unwrap()
     }
 
     fn syn_ack(port: u16) -> TcpMeta {
@@ -926,19 +937,14 @@ mod tests {
     }
 
     #[test]
-    fn a_host_reply_without_an_entry_pins_it_unless_it_is_a_reset() {
+    fn a_host_reply_without_an_entry_pins_it_unless_it_is_a_syn_ack_or_a_reset() {
         let t0 = crate::dataplane::clock();
         let mut t = table_with_hosts(t0, 2);
+        // A SYN-ACK retransmitted after the spoofed SYN's entry expired passes, pins nothing.
+        assert!(t.accept_outbound(t0, ReplicaId(1), Epoch(0), &syn_ack(4000)));
+        assert_eq!(t.flow_count(), 0);
         // The redirector restarted under an open connection: its host's data re-pins it.
-        let data = {
-            let mut b = Vec::new();
-            PacketBuilder::ipv4([198, 19, 0, 10], [198, 18, 0, 2], 64)
-                .tcp(80, 5000, 1, 100)
-                .ack(2)
-                .write(&mut b, b"x")
-                .unwrap();
-            TcpMeta::parse(&b).unwrap()
-        };
+        let data = data_from_host(5000);
         assert!(t.accept_outbound(t0, ReplicaId(2), Epoch(0), &data));
         assert!(matches!(
             t.route_inbound(t0, &pkt(5000, false, false)),
