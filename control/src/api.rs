@@ -36,4 +36,7 @@ pub struct SetPortOpt {
     /// Most client connections of this service at once (default: only the host's cap).
     #[serde(default)]
     pub max_conns: Option<u32>,
+    /// Seconds a connection may stay idle before it is reset (default 600, 0: never).
+    #[serde(default)]
+    pub idle_timeout_s: Option<u32>,
 }

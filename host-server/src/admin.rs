@@ -95,10 +95,10 @@ pub fn handle(shared: &Arc<Shared>, node: ReplicaId, method: &str, url: &str, bo
             };
             match s
                 .set_port_opt(addr, mode, backend, detector, ft)
-                .and_then(|()| s.set_max_conns(addr, req.max_conns))
+                .and_then(|()| s.set_limits(addr, req.max_conns, req.idle_timeout_s))
             {
                 Ok(()) => {
-                    tracing::info!(service = %addr, mode = mode.as_str(), ?backend, repair = ft.repair, max_conns = ?req.max_conns, "setportopt");
+                    tracing::info!(service = %addr, mode = mode.as_str(), ?backend, repair = ft.repair, max_conns = ?req.max_conns, idle_timeout_s = ?req.idle_timeout_s, "setportopt");
                     Reply::json(&json!({ "ok": true }))
                 }
                 Err(e) => Reply::error(400, e.to_string()),
@@ -128,6 +128,7 @@ fn status(shared: &Arc<Shared>, node: ReplicaId) -> Reply {
                     "order": if p.ft.total_order { "total" } else { "none" },
                     "quiet_ms": p.ft.quiet_ms,
                     "max_conns": p.max_conns,
+                    "idle_timeout_s": p.idle_timeout_s,
                 })
             })
             .collect()

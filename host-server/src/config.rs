@@ -88,6 +88,10 @@ pub struct ServiceConfig {
     /// Most client connections of this service at once (default: only the host's cap).
     #[serde(default)]
     pub max_conns: Option<u32>,
+    /// Seconds a connection may pass with no byte either way before it is reset (default
+    /// 600, 0: never).
+    #[serde(default)]
+    pub idle_timeout_s: Option<u32>,
 }
 
 fn default_admin_socket() -> PathBuf {

@@ -82,10 +82,14 @@ pub struct HostMetrics {
     pub send_errors: Counter,
     /// Open connections.
     pub conns_active: Counter,
+    /// Connections reset because nothing moved for the service's idle timeout.
+    pub idle_timeouts: Counter,
     /// Connections closed in order and remembered only by their last sequence numbers.
     pub conns_lingering: Counter,
     /// ACKs sent for closed connections (a client's retransmitted FIN).
     pub linger_acks: Counter,
+    /// RSTs sent for segments of connections that were reset.
+    pub linger_resets: Counter,
     /// Connections ever opened.
     pub conns_total: Counter,
     /// Backend connects that failed (client got RST).
@@ -175,11 +179,25 @@ impl HostMetrics {
             self.conns_lingering.get(),
         );
         e.sample(
+            "hydra_idle_timeouts_total",
+            c,
+            "Connections reset after the service's idle timeout (an abandoned client)",
+            "",
+            self.idle_timeouts.get(),
+        );
+        e.sample(
             "hydra_linger_acks_total",
             c,
             "ACKs sent for connections already closed (the client's FIN came again)",
             "",
             self.linger_acks.get(),
+        );
+        e.sample(
+            "hydra_linger_resets_total",
+            c,
+            "RSTs sent for segments of connections already reset (the client had not heard)",
+            "",
+            self.linger_resets.get(),
         );
         e.sample(
             "hydra_connections_total",
@@ -458,13 +476,24 @@ fn wall_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A connection that closed in order, reduced to what TCP still needs: the sequence numbers
-/// of its last ACK (client space). Its endpoint, buffers and backend socket are gone.
+/// A connection that is over, reduced to what TCP still needs to answer its late segments.
+/// Its endpoint, buffers and backend socket are gone.
+enum Ending {
+    /// Closed in order: the sequence numbers of its last ACK (client space), for the
+    /// client's retransmitted FIN.
+    Closed {
+        /// Our next sequence number (after our FIN).
+        snd_nxt: SeqNumber,
+        /// The client's next sequence number (after its FIN).
+        rcv_nxt: SeqNumber,
+    },
+    /// Reset (by either side, or for being idle): later data gets an RST, as from a Linux
+    /// port with no socket (RFC 9293 §3.10.7.1), and never silence.
+    Reset,
+}
+
 struct Linger {
-    /// Our next sequence number (after our FIN).
-    snd_nxt: SeqNumber,
-    /// The client's next sequence number (after its FIN).
-    rcv_nxt: SeqNumber,
+    ending: Ending,
     until: Instant,
 }
 
@@ -488,6 +517,8 @@ struct Conn {
     credit: usize,
     /// Bytes the backend has written back (the sequencer's sign of an answer).
     from_backend: u64,
+    /// When a byte last moved either way (or the connection opened): for the idle timeout.
+    last_active: Instant,
 }
 
 /// The packet loop.
@@ -733,6 +764,7 @@ impl Dataplane {
             self.flush_progress();
             self.expire_lingers(now);
             if now >= next_snapshot {
+                self.reap_idle(now, snow);
                 self.snapshot();
                 next_snapshot = now + SNAPSHOT_EVERY;
             }
@@ -842,6 +874,9 @@ impl Dataplane {
             None => self.on_handshake_ack(key, &meta, now)?,
         };
         let c = self.conns.get_mut(&id)?;
+        if meta.payload_len > 0 || meta.flags.fin {
+            c.last_active = Instant::now();
+        }
         self.out.clear();
         match &mut c.tcp {
             Tcp::Plain(ep) => ep.handle_packet(now, packet, &mut self.out),
@@ -888,46 +923,57 @@ impl Dataplane {
         Some(members.iter().map(|m| m.0 .0).collect())
     }
 
-    /// A segment for a connection that closed in order: a retransmitted FIN (or data) gets
-    /// the last ACK again (in ft mode from the primary only), an RST or a new SYN ends the
-    /// record. Returns whether the segment goes on as one of no known connection (a SYN).
+    /// A segment for a connection that is over. Closed in order: a retransmitted FIN (or
+    /// data) gets the last ACK again. Reset: anything but an RST gets an RST. In ft mode only
+    /// the primary answers. An RST or a new SYN ends the record. Returns whether the segment
+    /// goes on as one of no known connection (a SYN).
     fn on_lingering(&mut self, key: FlowKey, meta: &TcpMeta) -> bool {
         if meta.flags.rst || meta.is_syn() {
             self.lingering.remove(&key);
             return meta.is_syn();
         }
-        if !(meta.flags.fin || meta.payload_len > 0) {
-            return false;
-        }
         let speaks = self
             .members_of(key.service)
             .is_none_or(|m| m.first() == Some(&self.me.0));
-        if let (true, Some(l)) = (speaks, self.lingering.get(&key)) {
-            let ack = rewrite::build(key.service, key.client, l.snd_nxt, l.rcv_nxt, 0, &[], false);
-            self.send_to_client(key.service, &ack);
-            self.shared.metrics.linger_acks.inc();
+        let m = &self.shared.metrics;
+        let reply = match self.lingering.get(&key).map(|l| &l.ending) {
+            _ if !speaks => None,
+            Some(Ending::Closed { snd_nxt, rcv_nxt }) if meta.flags.fin || meta.payload_len > 0 => {
+                m.linger_acks.inc();
+                Some(rewrite::build(
+                    key.service,
+                    key.client,
+                    *snd_nxt,
+                    *rcv_nxt,
+                    0,
+                    &[],
+                    false,
+                ))
+            }
+            Some(Ending::Reset) => {
+                m.linger_resets.inc();
+                meta.reset_reply()
+            }
+            _ => None,
+        };
+        if let Some(p) = reply {
+            self.send_to_client(key.service, &p);
         }
         false
     }
 
-    /// Remembers a connection that closed in order by its last sequence numbers; sends its
-    /// last ACK at once if the client has not had it (the FT gate held it back).
-    fn linger(&mut self, key: FlowKey, snd_nxt: SeqNumber, rcv_nxt: SeqNumber, told: bool) {
+    /// Remembers a connection that is over by what its late segments need. One that closed
+    /// in order sends its last ACK at once if the client has not had it (the FT gate held
+    /// it back).
+    fn linger(&mut self, key: FlowKey, ending: Ending, told: bool) {
         let until = Instant::now() + LINGER;
-        self.lingering.insert(
-            key,
-            Linger {
-                snd_nxt,
-                rcv_nxt,
-                until,
-            },
-        );
-        self.linger_queue.push_back((until, key));
-        if !told {
-            let ack = rewrite::build(key.service, key.client, snd_nxt, rcv_nxt, 0, &[], false);
+        if let (false, Ending::Closed { snd_nxt, rcv_nxt }) = (told, &ending) {
+            let ack = rewrite::build(key.service, key.client, *snd_nxt, *rcv_nxt, 0, &[], false);
             self.send_to_client(key.service, &ack);
             self.shared.metrics.linger_acks.inc();
         }
+        self.lingering.insert(key, Linger { ending, until });
+        self.linger_queue.push_back((until, key));
     }
 
     /// Forgets linger records whose time is up, a bounded number per call.
@@ -1105,6 +1151,7 @@ impl Dataplane {
             total: mode == Mode::Ft && ft_opts.total_order,
             credit: 0,
             from_backend: 0,
+            last_active: Instant::now(),
         };
         if conn.total {
             self.sequencers.entry(key.service).or_insert_with(|| {
@@ -1200,7 +1247,10 @@ impl Dataplane {
                             c.backend_eof = true;
                             c.tcp.ep().close();
                         }
-                        Ok(n) => c.from_backend += n as u64,
+                        Ok(n) => {
+                            c.from_backend += n as u64;
+                            c.last_active = Instant::now();
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(_) => {
@@ -1337,8 +1387,11 @@ impl Dataplane {
         self.flush_repairs();
         if finished {
             self.remove(id);
-            if let Some((snd, rcv, told)) = close {
-                self.linger(key, snd, rcv, told);
+            match close {
+                Some((snd_nxt, rcv_nxt, told)) => {
+                    self.linger(key, Ending::Closed { snd_nxt, rcv_nxt }, told)
+                }
+                None => self.linger(key, Ending::Reset, true),
             }
         }
     }
@@ -1685,6 +1738,43 @@ impl Dataplane {
                     dirty.push(id);
                 }
             }
+        }
+    }
+
+    /// Resets connections idle for longer than their service's idle timeout: an abandoned
+    /// client (gone without FIN or RST) would otherwise hold its buffers and backend
+    /// connection forever. Runs with the snapshot (every 500 ms).
+    fn reap_idle(&mut self, now: Instant, snow: SInstant) {
+        let timeouts: HashMap<SocketAddrV4, u32> = {
+            // INVARIANT: no code panics while holding the lock.
+            let services = self.shared.services.lock().expect("services lock");
+            services
+                .ports()
+                .map(|(a, p)| (a, p.idle_timeout_s))
+                .collect()
+        };
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                timeouts.get(&c.key.service).is_some_and(|&t| {
+                    t > 0 && now.duration_since(c.last_active) >= Duration::from_secs(u64::from(t))
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            tracing::debug!(client = %c.key.client, service = %c.key.service, "idle timeout: resetting the connection");
+            self.shared.metrics.idle_timeouts.inc();
+            c.tcp.ep().abort();
+            if let Some(mut s) = c.backend.take() {
+                abort_backend(&s);
+                let _ = self.poll.registry().deregister(&mut s);
+            }
+            self.service(id, snow);
         }
     }
 

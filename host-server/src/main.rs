@@ -74,7 +74,7 @@ fn run() -> anyhow::Result<()> {
             )
             .with_context(|| format!("config service {}", svc.addr))?;
             s.set_port_opt(svc.addr, mode, svc.backend, detector, ft)
-                .and_then(|()| s.set_max_conns(svc.addr, svc.max_conns))
+                .and_then(|()| s.set_limits(svc.addr, svc.max_conns, svc.idle_timeout_s))
                 .with_context(|| format!("config service {}", svc.addr))?;
         }
     }

@@ -23,7 +23,12 @@ pub struct PortOpt {
     pub ft: FtOpts,
     /// Most client connections of this service at once (None: only the host's cap).
     pub max_conns: Option<u32>,
+    /// A connection with no byte either way for this long is reset (0: never), seconds.
+    pub idle_timeout_s: u32,
 }
+
+/// The idle timeout when none is given: nginx stream's `proxy_timeout` default.
+pub const DEFAULT_IDLE_TIMEOUT_S: u32 = 600;
 
 /// setportopt's ft replication options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,23 +197,28 @@ impl Services {
                 timeout_ms: detector.timeout_ms,
                 ft,
                 max_conns: None,
+                idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
             },
         );
         Ok(())
     }
 
-    /// Caps the service's connections (`None`: only the host's cap applies). Past the cap a
-    /// new client's SYN gets no answer (it retries, as with a full Linux backlog).
-    pub fn set_max_conns(
+    /// Sets what one service's clients may hold: at most `max_conns` connections (`None`:
+    /// only the host's cap applies; past the cap a new client's SYN gets no answer and it
+    /// retries, as with a full Linux backlog), and how long a connection may stay idle
+    /// (`None`: the default, 0: forever).
+    pub fn set_limits(
         &mut self,
         addr: SocketAddrV4,
-        max: Option<u32>,
+        max_conns: Option<u32>,
+        idle_timeout_s: Option<u32>,
     ) -> Result<(), ServiceError> {
-        if max == Some(0) {
+        if max_conns == Some(0) {
             return Err(ServiceError::ZeroCap);
         }
         if let Some(p) = self.ports.get_mut(&addr) {
-            p.max_conns = max;
+            p.max_conns = max_conns;
+            p.idle_timeout_s = idle_timeout_s.unwrap_or(DEFAULT_IDLE_TIMEOUT_S);
         }
         Ok(())
     }

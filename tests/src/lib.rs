@@ -197,6 +197,55 @@ impl Lab {
             .unwrap_or_default()
     }
 
+    /// Resident memory of the lab node's hydra-host, KiB.
+    pub fn host_rss_kib(&self, node: &str) -> u64 {
+        let ns = format!("hn-{}-{node}", self.name);
+        let out = std::process::Command::new("ip")
+            .args(["netns", "pids", &ns])
+            .output()
+            .expect("ip netns pids");
+        let pids = String::from_utf8_lossy(&out.stdout).to_string();
+        for pid in pids.split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() != "hydra-host" {
+                continue;
+            }
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            if let Some(kib) = status.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            }) {
+                return kib;
+            }
+        }
+        panic!("no hydra-host process in {ns}");
+    }
+
+    /// `hydractl setportopt 198.19.0.10:80 --mode ft --backend 127.0.0.1:8080 EXTRA...` on
+    /// every member of the view.
+    pub fn setportopt_all(&self, extra: &[&str]) {
+        for h in self.members() {
+            let out = hydractl()
+                .args(["setportopt", "--socket"])
+                .arg(self.socket(&h))
+                .args([
+                    "198.19.0.10:80",
+                    "--mode",
+                    "ft",
+                    "--backend",
+                    "127.0.0.1:8080",
+                ])
+                .args(extra)
+                .output()
+                .expect("run hydractl");
+            assert!(
+                out.status.success(),
+                "setportopt {extra:?} on {h}: {}",
+                show(&out)
+            );
+        }
+    }
+
     /// Waits (up to 2 s) until the redirector's view no longer contains `node`.
     pub fn wait_until_out_of_view(&self, node: &str) {
         for _ in 0..200 {

@@ -322,31 +322,6 @@ fn killed_and_restarted_host_serves_new_connections_within_1s() {
     );
 }
 
-/// `hydractl setportopt 198.19.0.10:80 --mode ft --backend 127.0.0.1:8080 EXTRA...` on every
-/// member of the view.
-fn setportopt_all(lab: &Lab, extra: &[&str]) {
-    for h in lab.members() {
-        let out = hydractl()
-            .args(["setportopt", "--socket"])
-            .arg(lab.socket(&h))
-            .args([
-                "198.19.0.10:80",
-                "--mode",
-                "ft",
-                "--backend",
-                "127.0.0.1:8080",
-            ])
-            .args(extra)
-            .output()
-            .expect("run hydractl");
-        assert!(
-            out.status.success(),
-            "setportopt {extra:?} on {h}: {}",
-            show(&out)
-        );
-    }
-}
-
 /// One upload of `file` from the client, at most `max_secs`: (bytes/s, curl's output).
 /// A timed-out upload still reports what it moved.
 fn upload_rate(lab: &Lab, file: &std::path::Path, max_secs: u32) -> (f64, String) {
@@ -409,7 +384,7 @@ fn repair_keeps_upload_throughput_with_5pct_loss_on_a_backups_link() {
 
     // The contrast: the same loss with repair off on every replica, so the client's
     // retransmission timer is the only way the backup gets its missing bytes.
-    setportopt_all(&lab, &["--repair", "off"]);
+    lab.setportopt_all(&["--repair", "off"]);
     let (unrepaired, _) = upload_rate(&lab, &www.file(), 8);
     println!(
         "ft3 single-connection upload: loss-free {:.1} MB/s; 5% loss on {backup}'s link: \
@@ -447,7 +422,7 @@ fn a_replica_with_different_output_is_reported_and_never_takes_over() {
     let (primary, noisy, good) = (&members[0], &members[1], &members[2]);
     // A slower detector: a false removal under CPU load would drop the noisy host from
     // the connection and leave nothing to test.
-    setportopt_all(&lab, &["--hb", "10ms", "--timeout", "300ms"]);
+    lab.setportopt_all(&["--hb", "10ms", "--timeout", "300ms"]);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         &lab.members(),
@@ -549,7 +524,7 @@ fn total_order_keeps_redis_replicas_identical_across_a_primary_kill() {
          --enable-debug-command yes",
         &["--mode", "ft"],
     );
-    setportopt_all(&lab, &["--order", "total"]);
+    lab.setportopt_all(&["--order", "total"]);
     // Replies and final state of these depend on how the 20 connections interleave.
     benchmark_across_a_primary_kill(
         &lab,

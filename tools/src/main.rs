@@ -89,6 +89,16 @@ enum Command {
         /// connection's chunk (e.g. 2ms).
         #[arg(long, default_value = "2ms")]
         quiet: String,
+        /// Most client connections of this service on this host at once; past it a new
+        /// client's SYN gets no answer and the client retries (default: only the host's
+        /// max_conns applies).
+        #[arg(long)]
+        max_conns: Option<u32>,
+        /// Reset a connection after this long with no byte either way: an abandoned client
+        /// must not hold its buffers and backend connection forever (e.g. 30s, 10m; 0:
+        /// never; default 10m).
+        #[arg(long)]
+        idle_timeout: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -146,10 +156,16 @@ fn main() {
             repair,
             order,
             quiet,
+            max_conns,
+            idle_timeout,
             target,
         } => parse_ms(&hb, "--hb").and_then(|hb| {
             let timeout = parse_ms(&timeout, "--timeout")?;
             let quiet = parse_ms(&quiet, "--quiet")?;
+            let idle = idle_timeout.as_deref().map(parse_secs).transpose()?;
+            if max_conns == Some(0) {
+                bail!("--max-conns 0 would refuse every client: pass at least 1, or leave it out");
+            }
             setportopt(
                 &target.socket,
                 &service,
@@ -157,6 +173,7 @@ fn main() {
                 backend.as_deref(),
                 (hb, timeout),
                 (repair, &order, quiet),
+                (max_conns, idle),
             )
         }),
         Command::Status {
@@ -300,6 +317,30 @@ fn agreement_line(a: &Value) -> String {
     )
 }
 
+/// A duration in whole seconds: `30s`, `10m`, `1h`, or `0` (never).
+fn parse_secs(s: &str) -> anyhow::Result<u32> {
+    let t = s.trim();
+    let (num, mul) = if let Some(n) = t.strip_suffix('h') {
+        (n, 3600)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1)
+    } else if t == "0" {
+        ("0", 1)
+    } else {
+        bail!("--idle-timeout `{s}` needs a unit: e.g. 30s, 10m, 1h (or 0 for never)");
+    };
+    num.parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--idle-timeout `{s}` is not a whole number of seconds, minutes or hours"
+            )
+        })
+}
+
 fn parse_on_off(s: &str) -> Result<bool, String> {
     match s {
         "on" => Ok(true),
@@ -315,6 +356,7 @@ fn setportopt(
     backend: Option<&str>,
     (hb_ms, timeout_ms): (u16, u16),
     (repair, order, quiet_ms): (bool, &str, u16),
+    (max_conns, idle_timeout_s): (Option<u32>, Option<u32>),
 ) -> anyhow::Result<()> {
     let svc: SocketAddrV4 = service
         .parse()
@@ -345,6 +387,8 @@ fn setportopt(
             "repair": repair,
             "order": order,
             "quiet_ms": quiet_ms,
+            "max_conns": max_conns,
+            "idle_timeout_s": idle_timeout_s,
         })),
     )?;
     println!("{svc}: mode {}", mode.as_str());
@@ -579,6 +623,20 @@ fn render_connections(out: &mut String, v: &Value, limit: Option<usize>) -> anyh
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn idle_timeout_takes_units_and_refuses_bare_numbers() {
+        assert_eq!(parse_secs("30s").unwrap(), 30);
+        assert_eq!(parse_secs("10m").unwrap(), 600);
+        assert_eq!(parse_secs("1h").unwrap(), 3600);
+        assert_eq!(parse_secs("0").unwrap(), 0);
+        assert!(parse_secs("30").is_err(), "a bare number is ambiguous");
+        assert!(parse_secs("xs").is_err());
+        assert!(
+            parse_secs("9999999h").is_err(),
+            "overflow is refused, not wrapped"
+        );
+    }
 
     /// A host's status with `n` listed connections, the first `syn` of them half open.
     fn host_status(n: usize, syn: usize) -> Value {

@@ -1,0 +1,270 @@
+//! Hostile clients (issue #10): a SYN flood from random sources must not take the service
+//! down. While `hydractl lab flood` sends 20,000 SYN/s for 10 s, a legit client fetches 1 MiB
+//! every 0.3 s and every fetch must succeed within 5 s; no replica may leave the view, no
+//! backend may be marked down, host memory stays bounded, and nothing of the flood is left
+//! 10 s later.
+
+use std::io::Read;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use tests::*;
+
+const RATE: u32 = 20_000;
+const SECONDS: u32 = 10;
+
+fn spawn_in_client(lab: &Lab, script: &str) -> Child {
+    hydractl()
+        .args([
+            "lab", "exec", "--name", &lab.name, "client", "--", "sh", "-c", script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn client")
+}
+
+fn flood_leaves_the_service_up(prefix: &str, mode: &str, replicas: u32) {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let www = WebRoot::new(prefix, 1 << 20, 0xf1_00d);
+    let lab = Lab::up(prefix, replicas, &www.backend_cmd(), &["--mode", mode]);
+    let hosts: Vec<String> = (1..=replicas).map(|i| format!("h{i}")).collect();
+    let redir_before = lab.status("redir");
+    let rss_before: Vec<u64> = hosts.iter().map(|h| lab.host_rss_kib(h)).collect();
+
+    let flood = hydractl()
+        .args(["lab", "flood", "--name", &lab.name])
+        .args([
+            "--rate",
+            &RATE.to_string(),
+            "--seconds",
+            &SECONDS.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lab flood");
+    // The legit client: a 1 MiB fetch every 0.3 s for the whole flood, each within 5 s.
+    let tmp = format!("/tmp/{}-fetch", lab.name);
+    let fetches = (SECONDS * 10 / 3) as usize;
+    let legit = spawn_in_client(
+        &lab,
+        &format!(
+            "for i in $(seq 1 {fetches}); do \
+               if curl -sS --fail --max-time 5 -o {tmp} -w 'time %{{time_total}} ' \
+                    http://198.19.0.10/data.bin; then sha256sum {tmp}; \
+               else echo FAILED; fi; sleep 0.3; done; rm -f {tmp}"
+        ),
+    );
+    let started = Instant::now();
+    let mut rss_peak = rss_before.clone();
+    while started.elapsed() < Duration::from_secs(u64::from(SECONDS) + 1) {
+        for (i, h) in hosts.iter().enumerate() {
+            rss_peak[i] = rss_peak[i].max(lab.host_rss_kib(h));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let flood = flood.wait_with_output().expect("wait lab flood");
+    assert!(flood.status.success(), "lab flood failed: {}", show(&flood));
+    let report: serde_json::Value = serde_json::from_slice(&flood.stdout)
+        .unwrap_or_else(|e| panic!("lab flood printed no JSON ({e}): {}", show(&flood)));
+    let sent = report["sent"].as_u64().unwrap_or(0);
+    assert!(
+        sent >= u64::from(RATE * SECONDS) * 9 / 10,
+        "the flood fell short of {RATE}/s: {report}"
+    );
+    let legit = legit.wait_with_output().expect("wait legit client");
+    let text = String::from_utf8_lossy(&legit.stdout).to_string();
+    let ok = text.matches(&www.sha256).count();
+    println!("{mode}: flood {report}; legit fetches {ok} of {fetches}; rss KiB before {rss_before:?} peak {rss_peak:?}");
+    assert_eq!(
+        ok,
+        fetches,
+        "every legit fetch during the flood must succeed within 5 s:\n{text}\n{}",
+        show(&legit)
+    );
+
+    // The flood reached the hosts, and was answered statelessly.
+    let cookies: u64 = hosts
+        .iter()
+        .map(|h| metric(&lab.metrics(h), "hydra_syn_cookies_total{result=\"sent\"}"))
+        .sum();
+    assert!(
+        cookies >= sent / 2,
+        "the hosts answered only {cookies} of {sent} SYNs: did the flood reach them?"
+    );
+    for (i, h) in hosts.iter().enumerate() {
+        let grown = rss_peak[i].saturating_sub(rss_before[i]);
+        assert!(
+            grown <= 256 * 1024,
+            "{h} grew by {grown} KiB during the flood (bound 256 MiB)"
+        );
+    }
+    // Nobody left the view, no backend was marked down.
+    let redir = lab.status("redir");
+    if mode == "ft" {
+        assert_eq!(
+            redir["views"][0]["epoch"], redir_before["views"][0]["epoch"],
+            "the view changed during the flood: before {redir_before}, after {redir}"
+        );
+        assert_eq!(lab.members().len(), replicas as usize, "{redir}");
+    }
+    for h in &hosts {
+        let st = lab.status(h);
+        assert!(
+            st["services"]
+                .as_array()
+                .is_some_and(|s| s.iter().all(|s| s["backend_healthy"] == true)),
+            "{h} marked its backend down: {st}"
+        );
+    }
+    // Nothing of the flood remains.
+    std::thread::sleep(Duration::from_secs(10));
+    for h in &hosts {
+        let st = lab.status(h);
+        let n = st["connections_active"].as_u64().unwrap_or(u64::MAX);
+        assert!(
+            n <= 30,
+            "{h} still holds {n} connections 10 s after the flood: {}",
+            st["connection_states"]
+        );
+    }
+}
+
+#[test]
+fn ft3_serves_legit_clients_through_a_syn_flood() {
+    flood_leaves_the_service_up("fldft", "ft", 3);
+}
+
+#[test]
+fn redirect_serves_legit_clients_through_a_syn_flood() {
+    flood_leaves_the_service_up("fldrd", "redirect", 2);
+}
+
+/// Raises this process's open-files limit to its hard limit (the test holds thousands of
+/// sockets).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+#[test]
+fn abandoned_connections_are_reaped_within_the_idle_timeout() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    raise_fd_limit();
+    const ABANDONED: usize = 5000;
+    let www = WebRoot::new("idle", 1 << 20, 0x1d1e);
+    let lab = Lab::up("idle", 3, &www.backend_cmd(), &["--mode", "ft"]);
+    lab.setportopt_all(&["--idle-timeout", "10s"]);
+    let hosts = lab.members();
+    // A legit client fetches all along.
+    let tmp = format!("/tmp/{}-fetch", lab.name);
+    let legit = spawn_in_client(
+        &lab,
+        &format!(
+            "for i in $(seq 1 40); do \
+               if curl -sS --fail --max-time 5 -o {tmp} http://198.19.0.10/data.bin; \
+               then sha256sum {tmp}; else echo FAILED; fi; sleep 0.5; done; rm -f {tmp}"
+        ),
+    );
+    // Open connections and abandon them: the handshake completes, then nothing, ever.
+    let openers: Vec<_> = (0..4)
+        .map(|_| {
+            lab.in_ns("client", || {
+                (0..ABANDONED / 4)
+                    .filter_map(|_| {
+                        std::net::TcpStream::connect_timeout(
+                            &"198.19.0.10:80".parse().expect("addr"),
+                            Duration::from_secs(5),
+                        )
+                        .ok()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let held: Vec<std::net::TcpStream> = openers
+        .into_iter()
+        .flat_map(|o| o.join().expect("opener"))
+        .collect();
+    let opened_at = Instant::now();
+    assert_eq!(held.len(), ABANDONED, "every connection must open");
+    let most: u64 = hosts
+        .iter()
+        .map(|h| lab.status(h)["connections_active"].as_u64().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    assert!(
+        most as usize >= ABANDONED * 9 / 10,
+        "the hosts hold only {most} of the {ABANDONED} connections"
+    );
+    // Reaped within the timeout (10 s) plus the sweep's period and slack.
+    let mut left = u64::MAX;
+    while opened_at.elapsed() < Duration::from_secs(13) {
+        left = hosts
+            .iter()
+            .map(|h| lab.status(h)["connections_active"].as_u64().unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        if left <= 5 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let reaped_after = opened_at.elapsed();
+    assert!(
+        left <= 5,
+        "{left} connections still held {reaped_after:?} after opening with a 10 s idle timeout"
+    );
+    for h in &hosts {
+        let n = metric(&lab.metrics(h), "hydra_idle_timeouts_total");
+        assert!(
+            n as usize >= ABANDONED * 9 / 10,
+            "{h} counted only {n} idle timeouts"
+        );
+    }
+    // The clients were told: their sockets were reset, at once or, if that RST was lost,
+    // when they next send (the host remembers the reset connection and answers with RST).
+    let is_reset = |r: std::io::Result<usize>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset);
+    let mut at_once = 0;
+    let mut reset = 0;
+    for s in &held {
+        let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+        let mut b = [0u8; 1];
+        if is_reset((&*s).read(&mut b)) {
+            at_once += 1;
+            reset += 1;
+            continue;
+        }
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = std::io::Write::write(&mut &*s, b"x");
+        if is_reset((&*s).read(&mut b)) {
+            reset += 1;
+        }
+    }
+    println!("idle: {at_once} resets arrived at once, {reset} in all");
+    assert_eq!(
+        reset, ABANDONED,
+        "every abandoned client must learn its connection was reset"
+    );
+    drop(held);
+    let legit = legit.wait_with_output().expect("wait legit client");
+    let text = String::from_utf8_lossy(&legit.stdout).to_string();
+    println!(
+        "idle: reaped {ABANDONED} within {reaped_after:?}; legit fetches {}",
+        text.matches(&www.sha256).count()
+    );
+    assert_eq!(
+        text.matches(&www.sha256).count(),
+        40,
+        "a legit client must be served throughout:\n{text}"
+    );
+}
