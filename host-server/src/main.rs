@@ -1,6 +1,6 @@
 //! `hydra-host`: the HydraNet host server daemon.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -115,7 +115,12 @@ fn run() -> anyhow::Result<()> {
     dp.run().context("dataplane failed")
 }
 
+/// Failed checks in a row before a backend that answered is marked down (HAProxy's `fall`):
+/// one slow connect on a loaded machine is not a dead backend.
+const HEALTH_FALL: u32 = 3;
+
 fn health_loop(shared: &Shared) {
+    let mut failures: std::collections::HashMap<SocketAddrV4, u32> = Default::default();
     loop {
         let targets: Vec<_> = {
             // INVARIANT: no code panics while holding the lock.
@@ -125,9 +130,14 @@ fn health_loop(shared: &Shared) {
                 .collect()
         };
         for (addr, backend, was) in targets {
-            let ok =
+            let answered =
                 TcpStream::connect_timeout(&SocketAddr::V4(backend), Duration::from_millis(200))
                     .is_ok();
+            let fails = failures.entry(addr).or_insert(0);
+            *fails = if answered { 0 } else { *fails + 1 };
+            // Up at the first answer; down only after HEALTH_FALL failures in a row (at once
+            // when it never answered).
+            let ok = answered || (was && *fails < HEALTH_FALL);
             if ok != was {
                 if ok {
                     tracing::info!(service = %addr, %backend, "backend answers; advertising the service");
