@@ -24,6 +24,113 @@ fn spawn_in_client(lab: &Lab, script: &str) -> Child {
         .expect("spawn client")
 }
 
+/// What one flood run with a legit client saw.
+struct FloodRun {
+    /// SYNs sent and the rate measured.
+    sent: u64,
+    pps: u64,
+    /// Fetches that returned the right bytes, of how many.
+    ok: usize,
+    fetches: usize,
+    /// Time of each successful fetch, seconds.
+    times: Vec<f64>,
+    text: String,
+}
+
+impl FloodRun {
+    fn summary(&self) -> String {
+        let mut t = self.times.clone();
+        t.sort_by(f64::total_cmp);
+        let med = t.get(t.len() / 2).copied().unwrap_or(f64::NAN);
+        let max = t.last().copied().unwrap_or(f64::NAN);
+        format!(
+            "flood {} SYNs at {}/s; legit 1 MiB fetches {} of {}, median {:.3} s, max {:.3} s",
+            self.sent, self.pps, self.ok, self.fetches, med, max
+        )
+    }
+
+    fn assert_all_served(&self) {
+        assert!(
+            self.sent >= u64::from(RATE * SECONDS) * 9 / 10,
+            "the flood fell short of {RATE}/s: {}",
+            self.summary()
+        );
+        assert_eq!(
+            self.ok, self.fetches,
+            "every legit fetch during the flood must succeed within 5 s:\n{}",
+            self.text
+        );
+    }
+}
+
+/// Floods `to` (default: the service) with `lab flood` at RATE for SECONDS while a legit
+/// client fetches 1 MiB from the same place every 0.3 s (each within 5 s); `sample` runs
+/// every 250 ms meanwhile.
+fn flood_with_legit_client(
+    lab: &Lab,
+    www: &WebRoot,
+    to: Option<(&str, u16)>,
+    mut sample: impl FnMut(),
+) -> FloodRun {
+    let mut flood = hydractl();
+    flood
+        .args(["lab", "flood", "--name", &lab.name])
+        .args(["--rate", &RATE.to_string()])
+        .args(["--seconds", &SECONDS.to_string()]);
+    let url = match to {
+        Some((ip, port)) => {
+            flood.args(["--to", ip, "--port", &port.to_string()]);
+            format!("http://{ip}:{port}/data.bin")
+        }
+        None => "http://198.19.0.10/data.bin".to_string(),
+    };
+    let flood = flood
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lab flood");
+    let tmp = format!("/tmp/{}-fetch", lab.name);
+    let fetches = (SECONDS * 10 / 3) as usize;
+    let legit = spawn_in_client(
+        lab,
+        &format!(
+            "for i in $(seq 1 {fetches}); do \
+               if curl -sS --fail --max-time 5 -o {tmp} -w 'time %{{time_total}} ' {url}; \
+               then sha256sum {tmp}; else echo FAILED; fi; sleep 0.3; done; rm -f {tmp}"
+        ),
+    );
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(u64::from(SECONDS) + 1) {
+        sample();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let flood = flood.wait_with_output().expect("wait lab flood");
+    assert!(flood.status.success(), "lab flood failed: {}", show(&flood));
+    let report: serde_json::Value = serde_json::from_slice(&flood.stdout)
+        .unwrap_or_else(|e| panic!("lab flood printed no JSON ({e}): {}", show(&flood)));
+    let legit = legit.wait_with_output().expect("wait legit client");
+    let text = String::from_utf8_lossy(&legit.stdout).to_string();
+    let times = text
+        .lines()
+        .filter(|l| l.contains(&www.sha256))
+        .filter_map(|l| {
+            l.strip_prefix("time ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    FloodRun {
+        sent: report["sent"].as_u64().unwrap_or(0),
+        pps: report["pps"].as_u64().unwrap_or(0),
+        ok: text.matches(&www.sha256).count(),
+        fetches,
+        times,
+        text: format!("{text}\n{}", show(&legit)),
+    }
+}
+
 fn flood_leaves_the_service_up(prefix: &str, mode: &str, replicas: u32) {
     if !netns_or_skip() {
         return;
@@ -35,57 +142,18 @@ fn flood_leaves_the_service_up(prefix: &str, mode: &str, replicas: u32) {
     let redir_before = lab.status("redir");
     let rss_before: Vec<u64> = hosts.iter().map(|h| lab.host_rss_kib(h)).collect();
 
-    let flood = hydractl()
-        .args(["lab", "flood", "--name", &lab.name])
-        .args([
-            "--rate",
-            &RATE.to_string(),
-            "--seconds",
-            &SECONDS.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lab flood");
-    // The legit client: a 1 MiB fetch every 0.3 s for the whole flood, each within 5 s.
-    let tmp = format!("/tmp/{}-fetch", lab.name);
-    let fetches = (SECONDS * 10 / 3) as usize;
-    let legit = spawn_in_client(
-        &lab,
-        &format!(
-            "for i in $(seq 1 {fetches}); do \
-               if curl -sS --fail --max-time 5 -o {tmp} -w 'time %{{time_total}} ' \
-                    http://198.19.0.10/data.bin; then sha256sum {tmp}; \
-               else echo FAILED; fi; sleep 0.3; done; rm -f {tmp}"
-        ),
-    );
-    let started = Instant::now();
     let mut rss_peak = rss_before.clone();
-    while started.elapsed() < Duration::from_secs(u64::from(SECONDS) + 1) {
+    let run = flood_with_legit_client(&lab, &www, None, || {
         for (i, h) in hosts.iter().enumerate() {
             rss_peak[i] = rss_peak[i].max(lab.host_rss_kib(h));
         }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let flood = flood.wait_with_output().expect("wait lab flood");
-    assert!(flood.status.success(), "lab flood failed: {}", show(&flood));
-    let report: serde_json::Value = serde_json::from_slice(&flood.stdout)
-        .unwrap_or_else(|e| panic!("lab flood printed no JSON ({e}): {}", show(&flood)));
-    let sent = report["sent"].as_u64().unwrap_or(0);
-    assert!(
-        sent >= u64::from(RATE * SECONDS) * 9 / 10,
-        "the flood fell short of {RATE}/s: {report}"
+    });
+    let sent = run.sent;
+    println!(
+        "{mode}: {}; rss KiB before {rss_before:?} peak {rss_peak:?}",
+        run.summary()
     );
-    let legit = legit.wait_with_output().expect("wait legit client");
-    let text = String::from_utf8_lossy(&legit.stdout).to_string();
-    let ok = text.matches(&www.sha256).count();
-    println!("{mode}: flood {report}; legit fetches {ok} of {fetches}; rss KiB before {rss_before:?} peak {rss_peak:?}");
-    assert_eq!(
-        ok,
-        fetches,
-        "every legit fetch during the flood must succeed within 5 s:\n{text}\n{}",
-        show(&legit)
-    );
+    run.assert_all_served();
 
     // The flood reached the hosts, and was answered statelessly.
     let cookies: u64 = hosts
@@ -112,6 +180,12 @@ fn flood_leaves_the_service_up(prefix: &str, mode: &str, replicas: u32) {
         );
         assert_eq!(lab.members().len(), replicas as usize, "{redir}");
     }
+    assert!(
+        redir["hosts"]
+            .as_array()
+            .is_some_and(|h| h.len() == replicas as usize && h.iter().all(|h| h["live"] == true)),
+        "a host is not live at the redirector after the flood: {redir}"
+    );
     for h in &hosts {
         let st = lab.status(h);
         assert!(
@@ -132,6 +206,33 @@ fn flood_leaves_the_service_up(prefix: &str, mode: &str, replicas: u32) {
             st["connection_states"]
         );
     }
+}
+
+/// The baseline: Linux's own TCP (SYN cookies, a bounded backlog) on h1's address, the same
+/// file server, the same flood and the same legit client.
+#[test]
+fn kernel_tcp_serves_legit_clients_through_a_syn_flood() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let www = WebRoot::new("fldk", 1 << 20, 0xf1_00d);
+    let lab = Lab::up("fldk", 1, &www.backend_cmd(), &["--mode", "redirect"]);
+    let server = hydractl()
+        .args(["lab", "exec", "--name", &lab.name, "h1", "--"])
+        .arg(bin("hydra-fileserver"))
+        .args(["--root"])
+        .arg(&www.dir)
+        .args(["--listen", "198.18.1.2:9090"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the kernel-path file server");
+    std::thread::sleep(Duration::from_millis(300));
+    let run = flood_with_legit_client(&lab, &www, Some(("198.18.1.2", 9090)), || {});
+    println!("kernel: {}", run.summary());
+    drop(server);
+    run.assert_all_served();
 }
 
 #[test]

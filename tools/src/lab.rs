@@ -126,9 +126,14 @@ struct FloodCmd {
     /// How long to send, in seconds (1 to 120).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// The port to flood on 198.19.0.10. Default: the lab's service port.
+    /// The port to flood. Default: the lab's service port.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
+    /// The address to flood: the service (198.19.0.10, the default) or a lab node's own
+    /// address, e.g. 198.18.1.2 for h1's kernel TCP (the kernel-path baseline). Only lab
+    /// addresses (198.18.0.0/15) are accepted.
+    #[arg(long, default_value = "198.19.0.10")]
+    to: std::net::Ipv4Addr,
 }
 
 /// The lab's name.
@@ -588,6 +593,13 @@ fn restart(a: NodeArgs) -> Result<()> {
 fn flood(a: FloodCmd) -> Result<()> {
     // Limits first: they need neither root nor a lab.
     flood::check_limits(a.rate, a.seconds)?;
+    let o = a.to.octets();
+    if !(o[0] == 198 && (o[1] == 18 || o[1] == 19)) {
+        anyhow::bail!(
+            "--to {} is not a lab address: flood only 198.19.0.10 or a lab node's 198.18.x.y",
+            a.to
+        );
+    }
     let lab = checked_lab(&a.name)?;
     let report = flood::flood(
         &lab,
@@ -595,6 +607,7 @@ fn flood(a: FloodCmd) -> Result<()> {
             rate: a.rate,
             seconds: a.seconds,
             port: a.port.unwrap_or(lab.port),
+            to: a.to,
             seed: random_seed(),
         },
     )?;

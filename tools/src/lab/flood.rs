@@ -25,7 +25,7 @@ use nix::sys::socket::{
 };
 
 use super::rng::{rng, Rng};
-use super::{LabState, Node, SERVICE_IP};
+use super::{LabState, Node};
 
 /// Highest `--rate`: enough to load the data path, low enough not to swamp the machine.
 pub(super) const MAX_RATE: u64 = 200_000;
@@ -42,6 +42,8 @@ pub(super) struct FloodArgs {
     pub rate: u64,
     pub seconds: u64,
     pub port: u16,
+    /// The address flooded (a lab address: the caller checks).
+    pub to: Ipv4Addr,
     pub seed: u64,
 }
 
@@ -97,8 +99,7 @@ pub(super) fn flood(lab: &LabState, a: &FloodArgs) -> Result<Report> {
 /// Sends `rate` SYNs a second for `seconds` on raw socket `fd`, stopping after `seconds`
 /// (and at most one tick) even when it could not keep up.
 fn send_paced(fd: std::os::fd::RawFd, a: &FloodArgs) -> Result<Report> {
-    // INVARIANT: SERVICE_IP is a constant IPv4 address.
-    let dst: Ipv4Addr = SERVICE_IP.parse().expect("service ip");
+    let dst = a.to;
     let to = SockaddrIn::from(std::net::SocketAddrV4::new(dst, 0));
     let mut rng = rng(a.seed);
     let mut buf = Vec::with_capacity(64);
@@ -206,7 +207,7 @@ mod tests {
     #[test]
     fn syn_parses_as_a_client_syn_from_the_flood_block() {
         let mut rng = rng(7);
-        let dst: Ipv4Addr = SERVICE_IP.parse().unwrap();
+        let dst: Ipv4Addr = crate::lab::SERVICE_IP.parse().unwrap();
         for _ in 0..1000 {
             let mut buf = Vec::new();
             write_syn(&mut buf, &mut rng, dst, 80);
