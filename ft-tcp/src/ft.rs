@@ -882,6 +882,9 @@ impl FtConn {
                 self.send_synack(s);
             }
         }
+        // What this replica sent in an earlier term as primary says nothing about where the
+        // client stands now: start at its last ACK (issue #10, defect 4).
+        self.snd_max_s = None;
         self.maybe_gate_ack(now, true);
         // Everything our stack produced while we were silent is unsent as far as the client
         // is concerned: send it now, as far as the client's window allows.
@@ -1121,6 +1124,16 @@ impl FtConn {
         }
         if self.role == Role::Backup {
             return;
+        }
+        if seg.payload_len > 0 || seg.fin {
+            // Never open a hole: output our stack made while the gate was still closed (a
+            // member had not reported yet) was kept in the shadow queue only; send from
+            // where the client stands first (issue #10, defect 4).
+            let expected = self.snd_max_s.or(self.client_ack);
+            if expected.is_some_and(|e| e.lt(s_seq)) {
+                self.more_unsent = true;
+                return;
+            }
         }
         rewrite::set_seq(&mut p, &seg, s_seq);
         if seg.rst {

@@ -154,6 +154,10 @@ struct Sim {
     log: Vec<String>,
     /// Open by SYN cookie (the hosts' way) rather than with the SYN-ACK hold.
     cookies: Option<CookieJar>,
+    /// The ISN the client saw (from the SYN-ACK it received).
+    isn_s: Option<ft_tcp::SeqNumber>,
+    /// The last speaker whose first data segment was checked (issue #10, defect 4).
+    speaker_checked: Option<usize>,
 }
 
 /// The wall clock the cookies see (seconds); the sim runs for well under a period.
@@ -250,6 +254,8 @@ impl Sim {
             },
             log: Vec::new(),
             cookies,
+            isn_s: None,
+            speaker_checked: None,
         }
     }
 
@@ -324,6 +330,9 @@ impl Sim {
                 };
                 if seg.rst {
                     self.fail("the client received a reset");
+                }
+                if seg.syn && seg.ack_flag && self.isn_s.is_none() {
+                    self.isn_s = Some(seg.seq);
                 }
                 if seg.ack_flag && !seg.syn {
                     // Atomicity: what the client sees acknowledged, every live member holding
@@ -492,6 +501,31 @@ impl Sim {
                 to: to as usize,
                 pkt,
             });
+        }
+        if view.first() == Some(&r) && self.speaker_checked != Some(r) {
+            // A new primary's first data segment starts at or before the client's next
+            // byte: a hole there would wait for a retransmission timer (issue #10, defect 4).
+            let first = out
+                .iter()
+                .filter_map(|p| rewrite::parse(p))
+                .find(|s| s.payload_len > 0 && !s.syn);
+            if let (Some(seg), None) = (first, self.isn_s) {
+                // The opening primary, before its SYN-ACK reached the client.
+                let _ = seg;
+                self.speaker_checked = Some(r);
+            } else if let (Some(seg), Some(isn)) = (first, self.isn_s) {
+                let sock = self.client_sockets.get::<tcp::Socket>(self.client_handle);
+                let got = self.client_got.len() + sock.recv_queue();
+                let next = isn.plus(1 + got as u32);
+                if next.lt(seg.seq) {
+                    let msg = format!(
+                        "new primary {r} first sent {} while the client expects {next}",
+                        seg.seq
+                    );
+                    self.fail(&msg);
+                }
+                self.speaker_checked = Some(r);
+            }
         }
         for pkt in out {
             self.send(Msg::ToClient {
