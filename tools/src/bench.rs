@@ -26,19 +26,22 @@ use serde_json::{json, Value};
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// A short run (under 2 minutes): smaller transfers, fewer requests, one failover round,
-    /// 1,000 connections for the scale test.
+    /// 1,000 connections for the scale test, 2,000 short connections.
     #[arg(long)]
     quick: bool,
     /// Also write every figure to this JSON file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Draw PNG charts (throughput bars, latency CDF, failover timeline) into this directory.
+    /// Draw PNG charts (throughput bars, short connections per second, latency CDF, failover
+    /// timeline) into this directory.
     #[arg(long)]
     plots: Option<PathBuf>,
 }
 
 const PATHS: [&str; 5] = ["kernel", "nginx-stream", "redirect", "ft2", "ft3"];
 const SERVICE: &str = "198.19.0.10";
+/// Client threads opening short connections at once.
+const SHORT_CLIENTS: usize = 16;
 
 struct Sizes {
     bulk_mib: u64,
@@ -47,6 +50,7 @@ struct Sizes {
     rps_requests: usize,
     failover_rounds: usize,
     scale: Vec<usize>,
+    short_conns: usize,
 }
 
 /// A lab built for the bench; `lab down` on drop.
@@ -198,8 +202,12 @@ impl BenchLab {
         Ok(())
     }
 
-    /// Runs `f` on a thread inside the client namespace.
-    fn in_client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    /// Starts `f` on a thread inside the client namespace. Threads that `f` starts are in
+    /// the client namespace too (a new thread takes its creator's namespaces).
+    fn spawn_in_client<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<Result<T>> {
         let ns = format!("/run/netns/hn-{}-client", self.name);
         std::thread::spawn(move || {
             let file = std::fs::File::open(&ns).map_err(|e| anyhow::anyhow!("{ns}: {e}"))?;
@@ -207,8 +215,13 @@ impl BenchLab {
                 .map_err(|e| anyhow::anyhow!("setns {ns}: {e}"))?;
             Ok(f())
         })
-        .join()
-        .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+    }
+
+    /// Runs `f` on a thread inside the client namespace.
+    fn in_client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        self.spawn_in_client(f)
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))?
     }
 }
 
@@ -276,6 +289,102 @@ fn rps(lab: &BenchLab, host: &str, port: u16, n: usize) -> Result<f64> {
     out.split_whitespace()
         .find_map(|w| w.parse::<f64>().ok())
         .with_context(|| format!("no requests-per-second figure from redis-benchmark: {out}"))
+}
+
+/// What `n` short connections gave: rate, sorted connection times, failures.
+struct ShortConns {
+    per_s: f64,
+    times_ms: Vec<f64>,
+    failed: usize,
+    first_error: Option<String>,
+    /// Each hydra-host's peak RSS during the run less its RSS before (empty if not sampled).
+    host_rss_growth_kib: Vec<u64>,
+}
+
+/// One short connection: connect, one PING, the client's FIN first, then wait for the
+/// server's. Returns connect-to-close time in milliseconds.
+fn short_conn(addr: SocketAddr) -> Result<f64> {
+    let t = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).context("connect")?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    ping_once(&mut s).context("PING")?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut buf = [0u8; 64];
+    while s.read(&mut buf).context("waiting for the server's FIN")? > 0 {}
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+/// `n` short connections (see [`short_conn`]) from [`SHORT_CLIENTS`] kernel-TCP client
+/// threads at once, each opening the next as soon as its last one closed. With `sample_rss`,
+/// the lab's hydra-host processes are sampled every 100 ms for their peak RSS.
+fn short_conns(lab: &BenchLab, addr: SocketAddr, n: usize, sample_rss: bool) -> Result<ShortConns> {
+    let before = if sample_rss {
+        host_rss_kib(lab)
+    } else {
+        Vec::new()
+    };
+    let mut peak = before.clone();
+    let clients = lab.spawn_in_client(move || {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let started = Instant::now();
+        let per_thread: Vec<Vec<Result<f64>>> = std::thread::scope(|sc| {
+            let workers: Vec<_> = (0..SHORT_CLIENTS)
+                .map(|_| {
+                    sc.spawn(|| {
+                        let mut out = Vec::new();
+                        while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                            out.push(short_conn(addr));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        let secs = started.elapsed().as_secs_f64();
+        let mut times_ms = Vec::with_capacity(n);
+        let mut failed = n;
+        let mut first_error = None;
+        for r in per_thread.into_iter().flatten() {
+            match r {
+                Ok(ms) => times_ms.push(ms),
+                Err(e) => {
+                    first_error.get_or_insert_with(|| format!("{e:#}"));
+                }
+            }
+        }
+        failed -= times_ms.len();
+        times_ms.sort_by(f64::total_cmp);
+        ShortConns {
+            per_s: times_ms.len() as f64 / secs,
+            times_ms,
+            failed,
+            first_error,
+            host_rss_growth_kib: Vec::new(),
+        }
+    });
+    while sample_rss && !clients.is_finished() {
+        for (p, now) in peak.iter_mut().zip(host_rss_kib(lab)) {
+            *p = (*p).max(now);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut got = clients
+        .join()
+        .map_err(|_| anyhow::anyhow!("short connection clients panicked"))??;
+    for (p, now) in peak.iter_mut().zip(host_rss_kib(lab)) {
+        *p = (*p).max(now);
+    }
+    got.host_rss_growth_kib = peak
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| p.saturating_sub(*b))
+        .collect();
+    Ok(got)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -509,6 +618,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             rps_requests: 20_000,
             failover_rounds: 1,
             scale: vec![1000],
+            short_conns: 2000,
         }
     } else {
         Sizes {
@@ -518,6 +628,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             rps_requests: 200_000,
             failover_rounds: 3,
             scale: vec![1000, 10_000],
+            short_conns: 10_000,
         }
     };
     let www = std::env::temp_dir().join(format!("hn-bench-{}", std::process::id()));
@@ -557,7 +668,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ("redirect", SERVICE, 80, 6379),
     ];
     for (path, host, http, redis) in targets {
-        progress(&format!("{path}: bulk, latency, requests per second"));
+        progress(&format!(
+            "{path}: bulk, latency, requests per second, short connections"
+        ));
         measure(&a, path, host, http, redis, &sz, &mut r, &mut latencies)?;
     }
     // What a backend crash does to kernel and nginx paths: both streams, kill h1 once.
@@ -618,7 +731,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "ft",
             &www,
         )?;
-        progress(&format!("{path}: bulk, latency, requests per second"));
+        progress(&format!(
+            "{path}: bulk, latency, requests per second, short connections"
+        ));
         measure(&lab, path, SERVICE, 80, 6379, &sz, &mut r, &mut latencies)?;
         if path == "ft3" {
             for &n in &sz.scale {
@@ -762,9 +877,13 @@ fn measure(
 ) -> Result<()> {
     let one = bulk(lab, host, http, "bulk.bin", 1)?;
     let eight = bulk(lab, host, http, "par.bin", 8)?;
-    let mut lat = ping_latencies(lab, format!("{host}:{redis}").parse()?, sz.pings)?;
+    let redis_addr: SocketAddr = format!("{host}:{redis}").parse()?;
+    let mut lat = ping_latencies(lab, redis_addr, sz.pings)?;
     lat.sort_by(f64::total_cmp);
     let rps = rps(lab, host, redis, sz.rps_requests)?;
+    // Host memory only where HydraNet carries the connections.
+    let hydranet = !matches!(path, "kernel" | "nginx-stream");
+    let short = short_conns(lab, redis_addr, sz.short_conns, hydranet)?;
     let e = r.entry(path).or_default();
     e.insert("bulk_1conn_MBps".into(), json!(one));
     e.insert("bulk_8conn_MBps".into(), json!(eight));
@@ -772,18 +891,54 @@ fn measure(
     e.insert("ping_p99_ms".into(), json!(percentile(&lat, 0.99)));
     e.insert("ping_p999_ms".into(), json!(percentile(&lat, 0.999)));
     e.insert("get_rps_50conn".into(), json!(rps));
+    e.insert("short_conns".into(), json!(sz.short_conns));
+    e.insert("short_conns_clients".into(), json!(SHORT_CLIENTS));
+    e.insert("short_conns_per_s".into(), json!(short.per_s));
+    e.insert(
+        "short_conn_p50_ms".into(),
+        json!(percentile(&short.times_ms, 0.5)),
+    );
+    e.insert(
+        "short_conn_p99_ms".into(),
+        json!(percentile(&short.times_ms, 0.99)),
+    );
+    e.insert("short_conns_failed".into(), json!(short.failed));
+    let mut summary = format!("{} of {} failed", short.failed, sz.short_conns);
+    if let Some(err) = &short.first_error {
+        summary.push_str(&format!(" (first: {err})"));
+        e.insert("short_conns_first_error".into(), json!(err));
+    }
+    if hydranet {
+        summary.push_str(&format!(
+            "; host RSS {} MiB",
+            short
+                .host_rss_growth_kib
+                .iter()
+                .map(|k| format!("+{:.1}", *k as f64 / 1024.0))
+                .collect::<Vec<_>>()
+                .join("/")
+        ));
+        e.insert(
+            "short_conns_host_rss_growth_kib".into(),
+            json!(short.host_rss_growth_kib),
+        );
+    }
+    e.insert("short_conns_summary".into(), json!(summary));
     latencies.insert(path, lat);
     Ok(())
 }
 
 fn render_table(r: &BTreeMap<&str, BTreeMap<String, Value>>) -> String {
-    let metrics: [(&str, &str); 6] = [
+    let metrics: [(&str, &str); 9] = [
         ("bulk_1conn_MBps", "bulk, 1 connection (MB/s)"),
         ("bulk_8conn_MBps", "bulk, 8 connections (MB/s)"),
         ("ping_p50_ms", "PING latency p50 (ms)"),
         ("ping_p99_ms", "PING latency p99 (ms)"),
         ("ping_p999_ms", "PING latency p99.9 (ms)"),
         ("get_rps_50conn", "GET, 50 connections (req/s)"),
+        ("short_conns_per_s", "short conns (conn/s)"),
+        ("short_conn_p50_ms", "short conn time p50 (ms)"),
+        ("short_conn_p99_ms", "short conn time p99 (ms)"),
     ];
     let mut t = String::new();
     t.push_str("| metric | ");
@@ -819,16 +974,24 @@ fn render_table(r: &BTreeMap<&str, BTreeMap<String, Value>>) -> String {
         }
         t.push('\n');
     }
-    t.push_str("| failover |");
-    for p in PATHS {
-        let v = r
-            .get(p)
-            .and_then(|e| e.get("failover"))
-            .and_then(Value::as_str)
-            .unwrap_or("–");
-        t.push_str(&format!(" {v} |"));
+    for (key, label) in [
+        (
+            "short_conns_summary",
+            "short conns: failed, host RSS growth",
+        ),
+        ("failover", "failover"),
+    ] {
+        t.push_str(&format!("| {label} |"));
+        for p in PATHS {
+            let v = r
+                .get(p)
+                .and_then(|e| e.get(key))
+                .and_then(Value::as_str)
+                .unwrap_or("–");
+            t.push_str(&format!(" {v} |"));
+        }
+        t.push('\n');
     }
-    t.push('\n');
     if let Some(ft3) = r.get("ft3") {
         for (k, v) in ft3.iter().filter(|(k, _)| k.starts_with("scale_")) {
             t.push_str(&format!(
@@ -848,65 +1011,85 @@ fn render_table(r: &BTreeMap<&str, BTreeMap<String, Value>>) -> String {
     t
 }
 
+/// A bar chart with one group per path and one bar per metric in `series`.
+fn bars(
+    file: &Path,
+    caption: &str,
+    y_desc: &str,
+    r: &BTreeMap<&str, BTreeMap<String, Value>>,
+    series: &[(&str, RGBColor)],
+) -> Result<()> {
+    let root = BitMapBackend::new(file, (1000, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let val = |p: &str, m: &str| {
+        r.get(p)
+            .and_then(|e| e.get(m))
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0)
+    };
+    let max = PATHS
+        .iter()
+        .flat_map(|p| series.iter().map(|(m, _)| val(p, m)))
+        .fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..PATHS.len() as f64, 0f64..max * 1.15)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        // Ticks every half unit (0.5 steps), so that the middle of each group gets its name.
+        .x_labels(PATHS.len() * 4)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 0.26 && i < PATHS.len() {
+                PATHS[i].to_string()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(y_desc)
+        .draw()?;
+    // Each group spans 0.1 to 0.9 of its slot; bars split it with a small gap between.
+    let slot = 0.8 / series.len().max(1) as f64;
+    for (i, p) in PATHS.iter().enumerate() {
+        let x = i as f64 + 0.1;
+        chart.draw_series(series.iter().enumerate().map(|(j, (m, color))| {
+            let left = x + j as f64 * slot + 0.025;
+            Rectangle::new(
+                [(left, 0.0), (left + slot - 0.05, val(p, m))],
+                color.filled(),
+            )
+        }))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
 fn plots(
     dir: &Path,
     r: &BTreeMap<&str, BTreeMap<String, Value>>,
     latencies: &BTreeMap<&str, Vec<f64>>,
     timelines: &[(String, Stream)],
 ) -> Result<()> {
-    // Throughput bars.
-    {
-        let path = dir.join("throughput.png");
-        let root = BitMapBackend::new(&path, (1000, 500)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let val = |p: &str, m: &str| {
-            r.get(p)
-                .and_then(|e| e.get(m))
-                .and_then(Value::as_f64)
-                .unwrap_or(0.0)
-        };
-        let max = PATHS
-            .iter()
-            .flat_map(|p| [val(p, "bulk_1conn_MBps"), val(p, "bulk_8conn_MBps")])
-            .fold(1.0, f64::max);
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "Bulk throughput (MB/s): 1 connection (blue), 8 connections (red)",
-                ("sans-serif", 20),
-            )
-            .margin(15)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..PATHS.len() as f64, 0f64..max * 1.15)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(PATHS.len() * 2)
-            .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                if (x - x.floor() - 0.5).abs() < 0.26 && i < PATHS.len() {
-                    PATHS[i].to_string()
-                } else {
-                    String::new()
-                }
-            })
-            .y_desc("MB/s")
-            .draw()?;
-        for (i, p) in PATHS.iter().enumerate() {
-            let x = i as f64;
-            chart.draw_series([
-                Rectangle::new(
-                    [(x + 0.1, 0.0), (x + 0.45, val(p, "bulk_1conn_MBps"))],
-                    BLUE.filled(),
-                ),
-                Rectangle::new(
-                    [(x + 0.55, 0.0), (x + 0.9, val(p, "bulk_8conn_MBps"))],
-                    RED.filled(),
-                ),
-            ])?;
-        }
-        root.present()?;
-    }
+    bars(
+        &dir.join("throughput.png"),
+        "Bulk throughput (MB/s): 1 connection (blue), 8 connections (red)",
+        "MB/s",
+        r,
+        &[("bulk_1conn_MBps", BLUE), ("bulk_8conn_MBps", RED)],
+    )?;
+    bars(
+        &dir.join("short-conns.png"),
+        &format!(
+            "Short connections per second (connect, PING, client closes first; {SHORT_CLIENTS} clients)"
+        ),
+        "connections/s",
+        r,
+        &[("short_conns_per_s", BLUE)],
+    )?;
     // Latency CDF.
     {
         let path = dir.join("latency-cdf.png");
