@@ -359,6 +359,36 @@ impl FtConn {
         Some((snd, rcv, told))
     }
 
+    /// Where a client's RST must land to be taken (RFC 5961 §3.2): the next client byte
+    /// as this replica, the client (the gate's ACK) or any member knows it, and the right
+    /// edge of the window the client was given.
+    pub fn rst_window(&self) -> Option<(Vec<SeqNumber>, SeqNumber)> {
+        let mut exact: Vec<SeqNumber> = self.local_rcv_nxt.into_iter().collect();
+        exact.extend(self.sent_ack);
+        exact.extend(self.peers.values().map(|p| p.rcv_nxt));
+        let edge = self.sent_edge.or(self.local_edge)?;
+        (!exact.is_empty()).then_some((exact, edge))
+    }
+
+    /// The challenge ACK answering a suspicious RST or SYN (RFC 5961 §3.2, §4.2): what
+    /// the client was last told. `None` at a backup, which never speaks.
+    pub fn challenge_ack(&self) -> Option<Vec<u8>> {
+        if self.role != Role::Primary {
+            return None;
+        }
+        let (ack, edge) = (self.sent_ack?, self.sent_edge?);
+        let seq = self.snd_max_s.or(self.isn_s.map(|i| i.plus(1)))?;
+        Some(rewrite::build(
+            self.key.service,
+            self.key.client,
+            seq,
+            ack,
+            self.window_field(ack, edge),
+            &[],
+            false,
+        ))
+    }
+
     /// The connection's 4-tuple.
     pub fn key(&self) -> FlowKey {
         self.key

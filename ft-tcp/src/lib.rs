@@ -19,6 +19,7 @@ pub mod ft;
 pub mod packet;
 pub mod plain;
 pub mod rewrite;
+pub mod rfc5961;
 pub mod seq;
 pub mod shadow;
 pub mod syncookie;

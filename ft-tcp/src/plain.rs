@@ -8,11 +8,10 @@
 //! checksum update, as the FT layer does). SACK blocks from the client are left alone:
 //! smoltcp ignores received SACK blocks (SMOLTCP-NOTES.md).
 
-use std::net::SocketAddrV4;
-
 use smoltcp::time::Instant;
 
 use crate::endpoint::{Endpoint, EndpointConfig};
+use crate::packet::FlowKey;
 use crate::rewrite;
 use crate::seq::SeqNumber;
 
@@ -24,6 +23,11 @@ pub struct PlainConn {
     scratch: Vec<u8>,
     /// The highest sequence number sent and the last ACK sent, client space.
     sent: Option<(SeqNumber, SeqNumber)>,
+    /// The last window field sent.
+    sent_window: u16,
+    key: FlowKey,
+    /// The receive buffer: an upper bound of the window the client was given.
+    rx_buffer: u32,
 }
 
 impl std::fmt::Debug for PlainConn {
@@ -39,14 +43,14 @@ impl PlainConn {
     /// when the local stack does not answer the SYN with a SYN-ACK (never for a SYN built by
     /// [`crate::syncookie::rebuild_syn`] to the endpoint's own service).
     pub fn accept(
-        service: SocketAddrV4,
+        key: FlowKey,
         cfg: EndpointConfig,
         seed: u64,
         now: Instant,
         syn: &[u8],
         isn_s: SeqNumber,
     ) -> Option<PlainConn> {
-        let mut ep = Endpoint::listen(service, cfg, seed, now);
+        let mut ep = Endpoint::listen(key.service, cfg, seed, now);
         let mut out = Vec::new();
         ep.handle_packet(now, syn, &mut out);
         let local_isn = out
@@ -59,6 +63,9 @@ impl PlainConn {
             delta: isn_s.0.wrapping_sub(local_isn.0),
             scratch: Vec::new(),
             sent: None,
+            sent_window: 0,
+            key,
+            rx_buffer: u32::try_from(cfg.rx_buffer).unwrap_or(u32::MAX),
         })
     }
 
@@ -106,6 +113,27 @@ impl PlainConn {
         self.sent
     }
 
+    /// Where a client's RST must land to be taken (RFC 5961 §3.2): the last ACK sent, and
+    /// the right edge of the largest window the client may have been given.
+    pub fn rst_window(&self) -> Option<(Vec<SeqNumber>, SeqNumber)> {
+        let (_, ack) = self.sent?;
+        Some((vec![ack], ack.plus(self.rx_buffer)))
+    }
+
+    /// The challenge ACK answering a suspicious RST or SYN (RFC 5961 §3.2, §4.2).
+    pub fn challenge_ack(&self) -> Option<Vec<u8>> {
+        let (snd, ack) = self.sent?;
+        Some(rewrite::build(
+            self.key.service,
+            self.key.client,
+            snd,
+            ack,
+            self.sent_window,
+            &[],
+            false,
+        ))
+    }
+
     fn translate(&mut self, packets: &mut [Vec<u8>]) {
         for p in packets {
             if let Some(seg) = rewrite::parse(p) {
@@ -115,6 +143,7 @@ impl PlainConn {
                     let end = seq.plus(seg.seq_len());
                     let snd = self.sent.map_or(end, |(s, _)| s.max(end));
                     self.sent = Some((snd, seg.ack));
+                    self.sent_window = seg.window;
                 }
             }
         }
@@ -124,7 +153,6 @@ impl PlainConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::FlowKey;
     use crate::syncookie::{self, CookieJar, SynOpts};
     use crate::TcpState;
     use etherparse::{PacketBuilder, TcpOptionElement};
@@ -210,8 +238,7 @@ mod tests {
             .unwrap();
         let syn = syncookie::rebuild_syn(key(), SeqNumber(1000), got);
         let t = Instant::from_millis(1);
-        let mut c =
-            PlainConn::accept(key().service, EndpointConfig::default(), 3, t, &syn, isn_s).unwrap();
+        let mut c = PlainConn::accept(key(), EndpointConfig::default(), 3, t, &syn, isn_s).unwrap();
         let mut out = Vec::new();
         c.handle_packet(t, &client(1001, isn_s.0.wrapping_add(1), b"ping"), &mut out);
         assert_eq!(c.endpoint_ref().state(), TcpState::Established);

@@ -52,6 +52,9 @@ const SNAPSHOT_MAX: usize = 1000;
 /// (smoltcp keeps TIME-WAIT 10 s, Linux 60 s): the client's retransmitted FINs still get
 /// their ACK, a stray segment of the old connection gets silence, not a reset.
 const LINGER: Duration = Duration::from_secs(15);
+/// Challenge ACKs a host sends per second at most (RFC 5961 §7; Linux's
+/// tcp_challenge_ack_limit was 1000): an attacker's guesses must not make us a reflector.
+const CHALLENGE_ACKS_PER_SEC: u32 = 1000;
 /// Expired linger records dropped per loop iteration at most (expiry is amortised).
 const LINGER_EXPIRE_BATCH: usize = 256;
 
@@ -90,6 +93,11 @@ pub struct HostMetrics {
     pub linger_acks: Counter,
     /// RSTs sent for segments of connections that were reset.
     pub linger_resets: Counter,
+    /// Challenge ACKs sent for an RST or SYN that was not exactly in place (RFC 5961).
+    pub challenge_acks: Counter,
+    /// RSTs and SYNs on open connections dropped (RFC 5961: out of window, or over the
+    /// challenge ACK limit).
+    pub rst_syn_dropped: Counter,
     /// Connections ever opened.
     pub conns_total: Counter,
     /// Backend connects that failed (client got RST).
@@ -198,6 +206,20 @@ impl HostMetrics {
             "RSTs sent for segments of connections already reset (the client had not heard)",
             "",
             self.linger_resets.get(),
+        );
+        e.sample(
+            "hydra_challenge_acks_total",
+            c,
+            "Challenge ACKs sent for an RST or SYN not exactly in place (RFC 5961)",
+            "",
+            self.challenge_acks.get(),
+        );
+        e.sample(
+            "hydra_rst_syn_ignored_total",
+            c,
+            "RSTs and SYNs on open connections ignored (RFC 5961: out of window, or a challenge)",
+            "",
+            self.rst_syn_dropped.get(),
         );
         e.sample(
             "hydra_connections_total",
@@ -537,6 +559,8 @@ pub struct Dataplane {
     lingering: HashMap<FlowKey, Linger>,
     /// The same, oldest first (every record lives `LINGER`), for amortised expiry.
     linger_queue: VecDeque<(Instant, FlowKey)>,
+    /// Challenge ACKs left this second, and when the second began.
+    challenges: (u32, Instant),
     next_id: usize,
     timers: BTreeSet<(SInstant, usize)>,
     start: Instant,
@@ -677,6 +701,7 @@ impl Dataplane {
             per_service: HashMap::new(),
             lingering: HashMap::new(),
             linger_queue: VecDeque::new(),
+            challenges: (CHALLENGE_ACKS_PER_SEC, Instant::now()),
             next_id: 1,
             timers: BTreeSet::new(),
             start: Instant::now(),
@@ -873,6 +898,9 @@ impl Dataplane {
             }
             None => self.on_handshake_ack(key, &meta, now)?,
         };
+        if (meta.flags.rst || meta.is_syn()) && !self.screen_rst_syn(id, &meta) {
+            return None;
+        }
         let c = self.conns.get_mut(&id)?;
         if meta.payload_len > 0 || meta.flags.fin {
             c.last_active = Instant::now();
@@ -990,6 +1018,44 @@ impl Dataplane {
                 _ => break,
             }
         }
+    }
+
+    /// RFC 5961 for an RST or a SYN on an open connection: only an RST at exactly the next
+    /// expected sequence number reaches the stack; one elsewhere in the window, and any
+    /// SYN, gets a challenge ACK (from the primary only, at most CHALLENGE_ACKS_PER_SEC per
+    /// second); the rest is dropped. Returns whether the segment goes on to the stack.
+    fn screen_rst_syn(&mut self, id: usize, meta: &TcpMeta) -> bool {
+        use ft_tcp::rfc5961::{screen_rst, Screen};
+        let Some(c) = self.conns.get(&id) else {
+            return false;
+        };
+        let (window, challenge) = match &c.tcp {
+            Tcp::Plain(p) => (p.rst_window(), p.challenge_ack()),
+            Tcp::Ft(f) => (f.rst_window(), f.challenge_ack()),
+        };
+        let verdict = match (meta.flags.rst, window) {
+            (true, Some((exact, edge))) => screen_rst(SeqNumber(meta.seq), &exact, edge),
+            // Nothing sent yet: nothing an attacker could aim at either.
+            (true, None) => Screen::Accept,
+            (false, _) => Screen::Challenge,
+        };
+        match verdict {
+            Screen::Accept => return true,
+            Screen::Drop => {}
+            Screen::Challenge => {
+                let now = Instant::now();
+                if now.duration_since(self.challenges.1) >= Duration::from_secs(1) {
+                    self.challenges = (CHALLENGE_ACKS_PER_SEC, now);
+                }
+                if let (Some(p), true) = (challenge, self.challenges.0 > 0) {
+                    self.challenges.0 -= 1;
+                    self.send_to_client(c.key.service, &p);
+                    self.shared.metrics.challenge_acks.inc();
+                }
+            }
+        }
+        self.shared.metrics.rst_syn_dropped.inc();
+        false
     }
 
     /// A client's SYN: answered with a SYN cookie and forgotten (nothing is kept or connected
@@ -1128,8 +1194,7 @@ impl Dataplane {
                 isn_s,
             )))
         } else {
-            let Some(p) = PlainConn::accept(key.service, self.cfg.endpoint, seed, now, syn, isn_s)
-            else {
+            let Some(p) = PlainConn::accept(key, self.cfg.endpoint, seed, now, syn, isn_s) else {
                 tracing::warn!(client = %key.client, "local stack did not answer a rebuilt SYN");
                 return None;
             };
