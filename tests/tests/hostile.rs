@@ -218,7 +218,7 @@ fn kernel_tcp_serves_legit_clients_through_a_syn_flood() {
     let _one_at_a_time = serial();
     let www = WebRoot::new("fldk", 1 << 20, 0xf1_00d);
     let lab = Lab::up("fldk", 1, &www.backend_cmd(), &["--mode", "redirect"]);
-    let server = hydractl()
+    let mut server = hydractl()
         .args(["lab", "exec", "--name", &lab.name, "h1", "--"])
         .arg(bin("hydra-fileserver"))
         .args(["--root"])
@@ -231,7 +231,8 @@ fn kernel_tcp_serves_legit_clients_through_a_syn_flood() {
     std::thread::sleep(Duration::from_millis(300));
     let run = flood_with_legit_client(&lab, &www, Some(("198.18.1.2", 9090)), || {});
     println!("kernel: {}", run.summary());
-    drop(server);
+    let _ = server.kill();
+    let _ = server.wait();
     run.assert_all_served();
 }
 

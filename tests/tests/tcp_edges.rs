@@ -217,7 +217,7 @@ fn forged_rst_syn_and_damaged_segments_are_handled_as_linux_does() {
         &["--mode", "ft"],
     );
     // The baseline: a plain redis on h1's own address, reached by plain routing.
-    let _linux = hydractl()
+    let mut linux_redis = hydractl()
         .args(["lab", "exec", "--name", &lab.name, "h1", "--"])
         .args(["redis-server", "--port", "9091", "--bind", "198.18.1.2"])
         .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
@@ -238,6 +238,9 @@ fn forged_rst_syn_and_damaged_segments_are_handled_as_linux_does() {
         })
         .join()
         .expect("ft probe");
+    // `lab down` ends the redis itself; this ends `lab exec`.
+    let _ = linux_redis.kill();
+    let _ = linux_redis.wait();
     let primary = lab.primary();
     // Redirect mode, on a lab of its own.
     let rd = Lab::up(
