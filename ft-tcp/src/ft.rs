@@ -528,7 +528,14 @@ impl FtConn {
         };
         if !seg.syn && !seg.rst && (seg.payload_len > 0 || seg.fin) {
             let payload = &packet[seg.payload_off..seg.payload_off + seg.payload_len];
-            self.log.record(seg.seq, payload, seg.fin);
+            // Only what a member may still need: not wholly below the lowest member's
+            // rcv_nxt, not beyond the window we gave (nobody takes those bytes; a forged
+            // segment must not fill the log).
+            let needed = self.log_low().is_none_or(|low| low.lt(seg.end()));
+            let in_window = self.local_edge.is_none_or(|e| seg.seq.lt(e));
+            if needed && in_window {
+                self.log.record(seg.seq, payload, seg.fin);
+            }
             if self.local_rcv_nxt.is_some_and(|r| r.lt(seg.seq)) {
                 // Beyond what we expect: the bytes before it were lost on the way here.
                 let h = self.local_hole_end.map_or(seg.seq, |h| h.min(seg.seq));
@@ -763,19 +770,21 @@ impl FtConn {
         }
     }
 
+    /// The lowest `rcv_nxt` over the members: every member holds the client bytes before it.
+    /// `None` while one has not reported (it may need everything).
+    fn log_low(&self) -> Option<SeqNumber> {
+        let mut low = self.local_rcv_nxt?;
+        for id in &self.view_peers {
+            low = low.min(self.peers.get(id)?.rcv_nxt);
+        }
+        Some(low)
+    }
+
     /// Forgets client bytes every member holds.
     fn trim_log(&mut self) {
-        let Some(mut low) = self.local_rcv_nxt else {
-            return;
-        };
-        for id in &self.view_peers {
-            match self.peers.get(id) {
-                Some(p) => low = low.min(p.rcv_nxt),
-                // A member that has not reported may need everything.
-                None => return,
-            }
+        if let Some(low) = self.log_low() {
+            self.log.trim(low);
         }
-        self.log.trim(low);
     }
 
     /// Primary: sends each backup that lacks client bytes we hold those bytes, at once
