@@ -39,4 +39,7 @@ pub struct SetPortOpt {
     /// Seconds a connection may stay idle before it is reset (default 600, 0: never).
     #[serde(default)]
     pub idle_timeout_s: Option<u32>,
+    /// Seconds of client silence before keep-alive probes (default 0: off).
+    #[serde(default)]
+    pub keepalive_s: Option<u32>,
 }

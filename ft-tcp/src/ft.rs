@@ -373,6 +373,17 @@ impl FtConn {
     /// The challenge ACK answering a suspicious RST or SYN (RFC 5961 §3.2, §4.2): what
     /// the client was last told. `None` at a backup, which never speaks.
     pub fn challenge_ack(&self) -> Option<Vec<u8>> {
+        self.ack_to_client(0)
+    }
+
+    /// A TCP keep-alive probe (RFC 9293 §3.8.4): an ACK one below what we sent, which the
+    /// client answers with an ACK. `None` at a backup.
+    pub fn keepalive_probe(&self) -> Option<Vec<u8>> {
+        self.ack_to_client(1)
+    }
+
+    /// An ACK as the client was last told, `back` below our next sequence number.
+    fn ack_to_client(&self, back: u32) -> Option<Vec<u8>> {
         if self.role != Role::Primary {
             return None;
         }
@@ -381,7 +392,7 @@ impl FtConn {
         Some(rewrite::build(
             self.key.service,
             self.key.client,
-            seq,
+            seq.minus(back),
             ack,
             self.window_field(ack, edge),
             &[],

@@ -122,11 +122,21 @@ impl PlainConn {
 
     /// The challenge ACK answering a suspicious RST or SYN (RFC 5961 §3.2, §4.2).
     pub fn challenge_ack(&self) -> Option<Vec<u8>> {
+        self.ack_to_client(0)
+    }
+
+    /// A TCP keep-alive probe (RFC 9293 §3.8.4): an ACK one below what we sent, which the
+    /// client answers with an ACK.
+    pub fn keepalive_probe(&self) -> Option<Vec<u8>> {
+        self.ack_to_client(1)
+    }
+
+    fn ack_to_client(&self, back: u32) -> Option<Vec<u8>> {
         let (snd, ack) = self.sent?;
         Some(rewrite::build(
             self.key.service,
             self.key.client,
-            snd,
+            snd.minus(back),
             ack,
             self.sent_window,
             &[],

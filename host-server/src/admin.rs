@@ -95,10 +95,10 @@ pub fn handle(shared: &Arc<Shared>, node: ReplicaId, method: &str, url: &str, bo
             };
             match s
                 .set_port_opt(addr, mode, backend, detector, ft)
-                .and_then(|()| s.set_limits(addr, req.max_conns, req.idle_timeout_s))
+                .and_then(|()| s.set_limits(addr, req.max_conns, req.idle_timeout_s, req.keepalive_s))
             {
                 Ok(()) => {
-                    tracing::info!(service = %addr, mode = mode.as_str(), ?backend, repair = ft.repair, max_conns = ?req.max_conns, idle_timeout_s = ?req.idle_timeout_s, "setportopt");
+                    tracing::info!(service = %addr, mode = mode.as_str(), ?backend, repair = ft.repair, max_conns = ?req.max_conns, idle_timeout_s = ?req.idle_timeout_s, keepalive_s = ?req.keepalive_s, "setportopt");
                     Reply::json(&json!({ "ok": true }))
                 }
                 Err(e) => Reply::error(400, e.to_string()),
@@ -129,6 +129,7 @@ fn status(shared: &Arc<Shared>, node: ReplicaId) -> Reply {
                     "quiet_ms": p.ft.quiet_ms,
                     "max_conns": p.max_conns,
                     "idle_timeout_s": p.idle_timeout_s,
+                    "keepalive_s": p.keepalive_s,
                 })
             })
             .collect()

@@ -92,6 +92,10 @@ pub struct ServiceConfig {
     /// 600, 0: never).
     #[serde(default)]
     pub idle_timeout_s: Option<u32>,
+    /// Seconds without a segment from the client before it is probed with TCP keep-alives;
+    /// reset after 3 unanswered probes (default 0: off).
+    #[serde(default)]
+    pub keepalive_s: Option<u32>,
 }
 
 fn default_admin_socket() -> PathBuf {

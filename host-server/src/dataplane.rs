@@ -52,6 +52,9 @@ const SNAPSHOT_MAX: usize = 1000;
 /// (smoltcp keeps TIME-WAIT 10 s, Linux 60 s): the client's retransmitted FINs still get
 /// their ACK, a stray segment of the old connection gets silence, not a reset.
 const LINGER: Duration = Duration::from_secs(15);
+/// Unanswered keep-alive probes before a connection is reset (Linux's tcp_keepalive_probes
+/// is 9, over 75 s intervals; ours come every third of the keep-alive time).
+const KEEPALIVE_PROBES: u32 = 3;
 /// Challenge ACKs a host sends per second at most (RFC 5961 §7; Linux's
 /// tcp_challenge_ack_limit was 1000): an attacker's guesses must not make us a reflector.
 const CHALLENGE_ACKS_PER_SEC: u32 = 1000;
@@ -87,6 +90,10 @@ pub struct HostMetrics {
     pub conns_active: Counter,
     /// Connections reset because nothing moved for the service's idle timeout.
     pub idle_timeouts: Counter,
+    /// TCP keep-alive probes sent.
+    pub keepalive_probes: Counter,
+    /// Connections reset after unanswered keep-alive probes.
+    pub keepalive_resets: Counter,
     /// Connections closed in order and remembered only by their last sequence numbers.
     pub conns_lingering: Counter,
     /// ACKs sent for closed connections (a client's retransmitted FIN).
@@ -192,6 +199,20 @@ impl HostMetrics {
             "Connections reset after the service's idle timeout (an abandoned client)",
             "",
             self.idle_timeouts.get(),
+        );
+        e.sample(
+            "hydra_keepalive_probes_total",
+            c,
+            "TCP keep-alive probes sent to silent clients",
+            "",
+            self.keepalive_probes.get(),
+        );
+        e.sample(
+            "hydra_keepalive_resets_total",
+            c,
+            "Connections reset after KEEPALIVE_PROBES unanswered keep-alive probes",
+            "",
+            self.keepalive_resets.get(),
         );
         e.sample(
             "hydra_linger_acks_total",
@@ -541,6 +562,10 @@ struct Conn {
     from_backend: u64,
     /// When a byte last moved either way (or the connection opened): for the idle timeout.
     last_active: Instant,
+    /// When the last segment came from the client: for keep-alive.
+    last_client_rx: Instant,
+    /// Keep-alive probes sent since then.
+    probes: u32,
 }
 
 /// The packet loop.
@@ -902,9 +927,12 @@ impl Dataplane {
             return None;
         }
         let c = self.conns.get_mut(&id)?;
+        let t = Instant::now();
         if meta.payload_len > 0 || meta.flags.fin {
-            c.last_active = Instant::now();
+            c.last_active = t;
         }
+        c.last_client_rx = t;
+        c.probes = 0;
         self.out.clear();
         match &mut c.tcp {
             Tcp::Plain(ep) => ep.handle_packet(now, packet, &mut self.out),
@@ -1217,6 +1245,8 @@ impl Dataplane {
             credit: 0,
             from_backend: 0,
             last_active: Instant::now(),
+            last_client_rx: Instant::now(),
+            probes: 0,
         };
         if conn.total {
             self.sequencers.entry(key.service).or_insert_with(|| {
@@ -1806,34 +1836,72 @@ impl Dataplane {
         }
     }
 
-    /// Resets connections idle for longer than their service's idle timeout: an abandoned
-    /// client (gone without FIN or RST) would otherwise hold its buffers and backend
-    /// connection forever. Runs with the snapshot (every 500 ms).
+    /// Resets connections idle for longer than their service's idle timeout (an abandoned
+    /// client, gone without FIN or RST, would otherwise hold its buffers and backend
+    /// connection forever), and probes silent clients with TCP keep-alives where the
+    /// service asks for them, resetting after KEEPALIVE_PROBES unanswered ones. Runs with
+    /// the snapshot (every 500 ms). Every replica counts probes alike (they all see the
+    /// client's answers), so they reset together; only the primary sends.
     fn reap_idle(&mut self, now: Instant, snow: SInstant) {
-        let timeouts: HashMap<SocketAddrV4, u32> = {
+        let limits: HashMap<SocketAddrV4, (u32, u32)> = {
             // INVARIANT: no code panics while holding the lock.
             let services = self.shared.services.lock().expect("services lock");
             services
                 .ports()
-                .map(|(a, p)| (a, p.idle_timeout_s))
+                .map(|(a, p)| (a, (p.idle_timeout_s, p.keepalive_s)))
                 .collect()
         };
-        let idle: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                timeouts.get(&c.key.service).is_some_and(|&t| {
-                    t > 0 && now.duration_since(c.last_active) >= Duration::from_secs(u64::from(t))
-                })
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in idle {
+        let secs = |s: u32| Duration::from_secs(u64::from(s));
+        let mut reset = Vec::new();
+        let mut probe = Vec::new();
+        for (id, c) in &self.conns {
+            let Some(&(idle, keepalive)) = limits.get(&c.key.service) else {
+                continue;
+            };
+            if idle > 0 && now.duration_since(c.last_active) >= secs(idle) {
+                reset.push((*id, false));
+                continue;
+            }
+            if keepalive == 0 {
+                continue;
+            }
+            let every = secs((keepalive / 3).max(1));
+            let due = secs(keepalive) + every * c.probes;
+            if now.duration_since(c.last_client_rx) < due {
+                continue;
+            }
+            if c.probes >= KEEPALIVE_PROBES {
+                reset.push((*id, true));
+            } else {
+                probe.push(*id);
+            }
+        }
+        for id in probe {
             let Some(c) = self.conns.get_mut(&id) else {
                 continue;
             };
-            tracing::debug!(client = %c.key.client, service = %c.key.service, "idle timeout: resetting the connection");
-            self.shared.metrics.idle_timeouts.inc();
+            c.probes += 1;
+            let p = match &c.tcp {
+                Tcp::Plain(p) => p.keepalive_probe(),
+                Tcp::Ft(f) => f.keepalive_probe(),
+            };
+            if let Some(p) = p {
+                let service = c.key.service;
+                self.send_to_client(service, &p);
+                self.shared.metrics.keepalive_probes.inc();
+            }
+        }
+        for (id, by_keepalive) in reset {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if by_keepalive {
+                tracing::debug!(client = %c.key.client, service = %c.key.service, "keep-alive unanswered: resetting the connection");
+                self.shared.metrics.keepalive_resets.inc();
+            } else {
+                tracing::debug!(client = %c.key.client, service = %c.key.service, "idle timeout: resetting the connection");
+                self.shared.metrics.idle_timeouts.inc();
+            }
             c.tcp.ep().abort();
             if let Some(mut s) = c.backend.take() {
                 abort_backend(&s);

@@ -74,7 +74,9 @@ fn run() -> anyhow::Result<()> {
             )
             .with_context(|| format!("config service {}", svc.addr))?;
             s.set_port_opt(svc.addr, mode, svc.backend, detector, ft)
-                .and_then(|()| s.set_limits(svc.addr, svc.max_conns, svc.idle_timeout_s))
+                .and_then(|()| {
+                    s.set_limits(svc.addr, svc.max_conns, svc.idle_timeout_s, svc.keepalive_s)
+                })
                 .with_context(|| format!("config service {}", svc.addr))?;
         }
     }

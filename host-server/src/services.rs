@@ -25,6 +25,9 @@ pub struct PortOpt {
     pub max_conns: Option<u32>,
     /// A connection with no byte either way for this long is reset (0: never), seconds.
     pub idle_timeout_s: u32,
+    /// TCP keep-alive: after this long without a segment from the client, probe it; reset
+    /// after 3 unanswered probes (0: off, the default, as in Linux), seconds.
+    pub keepalive_s: u32,
 }
 
 /// The idle timeout when none is given: nginx stream's `proxy_timeout` default.
@@ -198,6 +201,7 @@ impl Services {
                 ft,
                 max_conns: None,
                 idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
+                keepalive_s: 0,
             },
         );
         Ok(())
@@ -206,12 +210,14 @@ impl Services {
     /// Sets what one service's clients may hold: at most `max_conns` connections (`None`:
     /// only the host's cap applies; past the cap a new client's SYN gets no answer and it
     /// retries, as with a full Linux backlog), and how long a connection may stay idle
-    /// (`None`: the default, 0: forever).
+    /// (`None`: the default, 0: forever), and after how long without a segment from the
+    /// client it is probed with TCP keep-alives (`None` or 0: never).
     pub fn set_limits(
         &mut self,
         addr: SocketAddrV4,
         max_conns: Option<u32>,
         idle_timeout_s: Option<u32>,
+        keepalive_s: Option<u32>,
     ) -> Result<(), ServiceError> {
         if max_conns == Some(0) {
             return Err(ServiceError::ZeroCap);
@@ -219,6 +225,7 @@ impl Services {
         if let Some(p) = self.ports.get_mut(&addr) {
             p.max_conns = max_conns;
             p.idle_timeout_s = idle_timeout_s.unwrap_or(DEFAULT_IDLE_TIMEOUT_S);
+            p.keepalive_s = keepalive_s.unwrap_or(0);
         }
         Ok(())
     }

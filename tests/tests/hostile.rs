@@ -370,3 +370,88 @@ fn abandoned_connections_are_reaped_within_the_idle_timeout() {
         "a legit client must be served throughout:\n{text}"
     );
 }
+
+/// TCP keep-alive (issue #10): with `--keepalive 2s` a client that stops answering (its
+/// packets dropped, as when its machine dies) is reset after 3 unanswered probes, on every
+/// replica, while an idle client that answers the probes keeps its connection.
+#[test]
+fn keepalive_resets_a_dead_client_and_keeps_an_idle_live_one() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let lab = Lab::up(
+        "kalive",
+        3,
+        "exec redis-server --port 8080 --bind 127.0.0.1 --save '' --appendonly no",
+        &["--mode", "ft"],
+    );
+    lab.setportopt_all(&["--keepalive", "2s", "--idle-timeout", "0"]);
+    let hosts = lab.members();
+    let ping = |s: &mut std::net::TcpStream| {
+        let mut buf = [0u8; 7];
+        std::io::Write::write_all(s, b"PING\r\n").is_ok()
+            && s.read_exact(&mut buf).is_ok()
+            && &buf == b"+PONG\r\n"
+    };
+    let (mut live, mut dead) = lab
+        .in_ns("client", || {
+            let open = || {
+                let s = std::net::TcpStream::connect_timeout(
+                    &"198.19.0.10:80".parse().expect("addr"),
+                    Duration::from_secs(5),
+                )
+                .expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                s
+            };
+            (open(), open())
+        })
+        .join()
+        .expect("open");
+    assert!(ping(&mut live) && ping(&mut dead), "both answer at first");
+    let port = dead.local_addr().expect("addr").port();
+    let out = lab.sh(
+        "client",
+        &format!("iptables -I INPUT -p tcp --dport {port} -j DROP"),
+    );
+    assert!(out.status.success(), "iptables: {}", show(&out));
+    // Silent 2 s, then probes 1 s apart, reset after the third: about 5 s; sweeps every 0.5 s.
+    let started = Instant::now();
+    let mut held = u64::MAX;
+    while started.elapsed() < Duration::from_secs(9) {
+        held = hosts
+            .iter()
+            .map(|h| lab.status(h)["connections_active"].as_u64().unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        if held <= 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let took = started.elapsed();
+    println!("keepalive: the dead client's connection went after {took:?}");
+    assert!(
+        held <= 1,
+        "the dead client's connection is still held after {took:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(4),
+        "reset after {took:?}: before its probes could have gone unanswered"
+    );
+    for h in &hosts {
+        let m = lab.metrics(h);
+        assert!(metric(&m, "hydra_keepalive_resets_total") >= 1, "{h}: {m}");
+    }
+    let primary = lab.primary();
+    assert!(
+        metric(&lab.metrics(&primary), "hydra_keepalive_probes_total") >= 3,
+        "the primary sent the probes"
+    );
+    assert!(
+        ping(&mut live),
+        "the idle client that answered its probes keeps its connection"
+    );
+}

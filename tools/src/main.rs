@@ -99,6 +99,12 @@ enum Command {
         /// never; default 10m).
         #[arg(long)]
         idle_timeout: Option<String>,
+        /// TCP keep-alive: after this long without a segment from the client, probe it
+        /// (every third of it), and reset the connection after 3 unanswered probes: a
+        /// client whose machine died is found long before the idle timeout (e.g. 60s;
+        /// default 0: off, as in Linux).
+        #[arg(long)]
+        keepalive: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -158,11 +164,19 @@ fn main() {
             quiet,
             max_conns,
             idle_timeout,
+            keepalive,
             target,
         } => parse_ms(&hb, "--hb").and_then(|hb| {
             let timeout = parse_ms(&timeout, "--timeout")?;
             let quiet = parse_ms(&quiet, "--quiet")?;
-            let idle = idle_timeout.as_deref().map(parse_secs).transpose()?;
+            let idle = idle_timeout
+                .as_deref()
+                .map(|s| parse_secs(s, "--idle-timeout"))
+                .transpose()?;
+            let keepalive = keepalive
+                .as_deref()
+                .map(|s| parse_secs(s, "--keepalive"))
+                .transpose()?;
             if max_conns == Some(0) {
                 bail!("--max-conns 0 would refuse every client: pass at least 1, or leave it out");
             }
@@ -173,7 +187,7 @@ fn main() {
                 backend.as_deref(),
                 (hb, timeout),
                 (repair, &order, quiet),
-                (max_conns, idle),
+                (max_conns, idle, keepalive),
             )
         }),
         Command::Status {
@@ -318,7 +332,7 @@ fn agreement_line(a: &Value) -> String {
 }
 
 /// A duration in whole seconds: `30s`, `10m`, `1h`, or `0` (never).
-fn parse_secs(s: &str) -> anyhow::Result<u32> {
+fn parse_secs(s: &str, flag: &str) -> anyhow::Result<u32> {
     let t = s.trim();
     let (num, mul) = if let Some(n) = t.strip_suffix('h') {
         (n, 3600)
@@ -329,7 +343,7 @@ fn parse_secs(s: &str) -> anyhow::Result<u32> {
     } else if t == "0" {
         ("0", 1)
     } else {
-        bail!("--idle-timeout `{s}` needs a unit: e.g. 30s, 10m, 1h (or 0 for never)");
+        bail!("{flag} `{s}` needs a unit: e.g. 30s, 10m, 1h (or 0 for never)");
     };
     num.parse::<u32>()
         .ok()
@@ -356,7 +370,7 @@ fn setportopt(
     backend: Option<&str>,
     (hb_ms, timeout_ms): (u16, u16),
     (repair, order, quiet_ms): (bool, &str, u16),
-    (max_conns, idle_timeout_s): (Option<u32>, Option<u32>),
+    (max_conns, idle_timeout_s, keepalive_s): (Option<u32>, Option<u32>, Option<u32>),
 ) -> anyhow::Result<()> {
     let svc: SocketAddrV4 = service
         .parse()
@@ -389,6 +403,7 @@ fn setportopt(
             "quiet_ms": quiet_ms,
             "max_conns": max_conns,
             "idle_timeout_s": idle_timeout_s,
+            "keepalive_s": keepalive_s,
         })),
     )?;
     println!("{svc}: mode {}", mode.as_str());
@@ -626,14 +641,17 @@ mod tests {
 
     #[test]
     fn idle_timeout_takes_units_and_refuses_bare_numbers() {
-        assert_eq!(parse_secs("30s").unwrap(), 30);
-        assert_eq!(parse_secs("10m").unwrap(), 600);
-        assert_eq!(parse_secs("1h").unwrap(), 3600);
-        assert_eq!(parse_secs("0").unwrap(), 0);
-        assert!(parse_secs("30").is_err(), "a bare number is ambiguous");
-        assert!(parse_secs("xs").is_err());
+        assert_eq!(parse_secs("30s", "--idle-timeout").unwrap(), 30);
+        assert_eq!(parse_secs("10m", "--idle-timeout").unwrap(), 600);
+        assert_eq!(parse_secs("1h", "--idle-timeout").unwrap(), 3600);
+        assert_eq!(parse_secs("0", "--idle-timeout").unwrap(), 0);
         assert!(
-            parse_secs("9999999h").is_err(),
+            parse_secs("30", "--idle-timeout").is_err(),
+            "a bare number is ambiguous"
+        );
+        assert!(parse_secs("xs", "--idle-timeout").is_err());
+        assert!(
+            parse_secs("9999999h", "--idle-timeout").is_err(),
             "overflow is refused, not wrapped"
         );
     }
