@@ -6,7 +6,7 @@
 //! SYN-ACK already went out), and from then on every outgoing sequence number is moved by
 //! `delta = cookie - ISN_local` and every incoming ACK back by the same amount (RFC 1624
 //! checksum update, as the FT layer does). SACK blocks from the client are left alone:
-//! smoltcp ignores received SACK blocks (SMOLTCP-NOTES.md).
+//! smoltcp 0.14 ignores received SACK blocks (`socket/tcp.rs`, `process`).
 
 use smoltcp::time::Instant;
 

@@ -9,7 +9,8 @@
 //! does for every connection anyway.
 //!
 //! What Linux loses with cookies, this encoding keeps: the client's MSS (one of four values),
-//! its window scale and SACK-permitted. Timestamps are never used (SMOLTCP-NOTES.md).
+//! its window scale and SACK-permitted. Timestamps are never used: replicas would send
+//! different TSvals, and one going backwards after a failover makes Linux drop segments (PAWS).
 //!
 //! Every replica derives the same secret from the cluster key, so a cookie the primary issued
 //! validates on every backup: all replicas learn the ISN the client saw from the ACK itself.
