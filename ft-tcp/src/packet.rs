@@ -139,7 +139,9 @@ impl TcpMeta {
         if h.more_fragments() || h.fragments_offset().value() != 0 {
             return Err(PacketError::Fragment);
         }
-        if ip.payload().ip_number != IpNumber::TCP {
+        // The header's own protocol field: etherparse would skip an IPsec AH and hand over
+        // the TCP inside, which nothing downstream can check or rewrite.
+        if h.protocol() != IpNumber::TCP || ip.payload().ip_number != IpNumber::TCP {
             return Err(PacketError::NotTcp);
         }
         let tcp = TcpSlice::from_slice(ip.payload().payload).map_err(|_| PacketError::Tcp)?;

@@ -97,7 +97,12 @@ pub fn parse(p: &[u8]) -> Option<Seg> {
             0 => break,
             1 => i += 1,
             kind => {
-                let len = usize::from(*p.get(i + 1)?);
+                // A kind in the last option byte has no length: the walk ends there (the
+                // byte after it is payload or padding, not this option's length).
+                if i + 1 >= t + doff {
+                    break;
+                }
+                let len = usize::from(p[i + 1]);
                 if len < 2 || i + len > t + doff {
                     break;
                 }

@@ -159,7 +159,8 @@ impl CookieJar {
 /// `Socket::new`): the SYN-ACK a cookie goes out in must announce the same.
 pub fn window_shift(rx_buffer: usize) -> u8 {
     let log2 = usize::BITS - rx_buffer.leading_zeros();
-    log2.saturating_sub(16) as u8
+    // RFC 7323 §2.3: at most 14 (smoltcp would say 15 for a 1 GiB buffer, its maximum).
+    log2.saturating_sub(16).min(14) as u8
 }
 
 /// The SYN-ACK answering a client's SYN with the cookie `isn`: the options the local stack

@@ -33,8 +33,8 @@
 //! and `CookieJar::check` accepts an ISN only when `isn()` makes exactly that ISN; a cookie's
 //! SYN-ACK reads back its ISN, ACK, MSS, window scale and SACK-permitted.
 //!
-//! One known bug is carved out of these properties and pinned by an ignored test:
-//! [`known_bug_lone_option_kind`].
+//! A bug these targets found (a lone option kind in the last header byte) is pinned by
+//! [`lone_option_kind_in_the_last_header_byte_parses`].
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
@@ -370,23 +370,6 @@ impl SegSpec {
     }
 }
 
-/// Known bug (reported with issue #10): `rewrite::parse` returns `None` for a segment whose
-/// option list ends with a kind byte (2..=255) in the header's last byte when nothing follows
-/// the header, because reading the missing length byte with `p.get(i + 1)?` returns from
-/// `parse` instead of ending the option walk; the same header followed by a payload parses.
-/// Linux and etherparse-based `TcpMeta::parse` accept the segment. Pinned by
-/// [`known_bug_lone_option_kind`]; these targets skip exactly this case until it is fixed.
-fn parses_only_with_payload(p: &[u8]) -> bool {
-    if rewrite::parse(p).is_some() || p.len() < 20 || usize::from(be16(p, 2)) != p.len() {
-        return false;
-    }
-    let mut q = p.to_vec();
-    q.push(0);
-    let total = (q.len() as u16).to_be_bytes();
-    q[2..4].copy_from_slice(&total);
-    rewrite::parse(&q).is_some()
-}
-
 fn is_tcp_non_fragment(p: &[u8]) -> bool {
     p.len() >= 20 && p[9] == 6 && p[6] & 0x20 == 0 && be16(p, 6) & 0x1fff == 0
 }
@@ -426,7 +409,7 @@ fn check_any(p: &[u8], new: Rewrite) {
         Ok(_) => assert_eq!(checked, Err(PacketError::Checksum)),
         Err(e) => assert_eq!(checked, Err(e)),
     }
-    if is_tcp_non_fragment(p) && !parses_only_with_payload(p) {
+    if is_tcp_non_fragment(p) {
         assert_eq!(
             seg.is_some(),
             meta.is_ok(),
@@ -524,9 +507,7 @@ fn assert_flip_detected(q: &[u8], at: usize, xor: u8) {
 }
 
 fn assert_padding_ignored(p: &[u8], padded: &[u8]) {
-    if !parses_only_with_payload(p) {
-        assert_eq!(rewrite::parse(padded), rewrite::parse(p));
-    }
+    assert_eq!(rewrite::parse(padded), rewrite::parse(p));
     assert_eq!(TcpMeta::parse(padded), TcpMeta::parse(p));
     assert_eq!(checksums_ok(padded), checksums_ok(p));
 }
@@ -664,11 +645,7 @@ fn check_generated(spec: &SegSpec, b: &Built) {
         assert_eq!(TcpMeta::parse_checked(p), Ok(m));
     }
     let Some(seg) = rewrite::parse(p) else {
-        assert!(
-            parses_only_with_payload(p),
-            "rewrite::parse refused a generated packet"
-        );
-        return;
+        panic!("rewrite::parse refused a generated packet");
     };
     assert_eq!(
         (seg.seq.0, seg.ack.0, flags_of(&seg), seg.window),
@@ -1101,10 +1078,9 @@ fn seed_packets_are_what_they_claim() {
         let tcp = whole && name != "udp";
         let sound = tcp && name != "data_offset_past_packet";
         let fragment = name == "fragment_more_fragments";
-        let known_bug = name == "syn_lone_kind_in_last_byte";
         assert_eq!(checksums_ok(&p), tcp, "{name}");
         assert_eq!(TcpMeta::parse(&p).is_ok(), sound && !fragment, "{name}");
-        assert_eq!(rewrite::parse(&p).is_some(), sound && !known_bug, "{name}");
+        assert_eq!(rewrite::parse(&p).is_some(), sound, "{name}");
     }
     let syn = &seed_packets()[0].1;
     let seg = rewrite::parse(syn).unwrap();
@@ -1114,16 +1090,13 @@ fn seed_packets_are_what_they_claim() {
     );
 }
 
-/// Known bug, found by `fuzz_generated_segment` (shrunk input: options `[3, 3, 24, 2]`, a
-/// window scale and a lone MSS kind, no payload): see [`parses_only_with_payload`]. Here the
-/// segment is a SYN whose options are NOP NOP NOP and a lone kind 19 (TCP MD5) in the last
-/// header byte, with no payload: `rewrite::parse` returns `None`, while the same header
-/// followed by one byte of payload, or by Ethernet padding after the IPv4 total length,
-/// parses (the option walk reads that byte as the option's length), and `TcpMeta::parse`
-/// accepts all three.
+/// Regression (found by `fuzz_generated_segment`, shrunk input: options `[3, 3, 24, 2]`, a
+/// window scale and a lone MSS kind, no payload): a SYN whose options end with a lone kind
+/// in the last header byte was refused by `rewrite::parse` (it returned `None` for the
+/// missing length byte) while the same header followed by payload or padding parsed, and
+/// `TcpMeta::parse` accepted all three. The option walk now ends at such a kind.
 #[test]
-#[ignore = "known bug in rewrite::parse, reported with issue #10: remove the ignore once fixed"]
-fn known_bug_lone_option_kind() {
+fn lone_option_kind_in_the_last_header_byte_parses() {
     let opts = || vec![TcpOpt::Nop, TcpOpt::Nop, TcpOpt::Nop, TcpOpt::KindOnly(19)];
     let p = seed(SYN, opts(), &[], &[], true);
     assert!(TcpMeta::parse_checked(&p).is_ok());
