@@ -540,17 +540,47 @@ struct Linger {
     until: Instant,
 }
 
+/// The backend side of a connection's bridge.
+///
+/// ```text
+///   Connecting --connected--> Open { eof, fin_sent } --eof && fin_sent--> Finished
+///       |                       |
+///       +-- refused, reset, ----+--> Aborted (the client is reset too, if it is not yet)
+///           client reset, idle
+/// ```
+enum Backend {
+    /// The non-blocking connect is under way.
+    Connecting(TcpStream),
+    /// Connected; `eof`: the backend closed its side (a FIN went to the client);
+    /// `fin_sent`: the client's FIN was passed on (`shutdown(Write)`).
+    Open {
+        stream: TcpStream,
+        eof: bool,
+        fin_sent: bool,
+    },
+    /// Both directions closed in order; the socket is gone.
+    Finished,
+    /// Closed with a reset, or never connected; the socket is gone.
+    Aborted,
+}
+
+impl Backend {
+    /// Moves to `next` (Finished or Aborted), handing back the socket to close.
+    fn end(&mut self, next: Backend) -> Option<TcpStream> {
+        match std::mem::replace(self, next) {
+            Backend::Connecting(s) | Backend::Open { stream: s, .. } => Some(s),
+            Backend::Finished | Backend::Aborted => None,
+        }
+    }
+}
+
 struct Conn {
     key: FlowKey,
     tcp: Tcp,
-    backend: Option<TcpStream>,
-    connected: bool,
+    backend: Backend,
+    /// Readiness of the backend socket, as the poller last reported it.
     readable: bool,
     writable: bool,
-    backend_eof: bool,
-    fin_to_backend: bool,
-    /// The backend socket was closed after both directions finished.
-    backend_done: bool,
     deadline: Option<SInstant>,
     /// Output-agreement counts already added to the metrics.
     agreement_seen: (u64, u64),
@@ -677,6 +707,120 @@ fn abort_backend(stream: &TcpStream) {
         l_linger: 0,
     };
     let _ = setsockopt(stream, sockopt::Linger, &linger);
+}
+
+/// Moves bytes across one connection's bridge: the backend's connect, bytes both ways with
+/// backpressure, half-close both ways. Returns (reset the client, reset the backend).
+fn bridge(
+    c: &mut Conn,
+    sequencers: &mut HashMap<SocketAddrV4, Sequencer>,
+    m: &HostMetrics,
+) -> (bool, bool) {
+    if let Backend::Connecting(s) = &c.backend {
+        if c.writable {
+            match (s.take_error(), s.peer_addr()) {
+                (Ok(None), Ok(_)) => {
+                    if let Some(stream) = c.backend.end(Backend::Aborted) {
+                        c.backend = Backend::Open {
+                            stream,
+                            eof: false,
+                            fin_sent: false,
+                        };
+                    }
+                }
+                (Ok(None), Err(e)) if e.kind() == io::ErrorKind::NotConnected => c.writable = false,
+                _ => {
+                    m.backend_connect_failures.inc();
+                    tracing::warn!(client = %c.key.client, "backend refused the connection; resetting the client");
+                    return (true, true);
+                }
+            }
+        }
+    }
+    let closed = c.tcp.ep_ref().state() == TcpState::Closed;
+    let Backend::Open {
+        stream: s,
+        eof,
+        fin_sent,
+    } = &mut c.backend
+    else {
+        return match c.backend {
+            // Never connected (the connect failed at once): reset the client.
+            Backend::Aborted => (!closed, false),
+            // The client went away while the connect was under way.
+            Backend::Connecting(_) => (false, closed),
+            Backend::Finished | Backend::Open { .. } => (false, false),
+        };
+    };
+    // Backend -> client, only into free send-buffer space (backpressure).
+    while c.readable && !*eof && c.tcp.ep().may_send() && c.tcp.ep().send_space() > 0 {
+        let mut res = Ok(0);
+        c.tcp.ep().send_from(|buf| {
+            res = s.read(buf);
+            *res.as_ref().unwrap_or(&0)
+        });
+        match res {
+            Ok(0) => {
+                *eof = true;
+                c.tcp.ep().close();
+            }
+            Ok(n) => {
+                c.from_backend += n as u64;
+                c.last_active = Instant::now();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                m.backend_resets.inc();
+                return (true, true);
+            }
+        }
+    }
+    // Client -> backend, as fast as the backend takes it (in total order, only the bytes
+    // the service's sequencer granted).
+    while c.writable && !*fin_sent && c.tcp.ep().recv_queue() > 0 && (!c.total || c.credit > 0) {
+        let mut res = Ok(0);
+        let limit = if c.total { c.credit } else { usize::MAX };
+        c.tcp.ep().recv_into(|buf| {
+            let n = buf.len().min(limit);
+            res = s.write(&buf[..n]);
+            *res.as_ref().unwrap_or(&0)
+        });
+        match res {
+            Ok(n) if c.total => {
+                c.credit -= n.min(c.credit);
+                if let Some(q) = sequencers.get_mut(&c.key.service) {
+                    q.on_delivered(c.key, n, Instant::now());
+                }
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                m.backend_resets.inc();
+                return (true, true);
+            }
+        }
+    }
+    // Client half-close -> backend half-close, once everything was delivered.
+    let state = c.tcp.ep().state();
+    if !*fin_sent
+        && c.tcp.ep().recv_queue() == 0
+        && !c.tcp.ep().may_recv()
+        && !matches!(
+            state,
+            TcpState::Listen | TcpState::SynReceived | TcpState::Closed
+        )
+    {
+        let _ = s.shutdown(Shutdown::Write);
+        *fin_sent = true;
+    }
+    if state == TcpState::Closed && !(*fin_sent && *eof) {
+        // The client reset the connection: reset the backend's too.
+        m.client_resets.inc();
+        return (false, true);
+    }
+    (false, false)
 }
 
 impl Dataplane {
@@ -1232,13 +1376,9 @@ impl Dataplane {
         let mut conn = Conn {
             key,
             tcp,
-            backend: None,
-            connected: false,
+            backend: Backend::Aborted,
             readable: false,
             writable: false,
-            backend_eof: false,
-            fin_to_backend: false,
-            backend_done: false,
             deadline: None,
             agreement_seen: (0, 0),
             total: mode == Mode::Ft && ft_opts.total_order,
@@ -1261,11 +1401,16 @@ impl Dataplane {
                     Interest::READABLE | Interest::WRITABLE,
                 ) {
                     tracing::warn!(error = %e, "cannot register backend socket");
+                    self.shared.metrics.backend_connect_failures.inc();
                 } else {
-                    conn.backend = Some(s);
+                    conn.backend = Backend::Connecting(s);
                 }
             }
-            Err(e) => tracing::warn!(%backend, error = %e, "backend connect failed"),
+            Err(e) => {
+                // Stays Aborted: the first service() resets the client.
+                tracing::warn!(%backend, error = %e, "backend connect failed");
+                self.shared.metrics.backend_connect_failures.inc();
+            }
         }
         tracing::debug!(client = %key.client, service = %key.service, %backend, "connection opened");
         self.shared.metrics.conns_total.inc();
@@ -1281,7 +1426,7 @@ impl Dataplane {
             if let Some(d) = c.deadline {
                 self.timers.remove(&(d, id));
             }
-            if let Some(mut s) = c.backend.take() {
+            if let Some(mut s) = c.backend.end(Backend::Aborted) {
                 let _ = self.poll.registry().deregister(&mut s);
             }
             self.flows.remove(&c.key);
@@ -1302,119 +1447,13 @@ impl Dataplane {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        let m = &self.shared.metrics;
-        let mut abort_client = false;
-        let mut drop_backend_hard = false;
-        if let Some(s) = c.backend.as_mut() {
-            if !c.connected && c.writable {
-                match (s.take_error(), s.peer_addr()) {
-                    (Ok(None), Ok(_)) => c.connected = true,
-                    (Ok(None), Err(e)) if e.kind() == io::ErrorKind::NotConnected => {
-                        c.writable = false
-                    }
-                    _ => {
-                        m.backend_connect_failures.inc();
-                        tracing::warn!(client = %c.key.client, "backend refused the connection; resetting the client");
-                        abort_client = true;
-                    }
-                }
-            }
-        } else if !c.backend_done && c.tcp.ep().state() != TcpState::Closed {
-            // No backend socket at all (connect failed synchronously).
-            m.backend_connect_failures.inc();
-            abort_client = true;
-        }
-        if c.connected && !abort_client {
-            if let Some(s) = c.backend.as_mut() {
-                // Backend -> client, only into free send-buffer space (backpressure).
-                while c.readable
-                    && !c.backend_eof
-                    && c.tcp.ep().may_send()
-                    && c.tcp.ep().send_space() > 0
-                {
-                    let mut res = Ok(0);
-                    c.tcp.ep().send_from(|buf| {
-                        res = s.read(buf);
-                        *res.as_ref().unwrap_or(&0)
-                    });
-                    match res {
-                        Ok(0) => {
-                            c.backend_eof = true;
-                            c.tcp.ep().close();
-                        }
-                        Ok(n) => {
-                            c.from_backend += n as u64;
-                            c.last_active = Instant::now();
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => {
-                            m.backend_resets.inc();
-                            abort_client = true;
-                            break;
-                        }
-                    }
-                }
-                // Client -> backend, as fast as the backend takes it (in total order, only
-                // the bytes the service's sequencer granted).
-                while c.writable
-                    && !c.fin_to_backend
-                    && c.tcp.ep().recv_queue() > 0
-                    && (!c.total || c.credit > 0)
-                {
-                    let mut res = Ok(0);
-                    let limit = if c.total { c.credit } else { usize::MAX };
-                    c.tcp.ep().recv_into(|buf| {
-                        let n = buf.len().min(limit);
-                        res = s.write(&buf[..n]);
-                        *res.as_ref().unwrap_or(&0)
-                    });
-                    match res {
-                        Ok(n) if c.total => {
-                            c.credit -= n.min(c.credit);
-                            if let Some(q) = self.sequencers.get_mut(&c.key.service) {
-                                q.on_delivered(c.key, n, Instant::now());
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => {
-                            m.backend_resets.inc();
-                            abort_client = true;
-                            break;
-                        }
-                    }
-                }
-                // Client half-close -> backend half-close, once everything was delivered.
-                let state = c.tcp.ep().state();
-                if !abort_client
-                    && !c.fin_to_backend
-                    && c.tcp.ep().recv_queue() == 0
-                    && !c.tcp.ep().may_recv()
-                    && !matches!(
-                        state,
-                        TcpState::Listen | TcpState::SynReceived | TcpState::Closed
-                    )
-                {
-                    let _ = s.shutdown(Shutdown::Write);
-                    c.fin_to_backend = true;
-                }
-                if state == TcpState::Closed && !(c.fin_to_backend && c.backend_eof) {
-                    // The client reset the connection: reset the backend's too.
-                    m.client_resets.inc();
-                    drop_backend_hard = true;
-                }
-            }
-        } else if !abort_client && c.tcp.ep().state() == TcpState::Closed {
-            drop_backend_hard = true;
-        }
+        let (abort_client, drop_backend_hard) =
+            bridge(c, &mut self.sequencers, &self.shared.metrics);
         if abort_client {
             c.tcp.ep().abort();
-            drop_backend_hard = true;
         }
-        if drop_backend_hard {
-            if let Some(mut s) = c.backend.take() {
+        if abort_client || drop_backend_hard {
+            if let Some(mut s) = c.backend.end(Backend::Aborted) {
                 abort_backend(&s);
                 let _ = self.poll.registry().deregister(&mut s);
             }
@@ -1446,13 +1485,18 @@ impl Dataplane {
             }
         }
         let state = c.tcp.ep_ref().state();
-        let done_both_ways = c.fin_to_backend && c.backend_eof;
-        if done_both_ways {
-            // Backend socket no longer needed; TIME-WAIT lives on in the endpoint.
-            if let Some(mut s) = c.backend.take() {
+        if matches!(
+            c.backend,
+            Backend::Open {
+                eof: true,
+                fin_sent: true,
+                ..
+            }
+        ) {
+            // Both directions closed in order: the backend socket is no longer needed.
+            if let Some(mut s) = c.backend.end(Backend::Finished) {
                 let _ = self.poll.registry().deregister(&mut s);
             }
-            c.backend_done = true;
         }
         let (service, key) = (c.key.service, c.key);
         // Closed in order both ways: keep only the sequence numbers of the last ACK.
@@ -1460,7 +1504,10 @@ impl Dataplane {
             Tcp::Plain(p) => p.close_point().map(|(s, r)| (s, r, true)),
             Tcp::Ft(f) => f.close_point(),
         }
-        .filter(|_| c.backend_done && matches!(state, TcpState::TimeWait | TcpState::Closed));
+        .filter(|_| {
+            matches!(c.backend, Backend::Finished)
+                && matches!(state, TcpState::TimeWait | TcpState::Closed)
+        });
         let finished = state == TcpState::Closed || close.is_some();
         let next = if finished {
             None
@@ -1745,7 +1792,14 @@ impl Dataplane {
             let (flows, conns) = (&self.flows, &self.conns);
             let view = |k: FlowKey| {
                 let c = conns.get(flows.get(&k)?)?;
-                if c.backend.is_none() || c.fin_to_backend {
+                if !matches!(
+                    c.backend,
+                    Backend::Connecting(_)
+                        | Backend::Open {
+                            fin_sent: false,
+                            ..
+                        }
+                ) {
                     return None;
                 }
                 Some(ConnView {
@@ -1903,7 +1957,7 @@ impl Dataplane {
                 self.shared.metrics.idle_timeouts.inc();
             }
             c.tcp.ep().abort();
-            if let Some(mut s) = c.backend.take() {
+            if let Some(mut s) = c.backend.end(Backend::Aborted) {
                 abort_backend(&s);
                 let _ = self.poll.registry().deregister(&mut s);
             }
@@ -1920,7 +1974,7 @@ impl Dataplane {
                 client: c.key.client.to_string(),
                 service: c.key.service.to_string(),
                 state: c.tcp.ep_ref().state().to_string(),
-                backend_connected: c.connected && c.backend.is_some(),
+                backend_connected: matches!(c.backend, Backend::Open { .. }),
                 to_backend: c.tcp.ep_ref().recv_queue(),
                 to_client: c.tcp.ep_ref().send_queue(),
                 ft: match &c.tcp {
