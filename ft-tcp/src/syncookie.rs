@@ -175,32 +175,31 @@ pub fn synack(
 ) -> Vec<u8> {
     let window = u16::try_from(rx_buffer).unwrap_or(u16::MAX);
     let mss = u16::try_from(mtu.saturating_sub(40)).unwrap_or(u16::MAX);
-    let mut options = vec![TcpOptionElement::MaximumSegmentSize(mss)];
-    if opts.wscale.is_some() {
-        options.push(TcpOptionElement::WindowScale(window_shift(rx_buffer)));
-    }
-    if opts.sack {
-        options.push(TcpOptionElement::SelectiveAcknowledgementPermitted);
-    }
+    let ws = opts.wscale.map(|_| window_shift(rx_buffer));
     build(
         key.service,
         key.client,
         isn,
         Some(client_isn.plus(1)),
         window,
-        &options,
+        &syn_options(mss, ws, opts.sack),
     )
+}
+
+fn syn_options(mss: u16, wscale: Option<u8>, sack: bool) -> Vec<TcpOptionElement> {
+    let mut options = vec![TcpOptionElement::MaximumSegmentSize(mss)];
+    if let Some(w) = wscale {
+        options.push(TcpOptionElement::WindowScale(w));
+    }
+    if sack {
+        options.push(TcpOptionElement::SelectiveAcknowledgementPermitted);
+    }
+    options
 }
 
 /// The client's SYN as the cookie remembers it, to replay into a fresh endpoint.
 pub fn rebuild_syn(key: FlowKey, client_isn: SeqNumber, opts: SynOpts) -> Vec<u8> {
-    let mut options = vec![TcpOptionElement::MaximumSegmentSize(opts.mss)];
-    if let Some(w) = opts.wscale {
-        options.push(TcpOptionElement::WindowScale(w));
-    }
-    if opts.sack {
-        options.push(TcpOptionElement::SelectiveAcknowledgementPermitted);
-    }
+    let options = syn_options(opts.mss, opts.wscale, opts.sack);
     build(
         key.client,
         key.service,

@@ -141,6 +141,18 @@ impl Lab {
             .expect("run hydractl lab exec")
     }
 
+    /// Starts `sh -c script` in a node's namespace without waiting, its output piped.
+    pub fn spawn_sh(&self, node: &str, script: &str) -> std::process::Child {
+        hydractl()
+            .args([
+                "lab", "exec", "--name", &self.name, node, "--", "sh", "-c", script,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn lab exec")
+    }
+
     /// Runs a shell script in a node's namespace.
     pub fn sh(&self, node: &str, script: &str) -> Output {
         self.exec(node, &["sh", "-c", script])
@@ -337,6 +349,10 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// The backend command of a lab whose hosts run redis on 127.0.0.1:8080 (no persistence).
+pub const REDIS_BACKEND: &str =
+    "exec redis-server --port 8080 --bind 127.0.0.1 --save '' --appendonly no";
 
 /// A directory under /tmp removed on drop, holding a random file for downloads.
 pub struct WebRoot {

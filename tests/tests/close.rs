@@ -47,12 +47,7 @@ fn client_first_closes(prefix: &str, kill_primary: bool) {
         return;
     }
     let _one_at_a_time = serial();
-    let lab = Lab::up(
-        prefix,
-        3,
-        "exec redis-server --port 8080 --bind 127.0.0.1 --save '' --appendonly no",
-        &["--mode", "ft"],
-    );
+    let lab = Lab::up(prefix, 3, REDIS_BACKEND, &["--mode", "ft"]);
     let workers: Vec<_> = (0..PARALLEL)
         .map(|_| {
             lab.in_ns("client", || {
@@ -121,12 +116,7 @@ fn ten_thousand_short_connections_keep_host_memory_flat() {
     }
     let _one_at_a_time = serial();
     const SHORT: usize = 10_000;
-    let lab = Lab::up(
-        "short",
-        3,
-        "exec redis-server --port 8080 --bind 127.0.0.1 --save '' --appendonly no",
-        &["--mode", "ft"],
-    );
+    let lab = Lab::up("short", 3, REDIS_BACKEND, &["--mode", "ft"]);
     let hosts = lab.members();
     let before: Vec<u64> = hosts.iter().map(|h| lab.host_rss_kib(h)).collect();
     let started = std::time::Instant::now();

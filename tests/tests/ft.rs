@@ -2,22 +2,10 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use tests::*;
-
-/// Starts `sh -c script` in the client namespace without waiting.
-fn spawn_in_client(lab: &Lab, script: &str) -> Child {
-    hydractl()
-        .args([
-            "lab", "exec", "--name", &lab.name, "client", "--", "sh", "-c", script,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn client")
-}
 
 fn finish(child: Child) -> (bool, String) {
     let out = child.wait_with_output().expect("wait client");
@@ -38,8 +26,8 @@ fn paced_download_with(prefix: &str, faults: &[(u64, Fault)]) {
         &["--mode", "ft"],
     );
     let started = Instant::now();
-    let client = spawn_in_client(
-        &lab,
+    let client = lab.spawn_sh(
+        "client",
         "curl -sS --fail --max-time 120 http://198.19.0.10/data.bin | sha256sum",
     );
     for (at_ms, fault) in faults {
@@ -97,7 +85,7 @@ fn upload_of_100_mib_reaches_the_survivors_backend_intact() {
         "curl -sS --fail --max-time 120 --limit-rate 20M --data-binary @{} http://198.19.0.10/upload",
         www.file().display()
     );
-    let client = spawn_in_client(&lab, &script);
+    let client = lab.spawn_sh("client", &script);
     std::thread::sleep(Duration::from_secs(2));
     let victim = lab.primary();
     lab.ctl("kill", &victim, &[]);
@@ -116,12 +104,7 @@ fn redis_benchmark_survives_a_primary_crash() {
         return;
     }
     let _one_at_a_time = serial();
-    let lab = Lab::up(
-        "ftrd",
-        3,
-        "exec redis-server --port 8080 --bind 127.0.0.1 --save '' --appendonly no",
-        &["--mode", "ft"],
-    );
+    let lab = Lab::up("ftrd", 3, REDIS_BACKEND, &["--mode", "ft"]);
     // SET and GET of redis-benchmark's fixed key give the same replies whatever the order
     // of connections at each replica; commands whose replies depend on the interleaving of
     // connections (INCR, LPOP...) need total order (issue #6).
@@ -136,8 +119,8 @@ fn redis_benchmark_survives_a_primary_crash() {
 /// Runs `redis-benchmark ARGS` against the service, kills the primary after `kill_after`,
 /// and asserts the benchmark ended without errors or resets, with a summary for each test.
 fn benchmark_across_a_primary_kill(lab: &Lab, args: &str, kill_after: Duration, tests: &[&str]) {
-    let client = spawn_in_client(
-        lab,
+    let client = lab.spawn_sh(
+        "client",
         &format!("redis-benchmark -h 198.19.0.10 -p 80 {args} -q 2>&1"),
     );
     std::thread::sleep(kill_after);
@@ -175,8 +158,8 @@ fn partitioned_primary_is_replaced_and_fenced_after_heal() {
         &www.paced_backend_cmd(16 << 20),
         &["--mode", "ft"],
     );
-    let client = spawn_in_client(
-        &lab,
+    let client = lab.spawn_sh(
+        "client",
         "curl -sS --fail --max-time 120 http://198.19.0.10/data.bin | sha256sum",
     );
     std::thread::sleep(Duration::from_secs(2));
@@ -432,8 +415,8 @@ fn a_replica_with_different_output_is_reported_and_never_takes_over() {
     std::fs::write(format!("/run/hydranet/lab-{}/{noisy}/noisy", lab.name), b"")
         .expect("mark the noisy host");
 
-    let client = spawn_in_client(
-        &lab,
+    let client = lab.spawn_sh(
+        "client",
         "curl -sS --fail --max-time 60 http://198.19.0.10/data.bin | sha256sum",
     );
     std::thread::sleep(Duration::from_secs(2));

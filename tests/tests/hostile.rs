@@ -5,24 +5,13 @@
 //! 10 s later.
 
 use std::io::Read;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tests::*;
 
 const RATE: u32 = 20_000;
 const SECONDS: u32 = 10;
-
-fn spawn_in_client(lab: &Lab, script: &str) -> Child {
-    hydractl()
-        .args([
-            "lab", "exec", "--name", &lab.name, "client", "--", "sh", "-c", script,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn client")
-}
 
 /// What one flood run with a legit client saw.
 struct FloodRun {
@@ -91,8 +80,8 @@ fn flood_with_legit_client(
         .expect("spawn lab flood");
     let tmp = format!("/tmp/{}-fetch", lab.name);
     let fetches = (SECONDS * 10 / 3) as usize;
-    let legit = spawn_in_client(
-        lab,
+    let legit = lab.spawn_sh(
+        "client",
         &format!(
             "for i in $(seq 1 {fetches}); do \
                if curl -sS --fail --max-time 5 -o {tmp} -w 'time %{{time_total}} ' {url}; \
@@ -269,8 +258,8 @@ fn abandoned_connections_are_reaped_within_the_idle_timeout() {
     let hosts = lab.members();
     // A legit client fetches all along.
     let tmp = format!("/tmp/{}-fetch", lab.name);
-    let legit = spawn_in_client(
-        &lab,
+    let legit = lab.spawn_sh(
+        "client",
         &format!(
             "for i in $(seq 1 40); do \
                if curl -sS --fail --max-time 5 -o {tmp} http://198.19.0.10/data.bin; \
@@ -380,12 +369,7 @@ fn keepalive_resets_a_dead_client_and_keeps_an_idle_live_one() {
         return;
     }
     let _one_at_a_time = serial();
-    let lab = Lab::up(
-        "kalive",
-        3,
-        "exec redis-server --port 8080 --bind 127.0.0.1 --save '' --appendonly no",
-        &["--mode", "ft"],
-    );
+    let lab = Lab::up("kalive", 3, REDIS_BACKEND, &["--mode", "ft"]);
     lab.setportopt_all(&["--keepalive", "2s", "--idle-timeout", "0"]);
     let hosts = lab.members();
     let ping = |s: &mut std::net::TcpStream| {

@@ -112,12 +112,7 @@ fn redis_benchmark_through_the_service_address_has_no_errors() {
         return;
     }
     let _one_at_a_time = serial();
-    let lab = Lab::up(
-        "redis",
-        3,
-        "exec redis-server --port 8080 --bind 127.0.0.1 --save '' --appendonly no",
-        &[],
-    );
+    let lab = Lab::up("redis", 3, REDIS_BACKEND, &[]);
     let out = lab.exec(
         "client",
         &[

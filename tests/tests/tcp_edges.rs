@@ -210,12 +210,7 @@ fn forged_rst_syn_and_damaged_segments_are_handled_as_linux_does() {
         return;
     }
     let _one_at_a_time = serial();
-    let lab = Lab::up(
-        "edge",
-        3,
-        "exec redis-server --port 8080 --bind 127.0.0.1 --save '' --appendonly no",
-        &["--mode", "ft"],
-    );
+    let lab = Lab::up("edge", 3, REDIS_BACKEND, &["--mode", "ft"]);
     // The baseline: a plain redis on h1's own address, reached by plain routing.
     let mut linux_redis = hydractl()
         .args(["lab", "exec", "--name", &lab.name, "h1", "--"])
@@ -243,12 +238,7 @@ fn forged_rst_syn_and_damaged_segments_are_handled_as_linux_does() {
     let _ = linux_redis.wait();
     let primary = lab.primary();
     // Redirect mode, on a lab of its own.
-    let rd = Lab::up(
-        "edgr",
-        1,
-        "exec redis-server --port 8080 --bind 127.0.0.1 --save '' --appendonly no",
-        &["--mode", "redirect"],
-    );
+    let rd = Lab::up("edgr", 1, REDIS_BACKEND, &["--mode", "redirect"]);
     let redirect = rd
         .in_ns("client", || {
             probe(SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 10), 80))
