@@ -1,7 +1,8 @@
 //! Every close completes (issue #10, defect 1): a client that closes first must get the ACK
 //! of its FIN even when the FT gate held that ACK back until the host had already forgotten
 //! the connection. Kernel-TCP clients ask redis for PONG and close first; afterwards no client
-//! socket may sit in CLOSING, FIN-WAIT or LAST-ACK (Linux's own TCP leaves none either).
+//! socket may sit in CLOSING, FIN-WAIT or LAST-ACK. The same clients against Linux's own TCP
+//! (redis on h1's address) are the baseline, and leave none either.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -12,12 +13,15 @@ use tests::*;
 const CONNS: usize = 1000;
 const PARALLEL: usize = 20;
 
-/// One connection: PING, read PONG, close first. Returns whether it got its answer.
-fn ping_and_close() -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(
-        &"198.19.0.10:80".parse().expect("addr"),
-        Duration::from_secs(5),
-    ) else {
+/// The service through HydraNet.
+const SERVICE: &str = "198.19.0.10:80";
+/// The baseline: a plain redis on h1's own address (Linux's TCP, no HydraNet).
+const LINUX: &str = "198.18.1.2:9091";
+
+/// One connection to `to`: PING, read PONG, close first. Returns whether it got its answer.
+fn ping_and_close(to: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&to.parse().expect("addr"), Duration::from_secs(5))
+    else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
@@ -30,16 +34,48 @@ fn ping_and_close() -> bool {
     ok
 }
 
-/// Client sockets of the lab's client namespace not in TIME-WAIT or LISTEN (a completed
+/// Client sockets to `to` in the lab's client namespace not in TIME-WAIT (a completed
 /// client-first close ends in TIME-WAIT).
-fn unfinished_closes(lab: &Lab) -> Vec<String> {
+fn unfinished_closes(lab: &Lab, to: &str) -> Vec<String> {
     let out = lab.sh("client", "ss -tanH");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains("198.19.0.10:80"))
+        .filter(|l| l.contains(to))
         .filter(|l| !l.starts_with("TIME-WAIT"))
         .map(str::to_string)
         .collect()
+}
+
+/// CONNS client-first closes to `to` from PARALLEL threads, spread over about a second
+/// (`during` runs meanwhile); then (answered, closes still unfinished after 6 s).
+fn closes(lab: &Lab, to: &'static str, during: impl FnOnce()) -> (usize, Vec<String>) {
+    let workers: Vec<_> = (0..PARALLEL)
+        .map(|_| {
+            lab.in_ns("client", move || {
+                (0..CONNS / PARALLEL)
+                    .filter(|_| {
+                        // Spread the connections over about a second, so that a kill lands
+                        // among them.
+                        std::thread::sleep(Duration::from_millis(15));
+                        ping_and_close(to)
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    during();
+    let answered: usize = workers.into_iter().map(|w| w.join().expect("worker")).sum();
+    // Give retransmitted FINs time to be answered (the FT timer is tens of ms, the client's
+    // own FIN retransmission 200 ms and up).
+    let mut left = unfinished_closes(lab, to);
+    for _ in 0..30 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        left = unfinished_closes(lab, to);
+    }
+    (answered, left)
 }
 
 fn client_first_closes(prefix: &str, kill_primary: bool) {
@@ -48,37 +84,34 @@ fn client_first_closes(prefix: &str, kill_primary: bool) {
     }
     let _one_at_a_time = serial();
     let lab = Lab::up(prefix, 3, REDIS_BACKEND, &["--mode", "ft"]);
-    let workers: Vec<_> = (0..PARALLEL)
-        .map(|_| {
-            lab.in_ns("client", || {
-                (0..CONNS / PARALLEL)
-                    .filter(|_| {
-                        // Spread the connections over about a second, so that a kill lands
-                        // among them.
-                        std::thread::sleep(Duration::from_millis(15));
-                        ping_and_close()
-                    })
-                    .count()
-            })
-        })
-        .collect();
-    if kill_primary {
-        std::thread::sleep(Duration::from_millis(300));
-        let p = lab.primary();
-        lab.ctl("kill", &p, &[]);
-        lab.wait_until_out_of_view(&p);
+    if !kill_primary {
+        // The baseline first: Linux's TCP answering the same clients.
+        let mut linux = lab.spawn_sh(
+            "h1",
+            "exec redis-server --port 9091 --bind 198.18.1.2 --save '' --appendonly no \
+             --protected-mode no",
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let (answered, left) = closes(&lab, LINUX, || {});
+        let _ = linux.kill();
+        let _ = linux.wait();
+        println!(
+            "linux: {answered} of {CONNS} answered; {} closes unfinished",
+            left.len()
+        );
+        assert!(
+            left.is_empty() && answered == CONNS,
+            "the baseline: {left:?}"
+        );
     }
-    let answered: usize = workers.into_iter().map(|w| w.join().expect("worker")).sum();
-    // Give retransmitted FINs time to be answered (the FT timer is tens of ms, the client's
-    // own FIN retransmission 200 ms and up).
-    let mut left = unfinished_closes(&lab);
-    for _ in 0..30 {
-        if left.is_empty() {
-            break;
+    let (answered, left) = closes(&lab, SERVICE, || {
+        if kill_primary {
+            std::thread::sleep(Duration::from_millis(300));
+            let p = lab.primary();
+            lab.ctl("kill", &p, &[]);
+            lab.wait_until_out_of_view(&p);
         }
-        std::thread::sleep(Duration::from_millis(200));
-        left = unfinished_closes(&lab);
-    }
+    });
     println!(
         "{prefix}: {answered} of {CONNS} answered; {} closes unfinished",
         left.len()
@@ -123,7 +156,9 @@ fn ten_thousand_short_connections_keep_host_memory_flat() {
     let workers: Vec<_> = (0..PARALLEL)
         .map(|_| {
             lab.in_ns("client", || {
-                (0..SHORT / PARALLEL).filter(|_| ping_and_close()).count()
+                (0..SHORT / PARALLEL)
+                    .filter(|_| ping_and_close(SERVICE))
+                    .count()
             })
         })
         .collect();
