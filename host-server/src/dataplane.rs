@@ -48,6 +48,11 @@ const SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
 const ORDER_RESEND_EVERY: Duration = Duration::from_millis(20);
 /// The most connections listed one by one in `status`.
 const SNAPSHOT_MAX: usize = 1000;
+/// How often idle connections are looked for, and how many are reset at most each time:
+/// small, frequent batches, so that thousands of connections abandoned together are reset
+/// without one burst of RSTs crowding out everyone else's packets.
+const REAP_EVERY: Duration = Duration::from_millis(100);
+const REAP_BATCH: usize = 256;
 /// How long a connection that closed in order is remembered after its endpoint is gone
 /// (smoltcp keeps TIME-WAIT 10 s, Linux 60 s): the client's retransmitted FINs still get
 /// their ACK, a stray segment of the old connection gets silence, not a reset.
@@ -896,10 +901,11 @@ impl Dataplane {
         let mut events = Events::with_capacity(1024);
         let mut buf = vec![0u8; 65536];
         let mut next_snapshot = Instant::now();
+        let mut next_reap = Instant::now();
         let mut dirty: Vec<usize> = Vec::new();
         loop {
             let now = Instant::now();
-            let mut wake = next_snapshot;
+            let mut wake = next_snapshot.min(next_reap);
             if let Some((t, _)) = self.timers.first() {
                 let t = self.start + Duration::from_micros(t.total_micros().max(0) as u64);
                 wake = wake.min(t);
@@ -957,8 +963,11 @@ impl Dataplane {
             }
             self.flush_progress();
             self.expire_lingers(now);
-            if now >= next_snapshot {
+            if now >= next_reap {
                 self.reap_idle(now, snow);
+                next_reap = now + REAP_EVERY;
+            }
+            if now >= next_snapshot {
                 self.snapshot();
                 next_snapshot = now + SNAPSHOT_EVERY;
             }
@@ -1893,9 +1902,9 @@ impl Dataplane {
     /// Resets connections idle for longer than their service's idle timeout (an abandoned
     /// client, gone without FIN or RST, would otherwise hold its buffers and backend
     /// connection forever), and probes silent clients with TCP keep-alives where the
-    /// service asks for them, resetting after KEEPALIVE_PROBES unanswered ones. Runs with
-    /// the snapshot (every 500 ms). Every replica counts probes alike (they all see the
-    /// client's answers), so they reset together; only the primary sends.
+    /// service asks for them, resetting after KEEPALIVE_PROBES unanswered ones. Runs every
+    /// REAP_EVERY, at most REAP_BATCH resets each time. Every replica counts probes alike
+    /// (they all see the client's answers), so they reset together; only the primary sends.
     fn reap_idle(&mut self, now: Instant, snow: SInstant) {
         let limits: HashMap<SocketAddrV4, (u32, u32)> = {
             // INVARIANT: no code panics while holding the lock.
@@ -1912,6 +1921,9 @@ impl Dataplane {
             let Some(&(idle, keepalive)) = limits.get(&c.key.service) else {
                 continue;
             };
+            if reset.len() >= REAP_BATCH {
+                break;
+            }
             if idle > 0 && now.duration_since(c.last_active) >= secs(idle) {
                 reset.push((*id, false));
                 continue;

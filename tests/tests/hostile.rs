@@ -263,7 +263,8 @@ fn abandoned_connections_are_reaped_within_the_idle_timeout() {
         &format!(
             "for i in $(seq 1 40); do \
                if curl -sS --fail --max-time 5 -o {tmp} http://198.19.0.10/data.bin; \
-               then sha256sum {tmp}; else echo FAILED; fi; sleep 0.5; done; rm -f {tmp}"
+               then sha256sum {tmp}; else echo FAILED at $(date +%T.%N); fi; sleep 0.5; done; \
+             rm -f {tmp}"
         ),
     );
     // Open connections and abandon them: the handshake completes, then nothing, ever.
@@ -356,7 +357,8 @@ fn abandoned_connections_are_reaped_within_the_idle_timeout() {
     assert_eq!(
         text.matches(&www.sha256).count(),
         40,
-        "a legit client must be served throughout:\n{text}"
+        "a legit client must be served throughout:\n{text}\n{}",
+        show(&legit)
     );
 }
 
