@@ -380,14 +380,19 @@ fn repair_keeps_upload_throughput_with_5pct_loss_on_a_backups_link() {
         unrepaired / 1e6
     );
     assert!(sent > 0, "the primary sent no repair packets");
+    // What repair is for: it keeps most of the loss-free rate (78-89% measured here) where
+    // the client's own retransmission timer alone keeps 1-3%. The bounds have the slack
+    // STYLE.md asks of a timed test, so they fail when repair breaks, not when a busy
+    // 2-core machine measures one upload slowly.
     assert!(
-        repaired >= 0.8 * clean,
+        repaired >= 0.5 * clean,
         "with repair, 5% loss on a backup's link cut throughput to {:.0}% of loss-free",
         100.0 * repaired / clean
     );
     assert!(
-        unrepaired < repaired,
-        "repair off was as fast as repair on: the loss did not reach the backup?"
+        repaired >= 5.0 * unrepaired,
+        "repair on was not 5x faster than repair off: the loss did not reach the backup, or \
+         repair did not help"
     );
 }
 
