@@ -704,6 +704,20 @@ fn resize_socket_buffers(udp: &UdpSocket) {
     }
 }
 
+/// The last ACK of a connection that closed in order (our next sequence number, the
+/// client's next), for its FIN when it comes again.
+fn last_ack(key: FlowKey, snd_nxt: SeqNumber, rcv_nxt: SeqNumber) -> Vec<u8> {
+    rewrite::build(key.service, key.client, snd_nxt, rcv_nxt, 0, &[], false)
+}
+
+/// Ends the backend side with a reset (if it still has a socket) and stops polling it.
+fn reset_backend(registry: &mio::Registry, backend: &mut Backend) {
+    if let Some(mut s) = backend.end(Backend::Aborted) {
+        abort_backend(&s);
+        let _ = registry.deregister(&mut s);
+    }
+}
+
 fn abort_backend(stream: &TcpStream) {
     use nix::sys::socket::{setsockopt, sockopt};
     // SO_LINGER 0: close sends RST instead of FIN (how a reset crosses the bridge).
@@ -1054,11 +1068,15 @@ impl Dataplane {
             }
         };
         let key = meta.inbound_flow();
-        if self.lingering.contains_key(&key) && !self.on_lingering(key, &meta) {
+        let mut existing = self.flows.get(&key).copied();
+        // A linger record never stands beside a live connection of its 4-tuple: look for one
+        // only when there is none (not on every packet of an open connection).
+        if existing.is_none() && self.lingering.contains_key(&key) && !self.on_lingering(key, &meta)
+        {
             return None;
         }
-        let now = self.stamp(Instant::now());
-        let mut existing = self.flows.get(&key).copied();
+        let wall = Instant::now();
+        let now = self.stamp(wall);
         if let Some(id) = existing {
             let state = self.conns.get(&id).map(|c| c.tcp.ep_ref().state());
             if meta.is_syn() && matches!(state, Some(TcpState::TimeWait | TcpState::Closed)) {
@@ -1080,11 +1098,10 @@ impl Dataplane {
             return None;
         }
         let c = self.conns.get_mut(&id)?;
-        let t = Instant::now();
         if meta.payload_len > 0 || meta.flags.fin {
-            c.last_active = t;
+            c.last_active = wall;
         }
-        c.last_client_rx = t;
+        c.last_client_rx = wall;
         c.probes = 0;
         self.out.clear();
         match &mut c.tcp {
@@ -1149,15 +1166,7 @@ impl Dataplane {
             _ if !speaks => None,
             Some(Ending::Closed { snd_nxt, rcv_nxt }) if meta.flags.fin || meta.payload_len > 0 => {
                 m.linger_acks.inc();
-                Some(rewrite::build(
-                    key.service,
-                    key.client,
-                    *snd_nxt,
-                    *rcv_nxt,
-                    0,
-                    &[],
-                    false,
-                ))
+                Some(last_ack(key, *snd_nxt, *rcv_nxt))
             }
             Some(Ending::Reset) => {
                 m.linger_resets.inc();
@@ -1177,8 +1186,7 @@ impl Dataplane {
     fn linger(&mut self, key: FlowKey, ending: Ending, told: bool) {
         let until = Instant::now() + LINGER;
         if let (false, Ending::Closed { snd_nxt, rcv_nxt }) = (told, &ending) {
-            let ack = rewrite::build(key.service, key.client, *snd_nxt, *rcv_nxt, 0, &[], false);
-            self.send_to_client(key.service, &ack);
+            self.send_to_client(key.service, &last_ack(key, *snd_nxt, *rcv_nxt));
             self.shared.metrics.linger_acks.inc();
         }
         self.lingering.insert(key, Linger { ending, until });
@@ -1462,10 +1470,7 @@ impl Dataplane {
             c.tcp.ep().abort();
         }
         if abort_client || drop_backend_hard {
-            if let Some(mut s) = c.backend.end(Backend::Aborted) {
-                abort_backend(&s);
-                let _ = self.poll.registry().deregister(&mut s);
-            }
+            reset_backend(self.poll.registry(), &mut c.backend);
         }
         self.out.clear();
         match &mut c.tcp {
@@ -1969,10 +1974,7 @@ impl Dataplane {
                 self.shared.metrics.idle_timeouts.inc();
             }
             c.tcp.ep().abort();
-            if let Some(mut s) = c.backend.end(Backend::Aborted) {
-                abort_backend(&s);
-                let _ = self.poll.registry().deregister(&mut s);
-            }
+            reset_backend(self.poll.registry(), &mut c.backend);
             self.service(id, snow);
         }
     }
