@@ -33,10 +33,38 @@ fn main() {
     }
 }
 
+/// A listening socket with a backlog of 1024 (std's is 128): a HydraNet host opens one
+/// backend connection per client connection, and a burst of them must not overflow the
+/// accept queue (the kernel would drop the SYN and the host retry only after 1 s), as
+/// nginx's and redis's own backlogs (511) are meant to prevent.
+fn listen(addr: std::net::SocketAddrV4) -> nix::Result<TcpListener> {
+    use nix::sys::socket::{
+        bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+        SockaddrIn,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(addr),
+    )?;
+    listen(&fd, Backlog::new(1024)?)?;
+    Ok(TcpListener::from(fd))
+}
+
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    let listener = TcpListener::bind(&args.listen)
-        .with_context(|| format!("cannot listen on {}: is the port in use?", args.listen))?;
+    let addr: std::net::SocketAddrV4 = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {}: expected IPv4 address:port", args.listen))?;
+    let listener =
+        listen(addr).with_context(|| format!("cannot listen on {addr}: is the port in use?"))?;
     eprintln!(
         "hydra-fileserver: serving {} on {}",
         args.root.display(),

@@ -291,6 +291,15 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Keep the daemons' logs of a failed test for the post-mortem.
+            let kept = format!("/tmp/hydra-failed/{}", self.name);
+            let _ = std::fs::create_dir_all("/tmp/hydra-failed");
+            let _ = Command::new("cp")
+                .args(["-r", &format!("/run/hydranet/lab-{}", self.name), &kept])
+                .status();
+            eprintln!("lab {}: daemon logs kept in {kept}", self.name);
+        }
         let _ = hydractl()
             .args(["lab", "down", "--name", &self.name])
             .output();
