@@ -299,6 +299,21 @@ impl Drop for Lab {
                 .args(["-r", &format!("/run/hydranet/lab-{}", self.name), &kept])
                 .status();
             eprintln!("lab {}: daemon logs kept in {kept}", self.name);
+            // CI shows only the test's output: print what the daemons warned about.
+            let mut logs: Vec<_> = std::fs::read_dir(&kept)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            logs.sort();
+            for log in logs.iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .collect();
+                for l in &lines[lines.len().saturating_sub(15)..] {
+                    eprintln!("{}: {l}", log.display());
+                }
+            }
         }
         let _ = hydractl()
             .args(["lab", "down", "--name", &self.name])
