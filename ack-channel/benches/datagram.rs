@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use ack_channel::{
-    emit_progress, parse_progress, ClusterKey, Epoch, Heartbeat, Mode, MsgType, Opener,
+    emit_progress, parse_progress, ClusterKey, Epoch, Heartbeat, Mode, MsgType, Opener, OutputEnd,
     ProgressEntry, ReplicaId, Sealer, ServiceAd, ServiceId, PROGRESS_PER_DATAGRAM,
 };
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -109,10 +109,12 @@ fn decode(c: &mut Criterion) {
             rcv_nxt: 0x3000_0000 + i,
             edge: 0x3001_0000 + i,
             hole_end: 0x3000_0000 + i,
+            out: Some(0x4000_0000 + i),
+            end: OutputEnd::Open,
         })
         .collect();
     let progress = emit_progress(&entries);
-    g.bench_function("parse_progress_40_entries", |b| {
+    g.bench_function("parse_progress_full_datagram", |b| {
         b.iter(|| black_box(parse_progress(black_box(&progress))))
     });
     g.finish();

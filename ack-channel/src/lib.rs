@@ -17,8 +17,9 @@ pub mod wire;
 pub use auth::{ClusterKey, DropReason, KeyError, Opener, ReplayWindow, Sealer};
 pub use ids::{Epoch, ReplicaId, ServiceId};
 pub use proto::{
-    emit_digests, emit_order, emit_progress, parse_digests, parse_order, parse_progress,
-    DigestEntry, Heartbeat, Mode, OrderEntry, ProgressEntry, ServiceAd, View, DIGESTS_PER_DATAGRAM,
+    emit_digests, emit_handoffs, emit_order, emit_progress, parse_digests, parse_handoffs,
+    parse_order, parse_progress, DigestEntry, HandoffEntry, Heartbeat, Mode, OrderEntry, OutputEnd,
+    ProgressEntry, ServiceAd, View, DIGESTS_PER_DATAGRAM, HANDOFFS_PER_DATAGRAM,
     PROGRESS_PER_DATAGRAM,
 };
 pub use wire::{Datagram, Header, MsgType, WireError};

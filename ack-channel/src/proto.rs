@@ -7,7 +7,11 @@
 //!   node id (4) | tunnel ip (4) | port (2)          the first member is the primary
 //! Progress (host -> hosts): count (u16) then entries of
 //!   client ip (4) | client port (2) | service ip (4) | service port (2) |
-//!   isn_local (4) | has isn_s (1) | isn_s (4) | rcv_nxt (4) | edge (4) | hole_end (4)
+//!   isn_local (4) | has isn_s (1) | isn_s (4) | rcv_nxt (4) | edge (4) | hole_end (4) |
+//!   output flags (1: bit 0 output known, bits 1-2 end: 0 open, 1 FIN, 2 reset) | output end (4)
+//! Handoff (host -> hosts; the speaker of a connection decides): count (u16) then entries of
+//!   client ip (4) | client port (2) | service ip (4) | service port (2) |
+//!   speaker from now on (4) | member that left the connection (4, 0: none)
 //! Digest (host -> hosts): count (u16) then entries of
 //!   client ip (4) | client port (2) | service ip (4) | service port (2) |
 //!   block index (4) | block length (4) | fin (1) | digest (16)
@@ -217,12 +221,29 @@ pub struct ProgressEntry {
     /// End of the reporter's hole after `rcv_nxt` (the first client byte it saw beyond
     /// it; the primary repairs up to here); equal to `rcv_nxt` when it has none.
     pub hole_end: u32,
+    /// End of the reporter's output so far, in the client's sequence space (past its FIN
+    /// when it sent one), once it knows `isn_s`.
+    pub out: Option<u32>,
+    /// How the reporter's backend ended its output.
+    pub end: OutputEnd,
 }
 
-const PROGRESS_LEN: usize = 33;
+/// How a member's backend ended its side of a connection, as its progress reports say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputEnd {
+    /// Still open.
+    #[default]
+    Open,
+    /// Closed in order (a FIN follows the output).
+    Fin,
+    /// Reset, refused or gone: this member left the connection.
+    Reset,
+}
+
+const PROGRESS_LEN: usize = 38;
 
 /// Entries that fit in one datagram on a 1500-byte link.
-pub const PROGRESS_PER_DATAGRAM: usize = 40;
+pub const PROGRESS_PER_DATAGRAM: usize = 34;
 
 /// Serializes progress entries (at most [`PROGRESS_PER_DATAGRAM`] per datagram is the
 /// caller's business).
@@ -240,6 +261,13 @@ pub fn emit_progress(entries: &[ProgressEntry]) -> Vec<u8> {
         out.extend_from_slice(&e.rcv_nxt.to_be_bytes());
         out.extend_from_slice(&e.edge.to_be_bytes());
         out.extend_from_slice(&e.hole_end.to_be_bytes());
+        let end = match e.end {
+            OutputEnd::Open => 0,
+            OutputEnd::Fin => 1,
+            OutputEnd::Reset => 2,
+        };
+        out.push(u8::from(e.out.is_some()) | end << 1);
+        out.extend_from_slice(&e.out.unwrap_or(0).to_be_bytes());
     }
     out
 }
@@ -268,6 +296,13 @@ pub fn parse_progress(b: &[u8]) -> Result<Vec<ProgressEntry>, WireError> {
                 rcv_nxt: be_u32(e, 21),
                 edge: be_u32(e, 25),
                 hole_end: be_u32(e, 29),
+                out: (e[33] & 1 == 1).then(|| be_u32(e, 34)),
+                end: match e[33] >> 1 {
+                    0 => OutputEnd::Open,
+                    1 => OutputEnd::Fin,
+                    2 => OutputEnd::Reset,
+                    _ => return Err(WireError::Payload),
+                },
             })
         })
         .collect()
@@ -341,6 +376,62 @@ pub fn parse_digests(b: &[u8]) -> Result<Vec<DigestEntry>, WireError> {
             })
         })
         .collect()
+}
+
+/// A connection's speaker hands it over, or drops a member from it (issue #14): from now
+/// on `speaker` speaks for the connection, and `dropped` (when not 0) is no longer one of its
+/// members. Only the connection's speaker sends these; they are repeated, and idempotent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandoffEntry {
+    /// The client's address.
+    pub client: SocketAddrV4,
+    /// The service address.
+    pub service: SocketAddrV4,
+    /// The member that speaks for the connection from now on.
+    pub speaker: u32,
+    /// The member that left the connection (0: none).
+    pub dropped: u32,
+}
+
+const HANDOFF_LEN: usize = 20;
+
+/// Handoff entries that fit in one datagram on a 1500-byte link.
+pub const HANDOFFS_PER_DATAGRAM: usize = 64;
+
+/// Serializes handoff entries.
+pub fn emit_handoffs(entries: &[HandoffEntry]) -> Vec<u8> {
+    let n = entries.len().min(u16::MAX as usize);
+    let mut out = Vec::with_capacity(2 + n * HANDOFF_LEN);
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    for e in &entries[..n] {
+        out.extend_from_slice(&e.client.ip().octets());
+        out.extend_from_slice(&e.client.port().to_be_bytes());
+        out.extend_from_slice(&e.service.ip().octets());
+        out.extend_from_slice(&e.service.port().to_be_bytes());
+        out.extend_from_slice(&e.speaker.to_be_bytes());
+        out.extend_from_slice(&e.dropped.to_be_bytes());
+    }
+    out
+}
+
+/// Parses handoff entries; the length must match the count exactly.
+pub fn parse_handoffs(b: &[u8]) -> Result<Vec<HandoffEntry>, WireError> {
+    let body = entries(b, HANDOFF_LEN)?;
+    Ok(body
+        .chunks_exact(HANDOFF_LEN)
+        .map(|e| HandoffEntry {
+            client: SocketAddrV4::new(
+                Ipv4Addr::new(e[0], e[1], e[2], e[3]),
+                u16::from_be_bytes([e[4], e[5]]),
+            ),
+            service: SocketAddrV4::new(
+                Ipv4Addr::new(e[6], e[7], e[8], e[9]),
+                u16::from_be_bytes([e[10], e[11]]),
+            ),
+            speaker: be_u32(e, 12),
+            dropped: be_u32(e, 16),
+        })
+        .collect())
 }
 
 /// One stamped chunk of a total-order service: the connection's next `len` client bytes
@@ -433,10 +524,10 @@ mod tests {
         }
 
         #[test]
-        fn progress_round_trips(entries in proptest::collection::vec((any::<u32>(), any::<u16>(), any::<u32>(), proptest::option::of(any::<u32>()), any::<u32>(), any::<u32>(), any::<u32>()), 0..40)) {
+        fn progress_round_trips(entries in proptest::collection::vec((any::<u32>(), any::<u16>(), any::<u32>(), proptest::option::of(any::<u32>()), any::<u32>(), any::<u32>(), any::<u32>(), (proptest::option::of(any::<u32>()), 0u8..3)), 0..40)) {
             let v: Vec<ProgressEntry> = entries
                 .into_iter()
-                .map(|(ip, port, isn_local, isn_s, rcv_nxt, edge, hole_end)| ProgressEntry {
+                .map(|(ip, port, isn_local, isn_s, rcv_nxt, edge, hole_end, (out, end))| ProgressEntry {
                     client: SocketAddrV4::new(Ipv4Addr::from(ip), port),
                     service: SocketAddrV4::new(Ipv4Addr::from(!ip), port ^ 1),
                     isn_local,
@@ -444,6 +535,8 @@ mod tests {
                     rcv_nxt,
                     edge,
                     hole_end,
+                    out,
+                    end: [OutputEnd::Open, OutputEnd::Fin, OutputEnd::Reset][usize::from(end)],
                 })
                 .collect();
             prop_assert_eq!(parse_progress(&emit_progress(&v)).unwrap(), v);
@@ -455,6 +548,21 @@ mod tests {
             let _ = parse_progress(&bytes);
             let _ = parse_digests(&bytes);
             let _ = parse_order(&bytes);
+            let _ = parse_handoffs(&bytes);
+        }
+
+        #[test]
+        fn handoffs_round_trip(entries in proptest::collection::vec((any::<u32>(), any::<u16>(), any::<u32>(), any::<u32>()), 0..70)) {
+            let v: Vec<HandoffEntry> = entries
+                .into_iter()
+                .map(|(ip, port, speaker, dropped)| HandoffEntry {
+                    client: SocketAddrV4::new(Ipv4Addr::from(ip), port),
+                    service: SocketAddrV4::new(Ipv4Addr::from(!ip), port ^ 1),
+                    speaker,
+                    dropped,
+                })
+                .collect();
+            prop_assert_eq!(parse_handoffs(&emit_handoffs(&v)).unwrap(), v);
         }
 
         #[test]

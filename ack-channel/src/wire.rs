@@ -79,6 +79,8 @@ pub enum MsgType {
     Digest,
     /// Stamped chunks of a total-order service, primary to backups.
     Order,
+    /// A connection's speaker hands it to another member or drops one (host to hosts).
+    Handoff,
 }
 
 impl MsgType {
@@ -92,6 +94,7 @@ impl MsgType {
             MsgType::Repair => 6,
             MsgType::Digest => 7,
             MsgType::Order => 8,
+            MsgType::Handoff => 9,
         }
     }
 
@@ -105,6 +108,7 @@ impl MsgType {
             6 => MsgType::Repair,
             7 => MsgType::Digest,
             8 => MsgType::Order,
+            9 => MsgType::Handoff,
             other => return Err(WireError::UnknownType(other)),
         })
     }

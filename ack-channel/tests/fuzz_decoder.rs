@@ -43,9 +43,10 @@ use std::path::Path;
 
 use ack_channel::wire::{HEADER_LEN, MAC_LEN};
 use ack_channel::{
-    emit_digests, emit_order, emit_progress, parse_digests, parse_order, parse_progress,
-    ClusterKey, Datagram, DigestEntry, DropReason, Epoch, Header, Heartbeat, Mode, MsgType, Opener,
-    OrderEntry, ProgressEntry, ReplicaId, Sealer, ServiceAd, ServiceId, View, WireError,
+    emit_digests, emit_handoffs, emit_order, emit_progress, parse_digests, parse_handoffs,
+    parse_order, parse_progress, ClusterKey, Datagram, DigestEntry, DropReason, Epoch,
+    HandoffEntry, Header, Heartbeat, Mode, MsgType, Opener, OrderEntry, OutputEnd, ProgressEntry,
+    ReplicaId, Sealer, ServiceAd, ServiceId, View, WireError,
 };
 use bolero::{check, TypeGenerator};
 
@@ -84,7 +85,7 @@ fn key() -> ClusterKey {
     ClusterKey::from_bytes([7; 32])
 }
 
-const ALL_TYPES: [MsgType; 8] = [
+const ALL_TYPES: [MsgType; 9] = [
     MsgType::ToHost,
     MsgType::ToClient,
     MsgType::Heartbeat,
@@ -93,9 +94,10 @@ const ALL_TYPES: [MsgType; 8] = [
     MsgType::Repair,
     MsgType::Digest,
     MsgType::Order,
+    MsgType::Handoff,
 ];
 
-/// The message type with wire code `code` (1..=8, in the order of `wire.rs`).
+/// The message type with wire code `code` (1..=9, in the order of `wire.rs`).
 fn msg_type(code: u8) -> Option<MsgType> {
     ALL_TYPES.get(usize::from(code).checked_sub(1)?).copied()
 }
@@ -132,13 +134,16 @@ fn parse_header(b: &[u8]) -> Result<Header, WireError> {
     Header::parse(&d)
 }
 
-/// `emit_progress` writes zeros where an entry without `isn_s` has it; `parse_progress`
-/// ignores those bytes. The encoding of `b` with them zeroed.
+/// `emit_progress` writes zeros where an entry without `isn_s` (or without `out`) has it;
+/// `parse_progress` ignores those bytes. The encoding of `b` with them zeroed.
 fn canonical_progress(b: &[u8]) -> Vec<u8> {
     let mut c = b.to_vec();
-    for e in c[2..].chunks_exact_mut(33) {
+    for e in c[2..].chunks_exact_mut(38) {
         if e[16] == 0 {
             e[17..21].fill(0);
+        }
+        if e[33] & 1 == 0 {
+            e[34..38].fill(0);
         }
     }
     c
@@ -152,6 +157,7 @@ fn assert_payload_round_trips(t: MsgType, p: &[u8]) {
         MsgType::Progress => assert_eq!(emit_progress(&parse_progress(p).unwrap()), p),
         MsgType::Digest => assert_eq!(emit_digests(&parse_digests(p).unwrap()), p),
         MsgType::Order => assert_eq!(emit_order(&parse_order(p).unwrap()), p),
+        MsgType::Handoff => assert_eq!(emit_handoffs(&parse_handoffs(p).unwrap()), p),
         MsgType::ToHost | MsgType::ToClient | MsgType::Repair => {}
     }
 }
@@ -173,6 +179,9 @@ fn fuzz_raw_payload() {
         }
         if let Ok(entries) = parse_order(b) {
             assert_eq!(emit_order(&entries), b);
+        }
+        if let Ok(entries) = parse_handoffs(b) {
+            assert_eq!(emit_handoffs(&entries), b);
         }
         let header = parse_header(b);
         assert_eq!(header, expected_header(b));
@@ -335,6 +344,9 @@ impl Value {
                         rcv_nxt: e.rcv_nxt,
                         edge: e.edge,
                         hole_end: e.hole_end,
+                        out: e.isn_s.map(|s| s ^ e.hole_end),
+                        end: [OutputEnd::Open, OutputEnd::Fin, OutputEnd::Reset]
+                            [(e.isn_local % 3) as usize],
                     })
                     .collect(),
             ),
@@ -604,6 +616,8 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
             rcv_nxt: 0x1a2b_3c4e,
             edge: 0x1a2c_3c4e,
             hole_end: 0x1a2b_3c4e,
+            out: Some(0x9e37_8000),
+            end: OutputEnd::Fin,
         },
         ProgressEntry {
             client: addr("198.18.0.3:40001"),
@@ -613,6 +627,8 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
             rcv_nxt: 7,
             edge: 65542,
             hole_end: 1455,
+            out: None,
+            end: OutputEnd::Open,
         },
     ]);
     let digests = emit_digests(&[DigestEntry {
@@ -622,6 +638,12 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
         len: 4096,
         fin: true,
         digest: *b"0123456789abcdef",
+    }]);
+    let handoff = emit_handoffs(&[HandoffEntry {
+        client,
+        service,
+        speaker: 2,
+        dropped: 1,
     }]);
     let order = emit_order(&[
         OrderEntry {
@@ -671,6 +693,11 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
             h[8] = 3;
             h
         }),
+        ("progress_end_3", {
+            let mut p = progress.clone();
+            p[2 + 33] = 3 << 1;
+            p
+        }),
         ("progress_has_isn_s_2", {
             let mut p = progress.clone();
             p[2 + 16] = 2;
@@ -681,6 +708,7 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
         ("datagram_progress", sealed(MsgType::Progress, &progress)),
         ("datagram_digest", sealed(MsgType::Digest, &digests)),
         ("datagram_order", sealed(MsgType::Order, &order)),
+        ("datagram_handoff", sealed(MsgType::Handoff, &handoff)),
         ("datagram_repair_syn", sealed(MsgType::Repair, &syn)),
         ("datagram_to_host_syn", sealed(MsgType::ToHost, &syn)),
         ("datagram_to_client_empty", sealed(MsgType::ToClient, &[])),
@@ -700,7 +728,7 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
         ),
         ("bad_magic", broken(0, b'X')),
         ("version_2", broken(2, 2)),
-        ("unknown_type_9", broken(3, 9)),
+        ("unknown_type_10", broken(3, 10)),
         ("reserved_set", broken(7, 1)),
         ("truncated_header", good[..40].to_vec()),
         ("heartbeat_payload", heartbeat),
@@ -740,7 +768,10 @@ fn seed_corpora_are_what_they_claim() {
             || parse_order(&b).is_ok();
         let broken = matches!(
             name,
-            "heartbeat_count_too_big" | "heartbeat_unknown_mode" | "progress_has_isn_s_2"
+            "heartbeat_count_too_big"
+                | "heartbeat_unknown_mode"
+                | "progress_has_isn_s_2"
+                | "progress_end_3"
         );
         assert_eq!(parses, !opens && !broken, "{name}");
     }
@@ -749,7 +780,7 @@ fn seed_corpora_are_what_they_claim() {
         let want = match name {
             "bad_magic" => DropReason::Malformed(WireError::BadMagic),
             "version_2" => DropReason::Malformed(WireError::Version(2)),
-            "unknown_type_9" => DropReason::Malformed(WireError::UnknownType(9)),
+            "unknown_type_10" => DropReason::Malformed(WireError::UnknownType(10)),
             "reserved_set" => DropReason::Malformed(WireError::Reserved),
             "truncated_header" | "heartbeat_payload" | "view_payload" => {
                 DropReason::Malformed(WireError::Truncated)

@@ -33,6 +33,11 @@ pub struct SetPortOpt {
     /// Total order: the longest wait for the backend's answer, milliseconds (default 2).
     #[serde(default)]
     pub quiet_ms: Option<u16>,
+    /// ft: how long a member may lag behind output another member's backend already
+    /// produced before it is treated as failed for that connection, milliseconds (default
+    /// 1000, at least 1).
+    #[serde(default)]
+    pub stall_ms: Option<u32>,
     /// Most client connections of this service at once (default: only the host's cap).
     #[serde(default)]
     pub max_conns: Option<u32>,

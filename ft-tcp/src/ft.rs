@@ -46,6 +46,13 @@ const PROGRESS_REPEATS: u8 = 3;
 /// Segments repaired at once for a backup that stays behind without reporting a hole.
 const STALE_REPAIR_SEGMENTS: usize = 8;
 
+/// A member reports a change of its output position at most this often (a change of how
+/// its output ended, at once).
+const OUT_REPORT_EVERY: Duration = Duration::from_millis(20);
+
+/// How many times the speaker repeats its handoff decisions.
+const DECISION_REPEATS: u8 = 4;
+
 /// A replica's id as the FT layer sees it (the cluster's node id).
 pub type PeerId = u32;
 
@@ -80,6 +87,10 @@ pub struct FtConfig {
     pub repair_after: Duration,
     /// The same range is not repaired again sooner than this.
     pub repair_retry: Duration,
+    /// A member whose output stays behind what another member's backend already produced
+    /// this long (its backend stopped, hung or ended early) is treated as failed for the
+    /// connection: the speaker hands the connection on, or drops a backup (issue #14).
+    pub stall_after: Duration,
 }
 
 impl Default for FtConfig {
@@ -93,6 +104,7 @@ impl Default for FtConfig {
             repair: true,
             repair_after: Duration::from_millis(4),
             repair_retry: Duration::from_millis(8),
+            stall_after: Duration::from_millis(1000),
         }
     }
 }
@@ -112,6 +124,50 @@ pub struct Progress {
     /// End of the hole after `rcv_nxt` (C): the first client byte seen beyond it, which the
     /// primary repairs up to; equal to `rcv_nxt` when there is no hole.
     pub hole_end: SeqNumber,
+    /// End of the reporter's output so far (S), past its FIN if it sent one; `None` until
+    /// it knows `isn_s`.
+    pub out: Option<SeqNumber>,
+    /// How the reporter's backend ended its output.
+    pub end: OutputEnd,
+}
+
+impl Progress {
+    /// Where the reporter's output bytes end (S), its FIN not counted.
+    pub fn data_end(&self) -> Option<SeqNumber> {
+        let out = self.out?;
+        Some(if self.end == OutputEnd::Fin {
+            out.minus(1)
+        } else {
+            out
+        })
+    }
+}
+
+/// How a member's backend ended its side of the connection.
+///
+/// ```text
+///   Open ──backend closed in order──► Fin
+///     └──backend reset, refused, gone─► Reset   (the member leaves the connection)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputEnd {
+    /// Still producing output.
+    #[default]
+    Open,
+    /// Closed in order: a FIN follows the output.
+    Fin,
+    /// Reset, refused or gone.
+    Reset,
+}
+
+/// The speaker's decision about its connection (issue #14), sent to every member: from now
+/// on `speaker` speaks for it, and `dropped` (if any) is no longer one of its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The member that speaks for the connection from now on.
+    pub speaker: PeerId,
+    /// The member that left the connection.
+    pub dropped: Option<PeerId>,
 }
 
 /// Output agreement of one connection as one replica sees it.
@@ -207,6 +263,28 @@ pub struct FtConn {
     /// ours is compared with).
     speaker_hint: Option<PeerId>,
 
+    /// How this replica's backend ended its output.
+    end: OutputEnd,
+    /// Our FIN's sequence number in `S`, once our stack sent it.
+    fin_s: Option<SeqNumber>,
+    /// This replica left the connection (its backend failed, or the speaker dropped it, or
+    /// it handed the connection on): it never speaks for it again.
+    retired: bool,
+    /// The client sent FIN or RST (a retired member's record may go).
+    client_done: bool,
+    /// Every member's backend reset: the reset goes on to the client.
+    abort_wanted: bool,
+    /// Output position and end last reported, and when a change may be reported next.
+    out_reported: Option<(SeqNumber, OutputEnd)>,
+    out_report_at: Instant,
+    /// Per member (this replica too) seen behind another's output: the position it has to
+    /// reach, and since when it has not.
+    lag: BTreeMap<PeerId, (SeqNumber, Instant)>,
+    /// Decisions this replica made as the speaker, repeated `DECISION_REPEATS` times.
+    decisions: Vec<Decision>,
+    decision_repeats: u8,
+    decision_at: Instant,
+
     to_client: Vec<Vec<u8>>,
     scratch: Vec<Vec<u8>>,
     /// Counters for status and tests.
@@ -231,6 +309,11 @@ pub struct FtStats {
     /// Times a view's first member was passed over for this connection because its output
     /// differed from the primary's (output agreement).
     pub divergent_skips: u64,
+    /// Times this replica, as the speaker, handed the connection to another member because
+    /// its own backend ended early, reset or stalled.
+    pub handoffs: u64,
+    /// Members this replica, as the speaker, dropped from the connection.
+    pub members_dropped: u64,
 }
 
 impl std::fmt::Debug for FtConn {
@@ -315,6 +398,17 @@ impl FtConn {
             repairs_out: Vec::new(),
             agreement: None,
             speaker_hint: members.first().copied().filter(|m| *m != me),
+            end: OutputEnd::Open,
+            fin_s: None,
+            retired: false,
+            client_done: false,
+            abort_wanted: false,
+            out_reported: None,
+            out_report_at: now,
+            lag: BTreeMap::new(),
+            decisions: Vec::new(),
+            decision_repeats: 0,
+            decision_at: now,
             to_client: Vec::new(),
             scratch: Vec::new(),
             stats: FtStats::default(),
@@ -476,15 +570,31 @@ impl FtConn {
         }
         let due = self.progress_dirty || (self.progress_repeats > 0 && now >= self.progress_at);
         let rcv_nxt = self.local_rcv_nxt?;
+        let out = self.out_s();
         let p = Progress {
             isn_local: self.local_isn?,
             isn_s: self.isn_s,
             rcv_nxt,
             edge: self.local_edge?,
             hole_end: self.local_hole_end.map_or(rcv_nxt, |h| h.max(rcv_nxt)),
+            out,
+            end: self.end,
         };
-        if !due {
+        // Output is reported at most every OUT_REPORT_EVERY; how it ended, at once.
+        let out_due = match (out, self.out_reported) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(o), Some((ro, re))) => re != self.end || (ro != o && now >= self.out_report_at),
+        };
+        if !(due || out_due) {
             return None;
+        }
+        if let Some(o) = out {
+            self.out_reported = Some((o, self.end));
+            self.out_report_at = now + OUT_REPORT_EVERY;
+        }
+        if !due {
+            return Some(p);
         }
         if !self.progress_dirty {
             self.progress_repeats -= 1;
@@ -523,7 +633,237 @@ impl FtConn {
             merge(Some(now));
         }
         merge(self.repair_at);
+        if let (Some(o), Some((ro, re))) = (self.out_s(), self.out_reported) {
+            if o != ro || re != self.end {
+                merge(Some(self.out_report_at));
+            }
+        }
+        if self.decision_repeats > 0 {
+            merge(Some(self.decision_at));
+        }
+        if self.role == Role::Primary {
+            let stall = self.cfg.stall_after;
+            merge(self.lag.values().map(|(_, since)| *since + stall).min());
+        }
         t
+    }
+
+    /// This replica's output position (S), past its FIN if it sent one.
+    fn out_s(&self) -> Option<SeqNumber> {
+        Some(self.local_snd_max?.plus(self.delta()?))
+    }
+
+    /// The backend of this replica's connection was reset, refused or went away: this
+    /// replica leaves the connection. A backup just says so in its progress; a speaker
+    /// hands the connection to the next member (or, when every member's backend reset,
+    /// passes the reset on to the client: see [`FtConn::wants_abort`]).
+    pub fn on_backend_failed(&mut self, now: Instant) {
+        if self.end == OutputEnd::Reset {
+            return;
+        }
+        self.end = OutputEnd::Reset;
+        self.progress_dirty = true;
+        if self.role == Role::Primary {
+            self.decide(now);
+        } else {
+            self.retired = true;
+        }
+    }
+
+    /// Whether this replica left the connection (it never speaks for it again).
+    pub fn is_retired(&self) -> bool {
+        self.retired
+    }
+
+    /// Whether the client sent FIN or RST since this replica retired.
+    pub fn client_done(&self) -> bool {
+        self.client_done
+    }
+
+    /// Every member's backend reset the connection: the host resets the local stack, whose
+    /// RST goes on to the client.
+    pub fn wants_abort(&self) -> bool {
+        self.abort_wanted
+    }
+
+    /// Handoff decisions to send to every member, when due.
+    pub fn take_decisions(&mut self, now: Instant) -> Vec<Decision> {
+        if self.decision_repeats == 0 || now < self.decision_at {
+            return Vec::new();
+        }
+        self.decision_repeats -= 1;
+        self.decision_at = now + self.cfg.progress_every;
+        self.decisions.clone()
+    }
+
+    fn note_decision(&mut self, now: Instant, d: Decision) {
+        if !self.decisions.contains(&d) {
+            self.decisions.push(d);
+        }
+        self.decision_repeats = DECISION_REPEATS;
+        self.decision_at = now;
+    }
+
+    /// A decision of the connection's speaker `from` (see [`Decision`]).
+    pub fn handle_decision(&mut self, now: Instant, from: PeerId, d: Decision) {
+        if self.retired || !self.view_peers.contains(&from) {
+            return;
+        }
+        if d.dropped == Some(self.me) {
+            tracing::debug!(conn = ?self.key, speaker = from, "dropped from the connection by its speaker");
+            self.retire();
+            return;
+        }
+        if let Some(x) = d.dropped {
+            self.forget_member(x);
+        }
+        if d.speaker == self.me {
+            if self.role == Role::Backup {
+                self.role = Role::Primary;
+                self.speaker_hint = None;
+                self.promote(now);
+            }
+        } else if self.role == Role::Backup && self.view_peers.contains(&d.speaker) {
+            self.speaker_hint = Some(d.speaker);
+        }
+        if self.role == Role::Primary {
+            self.maybe_gate_ack(now, false);
+        }
+        self.trim_log();
+    }
+
+    fn retire(&mut self) {
+        self.retired = true;
+        self.role = Role::Backup;
+        self.more_unsent = false;
+        self.rtx_at = None;
+        self.repair_at = None;
+        self.to_client.clear();
+        self.repairs_out.clear();
+    }
+
+    fn forget_member(&mut self, id: PeerId) {
+        self.view_peers.retain(|m| *m != id);
+        self.peers.remove(&id);
+        self.repair.remove(&id);
+        self.lag.remove(&id);
+        if self.speaker_hint == Some(id) {
+            self.speaker_hint = None;
+        }
+    }
+
+    /// Whether member `m`, at output position `out`, has stayed behind `target` (what
+    /// another member already produced) for `stall_after`.
+    fn lagging(&mut self, now: Instant, m: PeerId, out: SeqNumber, target: SeqNumber) -> bool {
+        if !out.lt(target) {
+            self.lag.remove(&m);
+            return false;
+        }
+        let e = self.lag.entry(m).or_insert((target, now));
+        if !out.lt(e.0) {
+            // It reached the mark set when it was first seen behind: a new mark.
+            *e = (target, now);
+        }
+        now - e.1 >= self.cfg.stall_after
+    }
+
+    /// Whether our FIN waits for the other members: it goes to the client only once every
+    /// member's backend closed at the same point (issue #14).
+    fn fin_held(&self) -> bool {
+        let Some(f) = self.fin_s else {
+            return false;
+        };
+        self.view_peers.iter().any(|id| {
+            !self
+                .peers
+                .get(id)
+                .is_some_and(|p| p.end == OutputEnd::Fin && p.data_end() == Some(f))
+        })
+    }
+
+    /// The speaker's decisions (issue #14). Members whose backend reset, ended before the
+    /// others, or lags more than `stall_after` behind output another member produced leave
+    /// the connection. If that is this replica, the connection goes to the next member in
+    /// view order, from the client's last ACK. Our FIN waits (see `fin_held`).
+    fn decide(&mut self, now: Instant) {
+        if self.role != Role::Primary || self.retired {
+            return;
+        }
+        let Some(own_out) = self.out_s() else {
+            return;
+        };
+        let own_data = self.fin_s.unwrap_or(own_out);
+        let mut furthest = own_data;
+        let mut target = own_out;
+        for id in &self.view_peers {
+            if let Some(p) = self.peers.get(id) {
+                if let (Some(d), Some(o)) = (p.data_end(), p.out) {
+                    furthest = furthest.max(d);
+                    target = target.max(o);
+                }
+            }
+        }
+        let mut leaving = Vec::new();
+        for id in self.view_peers.clone() {
+            let Some(p) = self.peers.get(&id).copied() else {
+                continue;
+            };
+            let (Some(d), Some(o)) = (p.data_end(), p.out) else {
+                continue;
+            };
+            let early = match p.end {
+                OutputEnd::Reset => true,
+                OutputEnd::Fin => d.lt(furthest),
+                OutputEnd::Open => false,
+            };
+            if early || self.lagging(now, id, o, target) {
+                leaving.push(id);
+            }
+        }
+        for id in leaving {
+            tracing::debug!(conn = ?self.key, member = id, "member left the connection: its backend reset, ended early or stalls");
+            self.forget_member(id);
+            self.stats.members_dropped += 1;
+            self.note_decision(
+                now,
+                Decision {
+                    speaker: self.me,
+                    dropped: Some(id),
+                },
+            );
+        }
+        let resign = self.end == OutputEnd::Reset
+            || (self.end == OutputEnd::Fin && own_data.lt(furthest))
+            || self.lagging(now, self.me, own_out, target);
+        if resign {
+            let me = self.me;
+            let next = self
+                .view_peers
+                .iter()
+                .copied()
+                .find(|id| self.peers.contains_key(id) && !self.divergent(*id));
+            match next {
+                Some(next) => {
+                    tracing::debug!(conn = ?self.key, to = next, end = ?self.end, "handing the connection to the next member");
+                    self.stats.handoffs += 1;
+                    self.retire();
+                    self.speaker_hint = Some(next);
+                    self.note_decision(
+                        now,
+                        Decision {
+                            speaker: next,
+                            dropped: Some(me),
+                        },
+                    );
+                    return;
+                }
+                // Nobody else can speak: every member's backend reset, or ended as ours.
+                None if self.end == OutputEnd::Reset => self.abort_wanted = true,
+                None => {}
+            }
+        }
+        self.maybe_gate_ack(now, false);
+        self.trim_log();
     }
 
     /// A repair packet from the primary: client bytes this replica missed.
@@ -537,6 +877,10 @@ impl FtConn {
         let Some(seg) = rewrite::parse(packet) else {
             return;
         };
+        if self.retired {
+            self.client_done |= seg.fin || seg.rst;
+            return;
+        }
         if !seg.syn && !seg.rst && (seg.payload_len > 0 || seg.fin) {
             let payload = &packet[seg.payload_off..seg.payload_off + seg.payload_len];
             // Only what a member may still need: not wholly below the lowest member's
@@ -774,8 +1118,19 @@ impl FtConn {
         entry.rcv_nxt = entry.rcv_nxt.max(p.rcv_nxt);
         entry.edge = entry.edge.max(p.edge);
         entry.isn_local = p.isn_local;
+        if let Some(o) = p.out {
+            entry.out = Some(entry.out.map_or(o, |e| e.max(o)));
+        }
+        if p.end != OutputEnd::Open {
+            entry.end = p.end;
+        }
+        if p.end == OutputEnd::Reset && self.role == Role::Backup {
+            // It said itself that it left: no member counts on it from now on.
+            self.forget_member(from);
+        }
         self.trim_log();
-        if self.role == Role::Primary {
+        if self.role == Role::Primary && !self.retired {
+            self.decide(now);
             self.maybe_gate_ack(now, false);
             self.maybe_repair(now);
         }
@@ -881,7 +1236,7 @@ impl FtConn {
         let holders: Vec<PeerId> = members
             .iter()
             .copied()
-            .filter(|m| *m == self.me || self.view_peers.contains(m))
+            .filter(|m| (*m == self.me && !self.retired) || self.view_peers.contains(m))
             .collect();
         let mut chosen = None;
         for m in &holders {
@@ -989,6 +1344,7 @@ impl FtConn {
         while pkts.len() < max && from.lt(sh.end()) && from.lt(limit) {
             let room = limit.since(from) as usize;
             let (seq, bytes, fin) = sh.slice(from, self.mss.min(room));
+            let fin = fin && !self.fin_held();
             if bytes.is_empty() && !fin {
                 break;
             }
@@ -1040,6 +1396,9 @@ impl FtConn {
 
     /// Runs timers: smoltcp's, the SYN-ACK hold, the FT retransmission timer, held ACKs.
     pub fn poll(&mut self, now: Instant) {
+        if self.retired {
+            return;
+        }
         if self.role == Role::Primary {
             self.release_synack_if_ready(now);
         }
@@ -1065,6 +1424,7 @@ impl FtConn {
         }
         self.scratch = out;
         self.release_held_ack(now);
+        self.decide(now);
         if self.role == Role::Primary {
             if let Some(t) = self.rtx_at {
                 if now >= t {
@@ -1121,6 +1481,9 @@ impl FtConn {
         let Some(seg) = rewrite::parse(&p) else {
             return;
         };
+        if self.retired {
+            return;
+        }
         if seg.syn && seg.ack_flag {
             self.local_isn = Some(seg.seq);
             // smoltcp echoes window scaling only when the client offered it.
@@ -1159,6 +1522,12 @@ impl FtConn {
             return;
         };
         let s_seq = seg.seq.plus(delta);
+        if seg.fin && self.fin_s.is_none() {
+            self.fin_s = Some(s_seq.plus(seg.payload_len as u32));
+            if self.end == OutputEnd::Open {
+                self.end = OutputEnd::Fin;
+            }
+        }
         if seg.payload_len > 0 || seg.fin {
             if let Some(sh) = self.shadow.as_mut() {
                 let payload = &p[seg.payload_off..seg.payload_off + seg.payload_len];
@@ -1200,6 +1569,26 @@ impl FtConn {
             // A repeated pure ACK would count as a duplicate at the client; it is one only
             // when client bytes were lost on their way to us (then the client must see it
             // and retransmit fast).
+            return;
+        }
+        if seg.fin && self.fin_held() {
+            // Our backend closed; the others' have not yet, at least not at the same point:
+            // the bytes go, the FIN waits (issue #14).
+            if seg.payload_len == 0 {
+                return;
+            }
+            let payload = &p[seg.payload_off..seg.payload_off + seg.payload_len];
+            let q = rewrite::build(
+                self.key.service,
+                self.key.client,
+                s_seq,
+                ack,
+                window,
+                payload,
+                false,
+            );
+            self.note_sent(now, ack, edge, s_seq, seg.payload_len as u32, false);
+            self.to_client.push(q);
             return;
         }
         rewrite::set_ack(&mut p, &seg, ack);
@@ -1271,6 +1660,10 @@ impl FtConn {
             return;
         };
         let mut seq = snd.plus(delta);
+        if let (true, Some(f)) = (self.fin_held(), self.fin_s) {
+            // The FIN was not sent: the client expects it at `f`.
+            seq = seq.min(f);
+        }
         if let Some(c) = self.client_ack {
             seq = seq.max(c);
         }

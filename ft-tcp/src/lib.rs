@@ -25,7 +25,9 @@ pub mod shadow;
 pub mod syncookie;
 
 pub use endpoint::{Endpoint, EndpointConfig, TcpState};
-pub use ft::{AgreementStatus, FtConfig, FtConn, FtStats, PeerId, Progress, Role};
+pub use ft::{
+    AgreementStatus, Decision, FtConfig, FtConn, FtStats, OutputEnd, PeerId, Progress, Role,
+};
 pub use packet::{FlowKey, PacketError, TcpFlags, TcpMeta};
 pub use plain::PlainConn;
 pub use seq::SeqNumber;

@@ -89,6 +89,7 @@ pub fn handle(shared: &Arc<Shared>, node: ReplicaId, method: &str, url: &str, bo
                 req.repair,
                 req.order.as_deref(),
                 req.quiet_ms,
+                req.stall_ms,
             ) {
                 Ok(ft) => ft,
                 Err(e) => return Reply::error(400, e.to_string()),
@@ -98,7 +99,7 @@ pub fn handle(shared: &Arc<Shared>, node: ReplicaId, method: &str, url: &str, bo
                 .and_then(|()| s.set_limits(addr, req.max_conns, req.idle_timeout_s, req.keepalive_s))
             {
                 Ok(()) => {
-                    tracing::info!(service = %addr, mode = mode.as_str(), ?backend, repair = ft.repair, max_conns = ?req.max_conns, idle_timeout_s = ?req.idle_timeout_s, keepalive_s = ?req.keepalive_s, "setportopt");
+                    tracing::info!(service = %addr, mode = mode.as_str(), ?backend, repair = ft.repair, stall_ms = ft.stall_ms, max_conns = ?req.max_conns, idle_timeout_s = ?req.idle_timeout_s, keepalive_s = ?req.keepalive_s, "setportopt");
                     Reply::json(&json!({ "ok": true }))
                 }
                 Err(e) => Reply::error(400, e.to_string()),
@@ -127,6 +128,7 @@ fn status(shared: &Arc<Shared>, node: ReplicaId) -> Reply {
                     "repair": p.ft.repair,
                     "order": if p.ft.total_order { "total" } else { "none" },
                     "quiet_ms": p.ft.quiet_ms,
+                    "stall_ms": p.ft.stall_ms,
                     "max_conns": p.max_conns,
                     "idle_timeout_s": p.idle_timeout_s,
                     "keepalive_s": p.keepalive_s,

@@ -17,6 +17,7 @@
 //! repair = true                     # ft hop-by-hop repair (setportopt --repair), optional
 //! order = "total"                   # ft total order across connections, optional
 //! quiet_ms = 2                      # total order: longest wait for an answer, optional
+//! stall_ms = 1000                   # ft: a member lagging this far behind is failed, optional
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -85,6 +86,11 @@ pub struct ServiceConfig {
     /// Total order: longest wait for the backend's answer, milliseconds (default 2).
     #[serde(default)]
     pub quiet_ms: Option<u16>,
+    /// ft: how long a member may lag behind output another member's backend already
+    /// produced before it is treated as failed for that connection, milliseconds (default
+    /// 1000, at least 1).
+    #[serde(default)]
+    pub stall_ms: Option<u32>,
     /// Most client connections of this service at once (default: only the host's cap).
     #[serde(default)]
     pub max_conns: Option<u32>,

@@ -21,21 +21,22 @@ use std::time::{Duration, Instant};
 
 use crate::order::{ConnView, Sequencer, Stamp};
 use ack_channel::{
-    emit_digests, emit_order, emit_progress, parse_digests, parse_order, parse_progress,
-    DigestEntry, DropReason, Epoch, Heartbeat, Mode, MsgType, Opener, OrderEntry, ProgressEntry,
-    ReplicaId, Sealer, ServiceId, View, DIGESTS_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
+    emit_digests, emit_handoffs, emit_order, emit_progress, parse_digests, parse_handoffs,
+    parse_order, parse_progress, DigestEntry, DropReason, Epoch, HandoffEntry, Heartbeat, Mode,
+    MsgType, Opener, OrderEntry, ProgressEntry, ReplicaId, Sealer, ServiceId, View,
+    DIGESTS_PER_DATAGRAM, HANDOFFS_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
 };
 use control::metrics::{Counter, Exposition};
 use ft_tcp::agreement::BlockDigest;
 use ft_tcp::syncookie::{self, CookieJar, SynOpts};
 use ft_tcp::{
-    rewrite, Endpoint, EndpointConfig, FlowKey, FtConfig, FtConn, PacketError, PlainConn, Progress,
-    Role, SeqNumber, TcpMeta, TcpState,
+    rewrite, Decision, Endpoint, EndpointConfig, FlowKey, FtConfig, FtConn, OutputEnd, PacketError,
+    PlainConn, Progress, Role, SeqNumber, TcpMeta, TcpState,
 };
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 use serde::Serialize;
-use smoltcp::time::Instant as SInstant;
+use smoltcp::time::{Duration as SDuration, Instant as SInstant};
 
 use crate::services::Services;
 
@@ -389,6 +390,27 @@ impl HostMetrics {
             self.ft.divergent_skips.get(),
         );
         e.sample(
+            "hydra_ft_handoffs_total",
+            "counter",
+            "Connections handed to another member because this host's backend ended early, reset or stalled",
+            "",
+            self.ft.handoffs.get(),
+        );
+        e.sample(
+            "hydra_ft_members_dropped_total",
+            "counter",
+            "Members dropped from a connection by this host as its speaker (backend reset, ended early or stalled)",
+            "",
+            self.ft.members_dropped.get(),
+        );
+        e.sample(
+            "hydra_ft_handoffs_sent_total",
+            "counter",
+            "Handoff datagrams sent to peers",
+            "",
+            self.ft.handoffs_sent.get(),
+        );
+        e.sample(
             "hydra_ft_divergent_members",
             "gauge",
             "Members (per connection) whose output differs from the primary's where it matters",
@@ -476,6 +498,33 @@ pub struct Shared {
     pub views: Mutex<Vec<(String, u64, Vec<u32>)>>,
     /// How many connections are in each TCP state (all of them, not only those listed).
     pub conn_states: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Services whose backend the health checker should probe now (a connection to it was
+    /// refused or reset), and the signal that wakes it.
+    pub health_now: (Mutex<Vec<SocketAddrV4>>, std::sync::Condvar),
+}
+
+impl Shared {
+    /// Asks the health checker to probe `service`'s backend now.
+    pub fn poke_health(&self, service: SocketAddrV4) {
+        // INVARIANT: no code panics while holding the lock.
+        let mut q = self.health_now.0.lock().expect("health lock");
+        if !q.contains(&service) {
+            q.push(service);
+        }
+        self.health_now.1.notify_one();
+    }
+
+    /// Waits up to `timeout` for a poke; returns the services poked.
+    pub fn wait_health(&self, timeout: Duration) -> Vec<SocketAddrV4> {
+        // INVARIANT: no code panics while holding the lock.
+        let q = self.health_now.0.lock().expect("health lock");
+        let (mut q, _) = self
+            .health_now
+            .1
+            .wait_timeout_while(q, timeout, |q| q.is_empty())
+            .expect("health lock");
+        std::mem::take(&mut *q)
+    }
 }
 
 /// Settings of the dataplane.
@@ -538,6 +587,10 @@ enum Ending {
     /// Reset (by either side, or for being idle): later data gets an RST, as from a Linux
     /// port with no socket (RFC 9293 §3.10.7.1), and never silence.
     Reset,
+    /// This replica left an ft connection that lives on at other members (its backend
+    /// failed, or it was handed on): its late segments are none of our business, and a
+    /// cookie-valid one must not open it again here.
+    Silent,
 }
 
 struct Linger {
@@ -589,6 +642,8 @@ struct Conn {
     deadline: Option<SInstant>,
     /// Output-agreement counts already added to the metrics.
     agreement_seen: (u64, u64),
+    /// Handoffs and dropped members already added to the metrics.
+    handoffs_seen: (u64, u64),
     /// The service is in total order: client bytes reach the backend only as granted.
     total: bool,
     /// Client bytes the sequencer granted and the backend has not taken yet.
@@ -636,6 +691,8 @@ pub struct Dataplane {
     repairs_out: Vec<(SocketAddrV4, u32, Vec<u8>)>,
     /// Digests of our output waiting to be sent this loop iteration.
     digests_out: Vec<DigestEntry>,
+    /// Handoff decisions waiting to be sent this loop iteration.
+    handoffs_out: Vec<HandoffEntry>,
     /// Total-order sequencers of the services in `--order total`.
     sequencers: HashMap<SocketAddrV4, Sequencer>,
     /// When the primary repeats its recent stamps next (the last datagram may be lost).
@@ -690,6 +747,14 @@ pub struct FtMetrics {
     pub divergent_skips: Counter,
     /// (connection, member) pairs now divergent, at the last snapshot.
     pub divergent_members: Counter,
+    /// Connections this host handed to another member as their speaker, because its own
+    /// backend ended early, reset or stalled (issue #14).
+    pub handoffs: Counter,
+    /// Members this host, as a connection's speaker, dropped from it (their backend reset,
+    /// ended early or stalled).
+    pub members_dropped: Counter,
+    /// Handoff datagrams sent to peers.
+    pub handoffs_sent: Counter,
 }
 
 fn resize_socket_buffers(udp: &UdpSocket) {
@@ -901,6 +966,7 @@ impl Dataplane {
             progress_out: Vec::new(),
             repairs_out: Vec::new(),
             digests_out: Vec::new(),
+            handoffs_out: Vec::new(),
             sequencers: HashMap::new(),
             order_resend_at: Instant::now(),
         })
@@ -1040,6 +1106,10 @@ impl Dataplane {
                     Ok(entries) => self.on_digests(header.sender, &entries, dirty),
                     Err(_) => m.dropped_malformed.inc(),
                 },
+                MsgType::Handoff => match parse_handoffs(payload) {
+                    Ok(entries) => self.on_handoffs(header.sender, &entries, dirty),
+                    Err(_) => m.dropped_malformed.inc(),
+                },
                 MsgType::ToClient | MsgType::Heartbeat => m.dropped_unexpected.inc(),
             }
         }
@@ -1172,6 +1242,7 @@ impl Dataplane {
                 m.linger_resets.inc();
                 meta.reset_reply()
             }
+            Some(Ending::Silent) => None,
             _ => None,
         };
         if let Some(p) = reply {
@@ -1369,6 +1440,7 @@ impl Dataplane {
             };
             let ft_cfg = FtConfig {
                 repair: ft_opts.repair,
+                stall_after: SDuration::from_millis(u64::from(ft_opts.stall_ms)),
                 ..FtConfig::default()
             };
             Tcp::Ft(Box::new(FtConn::accept(
@@ -1398,6 +1470,7 @@ impl Dataplane {
             writable: false,
             deadline: None,
             agreement_seen: (0, 0),
+            handoffs_seen: (0, 0),
             total: mode == Mode::Ft && ft_opts.total_order,
             credit: 0,
             from_backend: 0,
@@ -1466,11 +1539,30 @@ impl Dataplane {
         };
         let (abort_client, drop_backend_hard) =
             bridge(c, &mut self.sequencers, &self.shared.metrics);
-        if abort_client {
-            c.tcp.ep().abort();
+        let mut backend_failed = false;
+        match &mut c.tcp {
+            // ft: a failed backend is a failed member for this connection, not the end of
+            // the client's connection: the other members' backends carry on (issue #14).
+            Tcp::Ft(f) if abort_client => {
+                if !f.is_retired() {
+                    backend_failed = true;
+                }
+                f.on_backend_failed(now);
+            }
+            tcp if abort_client => tcp.ep().abort(),
+            _ => {}
         }
         if abort_client || drop_backend_hard {
             reset_backend(self.poll.registry(), &mut c.backend);
+        }
+        if let Tcp::Ft(f) = &mut c.tcp {
+            if f.is_retired() && !matches!(c.backend, Backend::Aborted | Backend::Finished) {
+                reset_backend(self.poll.registry(), &mut c.backend);
+            }
+            if f.wants_abort() && f.state() != TcpState::Closed {
+                // Every member's backend reset: so is the client's connection.
+                f.endpoint().abort();
+            }
         }
         self.out.clear();
         match &mut c.tcp {
@@ -1487,8 +1579,31 @@ impl Dataplane {
                         rcv_nxt: p.rcv_nxt.0,
                         edge: p.edge.0,
                         hole_end: p.hole_end.0,
+                        out: p.out.map(|o| o.0),
+                        end: match p.end {
+                            OutputEnd::Open => ack_channel::OutputEnd::Open,
+                            OutputEnd::Fin => ack_channel::OutputEnd::Fin,
+                            OutputEnd::Reset => ack_channel::OutputEnd::Reset,
+                        },
                     });
                 }
+                for d in f.take_decisions(now) {
+                    self.handoffs_out.push(HandoffEntry {
+                        client: c.key.client,
+                        service: c.key.service,
+                        speaker: d.speaker,
+                        dropped: d.dropped.unwrap_or(0),
+                    });
+                }
+                let seen = (f.stats.handoffs, f.stats.members_dropped);
+                let ft = &self.shared.metrics.ft;
+                ft.handoffs.add(seen.0.saturating_sub(c.handoffs_seen.0));
+                ft.members_dropped
+                    .add(seen.1.saturating_sub(c.handoffs_seen.1));
+                if seen.0 > c.handoffs_seen.0 {
+                    tracing::warn!(client = %c.key.client, service = %c.key.service, "this host's backend ended early, reset or stalls: connection handed to the next member");
+                }
+                c.handoffs_seen = seen;
                 for (to, pkt) in f.take_repairs() {
                     self.repairs_out.push((c.key.service, to, pkt));
                 }
@@ -1522,7 +1637,9 @@ impl Dataplane {
             matches!(c.backend, Backend::Finished)
                 && matches!(state, TcpState::TimeWait | TcpState::Closed)
         });
-        let finished = state == TcpState::Closed || close.is_some();
+        let retired = matches!(&c.tcp, Tcp::Ft(f) if f.is_retired());
+        let retired_done = matches!(&c.tcp, Tcp::Ft(f) if f.is_retired() && f.client_done());
+        let finished = state == TcpState::Closed || close.is_some() || retired_done;
         let next = if finished {
             None
         } else {
@@ -1541,9 +1658,13 @@ impl Dataplane {
         }
         self.flush_out(service);
         self.flush_repairs();
+        if backend_failed {
+            self.backend_failed(service);
+        }
         if finished {
             self.remove(id);
             match close {
+                _ if retired => self.linger(key, Ending::Silent, true),
                 Some((snd_nxt, rcv_nxt, told)) => {
                     self.linger(key, Ending::Closed { snd_nxt, rcv_nxt }, told)
                 }
@@ -1635,11 +1756,62 @@ impl Dataplane {
                         rcv_nxt: SeqNumber(e.rcv_nxt),
                         edge: SeqNumber(e.edge),
                         hole_end: SeqNumber(e.hole_end),
+                        out: e.out.map(SeqNumber),
+                        end: match e.end {
+                            ack_channel::OutputEnd::Open => OutputEnd::Open,
+                            ack_channel::OutputEnd::Fin => OutputEnd::Fin,
+                            ack_channel::OutputEnd::Reset => OutputEnd::Reset,
+                        },
                     },
                 );
                 dirty.push(id);
             }
         }
+    }
+
+    /// Decisions of connections' speakers (issue #14): who speaks from now on, who left.
+    /// Only members of the service's view are heard; the connection checks the rest.
+    fn on_handoffs(&mut self, from: ReplicaId, entries: &[HandoffEntry], dirty: &mut Vec<usize>) {
+        let now = self.stamp(Instant::now());
+        for e in entries {
+            let member = self
+                .views
+                .get(&e.service)
+                .is_some_and(|(_, v)| v.iter().any(|(id, _)| *id == from));
+            let key = FlowKey {
+                client: e.client,
+                service: e.service,
+            };
+            let (true, Some(&id)) = (member, self.flows.get(&key)) else {
+                continue;
+            };
+            if let Some(Conn {
+                tcp: Tcp::Ft(f), ..
+            }) = self.conns.get_mut(&id)
+            {
+                let was = f.role();
+                f.handle_decision(
+                    now,
+                    from.0,
+                    Decision {
+                        speaker: e.speaker,
+                        dropped: (e.dropped != 0).then_some(e.dropped),
+                    },
+                );
+                if was == Role::Backup && f.role() == Role::Primary {
+                    self.shared.metrics.ft.promotions.inc();
+                    tracing::info!(client = %e.client, service = %e.service, from = from.0, "took the connection over from a member whose backend failed");
+                }
+                dirty.push(id);
+            }
+        }
+    }
+
+    /// A connection's backend was refused or reset: if the backend no longer accepts
+    /// connections, the service is withdrawn now rather than at the next health check, so
+    /// the redirector takes this host out of the view (issue #14).
+    fn backend_failed(&mut self, service: SocketAddrV4) {
+        self.shared.poke_health(service);
     }
 
     /// A view from the redirector: roles change for every connection of the service.
@@ -1702,6 +1874,22 @@ impl Dataplane {
             }
             entries.clear();
             self.progress_out = entries;
+        }
+        if !self.handoffs_out.is_empty() {
+            let mut entries = std::mem::take(&mut self.handoffs_out);
+            entries.sort_by_key(|e| (e.service.ip().octets(), e.service.port()));
+            for chunk in entries.chunk_by(|a, b| a.service == b.service) {
+                for batch in chunk.chunks(HANDOFFS_PER_DATAGRAM) {
+                    let sent = self.send_to_members(
+                        chunk[0].service,
+                        MsgType::Handoff,
+                        &emit_handoffs(batch),
+                    );
+                    self.shared.metrics.ft.handoffs_sent.add(sent);
+                }
+            }
+            entries.clear();
+            self.handoffs_out = entries;
         }
         if !self.digests_out.is_empty() {
             let mut entries = std::mem::take(&mut self.digests_out);

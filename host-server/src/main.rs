@@ -71,6 +71,7 @@ fn run() -> anyhow::Result<()> {
                 svc.repair,
                 svc.order.as_deref(),
                 svc.quiet_ms,
+                svc.stall_ms,
             )
             .with_context(|| format!("config service {}", svc.addr))?;
             s.set_port_opt(svc.addr, mode, svc.backend, detector, ft)
@@ -123,28 +124,35 @@ const HEALTH_FALL: u32 = 3;
 
 fn health_loop(shared: &Shared) {
     let mut failures: std::collections::HashMap<SocketAddrV4, u32> = Default::default();
+    let mut only: Vec<SocketAddrV4> = Vec::new();
     loop {
         let targets: Vec<_> = {
             // INVARIANT: no code panics while holding the lock.
             let s = shared.services.lock().expect("services lock");
             s.ports()
+                .filter(|(a, _)| only.is_empty() || only.contains(a))
                 .filter_map(|(a, p)| p.backend.map(|b| (a, b, p.healthy)))
                 .collect()
         };
         for (addr, backend, was) in targets {
-            let answered =
-                TcpStream::connect_timeout(&SocketAddr::V4(backend), Duration::from_millis(200))
-                    .is_ok();
+            let tried =
+                TcpStream::connect_timeout(&SocketAddr::V4(backend), Duration::from_millis(200));
+            let answered = tried.is_ok();
+            // Nothing listens: the backend is down, not slow (issue #14: leave the view at
+            // once, so that new connections go to members whose backend runs).
+            let refused = tried
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
             let fails = failures.entry(addr).or_insert(0);
             *fails = if answered { 0 } else { *fails + 1 };
-            // Up at the first answer; down only after HEALTH_FALL failures in a row (at once
-            // when it never answered).
-            let ok = answered || (was && *fails < HEALTH_FALL);
+            // Up at the first answer; down after HEALTH_FALL failures in a row, at once when
+            // refused or when it never answered.
+            let ok = answered || (was && !refused && *fails < HEALTH_FALL);
             if ok != was {
                 if ok {
                     tracing::info!(service = %addr, %backend, "backend answers; advertising the service");
                 } else {
-                    tracing::warn!(service = %addr, %backend, "backend does not answer; withdrawing the service");
+                    tracing::warn!(service = %addr, %backend, refused, "backend does not answer; withdrawing the service");
                 }
             }
             // INVARIANT: no code panics while holding the lock.
@@ -154,6 +162,7 @@ fn health_loop(shared: &Shared) {
                 .expect("services lock")
                 .set_healthy(addr, backend, ok);
         }
-        std::thread::sleep(HEALTH_EVERY);
+        // The next round: in HEALTH_EVERY, or at once for a backend the dataplane saw fail.
+        only = shared.wait_health(HEALTH_EVERY);
     }
 }

@@ -43,15 +43,20 @@ pub struct FtOpts {
     /// Total order: the longest wait for the backend's answer before the next chunk for
     /// another connection, milliseconds.
     pub quiet_ms: u16,
+    /// How long a member may lag behind output another member's backend already produced
+    /// before it is treated as failed for that connection (issue #14): a stopped, hung or
+    /// early-ending backend costs the connection this long, milliseconds (default 1000).
+    pub stall_ms: u32,
 }
 
 impl FtOpts {
     /// The options as setportopt and the config file give them (`None`: the default);
-    /// `order` is `none` or `total`.
+    /// `order` is `none` or `total`; a `stall_ms` of 0 is refused.
     pub fn from_request(
         repair: Option<bool>,
         order: Option<&str>,
         quiet_ms: Option<u16>,
+        stall_ms: Option<u32>,
     ) -> Result<FtOpts, ServiceError> {
         let d = FtOpts::default();
         let total_order = match order {
@@ -59,10 +64,14 @@ impl FtOpts {
             Some("total") => true,
             Some(other) => return Err(ServiceError::BadOrder(other.to_string())),
         };
+        if stall_ms == Some(0) {
+            return Err(ServiceError::ZeroStall);
+        }
         Ok(FtOpts {
             repair: repair.unwrap_or(d.repair),
             total_order,
             quiet_ms: quiet_ms.unwrap_or(d.quiet_ms).max(1),
+            stall_ms: stall_ms.unwrap_or(d.stall_ms),
         })
     }
 }
@@ -73,6 +82,7 @@ impl Default for FtOpts {
             repair: true,
             total_order: false,
             quiet_ms: 2,
+            stall_ms: 1000,
         }
     }
 }
@@ -122,6 +132,9 @@ pub enum ServiceError {
         /// Timeout.
         timeout_ms: u16,
     },
+    /// A stall timeout of zero.
+    #[error("stall timeout 0 would fail every member at once: pass at least 1ms (default 1s)")]
+    ZeroStall,
     /// A connection cap of zero.
     #[error("max_conns 0 would refuse every client: pass at least 1, or leave it out for no per-service cap")]
     ZeroCap,
@@ -272,6 +285,26 @@ mod tests {
 
     fn a(s: &str) -> SocketAddrV4 {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn stall_timeout_defaults_to_one_second_and_refuses_zero() {
+        assert_eq!(
+            FtOpts::from_request(None, None, None, None)
+                .unwrap()
+                .stall_ms,
+            1000
+        );
+        assert_eq!(
+            FtOpts::from_request(None, None, None, Some(250))
+                .unwrap()
+                .stall_ms,
+            250
+        );
+        assert_eq!(
+            FtOpts::from_request(None, None, None, Some(0)),
+            Err(ServiceError::ZeroStall)
+        );
     }
 
     #[test]

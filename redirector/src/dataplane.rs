@@ -434,7 +434,8 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
             | MsgType::View
             | MsgType::Repair
             | MsgType::Digest
-            | MsgType::Order => m.dropped_unexpected.inc(),
+            | MsgType::Order
+            | MsgType::Handoff => m.dropped_unexpected.inc(),
         }
     }
 }

@@ -304,7 +304,10 @@ impl Drop for Lab {
                 .map(|d| d.flatten().map(|e| e.path()).collect())
                 .unwrap_or_default();
             logs.sort();
-            for log in logs.iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
+            for log in logs
+                .iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
                 let lines: Vec<&str> = text
                     .lines()

@@ -39,6 +39,9 @@ struct Target {
     socket: PathBuf,
 }
 
+// Built once per run from argv, so the gap between setportopt's many options and the
+// other variants costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Create a new random cluster key file (copy it to every node of the cluster).
@@ -89,6 +92,12 @@ enum Command {
         /// connection's chunk (e.g. 2ms).
         #[arg(long, default_value = "2ms")]
         quiet: String,
+        /// ft: a member whose backend lags more than this behind output the other members'
+        /// backends already produced (stopped, hung, or ended early) is treated as failed for
+        /// that connection: a primary hands the connection to the next member, a backup is
+        /// dropped from it (e.g. 500ms, 2s).
+        #[arg(long, default_value = "1s")]
+        stall_timeout: String,
         /// Most client connections of this service on this host at once; past it a new
         /// client's SYN gets no answer and the client retries (default: only the host's
         /// max_conns applies).
@@ -162,6 +171,7 @@ fn main() {
             repair,
             order,
             quiet,
+            stall_timeout,
             max_conns,
             idle_timeout,
             keepalive,
@@ -169,6 +179,7 @@ fn main() {
         } => parse_ms(&hb, "--hb").and_then(|hb| {
             let timeout = parse_ms(&timeout, "--timeout")?;
             let quiet = parse_ms(&quiet, "--quiet")?;
+            let stall = parse_ms_with_unit(&stall_timeout, "--stall-timeout")?;
             let idle = idle_timeout
                 .as_deref()
                 .map(|s| parse_secs(s, "--idle-timeout"))
@@ -186,7 +197,7 @@ fn main() {
                 &mode,
                 backend.as_deref(),
                 (hb, timeout),
-                (repair, &order, quiet),
+                (repair, &order, quiet, stall),
                 (max_conns, idle, keepalive),
             )
         }),
@@ -291,6 +302,31 @@ fn parse_ms(s: &str, flag: &str) -> anyhow::Result<u16> {
     Ok(ms as u16)
 }
 
+/// A duration of at least 1 ms that must say its unit: `500ms`, `2s`. Unlike [`parse_ms`] a
+/// bare number is refused, since `1` could mean either.
+fn parse_ms_with_unit(s: &str, flag: &str) -> anyhow::Result<u32> {
+    let t = s.trim();
+    let (num, mul) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        bail!("{flag} `{s}` needs a unit: e.g. 500ms or 2s");
+    };
+    let ms = num
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| {
+            anyhow::anyhow!("{flag} `{s}` is not a whole number of ms or s: e.g. 500ms or 2s")
+        })?;
+    if ms == 0 {
+        bail!("{flag} 0 would fail every member at once: pass at least 1ms (default 1s)");
+    }
+    Ok(ms)
+}
+
 /// One connection's output agreement: who this host vouches for, and who differs.
 fn agreement_line(a: &Value) -> String {
     let pairs = |v: &Value| -> Vec<(u64, u64)> {
@@ -369,7 +405,7 @@ fn setportopt(
     mode: &str,
     backend: Option<&str>,
     (hb_ms, timeout_ms): (u16, u16),
-    (repair, order, quiet_ms): (bool, &str, u16),
+    (repair, order, quiet_ms, stall_ms): (bool, &str, u16, u32),
     (max_conns, idle_timeout_s, keepalive_s): (Option<u32>, Option<u32>, Option<u32>),
 ) -> anyhow::Result<()> {
     let svc: SocketAddrV4 = service
@@ -401,6 +437,7 @@ fn setportopt(
             "repair": repair,
             "order": order,
             "quiet_ms": quiet_ms,
+            "stall_ms": stall_ms,
             "max_conns": max_conns,
             "idle_timeout_s": idle_timeout_s,
             "keepalive_s": keepalive_s,
@@ -652,6 +689,24 @@ mod tests {
         assert!(parse_secs("xs", "--idle-timeout").is_err());
         assert!(
             parse_secs("9999999h", "--idle-timeout").is_err(),
+            "overflow is refused, not wrapped"
+        );
+    }
+
+    #[test]
+    fn stall_timeout_takes_ms_or_s_and_refuses_bare_numbers_and_zero() {
+        assert_eq!(parse_ms_with_unit("500ms", "--stall-timeout").unwrap(), 500);
+        assert_eq!(parse_ms_with_unit("2s", "--stall-timeout").unwrap(), 2000);
+        assert_eq!(parse_ms_with_unit("1s", "--stall-timeout").unwrap(), 1000);
+        assert!(
+            parse_ms_with_unit("500", "--stall-timeout").is_err(),
+            "a bare number is ambiguous"
+        );
+        assert!(parse_ms_with_unit("0ms", "--stall-timeout").is_err());
+        assert!(parse_ms_with_unit("0s", "--stall-timeout").is_err());
+        assert!(parse_ms_with_unit("xs", "--stall-timeout").is_err());
+        assert!(
+            parse_ms_with_unit("9999999s", "--stall-timeout").is_err(),
             "overflow is refused, not wrapped"
         );
     }
