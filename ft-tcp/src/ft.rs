@@ -280,6 +280,11 @@ pub struct FtConn {
     /// Per member (this replica too) seen behind another's output: the position it has to
     /// reach, and since when it has not.
     lag: BTreeMap<PeerId, (SeqNumber, Instant)>,
+    /// Members that left this connection (at most the view's size).
+    departed: Vec<PeerId>,
+    /// Members this speaker dropped that have not said yet that they know: the ACK gate
+    /// still waits for them (they could be promoted by a view before they learn it).
+    dropping: Vec<PeerId>,
     /// Decisions this replica made as the speaker, repeated `DECISION_REPEATS` times.
     decisions: Vec<Decision>,
     decision_repeats: u8,
@@ -314,6 +319,8 @@ pub struct FtStats {
     pub handoffs: u64,
     /// Members this replica, as the speaker, dropped from the connection.
     pub members_dropped: u64,
+    /// Resets our stack made up by itself, never sent (only decided resets leave).
+    pub resets_suppressed: u64,
 }
 
 impl std::fmt::Debug for FtConn {
@@ -406,6 +413,8 @@ impl FtConn {
             out_reported: None,
             out_report_at: now,
             lag: BTreeMap::new(),
+            departed: Vec::new(),
+            dropping: Vec::new(),
             decisions: Vec::new(),
             decision_repeats: 0,
             decision_at: now,
@@ -686,6 +695,14 @@ impl FtConn {
         self.abort_wanted
     }
 
+    /// Resets the connection (idle timeout, keep-alive, every member's backend reset): the
+    /// local stack's RST goes to the client if this replica speaks. The only way a reset
+    /// leaves.
+    pub fn abort(&mut self) {
+        self.abort_wanted = true;
+        self.ep.abort();
+    }
+
     /// Handoff decisions to send to every member, when due.
     pub fn take_decisions(&mut self, now: Instant) -> Vec<Decision> {
         if self.decision_repeats == 0 || now < self.decision_at {
@@ -706,7 +723,11 @@ impl FtConn {
 
     /// A decision of the connection's speaker `from` (see [`Decision`]).
     pub fn handle_decision(&mut self, now: Instant, from: PeerId, d: Decision) {
-        if self.retired || !self.view_peers.contains(&from) {
+        // A member we already know left (its own report said its backend reset) may still
+        // hand the connection on: that is the decision we wait for.
+        let heard = self.view_peers.contains(&from)
+            || (self.departed.contains(&from) && d.dropped == Some(from));
+        if self.retired || !heard {
             return;
         }
         if d.dropped == Some(self.me) {
@@ -734,6 +755,9 @@ impl FtConn {
 
     fn retire(&mut self) {
         self.retired = true;
+        // Say so: the speaker keeps counting on us (its ACK gate) until it hears it.
+        self.end = OutputEnd::Reset;
+        self.progress_dirty = true;
         self.role = Role::Backup;
         self.more_unsent = false;
         self.rtx_at = None;
@@ -743,6 +767,10 @@ impl FtConn {
     }
 
     fn forget_member(&mut self, id: PeerId) {
+        if self.view_peers.contains(&id) && !self.departed.contains(&id) {
+            self.departed.push(id);
+        }
+        self.dropping.retain(|m| *m != id);
         self.view_peers.retain(|m| *m != id);
         self.peers.remove(&id);
         self.repair.remove(&id);
@@ -753,15 +781,24 @@ impl FtConn {
     }
 
     /// Whether member `m`, at output position `out`, has stayed behind `target` (what
-    /// another member already produced) for `stall_after`.
-    fn lagging(&mut self, now: Instant, m: PeerId, out: SeqNumber, target: SeqNumber) -> bool {
+    /// another member already produced) for `stall_after`. A member that lacks client
+    /// bytes another member holds (`starved`: lost on the way, the client resends them) waits
+    /// for its input, not for its backend: its clock starts again.
+    fn lagging(
+        &mut self,
+        now: Instant,
+        m: PeerId,
+        out: SeqNumber,
+        target: SeqNumber,
+        starved: bool,
+    ) -> bool {
         if !out.lt(target) {
             self.lag.remove(&m);
             return false;
         }
         let e = self.lag.entry(m).or_insert((target, now));
-        if !out.lt(e.0) {
-            // It reached the mark set when it was first seen behind: a new mark.
+        if starved || !out.lt(e.0) {
+            // Waiting for input, or it reached the mark set when it was first seen behind.
             *e = (target, now);
         }
         now - e.1 >= self.cfg.stall_after
@@ -774,10 +811,11 @@ impl FtConn {
             return false;
         };
         self.view_peers.iter().any(|id| {
-            !self
-                .peers
-                .get(id)
-                .is_some_and(|p| p.end == OutputEnd::Fin && p.data_end() == Some(f))
+            !self.dropping.contains(id)
+                && !self
+                    .peers
+                    .get(id)
+                    .is_some_and(|p| p.end == OutputEnd::Fin && p.data_end() == Some(f))
         })
     }
 
@@ -794,17 +832,34 @@ impl FtConn {
         };
         let own_data = self.fin_s.unwrap_or(own_out);
         let mut furthest = own_data;
-        let mut target = own_out;
         for id in &self.view_peers {
-            if let Some(p) = self.peers.get(id) {
-                if let (Some(d), Some(o)) = (p.data_end(), p.out) {
-                    furthest = furthest.max(d);
-                    target = target.max(o);
-                }
+            if self.dropping.contains(id) {
+                continue;
+            }
+            if let Some(d) = self.peers.get(id).and_then(Progress::data_end) {
+                furthest = furthest.max(d);
             }
         }
+        // What a backup must reach: the furthest output, and our FIN (one that never closes
+        // must not hold the client's FIN forever). What we must reach: the furthest bytes; a
+        // backup's FIN is no reason for us to leave (its backend may have ended early).
+        let target = furthest.max(own_out);
+        let own_rcv = self.local_rcv_nxt;
+        let most_rcv = self
+            .view_peers
+            .iter()
+            .filter_map(|id| self.peers.get(id).map(|p| p.rcv_nxt))
+            .chain(own_rcv)
+            .reduce(SeqNumber::max);
+        let starved = |r: Option<SeqNumber>| match (r, most_rcv) {
+            (Some(r), Some(m)) => r.lt(m),
+            _ => true,
+        };
         let mut leaving = Vec::new();
         for id in self.view_peers.clone() {
+            if self.dropping.contains(&id) {
+                continue;
+            }
             let Some(p) = self.peers.get(&id).copied() else {
                 continue;
             };
@@ -816,13 +871,14 @@ impl FtConn {
                 OutputEnd::Fin => d.lt(furthest),
                 OutputEnd::Open => false,
             };
-            if early || self.lagging(now, id, o, target) {
+            if early || self.lagging(now, id, o, target, starved(Some(p.rcv_nxt))) {
                 leaving.push(id);
             }
         }
         for id in leaving {
-            tracing::debug!(conn = ?self.key, member = id, "member left the connection: its backend reset, ended early or stalls");
-            self.forget_member(id);
+            tracing::debug!(conn = ?self.key, member = id, "member dropped from the connection: its backend ended early or stalls");
+            self.dropping.push(id);
+            self.lag.remove(&id);
             self.stats.members_dropped += 1;
             self.note_decision(
                 now,
@@ -834,14 +890,16 @@ impl FtConn {
         }
         let resign = self.end == OutputEnd::Reset
             || (self.end == OutputEnd::Fin && own_data.lt(furthest))
-            || self.lagging(now, self.me, own_out, target);
+            || self.lagging(now, self.me, own_out, furthest, starved(own_rcv));
         if resign {
             let me = self.me;
             let next = self
                 .view_peers
                 .iter()
                 .copied()
-                .find(|id| self.peers.contains_key(id) && !self.divergent(*id));
+                // The member a view without us would choose: the first in view order that
+                // holds the connection and agrees (whether it reported lately or not).
+                .find(|id| !self.divergent(*id) && !self.dropping.contains(id));
             match next {
                 Some(next) => {
                     tracing::debug!(conn = ?self.key, to = next, end = ?self.end, "handing the connection to the next member");
@@ -1124,8 +1182,9 @@ impl FtConn {
         if p.end != OutputEnd::Open {
             entry.end = p.end;
         }
-        if p.end == OutputEnd::Reset && self.role == Role::Backup {
-            // It said itself that it left: no member counts on it from now on.
+        if p.end == OutputEnd::Reset {
+            // It said itself that it left (its backend failed, or it learned it was dropped):
+            // nobody counts on it, or waits for it, from now on.
             self.forget_member(from);
         }
         self.trim_log();
@@ -1556,7 +1615,15 @@ impl FtConn {
         }
         rewrite::set_seq(&mut p, &seg, s_seq);
         if seg.rst {
-            self.to_client.push(p);
+            // Only a reset we decided on reaches the client ([`FtConn::abort`], or every
+            // member's backend reset). One our stack makes up by itself answers what the FT
+            // layer fed it (a member promoted before its handshake completed, a clamped
+            // ACK): the client's connection lives on at the members.
+            if self.abort_wanted {
+                self.to_client.push(p);
+            } else {
+                self.stats.resets_suppressed += 1;
+            }
             return;
         }
         let Some((ack, edge)) = self.gate_values() else {

@@ -1561,7 +1561,7 @@ impl Dataplane {
             }
             if f.wants_abort() && f.state() != TcpState::Closed {
                 // Every member's backend reset: so is the client's connection.
-                f.endpoint().abort();
+                f.abort();
             }
         }
         self.out.clear();
@@ -2161,7 +2161,10 @@ impl Dataplane {
                 tracing::debug!(client = %c.key.client, service = %c.key.service, "idle timeout: resetting the connection");
                 self.shared.metrics.idle_timeouts.inc();
             }
-            c.tcp.ep().abort();
+            match &mut c.tcp {
+                Tcp::Ft(f) => f.abort(),
+                Tcp::Plain(p) => p.endpoint().abort(),
+            }
             reset_backend(self.poll.registry(), &mut c.backend);
             self.service(id, snow);
         }
