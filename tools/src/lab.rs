@@ -14,14 +14,17 @@
 //! configs, logs, admin sockets) lives in `/run/hydranet/lab-NAME/`.
 //!
 //! Layers: `lab/net.rs` builds and removes namespaces, `lab/daemons.rs` starts the daemons
-//! and waits for the service, `lab/faults.rs` partitions and impairs links.
+//! and waits for the service, `lab/procs.rs` tells a host's hydra-host from its backend and
+//! signals them, `lab/faults.rs` partitions and impairs links, `lab/status.rs` reports.
 
 mod daemons;
 mod faults;
 mod flood;
 mod net;
+mod procs;
 mod rng;
 mod soak;
+mod status;
 
 use std::fs;
 use std::io::Write;
@@ -63,11 +66,38 @@ enum LabCommand {
     Up(UpArgs),
     /// Run a command inside one of the lab's namespaces; exits with the command's status.
     Exec(ExecArgs),
-    /// Crash a node: SIGKILL every process in its namespace.
-    Kill(NodeArgs),
-    /// Restart a crashed host (h1..hN): its backend and hydra-host, same config and key;
-    /// returns once the redirector counts it live. It serves new connections from then on.
-    Restart(NodeArgs),
+    /// Crash a node: SIGKILL every process in its namespace (with --backend, a host's backend).
+    ///
+    /// Each round stops every process first, then kills them, until none is left. With
+    /// --backend, the host's hydra-host keeps running and sees its backend die (its health
+    /// checker withdraws the service); the backend is all of it, daemonized processes
+    /// included (nginx's master and workers). Prints what it killed.
+    Kill(ProcArgs),
+    /// Restart a crashed host (h1..hN): backend and hydra-host (with --backend, the backend).
+    ///
+    /// Without --backend: kills what is left in the host, starts its backend and hydra-host
+    /// with the same config and key, and returns once the redirector counts it live; the host
+    /// serves new connections from then on. With --backend: starts the backend with the same
+    /// --backend-cmd, leaves hydra-host alone, and returns once the backend answers on its
+    /// port and the redirector lists the host with the service again. It refuses while any of
+    /// the backend still runs (or is paused), or when hydra-host is down.
+    Restart(ProcArgs),
+    /// Stall a node: SIGSTOP every process in its namespace (with --backend, a host's backend).
+    ///
+    /// Undo with `lab resume`.
+    /// The processes keep their sockets open and answer nothing, as a hung server does:
+    /// connections are accepted by the kernel but never served. `lab kill` works on paused
+    /// processes too.
+    Pause(ProcArgs),
+    /// Continue a node after `lab pause`: SIGCONT its processes (with --backend, a host's
+    /// backend's).
+    Resume(ProcArgs),
+    /// Show what runs in each node, and how the redirector sees each host.
+    ///
+    /// For every host: hydra-host and the backend, each running, paused or not running (with
+    /// PIDs), and whether the redirector lists the host live with the service and where in
+    /// the service's view (primary or backup).
+    Status(NameArg),
     /// Cut a node's link to the redirector, both ways (undo with `lab heal`).
     Partition(NodeArgs),
     /// Restore a node's link to the redirector after `lab partition`.
@@ -81,9 +111,10 @@ enum LabCommand {
     ///
     /// Workers in the client namespace run downloads (every byte compared, pauses timed),
     /// uploads (the backend's sha256 checked) and redis SET/GET/INCR sequences (every reply
-    /// checked). The nemesis kills and restarts hosts, partitions and heals them, and adds
-    /// loss and duplication to links, one host fault at a time. Exits 0 only when no byte
-    /// was lost or corrupted, no connection was reset and the cluster recovered.
+    /// checked). The nemesis kills and restarts hosts, kills and restarts hosts' backends
+    /// (hydra-host stays up; turn off with --no-backend-faults), partitions and heals hosts,
+    /// and adds loss and duplication to links, one host fault at a time. Exits 0 only when no
+    /// byte was lost or corrupted, no connection was reset and the cluster recovered.
     Soak(SoakCmd),
     /// SYN flood: send TCP SYNs to the service from the client namespace, from random
     /// addresses in 198.18.128.0/17 and random ports, at --rate per second for --seconds.
@@ -113,6 +144,11 @@ struct SoakCmd {
     /// Concurrent client workers.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
     workers: u64,
+    /// Never kill a host's backend alone (the fault "kill hK's backend, restart it later",
+    /// on by default). The other faults keep the schedule soaks had before backend faults, so
+    /// a seed from before them replays with this flag.
+    #[arg(long)]
+    no_backend_faults: bool,
 }
 
 #[derive(Args)]
@@ -191,6 +227,20 @@ struct NodeArgs {
     name: String,
     /// The node: client, redir, or h1..hN.
     node: String,
+}
+
+/// A node, or with --backend only a host's backend.
+#[derive(Args)]
+struct ProcArgs {
+    /// The lab's name.
+    #[arg(long)]
+    name: String,
+    /// The node: client, redir, or h1..hN.
+    node: String,
+    /// Only the host's backend (h1..hN): every process that --backend-cmd started, daemonized
+    /// ones included; hydra-host and commands run with `lab exec` are left alone.
+    #[arg(long)]
+    backend: bool,
 }
 
 #[derive(Args)]
@@ -374,6 +424,13 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabCommand::Exec(a) => exec(a),
         LabCommand::Kill(a) => kill(a),
         LabCommand::Restart(a) => restart(a),
+        LabCommand::Pause(a) => pause(a, true),
+        LabCommand::Resume(a) => pause(a, false),
+        LabCommand::Status(a) => {
+            let lab = checked_lab(&a.name)?;
+            print!("{}", status::status(&lab)?);
+            Ok(())
+        }
         LabCommand::Partition(a) => faults::partition(&checked_lab(&a.name)?, &a.node, true),
         LabCommand::Heal(a) => faults::partition(&checked_lab(&a.name)?, &a.node, false),
         LabCommand::Impair(a) => faults::impair(&checked_lab(&a.name)?, &a.node, a.loss, a.dup),
@@ -389,6 +446,7 @@ pub fn run(args: LabArgs) -> Result<()> {
                 seed,
                 replicas: a.replicas,
                 workers: a.workers as usize,
+                backend_faults: !a.no_backend_faults,
             })?;
             if !ok {
                 bail!("the soak broke an invariant (seed {seed}; summary above)");
@@ -563,30 +621,139 @@ fn exec(a: ExecArgs) -> Result<()> {
     Err(err).with_context(|| format!("running ip netns exec {ns}"))
 }
 
-fn kill(a: NodeArgs) -> Result<()> {
+/// What `--backend` and a node name select, or why they do not go together.
+fn target(lab: &LabState, node: &str, backend: bool, verb: &str) -> Result<procs::Target> {
+    let node = lab.parse_node(node)?;
+    match (node, backend) {
+        (Node::Host(i), true) => Ok(procs::Target::Backend(i)),
+        (_, true) => bail!(
+            "{node} has no backend: lab {verb} --backend takes a host ({})",
+            lab.host_list()
+        ),
+        (node, false) => Ok(procs::Target::Node(node)),
+    }
+}
+
+/// Prints `what` and the processes it applied to, one per line (on stderr, like every
+/// report of a lab action).
+fn report(what: &str, procs: &[procs::Proc]) {
+    let s = if procs.len() == 1 { "" } else { "es" };
+    eprintln!("{what} ({} process{s}):", procs.len());
+    for p in procs {
+        eprintln!("  {p}");
+    }
+}
+
+/// One line on hydra-host, after its backend was signalled.
+fn host_line(i: u16, host: &[procs::Proc]) -> String {
+    match host {
+        [] => format!("hydra-host on h{i} is not running"),
+        _ => format!("hydra-host on h{i} {}, untouched", procs::describe(host)),
+    }
+}
+
+fn kill(a: ProcArgs) -> Result<()> {
     let lab = checked_lab(&a.name)?;
-    let node = lab.parse_node(&a.node)?;
-    let ns = lab.ns(&node);
-    let n = net::kill_all(std::slice::from_ref(&ns))?;
-    eprintln!("killed {n} processes in {ns}");
+    match target(&lab, &a.node, a.backend, "kill")? {
+        procs::Target::Node(node) => {
+            let ns = lab.ns(&node);
+            let n = net::kill_all(std::slice::from_ref(&ns))?;
+            eprintln!("killed {n} processes in {ns}");
+        }
+        procs::Target::Backend(i) => {
+            let killed = procs::kill_backend(&lab, i)?;
+            if killed.is_empty() {
+                eprintln!("h{i}'s backend was not running: nothing killed");
+            } else {
+                report(&format!("killed h{i}'s backend with SIGKILL"), &killed);
+            }
+            eprintln!("{}", host_line(i, &procs::host_procs(&lab, i)?.host));
+        }
+    }
     Ok(())
 }
 
-fn restart(a: NodeArgs) -> Result<()> {
+/// Why `lab restart --backend` must not start host `i`'s backend now, if it must not.
+fn backend_restart_refusal(lab: &LabState, i: u16, now: &procs::HostProcs) -> Option<String> {
+    let name = &lab.name;
+    if !now.backend.is_empty() {
+        let state = procs::describe(&now.backend);
+        let resume = if now.backend.iter().any(|p| p.is_stopped()) {
+            format!(" (or resume it: hydractl lab resume --name {name} h{i} --backend)")
+        } else {
+            String::new()
+        };
+        return Some(format!(
+            "h{i}'s backend is {state}, so a second one would find its port taken: kill it \
+             first with hydractl lab kill --name {name} h{i} --backend{resume}"
+        ));
+    }
+    if now.host.is_empty() {
+        return Some(format!(
+            "hydra-host on h{i} is not running, so nothing would offer the backend: restart the \
+             whole host with hydractl lab restart --name {name} h{i}"
+        ));
+    }
+    None
+}
+
+fn restart(a: ProcArgs) -> Result<()> {
     let lab = checked_lab(&a.name)?;
-    let node = lab.parse_node(&a.node)?;
-    let Node::Host(i) = node else {
-        bail!(
-            "lab restart takes a host node (h1..h{}): {} is not one",
-            lab.replicas,
+    match target(&lab, &a.node, a.backend, "restart")? {
+        procs::Target::Backend(i) => {
+            if let Some(why) = backend_restart_refusal(&lab, i, &procs::host_procs(&lab, i)?) {
+                bail!(why);
+            }
+            let r = daemons::restart_backend(&lab, i)?;
+            eprintln!(
+                "restarted h{i}'s backend: it answers on 127.0.0.1:{} after {} ms; the \
+                 redirector lists h{i} with the service after {} ms",
+                lab.backend_port,
+                r.answered.as_millis(),
+                r.offered.as_millis()
+            );
+            report(
+                &format!("h{i}'s backend now"),
+                &procs::host_procs(&lab, i)?.backend,
+            );
+        }
+        procs::Target::Node(Node::Host(i)) => {
+            let took = daemons::restart_host(&lab, &daemons::Binaries::find()?, i)?;
+            eprintln!(
+                "restarted h{i}: live at the redirector after {} ms",
+                took.as_millis()
+            );
+        }
+        procs::Target::Node(_) => bail!(
+            "lab restart takes a host node ({}): {} is not one",
+            lab.host_list(),
             a.node
-        );
+        ),
+    }
+    Ok(())
+}
+
+/// `lab pause` (`stop`) and `lab resume` (`!stop`).
+fn pause(a: ProcArgs, stop: bool) -> Result<()> {
+    let lab = checked_lab(&a.name)?;
+    let verb = if stop { "pause" } else { "resume" };
+    let target = target(&lab, &a.node, a.backend, verb)?;
+    let done = if stop {
+        procs::pause(&lab, target)?
+    } else {
+        procs::resume(&lab, target)?
     };
-    let took = daemons::restart_host(&lab, &daemons::Binaries::find()?, i)?;
-    eprintln!(
-        "restarted {node}: live at the redirector after {} ms",
-        took.as_millis()
-    );
+    match (done.is_empty(), stop) {
+        (true, _) => {
+            let now = procs::describe(&procs::target_procs(&lab, target)?);
+            eprintln!("{target} is {now}: nothing to {verb}");
+        }
+        (false, true) => report(&format!("paused {target} with SIGSTOP"), &done),
+        (false, false) => report(&format!("resumed {target} with SIGCONT"), &done),
+    }
+    if let procs::Target::Backend(i) = target {
+        eprintln!("{}", host_line(i, &procs::host_procs(&lab, i)?.host));
+    }
     Ok(())
 }
 
@@ -666,4 +833,143 @@ fn remove_lab(name: &str) -> Result<bool> {
         );
     }
     Ok(existed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab() -> LabState {
+        LabState {
+            name: "t".into(),
+            replicas: 3,
+            mode: Mode::Ft,
+            port: 80,
+            backend_port: 8080,
+            backend_cmd: "exec srv".into(),
+        }
+    }
+
+    fn proc(pid: i32, state: char) -> procs::Proc {
+        procs::Proc {
+            pid,
+            sid: pid,
+            state,
+            comm: "srv".into(),
+            cmdline: "srv".into(),
+        }
+    }
+
+    /// Parses `hydractl lab ARGS...` as main.rs would.
+    fn parse(args: &[&str]) -> Result<LabArgs, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            lab: LabArgs,
+        }
+        let argv = std::iter::once("lab").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv).map(|c| c.lab)
+    }
+
+    #[test]
+    fn backend_flag_selects_a_hosts_backend_only() {
+        let lab = lab();
+        assert_eq!(
+            target(&lab, "h2", true, "kill").unwrap(),
+            procs::Target::Backend(2)
+        );
+        assert_eq!(
+            target(&lab, "h2", false, "kill").unwrap(),
+            procs::Target::Node(Node::Host(2))
+        );
+        assert_eq!(
+            target(&lab, "redir", false, "pause").unwrap(),
+            procs::Target::Node(Node::Redir)
+        );
+        for node in ["client", "redir"] {
+            let e = target(&lab, node, true, "kill").unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("{node} has no backend: lab kill --backend takes a host (h1..h3)")
+            );
+        }
+        let e = target(&lab, "h4", true, "restart").unwrap_err().to_string();
+        assert!(e.contains("unknown node h4"), "{e}");
+    }
+
+    #[test]
+    fn backend_restart_refuses_while_the_backend_runs_or_the_host_is_down() {
+        let lab = lab();
+        let host = vec![proc(10, 'S')];
+        let ok = procs::HostProcs {
+            host: host.clone(),
+            ..Default::default()
+        };
+        assert_eq!(backend_restart_refusal(&lab, 1, &ok), None);
+
+        let running = procs::HostProcs {
+            host: host.clone(),
+            backend: vec![proc(20, 'S'), proc(21, 'S')],
+            ..Default::default()
+        };
+        let why = backend_restart_refusal(&lab, 1, &running).unwrap();
+        assert!(
+            why.starts_with("h1's backend is running (pid 20,21)"),
+            "{why}"
+        );
+        assert!(
+            why.contains("hydractl lab kill --name t h1 --backend"),
+            "{why}"
+        );
+        assert!(!why.contains("resume"), "{why}");
+
+        let paused = procs::HostProcs {
+            host: host.clone(),
+            backend: vec![proc(20, 'T')],
+            ..Default::default()
+        };
+        let why = backend_restart_refusal(&lab, 1, &paused).unwrap();
+        assert!(why.starts_with("h1's backend is paused (pid 20)"), "{why}");
+        assert!(
+            why.contains("hydractl lab resume --name t h1 --backend"),
+            "{why}"
+        );
+
+        let why = backend_restart_refusal(&lab, 3, &procs::HostProcs::default()).unwrap();
+        assert_eq!(
+            why,
+            "hydra-host on h3 is not running, so nothing would offer the backend: restart the \
+             whole host with hydractl lab restart --name t h3"
+        );
+    }
+
+    #[test]
+    fn cli_spells_backend_and_signal_commands() {
+        for args in [
+            &["kill", "--name", "t", "h1", "--backend"][..],
+            &["restart", "--name", "t", "h1", "--backend"],
+            &["pause", "--name", "t", "h1", "--backend"],
+            &["resume", "--name", "t", "--backend", "h1"],
+            &["pause", "--name", "t", "h2"],
+            &["status", "--name", "t"],
+            &["soak", "--name", "s", "--no-backend-faults"],
+        ] {
+            assert!(parse(args).is_ok(), "{args:?}");
+        }
+        let a = parse(&["kill", "--name", "t", "h1", "--backend"]).unwrap();
+        assert!(matches!(
+            a.command,
+            LabCommand::Kill(ProcArgs { backend: true, .. })
+        ));
+        let a = parse(&["soak", "--name", "s"]).unwrap();
+        assert!(matches!(
+            a.command,
+            LabCommand::Soak(SoakCmd {
+                no_backend_faults: false,
+                ..
+            })
+        ));
+        // Partitions and impairments are of links, not processes.
+        assert!(parse(&["partition", "--name", "t", "h1", "--backend"]).is_err());
+    }
 }

@@ -152,9 +152,10 @@ pub(super) fn start_all(lab: &LabState, bins: &Binaries, with_daemons: bool) -> 
     Ok(Started { daemons, at })
 }
 
-/// Starts host `i`'s backend (`sh -c CMD` in its own directory). The backend is not
-/// watched: `sh -c` may legitimately exit after daemonizing it.
-fn spawn_backend(lab: &LabState, i: u16) -> Result<()> {
+/// Starts host `i`'s backend (`sh -c CMD` in its own directory, in a session of its own, so
+/// it shares neither session nor process group with hydra-host). The backend is not watched
+/// while the lab comes up: `sh -c` may legitimately exit after daemonizing it.
+fn spawn_backend(lab: &LabState, i: u16) -> Result<Child> {
     let node = Node::Host(i);
     let dir = lab.dir();
     let cwd = dir.join(node.to_string());
@@ -165,9 +166,96 @@ fn spawn_backend(lab: &LabState, i: u16) -> Result<()> {
         Path::new("sh"),
         &["-c".as_ref(), lab.backend_cmd.as_ref()],
         &cwd,
-        &dir.join(format!("{node}-backend.log")),
-    )?;
-    Ok(())
+        &backend_log(lab, i),
+    )
+}
+
+fn backend_log(lab: &LabState, i: u16) -> PathBuf {
+    lab.dir().join(format!("h{i}-backend.log"))
+}
+
+/// How long a restarted backend has to answer, and its host then to offer the service again.
+const BACKEND_RESTART_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What [`restart_backend`] waited for, each counted from the backend's start.
+pub(super) struct BackendRestart {
+    /// Until the backend accepted a connection on its port.
+    pub answered: Duration,
+    /// Until the redirector listed the host live with the service again.
+    pub offered: Duration,
+}
+
+/// Starts host `i`'s backend again (the same command, directory and log), leaving its
+/// hydra-host alone, and returns once the backend accepts connections on
+/// 127.0.0.1:BACKEND_PORT in the host's namespace and the redirector lists the host live with
+/// the service: hydra-host's health checker sees the backend answer and advertises the
+/// service again. The caller makes sure the old backend is gone and hydra-host runs.
+pub(super) fn restart_backend(lab: &LabState, i: u16) -> Result<BackendRestart> {
+    let node = Node::Host(i);
+    let log = backend_log(lab, i);
+    let started = Instant::now();
+    let deadline = started + BACKEND_RESTART_TIMEOUT;
+    let mut sh = spawn_backend(lab, i)?;
+    let ns = Path::new("/run/netns").join(lab.ns(&node));
+    let backend = SocketAddr::from(([127, 0, 0, 1], lab.backend_port));
+
+    let probe = thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            // setns affects only this thread, as in `wait_ready`.
+            let f = File::open(&ns).with_context(|| format!("opening {}", ns.display()))?;
+            setns(&f, CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {}", ns.display()))?;
+            loop {
+                if TcpStream::connect_timeout(&backend, Duration::from_millis(200)).is_ok() {
+                    return Ok(());
+                }
+                // `sh -c` exiting 0 may have daemonized the backend: keep waiting for it.
+                let exited = sh
+                    .try_wait()
+                    .with_context(|| format!("checking on {node}'s backend"))?;
+                if let Some(status) = exited.filter(|s| !s.success()) {
+                    bail!(
+                        "{node}'s backend exited ({status}); the last lines of {}:\n{}",
+                        log.display(),
+                        tail(&log, 5)
+                    );
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "{node}'s backend does not answer on {backend} after {} s; the last \
+                         lines of {}:\n{}",
+                        BACKEND_RESTART_TIMEOUT.as_secs(),
+                        log.display(),
+                        tail(&log, 5)
+                    );
+                }
+                thread::sleep(POLL);
+            }
+        })
+        .join()
+    });
+    probe.map_err(|_| anyhow!("the thread probing {node}'s backend panicked"))??;
+    let answered = started.elapsed();
+
+    let sock = lab.dir().join("redir.sock");
+    loop {
+        if !hosts_not_live(lab, &sock)?.contains(&i) {
+            return Ok(BackendRestart {
+                answered,
+                offered: started.elapsed(),
+            });
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{node}'s backend answers, but the redirector does not list {node} live with \
+                 service {} after {} s; the last lines of {node}.log:\n{}",
+                lab.service(),
+                BACKEND_RESTART_TIMEOUT.as_secs(),
+                tail(&lab.dir().join(format!("{node}.log")), 5)
+            );
+        }
+        thread::sleep(POLL);
+    }
 }
 
 /// The program `sh -c CMD` will run first, when it can be told without running the shell:
@@ -256,8 +344,6 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
     fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Starts `program args` in `node`'s namespace, in a session of its own (so it outlives us
-/// and no terminal signal reaches it), stdin null, stdout and stderr appended to `log`.
 /// Restarts a crashed host: kills whatever is left in its namespace, starts its backend and
 /// its hydra-host again (same config, same key), and waits until the redirector counts it
 /// live again.
@@ -291,6 +377,8 @@ pub(super) fn restart_host(lab: &LabState, bins: &Binaries, i: u16) -> Result<Du
     }
 }
 
+/// Starts `program args` in `node`'s namespace, in a session of its own (so it outlives us
+/// and no terminal signal reaches it), stdin null, stdout and stderr appended to `log`.
 fn spawn_detached(
     lab: &LabState,
     node: &Node,

@@ -138,7 +138,7 @@ pub(super) fn lab_namespaces(lab: &str) -> Result<Vec<String>> {
 /// The PIDs of the processes in any of the namespaces `namespaces`, found the way
 /// `ip netns pids` finds them (a process's `/proc/PID/ns/net` is the same file as
 /// `/run/netns/NAME`), but in one pass over /proc for all of them.
-fn pids_in(namespaces: &[String]) -> Result<Vec<Pid>> {
+pub(super) fn pids_in(namespaces: &[String]) -> Result<Vec<Pid>> {
     let mut ids = HashSet::new();
     for ns in namespaces {
         let path = Path::new("/run/netns").join(ns);

@@ -3,8 +3,9 @@
 //! It builds an ft lab of its own (hydra-fileserver on port 80, redis on 6379 when
 //! `redis-server` is installed), drives client operations from worker threads in the client
 //! namespace (downloads, uploads, redis sequences, each checked byte for byte), while a
-//! seeded nemesis kills and restarts hosts, partitions and heals them, and adds loss and
-//! duplication to links. It ends with a summary: operations ok / failed / indeterminate,
+//! seeded nemesis kills and restarts hosts, kills and restarts hosts' backends (unless
+//! `--no-backend-faults`), partitions and heals hosts, and adds loss and duplication to
+//! links. It ends with a summary: operations ok / failed / indeterminate,
 //! bytes lost, bytes corrupted, resets seen, the longest pause inside a download, and the
 //! invariants broken, with the seed to replay. The lab is removed at the end, also on error.
 //!
@@ -23,7 +24,7 @@ use anyhow::{Context, Result};
 use sha2::Digest;
 
 use super::rng::{rng, Rng};
-use super::{daemons, faults, net, DownGuard, LabState, Mode, Node, UpArgs};
+use super::{daemons, faults, net, procs, DownGuard, LabState, Mode, Node, UpArgs};
 
 /// Files the soak serves, by size (bytes).
 const FILES: [usize; 3] = [256 << 10, 1 << 20, 4 << 20];
@@ -38,6 +39,8 @@ pub(super) struct SoakArgs {
     pub seed: u64,
     pub replicas: u16,
     pub workers: usize,
+    /// Whether the nemesis also kills backends alone (hydra-host left running).
+    pub backend_faults: bool,
 }
 
 /// How one operation ended.
@@ -401,8 +404,67 @@ fn worker(
 /// A fault in force, and when to undo it.
 enum Fault {
     Killed(u16),
+    /// Host i's backend was killed; its hydra-host runs on.
+    BackendKilled(u16),
     Partitioned(u16),
     Impaired(Node),
+}
+
+impl Fault {
+    /// Whether the fault takes a host out of the service's view.
+    fn is_host_fault(&self) -> bool {
+        match self {
+            Fault::Killed(_) | Fault::BackendKilled(_) | Fault::Partitioned(_) => true,
+            Fault::Impaired(_) => false,
+        }
+    }
+}
+
+/// The faults the nemesis picks from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FaultKind {
+    /// SIGKILL everything in a host's namespace; restart it later.
+    KillHost,
+    /// SIGKILL a host's backend only; start it again later.
+    KillBackend,
+    /// Cut a host's link; heal it later.
+    Partition,
+    /// Loss and duplication on a link; clear them later.
+    Impair,
+}
+
+/// The nemesis's rolls are `0..menu_size`. Without backend faults it is the menu soaks had
+/// before them, so an old seed replays its schedule with `--no-backend-faults`.
+fn menu_size(backend_faults: bool) -> u64 {
+    if backend_faults {
+        12
+    } else {
+        10
+    }
+}
+
+/// The fault a roll picks, if any. A host fault takes one member out of the view, so it is
+/// allowed only when `host_fault_ok` (no other host fault is in force and every host is in
+/// the view): an ft service survives one member's loss at a time. A host fault that is not
+/// allowed, and every other roll, becomes an impairment unless one is in force already.
+fn choose(
+    roll: u64,
+    backend_faults: bool,
+    host_fault_ok: bool,
+    impaired: bool,
+) -> Option<FaultKind> {
+    let wanted = match roll {
+        0..=3 => FaultKind::KillHost,
+        4 | 5 => FaultKind::Partition,
+        6 | 7 if backend_faults => FaultKind::KillBackend,
+        _ => FaultKind::Impair,
+    };
+    match wanted {
+        FaultKind::KillHost | FaultKind::Partition | FaultKind::KillBackend if host_fault_ok => {
+            Some(wanted)
+        }
+        _ => (!impaired).then_some(FaultKind::Impair),
+    }
 }
 
 fn node_name(n: &Node) -> String {
@@ -449,6 +511,15 @@ fn undo(lab: &LabState, bins: &daemons::Binaries, f: &Fault, redis: bool) -> Res
                 add_redis_service(lab, *i)?;
             }
             format!("restarted h{i} (live after {} ms)", took.as_millis())
+        }
+        Fault::BackendKilled(i) => {
+            // hydra-host kept the redis service's settings: nothing to add again.
+            let r = daemons::restart_backend(lab, *i)?;
+            format!(
+                "restarted h{i}'s backend (answering after {} ms, offered again after {} ms)",
+                r.answered.as_millis(),
+                r.offered.as_millis()
+            )
         }
         Fault::Partitioned(i) => {
             faults::partition(lab, &format!("h{i}"), false)?;
@@ -512,14 +583,24 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
     }
 
     eprintln!(
-        "soak: lab {} ({} replicas), {} s, seed {} (replay with --seed {}), {} workers{}",
+        "soak: lab {} ({} replicas), {} s, seed {} (replay with --seed {}{}), {} workers{}, {}",
         a.name,
         a.replicas,
         a.seconds,
         a.seed,
         a.seed,
+        if a.backend_faults {
+            ""
+        } else {
+            " --no-backend-faults"
+        },
         a.workers,
-        if redis { ", redis on :6379" } else { "" }
+        if redis { ", redis on :6379" } else { "" },
+        if a.backend_faults {
+            "backend faults on (--no-backend-faults turns them off)"
+        } else {
+            "backend faults off"
+        }
     );
     let files = Arc::new(files);
     let stop = Arc::new(AtomicBool::new(false));
@@ -567,12 +648,11 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
             continue;
         }
         next = now + Duration::from_millis(1500 + nem.below(2500));
-        let host_down = active
-            .iter()
-            .any(|(_, f)| matches!(f, Fault::Killed(_) | Fault::Partitioned(_)));
+        let host_down = active.iter().any(|(_, f)| f.is_host_fault());
         let impaired = active.iter().any(|(_, f)| matches!(f, Fault::Impaired(_)));
-        let roll = nem.below(10);
+        let roll = nem.below(menu_size(a.backend_faults));
         let members = view_members(&lab);
+        let host_fault_ok = !host_down && members.len() == usize::from(lab.replicas);
         let pick_host = |r: &mut Rng| -> u16 {
             // Half the time the primary, else any host.
             if r.below(2) == 0 {
@@ -583,35 +663,48 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
             1 + r.below(u64::from(lab.replicas)) as u16
         };
         let result: Result<()> = (|| {
-            if roll < 4 && !host_down && members.len() == usize::from(lab.replicas) {
-                let h = pick_host(&mut nem);
-                let ns = lab.ns(&Node::Host(h));
-                net::kill_all(std::slice::from_ref(&ns))?;
-                log(&format!("killed h{h}"));
-                let back = now + Duration::from_millis(1500 + nem.below(2500));
-                active.push((back, Fault::Killed(h)));
-            } else if roll < 6 && !host_down && members.len() == usize::from(lab.replicas) {
-                let h = pick_host(&mut nem);
-                faults::partition(&lab, &format!("h{h}"), true)?;
-                log(&format!("partitioned h{h}"));
-                let back = now + Duration::from_millis(1000 + nem.below(2000));
-                active.push((back, Fault::Partitioned(h)));
-            } else if !impaired {
-                let node = if nem.below(3) == 0 {
-                    Node::Client
-                } else {
-                    Node::Host(1 + nem.below(u64::from(lab.replicas)) as u16)
-                };
-                let loss = (1 + nem.below(5)) as f64;
-                let dup = nem.below(4) as f64;
-                faults::impair(&lab, &node_name(&node), loss, dup)?;
-                log(&format!(
-                    "impaired {node}: {loss}% loss, {dup}% duplication"
-                ));
-                let back = now + Duration::from_millis(2000 + nem.below(3000));
-                active.push((back, Fault::Impaired(node)));
-            } else {
+            let Some(kind) = choose(roll, a.backend_faults, host_fault_ok, impaired) else {
                 return Ok(());
+            };
+            match kind {
+                FaultKind::KillHost => {
+                    let h = pick_host(&mut nem);
+                    let ns = lab.ns(&Node::Host(h));
+                    net::kill_all(std::slice::from_ref(&ns))?;
+                    log(&format!("killed h{h}"));
+                    let back = now + Duration::from_millis(1500 + nem.below(2500));
+                    active.push((back, Fault::Killed(h)));
+                }
+                FaultKind::KillBackend => {
+                    let h = pick_host(&mut nem);
+                    let killed = procs::kill_backend(&lab, h)?;
+                    let what: Vec<&str> = killed.iter().map(|p| p.comm.as_str()).collect();
+                    log(&format!("killed h{h}'s backend ({})", what.join(", ")));
+                    let back = now + Duration::from_millis(1500 + nem.below(2500));
+                    active.push((back, Fault::BackendKilled(h)));
+                }
+                FaultKind::Partition => {
+                    let h = pick_host(&mut nem);
+                    faults::partition(&lab, &format!("h{h}"), true)?;
+                    log(&format!("partitioned h{h}"));
+                    let back = now + Duration::from_millis(1000 + nem.below(2000));
+                    active.push((back, Fault::Partitioned(h)));
+                }
+                FaultKind::Impair => {
+                    let node = if nem.below(3) == 0 {
+                        Node::Client
+                    } else {
+                        Node::Host(1 + nem.below(u64::from(lab.replicas)) as u16)
+                    };
+                    let loss = (1 + nem.below(5)) as f64;
+                    let dup = nem.below(4) as f64;
+                    faults::impair(&lab, &node_name(&node), loss, dup)?;
+                    log(&format!(
+                        "impaired {node}: {loss}% loss, {dup}% duplication"
+                    ));
+                    let back = now + Duration::from_millis(2000 + nem.below(3000));
+                    active.push((back, Fault::Impaired(node)));
+                }
             }
             events += 1;
             Ok(())
@@ -675,8 +768,10 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
     }
     broken.extend(worker_errors);
     println!(
-        "soak summary (seed {}, {} s, {events} faults)",
-        a.seed, a.seconds
+        "soak summary (seed {}, {} s, {events} faults, backend faults {})",
+        a.seed,
+        a.seconds,
+        if a.backend_faults { "on" } else { "off" }
     );
     println!(
         "  operations: {} ok, {} failed, {} indeterminate",
@@ -703,8 +798,15 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
             println!("  INVARIANT BROKEN: {b}");
         }
         println!(
-            "  replay: hydractl lab soak --name {} --seconds {} --seed {}",
-            a.name, a.seconds, a.seed
+            "  replay: hydractl lab soak --name {} --seconds {} --seed {}{}",
+            a.name,
+            a.seconds,
+            a.seed,
+            if a.backend_faults {
+                ""
+            } else {
+                " --no-backend-faults"
+            }
         );
     }
     Ok(broken.is_empty())
@@ -716,5 +818,53 @@ struct RemoveDir(PathBuf);
 impl Drop for RemoveDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_backend_faults_the_menu_is_the_old_one() {
+        // Seeds from before backend faults replay with --no-backend-faults: same roll range,
+        // same fault per roll (0..4 kill, 4..6 partition, else impair).
+        assert_eq!(menu_size(false), 10);
+        let picks: Vec<_> = (0..10).map(|r| choose(r, false, true, false)).collect();
+        let (k, p, i) = (
+            Some(FaultKind::KillHost),
+            Some(FaultKind::Partition),
+            Some(FaultKind::Impair),
+        );
+        assert_eq!(picks, vec![k, k, k, k, p, p, i, i, i, i]);
+    }
+
+    #[test]
+    fn backend_faults_get_rolls_of_their_own() {
+        let picks: Vec<_> = (0..menu_size(true))
+            .map(|r| choose(r, true, true, false))
+            .collect();
+        let n = |kind| picks.iter().filter(|&&p| p == Some(kind)).count();
+        assert_eq!(n(FaultKind::KillHost), 4);
+        assert_eq!(n(FaultKind::Partition), 2);
+        assert_eq!(n(FaultKind::KillBackend), 2);
+        assert_eq!(n(FaultKind::Impair), 4);
+    }
+
+    #[test]
+    fn one_host_fault_at_a_time_and_one_impairment() {
+        for roll in 0..menu_size(true) {
+            // A host fault in force, or a member missing from the view: never a second one.
+            let pick = choose(roll, true, false, false);
+            assert_eq!(pick, Some(FaultKind::Impair), "roll {roll}");
+            assert_eq!(choose(roll, true, false, true), None, "roll {roll}");
+            // An impairment in force does not stop a host fault.
+            let pick = choose(roll, true, true, true);
+            assert_ne!(pick, Some(FaultKind::Impair), "roll {roll}");
+        }
+        assert!(Fault::BackendKilled(1).is_host_fault());
+        assert!(Fault::Killed(1).is_host_fault());
+        assert!(Fault::Partitioned(1).is_host_fault());
+        assert!(!Fault::Impaired(Node::Client).is_host_fault());
     }
 }
