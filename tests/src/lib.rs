@@ -258,6 +258,22 @@ impl Lab {
         }
     }
 
+    /// `DEBUG DIGEST` of the redis backend on `node` (a hash of its whole data set).
+    pub fn redis_digest(&self, node: &str) -> String {
+        let out = self.exec(node, &["redis-cli", "-p", "8080", "DEBUG", "DIGEST"]);
+        assert!(
+            out.status.success(),
+            "DEBUG DIGEST on {node}: {}",
+            show(&out)
+        );
+        let d = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            d.len() == 40 && d.bytes().all(|b| b.is_ascii_hexdigit()),
+            "DEBUG DIGEST on {node} answered {d:?} (start redis with --enable-debug-command local)"
+        );
+        d
+    }
+
     /// Waits (up to 2 s) until the redirector's view no longer contains `node`.
     pub fn wait_until_out_of_view(&self, node: &str) {
         for _ in 0..200 {

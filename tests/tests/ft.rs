@@ -490,15 +490,6 @@ fn a_replica_with_different_output_is_reported_and_never_takes_over() {
 }
 
 /// `redis-cli DEBUG DIGEST` of the redis on `node` (port 8080 in its namespace).
-fn redis_digest(lab: &Lab, node: &str) -> String {
-    let out = lab.exec(node, &["redis-cli", "-p", "8080", "DEBUG", "DIGEST"]);
-    assert!(
-        out.status.success(),
-        "DEBUG DIGEST on {node}: {}",
-        show(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 #[test]
 #[ignore = "flaky before issue #10's work too (1 of 4 runs on 91f9fe4): one backup's redis \
@@ -527,7 +518,7 @@ fn total_order_keeps_redis_replicas_identical_across_a_primary_kill() {
     );
     let survivors = lab.members();
     assert_eq!(survivors.len(), 2, "{survivors:?}");
-    let digests: Vec<String> = survivors.iter().map(|h| redis_digest(&lab, h)).collect();
+    let digests: Vec<String> = survivors.iter().map(|h| lab.redis_digest(h)).collect();
     println!("DEBUG DIGEST on {survivors:?}: {digests:?}");
     assert!(
         digests.iter().all(|d| d == &digests[0] && d.len() == 40),
