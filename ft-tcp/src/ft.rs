@@ -617,6 +617,16 @@ impl FtConn {
 
     /// When [`FtConn::poll`] must run next.
     pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
+        if self.retired {
+            // Its stack is no longer run: only its reports and decisions are due.
+            let report = self.progress_dirty || self.progress_repeats > 0;
+            let t = report.then_some(self.progress_at);
+            let d = (self.decision_repeats > 0).then_some(self.decision_at);
+            return match (t, d) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
         let mut t = self.ep.poll_at(now);
         let mut merge = |x: Option<Instant>| {
             if let Some(x) = x {

@@ -644,6 +644,8 @@ struct Conn {
     agreement_seen: (u64, u64),
     /// Handoffs and dropped members already added to the metrics.
     handoffs_seen: (u64, u64),
+    /// This host left the connection (ft), and the health checker was asked to look.
+    retired_seen: bool,
     /// The service is in total order: client bytes reach the backend only as granted.
     total: bool,
     /// Client bytes the sequencer granted and the backend has not taken yet.
@@ -1471,6 +1473,7 @@ impl Dataplane {
             deadline: None,
             agreement_seen: (0, 0),
             handoffs_seen: (0, 0),
+            retired_seen: false,
             total: mode == Mode::Ft && ft_opts.total_order,
             credit: 0,
             from_backend: 0,
@@ -1604,6 +1607,12 @@ impl Dataplane {
                     tracing::warn!(client = %c.key.client, service = %c.key.service, "this host's backend ended early, reset or stalls: connection handed to the next member");
                 }
                 c.handoffs_seen = seen;
+                if f.is_retired() && !c.retired_seen {
+                    // Our backend failed this connection (ended early, reset, stalled): is
+                    // it down? A refused probe takes the host out of the view at once.
+                    c.retired_seen = true;
+                    backend_failed = true;
+                }
                 for (to, pkt) in f.take_repairs() {
                     self.repairs_out.push((c.key.service, to, pkt));
                 }

@@ -38,6 +38,9 @@ fn every_subcommand_has_help() {
         vec!["lab", "exec"],
         vec!["lab", "kill"],
         vec!["lab", "restart"],
+        vec!["lab", "pause"],
+        vec!["lab", "resume"],
+        vec!["lab", "status"],
         vec!["lab", "partition"],
         vec!["lab", "heal"],
         vec!["lab", "impair"],
@@ -95,6 +98,36 @@ fn wrong_input_gives_one_actionable_line() {
             missing,
         ],
         "--backend",
+    );
+    assert_one_line_error(
+        &[
+            "setportopt",
+            "198.19.0.10:80",
+            "--mode",
+            "ft",
+            "--backend",
+            "127.0.0.1:8080",
+            "--stall-timeout",
+            "500",
+            "--socket",
+            missing,
+        ],
+        "needs a unit",
+    );
+    assert_one_line_error(
+        &[
+            "setportopt",
+            "198.19.0.10:80",
+            "--mode",
+            "ft",
+            "--backend",
+            "127.0.0.1:8080",
+            "--stall-timeout",
+            "0ms",
+            "--socket",
+            missing,
+        ],
+        "at least 1ms",
     );
     assert_one_line_error(&["lab", "down", "--name", "Bad Name"], "from a-z and 0-9");
     assert_one_line_error(
