@@ -282,6 +282,11 @@ pub struct FtConn {
     lag: BTreeMap<PeerId, (SeqNumber, Instant)>,
     /// Members that left this connection (at most the view's size).
     departed: Vec<PeerId>,
+    /// The member that was primary when the connection opened (`None`: this replica), whose
+    /// reports carry the true `isn_s`.
+    opener: Option<PeerId>,
+    /// `isn_s` as the client's first segments suggest it, until the opener's report comes.
+    isn_s_guess: Option<SeqNumber>,
     /// Members this speaker dropped that have not said yet that they know: the ACK gate
     /// still waits for them (they could be promoted by a view before they learn it).
     dropping: Vec<PeerId>,
@@ -414,6 +419,8 @@ impl FtConn {
             out_report_at: now,
             lag: BTreeMap::new(),
             departed: Vec::new(),
+            opener: members.first().copied().filter(|m| *m != me),
+            isn_s_guess: None,
             dropping: Vec::new(),
             decisions: Vec::new(),
             decision_repeats: 0,
@@ -910,7 +917,16 @@ impl FtConn {
                 // The member a view without us would choose: the first in view order that
                 // holds the connection and agrees (whether it reported lately or not).
                 .find(|id| !self.divergent(*id) && !self.dropping.contains(id));
+            // It must be able to speak: a member that never learned isn_s (it missed the
+            // handshake and every report since) would answer with a SYN-ACK of its own. Wait
+            // for its report instead; ours, sent at every change, teaches it.
+            let ready = |id: PeerId| self.peers.get(&id).is_some_and(|p| p.isn_s.is_some());
             match next {
+                Some(next) if !ready(next) => {
+                    if self.progress_repeats == 0 {
+                        self.progress_dirty = true;
+                    }
+                }
                 Some(next) => {
                     tracing::debug!(conn = ?self.key, to = next, end = ?self.end, "handing the connection to the next member");
                     self.stats.handoffs += 1;
@@ -976,12 +992,20 @@ impl FtConn {
         }
         if self.isn_s.is_none() && seg.ack_flag && !seg.rst {
             // The client's ACK of the SYN-ACK tells a replica that missed the primary's report
-            // which ISN the client saw; only trusted for the handshake's first segment.
+            // which ISN the client saw. Only a guess: a retransmission of the client's first
+            // segment has the same sequence number but may acknowledge output too (a backup
+            // that lost the handshake ACK once took isn_s one segment too high and later
+            // spliced its output one segment off, FT_SEED=1795954892914097). The opener's
+            // report is the truth; the guess (the lowest such ACK) serves only once the opener
+            // is gone, or when this replica must speak.
             if self.ep.state() == TcpState::SynReceived
                 && self.client_isn.map(|c| c.plus(1)) == Some(seg.seq)
             {
-                self.isn_s = Some(seg.ack.minus(1));
-                self.init_shadow();
+                let g = seg.ack.minus(1);
+                self.isn_s_guess = Some(self.isn_s_guess.map_or(g, |x| x.min(g)));
+                if self.opener.is_none_or(|o| !self.view_peers.contains(&o)) {
+                    self.adopt_isn_guess();
+                }
             }
         }
         let Some(delta) = self.delta() else {
@@ -1082,11 +1106,25 @@ impl FtConn {
         }
     }
 
+    /// Takes the client's view of `isn_s` (see `handle_client_packet`) when nobody can tell
+    /// us better.
+    fn adopt_isn_guess(&mut self) {
+        if self.isn_s.is_none() {
+            if let Some(g) = self.isn_s_guess {
+                self.isn_s = Some(g);
+                self.init_shadow();
+            }
+        }
+    }
+
     fn init_shadow(&mut self) {
         if self.shadow.is_none() {
             if let Some(isn_s) = self.isn_s {
                 self.shadow = Some(ShadowQueue::new(isn_s.plus(1)));
                 self.agreement = Some(Agreement::new(isn_s.plus(1)));
+                // isn_s just became known here: tell the others now (a member without it
+                // cannot translate the client's segments, so nothing else may change soon).
+                self.progress_dirty = true;
             }
         }
     }
@@ -1302,6 +1340,9 @@ impl FtConn {
     /// whose output agrees with the old primary's (a divergent member is passed over).
     pub fn set_view(&mut self, now: Instant, members: &[PeerId]) {
         self.view_peers.retain(|id| members.contains(id));
+        if self.opener.is_some_and(|o| !self.view_peers.contains(&o)) {
+            self.adopt_isn_guess();
+        }
         let holders: Vec<PeerId> = members
             .iter()
             .copied()
@@ -1344,6 +1385,7 @@ impl FtConn {
 
     fn promote(&mut self, now: Instant) {
         self.stats.promotions += 1;
+        self.adopt_isn_guess();
         if self.isn_s.is_none() {
             // No SYN-ACK reached anyone yet: ours will be the one, once every member of the
             // new view holds the connection (the same hold as at open).

@@ -243,7 +243,9 @@ impl Sim {
         // together leave at least one member whole.
         let mut brng = Rng(seed ^ 0xbac4e9d);
         let mut backend_crashes = Vec::new();
-        if n_crash < 2 && brng.chance(0.3) {
+        // FT_NO_BACKEND_FAULTS=1 replays a seed without them (to tell which fault matters).
+        let backend_faults = std::env::var_os("FT_NO_BACKEND_FAULTS").is_none();
+        if n_crash < 2 && brng.chance(0.3) && backend_faults {
             let at = Instant::from_millis(brng.range(2, 600) as i64);
             let who = if brng.chance(0.6) {
                 usize::MAX
