@@ -922,11 +922,7 @@ impl FtConn {
             // for its report instead; ours, sent at every change, teaches it.
             let ready = |id: PeerId| self.peers.get(&id).is_some_and(|p| p.isn_s.is_some());
             match next {
-                Some(next) if !ready(next) => {
-                    if self.progress_repeats == 0 {
-                        self.progress_dirty = true;
-                    }
-                }
+                Some(next) if !ready(next) => self.progress_dirty |= self.progress_repeats == 0,
                 Some(next) => {
                     tracing::debug!(conn = ?self.key, to = next, end = ?self.end, "handing the connection to the next member");
                     self.stats.handoffs += 1;
