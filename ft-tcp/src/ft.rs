@@ -584,6 +584,17 @@ impl FtConn {
         if self.progress_dirty {
             self.progress_repeats = PROGRESS_REPEATS;
         }
+        if self.progress_repeats == 0
+            && self
+                .view_peers
+                .iter()
+                .any(|id| !self.peers.contains_key(id))
+        {
+            // A member we have not heard from may not have heard from us either (it opened
+            // the connection late, under loss): keep reporting until it answers, or it drops
+            // us as "silent since the open" and may later speak beside us.
+            self.progress_repeats = 1;
+        }
         let due = self.progress_dirty || (self.progress_repeats > 0 && now >= self.progress_at);
         let rcv_nxt = self.local_rcv_nxt?;
         let out = self.out_s();
@@ -594,7 +605,13 @@ impl FtConn {
             edge: self.local_edge?,
             hole_end: self.local_hole_end.map_or(rcv_nxt, |h| h.max(rcv_nxt)),
             out,
-            end: self.end,
+            // "Reset" tells the others this member left: a speaker whose backend failed says
+            // so only once it handed the connection on (it may have to wait for a successor).
+            end: if self.end == OutputEnd::Reset && !self.retired {
+                OutputEnd::Open
+            } else {
+                self.end
+            },
         };
         // Output is reported at most every OUT_REPORT_EVERY; how it ended, at once.
         let out_due = match (out, self.out_reported) {
@@ -641,9 +658,13 @@ impl FtConn {
             }
         };
         merge(self.rtx_at);
+        let unheard = self
+            .view_peers
+            .iter()
+            .any(|id| !self.peers.contains_key(id));
         if self.local_isn.is_some()
             && self.ep.state() != TcpState::Closed
-            && (self.progress_repeats > 0 || self.progress_dirty)
+            && (self.progress_repeats > 0 || self.progress_dirty || unheard)
         {
             merge(Some(self.progress_at));
         }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -274,6 +275,36 @@ impl Lab {
         d
     }
 
+    /// A kernel-TCP client in the client namespace reads `GET /data.bin` from the service
+    /// and timestamps every read; the thread returns the stamps and the body (head cut).
+    pub fn timed_download(&self) -> std::thread::JoinHandle<(Vec<Instant>, Vec<u8>)> {
+        self.in_ns("client", || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect("198.19.0.10:80").expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(b"GET /data.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut stamps = Vec::new();
+            let mut body = Vec::new();
+            let mut buf = vec![0u8; 16 << 10];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        stamps.push(Instant::now());
+                        body.extend_from_slice(&buf[..n]);
+                    }
+                    Err(e) => panic!("read failed after {} bytes: {e}", body.len()),
+                }
+            }
+            let head_end = body
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(0, |p| p + 4);
+            (stamps, body.split_off(head_end))
+        })
+    }
+
     /// Waits (up to 2 s) until the redirector's view no longer contains `node`.
     pub fn wait_until_out_of_view(&self, node: &str) {
         for _ in 0..200 {
@@ -450,4 +481,14 @@ impl Drop for WebRoot {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The longest gap between two reads (`stamps`) around `at`: from it to `within` after it.
+pub fn pause_around(stamps: &[Instant], at: Instant, within: Duration) -> Duration {
+    stamps
+        .windows(2)
+        .filter(|w| w[1] >= at && w[0] <= at + within)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default()
 }

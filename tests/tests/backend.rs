@@ -2,50 +2,9 @@
 //! host crash. The other members' backends hold everything the client needs; the FIN and RST
 //! the dead backend causes never reach the client.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use tests::*;
-
-/// A kernel-TCP client reads `GET /data.bin` and timestamps every read; returns the stamps
-/// and the body (headers cut).
-fn timed_download(lab: &Lab) -> std::thread::JoinHandle<(Vec<Instant>, Vec<u8>)> {
-    lab.in_ns("client", || {
-        let mut s = TcpStream::connect("198.19.0.10:80").expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s.write_all(b"GET /data.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut stamps = Vec::new();
-        let mut body = Vec::new();
-        let mut buf = vec![0u8; 16 << 10];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    stamps.push(Instant::now());
-                    body.extend_from_slice(&buf[..n]);
-                }
-                Err(e) => panic!("read failed after {} bytes: {e}", body.len()),
-            }
-        }
-        let head_end = body
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(0, |p| p + 4);
-        (stamps, body.split_off(head_end))
-    })
-}
-
-/// The longest gap between two reads around `at` (within 2 s after it).
-fn pause_around(stamps: &[Instant], at: Instant) -> Duration {
-    stamps
-        .windows(2)
-        .filter(|w| w[1] >= at && w[0] <= at + Duration::from_secs(2))
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or_default()
-}
 
 fn ft_counter(lab: &Lab, node: &str, name: &str) -> u64 {
     metric(&lab.metrics(node), name)
@@ -67,7 +26,7 @@ fn download_survives_kills_of_the_primarys_backend_and_then_the_next_ones() {
         &www.paced_backend_cmd(4 << 20),
         &["--mode", "ft"],
     );
-    let reader = timed_download(&lab);
+    let reader = lab.timed_download();
     let mut kills = Vec::new();
     for wait in [1500, 2000] {
         std::thread::sleep(Duration::from_millis(wait));
@@ -91,7 +50,7 @@ fn download_survives_kills_of_the_primarys_backend_and_then_the_next_ones() {
     assert_eq!(sha256_hex(&body), www.sha256, "wrong bytes");
     let mut pauses = Vec::new();
     for (victim, at) in &kills {
-        let p = pause_around(&stamps, *at);
+        let p = pause_around(&stamps, *at, Duration::from_secs(2));
         println!("backend of {victim} killed: the client paused {p:?}");
         pauses.push(p);
         // Its host lives on and served the connection until the kill.
@@ -133,7 +92,7 @@ fn a_stalled_primary_backend_is_taken_over_within_the_stall_timeout() {
         &["--mode", "ft"],
     );
     lab.setportopt_all(&["--stall-timeout", "500ms"]);
-    let reader = timed_download(&lab);
+    let reader = lab.timed_download();
     std::thread::sleep(Duration::from_millis(1500));
     let victim = lab.primary();
     let at = Instant::now();
@@ -141,7 +100,7 @@ fn a_stalled_primary_backend_is_taken_over_within_the_stall_timeout() {
     let (stamps, body) = reader.join().expect("the client's download failed");
     lab.ctl("resume", &victim, &["--backend"]);
     assert_eq!(sha256_hex(&body), www.sha256, "wrong bytes");
-    let p = pause_around(&stamps, at);
+    let p = pause_around(&stamps, at, Duration::from_secs(2));
     println!("backend of {victim} stopped: the client paused {p:?}");
     assert!(
         p <= Duration::from_millis(600),

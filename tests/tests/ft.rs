@@ -1,7 +1,5 @@
 //! ft mode end to end: kernel-TCP clients keep their connections while replicas crash.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -207,26 +205,7 @@ fn failover_pause_over_21_primary_kills() {
     let mut pauses = Vec::new();
     for round in 0..7 {
         let lab = Lab::up("ftpz", 4, &www.paced_backend_cmd(rate), &["--mode", "ft"]);
-        let reader = lab.in_ns("client", move || {
-            let mut s = TcpStream::connect("198.19.0.10:80").expect("connect");
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            s.write_all(b"GET /data.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let mut stamps = Vec::new();
-            let mut body = Vec::new();
-            let mut buf = vec![0u8; 16 << 10];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        stamps.push(Instant::now());
-                        body.extend_from_slice(&buf[..n]);
-                    }
-                    Err(e) => panic!("read failed: {e}"),
-                }
-            }
-            (stamps, body)
-        });
+        let reader = lab.timed_download();
         let mut kills = Vec::new();
         for k in 0..3 {
             std::thread::sleep(Duration::from_millis(if k == 0 { 1500 } else { 2500 }));
@@ -236,24 +215,9 @@ fn failover_pause_over_21_primary_kills() {
             lab.wait_until_out_of_view(&victim);
         }
         let (stamps, body) = reader.join().expect("reader");
-        let head_end = body
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("http head")
-            + 4;
-        assert_eq!(
-            sha256_hex(&body[head_end..]),
-            www.sha256,
-            "round {round}: wrong bytes"
-        );
+        assert_eq!(sha256_hex(&body), www.sha256, "round {round}: wrong bytes");
         for k in kills {
-            let gap = stamps
-                .windows(2)
-                .filter(|w| w[1] >= k && w[0] <= k + Duration::from_secs(1))
-                .map(|w| w[1] - w[0])
-                .max()
-                .unwrap_or_default();
-            pauses.push(gap);
+            pauses.push(pause_around(&stamps, k, Duration::from_secs(1)));
         }
     }
     pauses.sort();
