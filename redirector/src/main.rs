@@ -72,6 +72,7 @@ fn run() -> anyhow::Result<()> {
         )),
         metrics: RedirMetrics::default(),
         sealer,
+        heard: Mutex::default(),
     });
     let admin_shared = shared.clone();
     control::serve(&cfg.admin_socket, move |m, u, _| {
