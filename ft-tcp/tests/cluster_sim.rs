@@ -735,6 +735,19 @@ impl Sim {
                 break;
             }
             self.backend_crashes.remove(0);
+            // Never the last member that holds the connection with a working backend: then
+            // nobody could serve it, a loss no design avoids (as for host crashes).
+            let whole = self
+                .view
+                .iter()
+                .filter(|&&r| {
+                    let rep = &self.replicas[r];
+                    rep.alive && !rep.backend_dead && rep.conn.is_some()
+                })
+                .count();
+            if whole <= 1 {
+                continue;
+            }
             let speaker = self.view.iter().copied().find(|&r| {
                 self.replicas[r]
                     .conn

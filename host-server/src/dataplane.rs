@@ -72,6 +72,8 @@ const LINGER_EXPIRE_BATCH: usize = 256;
 pub struct HostMetrics {
     /// Heartbeats that reused the last beat's services because the services lock was busy.
     pub heartbeat_ads_reused: Counter,
+    /// Connections dropped because the client completed a new handshake on their 4-tuple.
+    pub conns_superseded: Counter,
     /// Datagrams received.
     pub datagrams_in: Counter,
     /// Datagrams dropped: malformed.
@@ -186,6 +188,13 @@ impl HostMetrics {
             "UDP sends the kernel refused",
             "",
             self.send_errors.get(),
+        );
+        e.sample(
+            "hydra_conns_superseded_total",
+            c,
+            "Connections left behind here whose 4-tuple a client reused for a new handshake",
+            "",
+            self.conns_superseded.get(),
         );
         e.sample(
             "hydra_heartbeat_ads_reused_total",
@@ -1165,6 +1174,18 @@ impl Dataplane {
                 // port.
                 self.remove(id);
                 existing = None;
+            } else if self.completes_a_newer_handshake(id, key, &meta) {
+                // The client reused the 4-tuple of a connection we still hold: another member
+                // already reset it (replicas reap idle connections in their own order), the
+                // client's port was free again, and this segment completes a handshake with
+                // our SYN cookie. The old connection is over for the client; ours was left
+                // behind. Without this a backup fed the new connection's segments to the old
+                // one and reported the old one's progress under the same 4-tuple: the new
+                // connection stalled at the primary's gate.
+                tracing::debug!(client = %key.client, "4-tuple reused by a new connection: the old one was left behind here");
+                self.shared.metrics.conns_superseded.inc();
+                self.remove(id);
+                existing = None;
             }
         }
         let id = match existing {
@@ -1368,6 +1389,41 @@ impl Dataplane {
         let synack = syncookie::synack(key, seg.seq, isn, opts, ep.mtu, ep.rx_buffer);
         self.send_to_client(key.service, &synack);
         self.shared.metrics.syn_cookies_sent.inc();
+    }
+
+    /// Whether `meta`, for the 4-tuple of connection `id`, lies far outside that connection's
+    /// receive window and is the handshake ACK of a SYN cookie of ours (the BLAKE3 check runs
+    /// only for such strays).
+    fn completes_a_newer_handshake(&self, id: usize, key: FlowKey, meta: &TcpMeta) -> bool {
+        if meta.is_syn() || meta.flags.rst || !meta.flags.ack {
+            return false;
+        }
+        let Some(c) = self.conns.get(&id) else {
+            return false;
+        };
+        let window = match &c.tcp {
+            Tcp::Plain(p) => p.rst_window(),
+            Tcp::Ft(f) => f.rst_window(),
+        };
+        let Some((exact, edge)) = window else {
+            return false;
+        };
+        // A segment of the old connection is within a window of its expected bytes (1 MiB
+        // of slack for old duplicates); a new connection's ISN is random.
+        let seq = SeqNumber(meta.seq);
+        const SLACK: u32 = 1 << 20;
+        let near = exact
+            .iter()
+            .any(|e| e.minus(SLACK).le(seq) && seq.lt(edge.plus(SLACK)));
+        if near {
+            return false;
+        }
+        let client_isn = SeqNumber(meta.seq.wrapping_sub(1));
+        let isn_s = SeqNumber(meta.ack.wrapping_sub(1));
+        self.cfg
+            .cookies
+            .check(key, client_isn, isn_s, wall_secs())
+            .is_some()
     }
 
     /// A non-SYN segment of no known connection: the handshake ACK of a SYN this service

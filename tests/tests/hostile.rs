@@ -343,6 +343,11 @@ fn abandoned_connections_are_reaped_within_the_idle_timeout() {
         }
     }
     println!("idle: {at_once} resets arrived at once, {reset} in all");
+    let superseded: u64 = hosts
+        .iter()
+        .map(|h| metric(&lab.metrics(h), "hydra_conns_superseded_total"))
+        .sum();
+    println!("idle: {superseded} connections left behind were superseded by a reused 4-tuple");
     assert_eq!(
         reset, ABANDONED,
         "every abandoned client must learn its connection was reset"
