@@ -2,20 +2,21 @@
 //! pays on the redirector (seal) and on the host server (open), and the decode of the
 //! control messages.
 //!
-//! Run with `cargo bench -p ack-channel`. The payload is 1420 bytes, a full-MTU IPv4 packet
-//! inside the tunnel.
+//! Run with `cargo bench -p ack-channel`. The payload is 1400 bytes, a full-MTU IPv4 packet
+//! inside the tunnel (the default host `mtu`).
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use ack_channel::{
-    emit_progress, parse_progress, ClusterKey, Epoch, Heartbeat, Mode, MsgType, Opener, OutputEnd,
-    ProgressEntry, ReplicaId, Sealer, ServiceAd, ServiceId, PROGRESS_PER_DATAGRAM,
+    emit_progress, parse_progress, ClusterKey, Epoch, Heartbeat, Incarnation, Mode, MsgType,
+    Opener, OutputEnd, ProgressEntry, Receiver, ReplicaId, Sealer, ServiceAd, ServiceId,
+    PROGRESS_PER_DATAGRAM,
 };
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-const PAYLOAD_LEN: usize = 1420;
+const PAYLOAD_LEN: usize = 1400;
 
 fn key() -> ClusterKey {
     ClusterKey::from_bytes([0x5a; 32])
@@ -30,14 +31,15 @@ fn seal_and_open(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(PAYLOAD_LEN as u64));
     let payload = payload();
 
-    let sealer = Sealer::new(key(), ReplicaId(1), 0);
-    let mut out = Vec::with_capacity(PAYLOAD_LEN + 64);
-    g.bench_function("seal_1420", |b| {
+    let sealer = Sealer::new(key(), ReplicaId(1), Incarnation(1));
+    let mut out = Vec::with_capacity(PAYLOAD_LEN + 80);
+    g.bench_function("seal_1400", |b| {
         b.iter(|| {
             sealer.seal_into(
                 MsgType::ToHost,
                 ServiceId(0),
                 Epoch(0),
+                Receiver::GROUP,
                 black_box(&payload),
                 &mut out,
             );
@@ -48,11 +50,14 @@ fn seal_and_open(c: &mut Criterion) {
     // One long-lived opener, as on a host server. The replay window rejects a counter seen
     // before, so each iteration gets a freshly sealed datagram with the next counter; the
     // sealing happens in the untimed setup and only `open` is measured.
-    let sealer = Sealer::new(key(), ReplicaId(1), 0);
-    let mut opener = Opener::new(key());
-    g.bench_function("open_1420", |b| {
+    let sealer = Sealer::new(key(), ReplicaId(1), Incarnation(1));
+    let mut opener = Opener::new(key(), ReplicaId(2), Incarnation(1));
+    g.bench_function("open_1400", |b| {
         b.iter_batched_ref(
-            || sealer.seal(MsgType::ToHost, ServiceId(0), Epoch(0), &payload),
+            || {
+                let to = Receiver::GROUP;
+                sealer.seal(MsgType::ToHost, ServiceId(0), Epoch(0), to, &payload)
+            },
             |d| {
                 // INVARIANT: every datagram is sealed with the opener's key and a new counter.
                 let (h, p) = opener.open(black_box(d)).expect("fresh datagram opens");
@@ -64,14 +69,20 @@ fn seal_and_open(c: &mut Criterion) {
 
     // The forged-packet path: full MAC computation, then drop. No window update, so the
     // same bytes can be reused.
-    let forged = Sealer::new(ClusterKey::from_bytes([0xa5; 32]), ReplicaId(1), 0).seal(
+    let forged = Sealer::new(
+        ClusterKey::from_bytes([0xa5; 32]),
+        ReplicaId(1),
+        Incarnation(1),
+    )
+    .seal(
         MsgType::ToHost,
         ServiceId(0),
         Epoch(0),
+        Receiver::GROUP,
         &payload,
     );
-    let mut opener = Opener::new(key());
-    g.bench_function("open_1420_bad_mac", |b| {
+    let mut opener = Opener::new(key(), ReplicaId(2), Incarnation(1));
+    g.bench_function("open_1400_bad_mac", |b| {
         b.iter(|| {
             let r = opener.open(black_box(&forged));
             black_box(r.is_err());
@@ -85,6 +96,7 @@ fn decode(c: &mut Criterion) {
 
     // A host serving a handful of ports.
     let hb = Heartbeat {
+        addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), 7000),
         services: (0..4)
             .map(|i| ServiceAd {
                 addr: SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 10), 80 + i),

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::ids::{Epoch, ReplicaId, ServiceId};
+use crate::ids::{Epoch, Incarnation, ReplicaId, ServiceId};
 use crate::wire::{Datagram, Header, MsgType, WireError, HEADER_LEN, MAC_LEN};
 
 /// Bytes in a cluster key.
@@ -95,27 +95,64 @@ impl ClusterKey {
     }
 }
 
-/// Builds authenticated datagrams for one sender, numbering them with a strictly increasing
-/// counter.
+/// Whom a datagram is for: one daemon in one of its lives, or the members of a view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receiver {
+    /// The receiving daemon, or [`ReplicaId::ANY`].
+    pub id: ReplicaId,
+    /// Its life as the sender knows it.
+    pub incarnation: Incarnation,
+}
+
+impl Receiver {
+    /// Every member of the service's view (only for [`MsgType::may_be_group`] types).
+    pub const GROUP: Receiver = Receiver {
+        id: ReplicaId::ANY,
+        incarnation: Incarnation::UNKNOWN,
+    };
+
+    /// One daemon in one life.
+    pub fn node(id: ReplicaId, incarnation: Incarnation) -> Self {
+        Receiver { id, incarnation }
+    }
+}
+
+/// Builds authenticated datagrams for one sender in one life, numbering them with a strictly
+/// increasing counter.
 #[derive(Debug)]
 pub struct Sealer {
     key: ClusterKey,
     sender: ReplicaId,
+    incarnation: Incarnation,
     next_counter: std::sync::atomic::AtomicU64,
 }
 
 impl Sealer {
-    /// A sealer whose first datagram carries `initial_counter`.
+    /// A sealer for `sender` in its life `incarnation`; its first datagram carries counter 1.
     ///
-    /// Daemons pass the wall clock in nanoseconds at start, so that a restarted daemon's
-    /// counters stay above everything its previous life sent (it would have had to send more
-    /// than one datagram per nanosecond to overtake the clock).
-    pub fn new(key: ClusterKey, sender: ReplicaId, initial_counter: u64) -> Self {
+    /// Daemons pass the wall clock in nanoseconds at start as the incarnation, so that a
+    /// restarted daemon is a newer one (receivers refuse datagrams from older lives).
+    pub fn new(key: ClusterKey, sender: ReplicaId, incarnation: Incarnation) -> Self {
         Sealer {
             key,
             sender,
-            next_counter: std::sync::atomic::AtomicU64::new(initial_counter),
+            incarnation,
+            next_counter: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    /// A sealer whose first datagram carries `counter`: for tests and fuzz targets that
+    /// rebuild a given datagram byte for byte.
+    pub fn with_first_counter(
+        key: ClusterKey,
+        sender: ReplicaId,
+        incarnation: Incarnation,
+        counter: u64,
+    ) -> Self {
+        let s = Sealer::new(key, sender, incarnation);
+        s.next_counter
+            .store(counter, std::sync::atomic::Ordering::Relaxed);
+        s
     }
 
     /// This sender's id.
@@ -123,13 +160,19 @@ impl Sealer {
         self.sender
     }
 
-    /// Seals `payload` into `out` (cleared first). Threads may share one sealer: each
-    /// datagram still gets its own counter.
+    /// This sender's life.
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
+
+    /// Seals `payload` for `to` into `out` (cleared first). Threads may share one sealer:
+    /// each datagram still gets its own counter.
     pub fn seal_into(
         &self,
         msg_type: MsgType,
         service: ServiceId,
         epoch: Epoch,
+        to: Receiver,
         payload: &[u8],
         out: &mut Vec<u8>,
     ) {
@@ -139,6 +182,9 @@ impl Sealer {
             service,
             epoch,
             sender: self.sender,
+            receiver: to.id,
+            sender_incarnation: self.incarnation,
+            receiver_incarnation: to.incarnation,
             counter: self
                 .next_counter
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -152,16 +198,17 @@ impl Sealer {
         out[n - MAC_LEN..].copy_from_slice(&mac);
     }
 
-    /// Seals `payload` into a new buffer.
+    /// Seals `payload` for `to` into a new buffer.
     pub fn seal(
         &self,
         msg_type: MsgType,
         service: ServiceId,
         epoch: Epoch,
+        to: Receiver,
         payload: &[u8],
     ) -> Vec<u8> {
         let mut out = Vec::new();
-        self.seal_into(msg_type, service, epoch, payload, &mut out);
+        self.seal_into(msg_type, service, epoch, to, payload, &mut out);
         out
     }
 }
@@ -178,6 +225,13 @@ pub enum DropReason {
     /// The counter was seen before or is too old for the replay window.
     #[error("replayed")]
     Replay,
+    /// Sealed for another daemon, or for a group when its type names one receiver.
+    #[error("addressed to another node")]
+    Misaddressed,
+    /// Sealed for an earlier life of this daemon (recorded before it restarted), or by an
+    /// earlier life of its sender (a process that should be dead).
+    #[error("from or for an earlier incarnation")]
+    Stale,
 }
 
 impl DropReason {
@@ -187,30 +241,43 @@ impl DropReason {
             DropReason::Malformed(_) => "malformed",
             DropReason::BadMac => "bad_mac",
             DropReason::Replay => "replay",
+            DropReason::Misaddressed => "misaddressed",
+            DropReason::Stale => "stale",
         }
     }
 }
 
-/// Checks received datagrams: parse, MAC, then the sender's replay window.
+/// Checks received datagrams for one daemon in one life: parse, MAC, addressing, then the
+/// sender's incarnation and replay window.
 #[derive(Debug)]
 pub struct Opener {
     key: ClusterKey,
-    windows: HashMap<ReplicaId, ReplayWindow>,
+    me: ReplicaId,
+    incarnation: Incarnation,
+    windows: HashMap<ReplicaId, (Incarnation, ReplayWindow)>,
 }
 
 impl Opener {
-    /// An opener for datagrams sealed with `key`.
-    pub fn new(key: ClusterKey) -> Self {
+    /// An opener for datagrams sealed with `key` for `me` in its life `incarnation`.
+    pub fn new(key: ClusterKey, me: ReplicaId, incarnation: Incarnation) -> Self {
         Opener {
             key,
+            me,
+            incarnation,
             windows: HashMap::new(),
         }
     }
 
     /// Verifies `bytes`; on success returns the header and the payload.
     ///
-    /// The replay window only moves for datagrams whose MAC is good, so forged counters
-    /// cannot push it forward and lock a real sender out.
+    /// Accepted: datagrams for [`ReplicaId::ANY`] whose type may be a group's, and datagrams
+    /// for us that name our life (or, for a heartbeat, any life: a host's first words to a
+    /// redirector it has not heard from since one of them started). Whether a group datagram's epoch is fresh is
+    /// the caller's to check against its views.
+    ///
+    /// A sender's newer incarnation starts a new replay window; its older ones are refused.
+    /// The window only moves for datagrams whose MAC is good, so forged counters cannot push
+    /// it forward and lock a real sender out.
     pub fn open<'a>(&mut self, bytes: &'a [u8]) -> Result<(Header, &'a [u8]), DropReason> {
         let d = Datagram::new_checked(bytes).map_err(DropReason::Malformed)?;
         let header = Header::parse(&d).map_err(DropReason::Malformed)?;
@@ -223,12 +290,32 @@ impl Opener {
         if diff != 0 {
             return Err(DropReason::BadMac);
         }
-        if !self
+        if header.receiver == ReplicaId::ANY {
+            if !header.msg_type.may_be_group() {
+                return Err(DropReason::Misaddressed);
+            }
+        } else if header.receiver != self.me {
+            return Err(DropReason::Misaddressed);
+        } else if header.receiver_incarnation != self.incarnation {
+            // A heartbeat may name another life of ours: the host has not heard from this
+            // one yet (it or we just started). The redirector counts it as no liveness and
+            // answers with a welcome.
+            if header.msg_type != MsgType::Heartbeat {
+                return Err(DropReason::Stale);
+            }
+        }
+        let (life, window) = self
             .windows
             .entry(header.sender)
-            .or_default()
-            .check_and_update(header.counter)
-        {
+            .or_insert_with(|| (header.sender_incarnation, ReplayWindow::default()));
+        if header.sender_incarnation < *life {
+            return Err(DropReason::Stale);
+        }
+        if header.sender_incarnation > *life {
+            *life = header.sender_incarnation;
+            *window = ReplayWindow::default();
+        }
+        if !window.check_and_update(header.counter) {
             return Err(DropReason::Replay);
         }
         let payload = &bytes[HEADER_LEN..bytes.len() - MAC_LEN];
@@ -313,25 +400,95 @@ mod tests {
         ClusterKey::from_bytes([b; KEY_LEN])
     }
 
+    const ME: ReplicaId = ReplicaId(1);
+    const MY_LIFE: Incarnation = Incarnation(500);
+
+    fn me() -> Receiver {
+        Receiver::node(ME, MY_LIFE)
+    }
+
+    fn opener() -> Opener {
+        Opener::new(key(1), ME, MY_LIFE)
+    }
+
     #[test]
     fn sealed_datagram_opens_once() {
-        let s = Sealer::new(key(1), ReplicaId(3), 100);
-        let mut o = Opener::new(key(1));
-        let d = s.seal(MsgType::ToHost, ServiceId(9), Epoch(1), b"hello");
+        let s = Sealer::new(key(1), ReplicaId(3), Incarnation(100));
+        let mut o = opener();
+        let d = s.seal(MsgType::ToHost, ServiceId(9), Epoch(1), me(), b"hello");
         let (h, p) = o.open(&d).unwrap();
-        assert_eq!((h.sender, h.counter, p), (ReplicaId(3), 100, &b"hello"[..]));
+        assert_eq!((h.sender, h.counter, p), (ReplicaId(3), 1, &b"hello"[..]));
+        assert_eq!(h.sender_incarnation, Incarnation(100));
         assert_eq!(o.open(&d).unwrap_err(), DropReason::Replay);
     }
 
     #[test]
+    fn a_datagram_for_another_node_or_an_earlier_life_is_refused() {
+        let s = Sealer::new(key(1), ReplicaId(3), Incarnation(100));
+        let mut o = opener();
+        let for_h2 = s.seal(
+            MsgType::Repair,
+            ServiceId(9),
+            Epoch(1),
+            Receiver::node(ReplicaId(2), MY_LIFE),
+            b"x",
+        );
+        assert_eq!(o.open(&for_h2).unwrap_err(), DropReason::Misaddressed);
+        let for_my_last_life = s.seal(
+            MsgType::View,
+            ServiceId(9),
+            Epoch(1),
+            Receiver::node(ME, Incarnation(499)),
+            b"x",
+        );
+        assert_eq!(o.open(&for_my_last_life).unwrap_err(), DropReason::Stale);
+        // Only a heartbeat may name an unknown or earlier life (a host's first words to us).
+        let unknown = Receiver::node(ME, Incarnation::UNKNOWN);
+        let view = s.seal(MsgType::View, ServiceId(9), Epoch(1), unknown, b"x");
+        assert_eq!(o.open(&view).unwrap_err(), DropReason::Stale);
+        let hb = s.seal(MsgType::Heartbeat, ServiceId(0), Epoch(0), unknown, b"x");
+        assert!(o.open(&hb).is_ok());
+        let earlier = Receiver::node(ME, Incarnation(499));
+        let hb = s.seal(MsgType::Heartbeat, ServiceId(0), Epoch(0), earlier, b"x");
+        assert!(o.open(&hb).is_ok());
+        // Groups are for the ack channel's multicasts and client packets, not for views.
+        let group_view = s.seal(MsgType::View, ServiceId(9), Epoch(1), Receiver::GROUP, b"x");
+        assert_eq!(o.open(&group_view).unwrap_err(), DropReason::Misaddressed);
+        let progress = s.seal(
+            MsgType::Progress,
+            ServiceId(9),
+            Epoch(1),
+            Receiver::GROUP,
+            b"",
+        );
+        assert!(o.open(&progress).is_ok());
+    }
+
+    #[test]
+    fn a_newer_life_of_a_sender_starts_afresh_and_older_lives_are_refused() {
+        let old = Sealer::new(key(1), ReplicaId(3), Incarnation(100));
+        let new = Sealer::new(key(1), ReplicaId(3), Incarnation(200));
+        let mut o = opener();
+        let seal = |s: &Sealer| s.seal(MsgType::Progress, ServiceId(9), Epoch(1), me(), b"");
+        let recorded = seal(&old);
+        assert!(o.open(&seal(&old)).is_ok());
+        // The new life's counters start at 1 again: not replays.
+        assert!(o.open(&seal(&new)).is_ok());
+        assert!(o.open(&seal(&new)).is_ok());
+        assert_eq!(o.open(&seal(&old)).unwrap_err(), DropReason::Stale);
+        assert_eq!(o.open(&recorded).unwrap_err(), DropReason::Stale);
+    }
+
+    #[test]
     fn forged_flipped_and_truncated_datagrams_are_dropped() {
-        let s = Sealer::new(key(1), ReplicaId(3), 0);
-        let mut o = Opener::new(key(1));
-        let d = s.seal(MsgType::ToHost, ServiceId(9), Epoch(1), b"payload");
-        let forged = Sealer::new(key(2), ReplicaId(3), 0).seal(
+        let s = Sealer::new(key(1), ReplicaId(3), Incarnation(1));
+        let mut o = opener();
+        let d = s.seal(MsgType::ToHost, ServiceId(9), Epoch(1), me(), b"payload");
+        let forged = Sealer::new(key(2), ReplicaId(3), Incarnation(1)).seal(
             MsgType::ToHost,
             ServiceId(9),
             Epoch(1),
+            me(),
             b"payload",
         );
         assert_eq!(o.open(&forged).unwrap_err(), DropReason::BadMac);

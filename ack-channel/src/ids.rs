@@ -13,7 +13,35 @@ impl fmt::Display for ReplicaId {
     }
 }
 
-/// A view epoch. Redirect mode uses epoch 0; ft mode numbers views from 1.
+impl ReplicaId {
+    /// The receiver of a datagram for a group: every member of the service's view
+    /// (client packets in ft mode, the ack channel's multicasts). Never a daemon's own id.
+    pub const ANY: ReplicaId = ReplicaId(u32::MAX);
+}
+
+/// One life of a daemon: a number chosen at start (the wall clock in nanoseconds), so a
+/// restarted daemon is a new, larger incarnation. Zero stands for "not known yet".
+///
+/// A restarted host is never again a member of connections its earlier incarnation held,
+/// and datagrams sealed for an earlier incarnation of their receiver are refused (replay
+/// protection across restarts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Incarnation(pub u64);
+
+impl Incarnation {
+    /// Not known yet (a host that has not heard from its redirector).
+    pub const UNKNOWN: Incarnation = Incarnation(0);
+}
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
+}
+
+/// A view epoch. Redirect mode uses epoch 0. In ft mode a redirector numbers views upward
+/// from the wall clock at its start, in microseconds, so that a restarted redirector's epochs
+/// stay above everything its earlier life issued (hosts ignore views that are not newer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Epoch(pub u64);
 

@@ -21,7 +21,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::ids::ReplicaId;
+use crate::ids::{Incarnation, ReplicaId};
 use crate::wire::WireError;
 
 /// How a port is served (`setportopt`'s mode).
@@ -90,25 +90,47 @@ pub struct ServiceAd {
     pub timeout_ms: u16,
 }
 
-/// A host server's heartbeat: "I am alive and serve these services right now" (services
-/// whose backend does not answer are left out).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A host server's heartbeat: "I am alive, reachable at `addr`, and serve these services
+/// right now" (services whose backend does not answer are left out).
+///
+/// ```text
+/// | addr: ip(4) port(2) | count (u16) | count × ( ip(4) port(2) mode(1) hb_ms(2) timeout_ms(2) ) |
+/// ```
+///
+/// The address is the host's own word, under the MAC: the redirector sends views and client
+/// packets there and hands it to the host's peers, never the UDP source a datagram arrived
+/// from (which anyone on the path can change).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
+    /// Where the host takes tunnel and ack-channel datagrams.
+    pub addr: SocketAddrV4,
     /// The services this host can serve now.
     pub services: Vec<ServiceAd>,
 }
 
 const ENTRY_LEN: usize = 11;
 
+fn emit_addr(out: &mut Vec<u8>, a: SocketAddrV4) {
+    out.extend_from_slice(&a.ip().octets());
+    out.extend_from_slice(&a.port().to_be_bytes());
+}
+
+fn addr_at(e: &[u8], i: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::new(e[i], e[i + 1], e[i + 2], e[i + 3]),
+        u16::from_be_bytes([e[i + 4], e[i + 5]]),
+    )
+}
+
 impl Heartbeat {
     /// Serializes into a payload.
     pub fn emit(&self) -> Vec<u8> {
         let n = self.services.len().min(u16::MAX as usize);
-        let mut out = Vec::with_capacity(2 + n * ENTRY_LEN);
+        let mut out = Vec::with_capacity(8 + n * ENTRY_LEN);
+        emit_addr(&mut out, self.addr);
         out.extend_from_slice(&(n as u16).to_be_bytes());
         for s in &self.services[..n] {
-            out.extend_from_slice(&s.addr.ip().octets());
-            out.extend_from_slice(&s.addr.port().to_be_bytes());
+            emit_addr(&mut out, s.addr);
             out.push(s.mode.code());
             out.extend_from_slice(&s.hb_ms.to_be_bytes());
             out.extend_from_slice(&s.timeout_ms.to_be_bytes());
@@ -118,50 +140,61 @@ impl Heartbeat {
 
     /// Parses a payload; the length must match the count exactly.
     pub fn parse(b: &[u8]) -> Result<Self, WireError> {
-        if b.len() < 2 {
+        if b.len() < 6 {
             return Err(WireError::Payload);
         }
-        let n = usize::from(u16::from_be_bytes([b[0], b[1]]));
-        let body = &b[2..];
-        if body.len() != n * ENTRY_LEN {
-            return Err(WireError::Payload);
-        }
+        let addr = addr_at(b, 0);
+        let body = entries(&b[6..], ENTRY_LEN)?;
         let services = body
             .chunks_exact(ENTRY_LEN)
             .map(|e| {
                 Ok(ServiceAd {
-                    addr: SocketAddrV4::new(
-                        Ipv4Addr::new(e[0], e[1], e[2], e[3]),
-                        u16::from_be_bytes([e[4], e[5]]),
-                    ),
+                    addr: addr_at(e, 0),
                     mode: Mode::from_code(e[6])?,
                     hb_ms: u16::from_be_bytes([e[7], e[8]]),
                     timeout_ms: u16::from_be_bytes([e[9], e[10]]),
                 })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Heartbeat { services })
+        Ok(Heartbeat { addr, services })
     }
 }
 
-/// A service's view: its members in order (the first is the primary) with their tunnel
-/// addresses. The epoch travels in the datagram header.
+/// One member of a view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    /// The host.
+    pub id: ReplicaId,
+    /// Its life: a member restarted is a new one, and holds none of its old connections.
+    pub incarnation: Incarnation,
+    /// Where it takes tunnel and ack-channel datagrams (its heartbeat's word).
+    pub addr: SocketAddrV4,
+}
+
+/// A service's view: its members in order (the first is the primary). The epoch travels in
+/// the datagram header.
+///
+/// ```text
+/// | count (u8) | count × ( id(4) incarnation(8) ip(4) port(2) ) |
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct View {
     /// Members, primary first.
-    pub members: Vec<(ReplicaId, SocketAddrV4)>,
+    pub members: Vec<Member>,
 }
+
+const MEMBER_LEN: usize = 18;
 
 impl View {
     /// Serializes into a payload (at most 255 members).
     pub fn emit(&self) -> Vec<u8> {
         let n = self.members.len().min(255);
-        let mut out = Vec::with_capacity(1 + n * 10);
+        let mut out = Vec::with_capacity(1 + n * MEMBER_LEN);
         out.push(n as u8);
-        for (id, addr) in &self.members[..n] {
-            out.extend_from_slice(&id.0.to_be_bytes());
-            out.extend_from_slice(&addr.ip().octets());
-            out.extend_from_slice(&addr.port().to_be_bytes());
+        for m in &self.members[..n] {
+            out.extend_from_slice(&m.id.0.to_be_bytes());
+            out.extend_from_slice(&m.incarnation.0.to_be_bytes());
+            emit_addr(&mut out, m.addr);
         }
         out
     }
@@ -169,22 +202,25 @@ impl View {
     /// Parses a payload.
     pub fn parse(b: &[u8]) -> Result<Self, WireError> {
         let (&n, body) = b.split_first().ok_or(WireError::Payload)?;
-        if body.len() != usize::from(n) * 10 {
+        if body.len() != usize::from(n) * MEMBER_LEN {
             return Err(WireError::Payload);
         }
         let members = body
-            .chunks_exact(10)
-            .map(|e| {
-                (
-                    ReplicaId(u32::from_be_bytes([e[0], e[1], e[2], e[3]])),
-                    SocketAddrV4::new(
-                        Ipv4Addr::new(e[4], e[5], e[6], e[7]),
-                        u16::from_be_bytes([e[8], e[9]]),
-                    ),
-                )
+            .chunks_exact(MEMBER_LEN)
+            .map(|e| Member {
+                id: ReplicaId(be_u32(e, 0)),
+                incarnation: Incarnation(u64::from_be_bytes([
+                    e[4], e[5], e[6], e[7], e[8], e[9], e[10], e[11],
+                ])),
+                addr: addr_at(e, 12),
             })
             .collect();
         Ok(View { members })
+    }
+
+    /// The member with id `id`.
+    pub fn member(&self, id: ReplicaId) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
     }
 }
 
@@ -499,6 +535,7 @@ mod tests {
         #[test]
         fn heartbeat_round_trips(entries in proptest::collection::vec((any::<u32>(), any::<u16>(), 0u8..3, any::<u16>(), any::<u16>()), 0..20)) {
             let hb = Heartbeat {
+                addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), 7000),
                 services: entries
                     .into_iter()
                     .map(|(ip, port, m, hb_ms, timeout_ms)| ServiceAd {
@@ -513,11 +550,15 @@ mod tests {
         }
 
         #[test]
-        fn view_round_trips(members in proptest::collection::vec((any::<u32>(), any::<u32>(), any::<u16>()), 0..20)) {
+        fn view_round_trips(members in proptest::collection::vec((any::<u32>(), any::<u64>(), any::<u32>(), any::<u16>()), 0..20)) {
             let v = View {
                 members: members
                     .into_iter()
-                    .map(|(id, ip, port)| (ReplicaId(id), SocketAddrV4::new(Ipv4Addr::from(ip), port)))
+                    .map(|(id, inc, ip, port)| Member {
+                        id: ReplicaId(id),
+                        incarnation: Incarnation(inc),
+                        addr: SocketAddrV4::new(Ipv4Addr::from(ip), port),
+                    })
                     .collect(),
             };
             prop_assert_eq!(View::parse(&v.emit()).unwrap(), v);
@@ -603,10 +644,18 @@ mod tests {
 
     #[test]
     fn heartbeat_with_wrong_length_is_rejected() {
-        assert!(Heartbeat::parse(&[0, 1, 1, 2, 3]).is_err());
+        let at = [198, 18, 1, 2, 0x1b, 0x58];
+        assert!(Heartbeat::parse(&[&at[..], &[0, 1, 1, 2, 3]].concat()).is_err());
         assert!(View::parse(&[1, 0, 0]).is_err());
         assert!(parse_progress(&[0, 1]).is_err());
         assert!(Heartbeat::parse(&[0]).is_err());
-        assert_eq!(Heartbeat::parse(&[0, 0]).unwrap(), Heartbeat::default());
+        assert!(Heartbeat::parse(&at[..5]).is_err());
+        assert_eq!(
+            Heartbeat::parse(&[&at[..], &[0, 0]].concat()).unwrap(),
+            Heartbeat {
+                addr: "198.18.1.2:7000".parse().unwrap(),
+                services: vec![]
+            }
+        );
     }
 }

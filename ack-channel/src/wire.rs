@@ -1,27 +1,37 @@
 //! The datagram format shared by the tunnel and the acknowledgement channel.
 //!
 //! ```text
-//!  0       2     3      4       6       8               16              24          28              36
-//! +-------+-----+------+-------+-------+---------------+---------------+-----------+---------------+---------+---------+
-//! | magic | ver | type | flags | rsvd  | service (u64) | epoch (u64)   | sender    | counter (u64) | payload | MAC(16) |
-//! | "HN"  |  1  |      |       |   0   |               |               | (u32)     |               |         |         |
-//! +-------+-----+------+-------+-------+---------------+---------------+-----------+---------------+---------+---------+
+//!  0       2     3      4       6       8               16              24
+//! +-------+-----+------+-------+-------+---------------+---------------+
+//! | magic | ver | type | flags | rsvd  | service (u64) | epoch (u64)   |
+//! | "HN"  |  2  |      |       |   0   |               |               |
+//! +-------+-----+------+-------+-------+---------------+---------------+
+//! 24         28           32                    40                    48              56
+//! +----------+------------+---------------------+---------------------+---------------+---------+---------+
+//! | sender   | receiver   | sender incarnation  | receiver incarnation| counter (u64) | payload | MAC(16) |
+//! | (u32)    | (u32)      | (u64)               | (u64)               |               |         |         |
+//! +----------+------------+---------------------+---------------------+---------------+---------+---------+
 //! ```
 //!
 //! All integers are big-endian. The MAC covers header and payload. Written in the smoltcp
 //! style: [`Datagram`] is a checked view over a byte slice, [`Header`] the parsed
 //! representation with `parse`/`emit`.
+//!
+//! Version 2 (this one) added the receiver and both incarnations: a datagram names whom it
+//! is for (one daemon, in one of its lives, or [`ReplicaId::ANY`] for the members of a
+//! service's view), so one sealed for h1 is refused by h2, and one sealed for an earlier life
+//! of its receiver is refused after a restart. Version 1 had neither.
 
-use crate::ids::{Epoch, ReplicaId, ServiceId};
+use crate::ids::{Epoch, Incarnation, ReplicaId, ServiceId};
 
 /// Bytes in the fixed header.
-pub const HEADER_LEN: usize = 36;
+pub const HEADER_LEN: usize = 56;
 /// Bytes of the truncated MAC that ends every datagram.
 pub const MAC_LEN: usize = 16;
 /// The magic number "HN".
 pub const MAGIC: u16 = 0x484e;
 /// The only version this code speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 mod field {
     use std::ops::Range;
@@ -33,7 +43,10 @@ mod field {
     pub const SERVICE: Range<usize> = 8..16;
     pub const EPOCH: Range<usize> = 16..24;
     pub const SENDER: Range<usize> = 24..28;
-    pub const COUNTER: Range<usize> = 28..36;
+    pub const RECEIVER: Range<usize> = 28..32;
+    pub const SENDER_INCARNATION: Range<usize> = 32..40;
+    pub const RECEIVER_INCARNATION: Range<usize> = 40..48;
+    pub const COUNTER: Range<usize> = 48..56;
 }
 
 /// Why bytes are not a datagram.
@@ -81,6 +94,11 @@ pub enum MsgType {
     Order,
     /// A connection's speaker hands it to another member or drops one (host to hosts).
     Handoff,
+    /// The redirector's answer to a heartbeat that does not name its current incarnation:
+    /// "this is who I am now" (no payload; the header says it). Only a heartbeat that names
+    /// the redirector's current life counts as liveness, so heartbeats recorded before a
+    /// redirector restart cannot keep a dead host in a view.
+    Welcome,
 }
 
 impl MsgType {
@@ -95,6 +113,7 @@ impl MsgType {
             MsgType::Digest => 7,
             MsgType::Order => 8,
             MsgType::Handoff => 9,
+            MsgType::Welcome => 10,
         }
     }
 
@@ -109,8 +128,25 @@ impl MsgType {
             7 => MsgType::Digest,
             8 => MsgType::Order,
             9 => MsgType::Handoff,
+            10 => MsgType::Welcome,
             other => return Err(WireError::UnknownType(other)),
         })
+    }
+}
+
+impl MsgType {
+    /// Whether a datagram of this type may be addressed to [`ReplicaId::ANY`], every member
+    /// of its service's view: client packets in ft mode and the ack channel's multicasts.
+    /// Everything else names one receiver.
+    pub fn may_be_group(self) -> bool {
+        matches!(
+            self,
+            MsgType::ToHost
+                | MsgType::Progress
+                | MsgType::Digest
+                | MsgType::Order
+                | MsgType::Handoff
+        )
     }
 }
 
@@ -222,7 +258,15 @@ pub struct Header {
     pub epoch: Epoch,
     /// Who sent it.
     pub sender: ReplicaId,
-    /// The sender's counter, strictly increasing per sender.
+    /// Whom it is for: one daemon, or [`ReplicaId::ANY`] for every member of the service's
+    /// view.
+    pub receiver: ReplicaId,
+    /// The sender's current life.
+    pub sender_incarnation: Incarnation,
+    /// The receiver's life as the sender knows it ([`Incarnation::UNKNOWN`] when the datagram
+    /// is for a group, or the sender has not heard from the receiver yet).
+    pub receiver_incarnation: Incarnation,
+    /// The sender's counter, strictly increasing per sender incarnation.
     pub counter: u64,
 }
 
@@ -242,6 +286,9 @@ impl Header {
             service: ServiceId(be_u64(&b[field::SERVICE])),
             epoch: Epoch(be_u64(&b[field::EPOCH])),
             sender: ReplicaId(be_u32(&b[field::SENDER])),
+            receiver: ReplicaId(be_u32(&b[field::RECEIVER])),
+            sender_incarnation: Incarnation(be_u64(&b[field::SENDER_INCARNATION])),
+            receiver_incarnation: Incarnation(be_u64(&b[field::RECEIVER_INCARNATION])),
             counter: be_u64(&b[field::COUNTER]),
         })
     }
@@ -259,6 +306,10 @@ impl Header {
         buf[field::SERVICE].copy_from_slice(&self.service.0.to_be_bytes());
         buf[field::EPOCH].copy_from_slice(&self.epoch.0.to_be_bytes());
         buf[field::SENDER].copy_from_slice(&self.sender.0.to_be_bytes());
+        buf[field::RECEIVER].copy_from_slice(&self.receiver.0.to_be_bytes());
+        buf[field::SENDER_INCARNATION].copy_from_slice(&self.sender_incarnation.0.to_be_bytes());
+        buf[field::RECEIVER_INCARNATION]
+            .copy_from_slice(&self.receiver_incarnation.0.to_be_bytes());
         buf[field::COUNTER].copy_from_slice(&self.counter.to_be_bytes());
     }
 
@@ -280,6 +331,9 @@ mod tests {
             service: ServiceId(0xc613_000a_0050),
             epoch: Epoch(7),
             sender: ReplicaId(2),
+            receiver: ReplicaId(3),
+            sender_incarnation: Incarnation(0x1112_1314_1516_1718),
+            receiver_incarnation: Incarnation(0x2122_2324_2526_2728),
             counter: 0x0102_0304_0506_0708,
         }
     }
@@ -291,10 +345,13 @@ mod tests {
         assert_eq!(
             &buf[..HEADER_LEN],
             &[
-                b'H', b'N', 1, 2, 0, 0, 0, 0, // magic, version, type, flags, reserved
+                b'H', b'N', 2, 2, 0, 0, 0, 0, // magic, version, type, flags, reserved
                 0, 0, 0xc6, 0x13, 0, 0x0a, 0, 0x50, // service
                 0, 0, 0, 0, 0, 0, 0, 7, // epoch
                 0, 0, 0, 2, // sender
+                0, 0, 0, 3, // receiver
+                0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, // sender incarnation
+                0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, // receiver incarnation
                 1, 2, 3, 4, 5, 6, 7, 8, // counter
             ]
         );
@@ -325,13 +382,16 @@ mod tests {
 
     proptest! {
         #[test]
-        fn header_round_trips(t in 1u8..=5, flags: u16, service: u64, epoch: u64, sender: u32, counter: u64, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn header_round_trips(t in 1u8..=10, flags: u16, service: u64, epoch: u64, sender: u32, receiver: u32, incs: (u64, u64), counter: u64, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
             let h = Header {
                 msg_type: MsgType::from_code(t).unwrap(),
                 flags,
                 service: ServiceId(service),
                 epoch: Epoch(epoch),
                 sender: ReplicaId(sender),
+                receiver: ReplicaId(receiver),
+                sender_incarnation: Incarnation(incs.0),
+                receiver_incarnation: Incarnation(incs.1),
                 counter,
             };
             let mut buf = vec![0u8; Header::buffer_len(payload.len())];

@@ -24,7 +24,7 @@ pub use smoltcp::socket::tcp::State as TcpState;
 /// Tunables every replica of a service must share (MSS and window scale derive from them).
 #[derive(Debug, Clone, Copy)]
 pub struct EndpointConfig {
-    /// The largest IP packet the endpoint sends; the tunnel adds 80 bytes around it.
+    /// The largest IP packet the endpoint sends; the tunnel adds 100 bytes around it.
     pub mtu: usize,
     /// Receive buffer bytes (sets the advertised window and its scale).
     pub rx_buffer: usize,
@@ -35,7 +35,7 @@ pub struct EndpointConfig {
 impl Default for EndpointConfig {
     fn default() -> Self {
         EndpointConfig {
-            mtu: 1420,
+            mtu: 1400,
             rx_buffer: 256 * 1024,
             tx_buffer: 256 * 1024,
         }
@@ -339,6 +339,6 @@ mod tests {
             .collect();
         assert_eq!(data.len(), 1);
         assert_eq!(data[0].payload_len, 4);
-        assert!(out.iter().all(|p| p.len() <= 1420));
+        assert!(out.iter().all(|p| p.len() <= 1400));
     }
 }

@@ -164,6 +164,8 @@ fn status(shared: &Arc<Shared>, node: ReplicaId) -> Reply {
     Reply::json(&json!({
         "kind": "host",
         "node_id": node.0,
+        "incarnation": shared.incarnation.to_string(),
+        "redirector_incarnation": ack_channel::Incarnation(shared.redirector_incarnation.load(std::sync::atomic::Ordering::Relaxed)).to_string(),
         "vhosts": vhosts,
         "services": services,
         "views": views,

@@ -3,7 +3,9 @@
 //! ```toml
 //! node_id = 1
 //! listen = "198.18.1.2:7000"        # UDP: tunnel and ack channel
+//! # advertise = "198.18.1.2:7000"   # where others send to, if listen is 0.0.0.0
 //! redirector = "198.18.1.1:7000"    # where heartbeats and client-bound packets go
+//! redirector_id = 0                 # its node_id: the only sender of views taken
 //! key_file = "/etc/hydranet/cluster.key"
 //! admin_socket = "/run/hydranet/host.sock"
 //! vhosts = ["198.19.0.10"]
@@ -34,8 +36,16 @@ pub struct HostConfig {
     pub node_id: u32,
     /// UDP address for the tunnel.
     pub listen: SocketAddr,
+    /// The address the redirector and the peers send to (named in every heartbeat, under
+    /// the MAC); defaults to `listen`, which must then be a specific IPv4 address.
+    #[serde(default)]
+    pub advertise: Option<SocketAddrV4>,
     /// The redirector's UDP address.
     pub redirector: SocketAddr,
+    /// The redirector's `node_id`: the only sender whose views this host takes (the view
+    /// authority).
+    #[serde(default)]
+    pub redirector_id: u32,
     /// The cluster key file (64 hex digits).
     pub key_file: PathBuf,
     /// The admin API's Unix socket.
@@ -44,7 +54,8 @@ pub struct HostConfig {
     /// Heartbeat interval to the redirector, milliseconds.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
-    /// Largest inner IP packet; 80 bytes of tunnel overhead must fit the link MTU.
+    /// Largest inner IP packet; 100 bytes of tunnel overhead (IPv4 20, UDP 8, HydraNet
+    /// header 56, MAC 16) must fit the link MTU: 1400 on a 1500-byte link.
     #[serde(default = "default_mtu")]
     pub mtu: usize,
     /// Per-connection socket buffer bytes (each direction).
@@ -111,7 +122,7 @@ fn default_heartbeat_ms() -> u64 {
     50
 }
 fn default_mtu() -> usize {
-    1420
+    1400
 }
 fn default_socket_buffer() -> usize {
     256 * 1024
@@ -121,6 +132,18 @@ fn default_max_conns() -> u32 {
 }
 
 impl HostConfig {
+    /// Where peers and the redirector reach this host: `advertise`, else `listen`.
+    pub fn advertised(&self) -> anyhow::Result<SocketAddrV4> {
+        match (self.advertise, self.listen) {
+            (Some(a), _) => Ok(a),
+            (None, SocketAddr::V4(l)) if !l.ip().is_unspecified() => Ok(l),
+            (None, l) => bail!(
+                "listen = \"{l}\" names no address peers can send to: set advertise = \"<this host's IPv4>:{}\"",
+                l.port()
+            ),
+        }
+    }
+
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -139,6 +162,7 @@ impl HostConfig {
         if cfg.max_conns == 0 {
             bail!("max_conns 0 would refuse every client: use at least 1 (default 10000)");
         }
+        cfg.advertised()?;
         if cfg.heartbeat_ms == 0 || cfg.heartbeat_ms > 10_000 {
             bail!(
                 "heartbeat_ms {} out of range: use 1..=10000",
@@ -170,5 +194,29 @@ backend = "127.0.0.1:8080"
         assert_eq!(cfg.services.len(), 1);
         assert_eq!(cfg.heartbeat_ms, 50);
         assert!(toml::from_str::<HostConfig>(&format!("{text}\nbogus = 1")).is_err());
+        assert_eq!(
+            cfg.advertised().unwrap(),
+            "198.18.1.2:7000".parse().unwrap()
+        );
+        assert_eq!(cfg.redirector_id, 0);
+    }
+
+    #[test]
+    fn a_wildcard_listen_needs_an_advertised_address() {
+        let text = r#"
+node_id = 1
+listen = "0.0.0.0:7000"
+redirector = "198.18.1.1:7000"
+key_file = "/etc/hydranet/cluster.key"
+"#;
+        let cfg: HostConfig = toml::from_str(text).unwrap();
+        let e = cfg.advertised().unwrap_err().to_string();
+        assert!(e.contains("advertise = \"<this host's IPv4>:7000\""), "{e}");
+        let cfg: HostConfig =
+            toml::from_str(&format!("{text}advertise = \"198.18.1.2:7000\"\n")).unwrap();
+        assert_eq!(
+            cfg.advertised().unwrap(),
+            "198.18.1.2:7000".parse().unwrap()
+        );
     }
 }

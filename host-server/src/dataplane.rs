@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use crate::order::{ConnView, Sequencer, Stamp};
 use ack_channel::{
     emit_digests, emit_handoffs, emit_order, emit_progress, parse_digests, parse_handoffs,
-    parse_order, parse_progress, DigestEntry, DropReason, Epoch, HandoffEntry, Heartbeat, Mode,
-    MsgType, Opener, OrderEntry, ProgressEntry, ReplicaId, Sealer, ServiceId, View,
-    DIGESTS_PER_DATAGRAM, HANDOFFS_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
+    parse_order, parse_progress, DigestEntry, DropReason, Epoch, HandoffEntry, Header, Heartbeat,
+    Incarnation, Member, Mode, MsgType, Opener, OrderEntry, ProgressEntry, Receiver, ReplicaId,
+    Sealer, ServiceId, View, DIGESTS_PER_DATAGRAM, HANDOFFS_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
 };
 use control::metrics::{Counter, Exposition};
 use ft_tcp::agreement::BlockDigest;
@@ -82,6 +82,13 @@ pub struct HostMetrics {
     pub dropped_bad_mac: Counter,
     /// Datagrams dropped: replayed counter.
     pub dropped_replay: Counter,
+    /// Datagrams dropped: sealed for another node.
+    pub dropped_misaddressed: Counter,
+    /// Datagrams dropped: sealed for an earlier life of this host, from an earlier life of
+    /// a peer, or for a group with an epoch from before this host joined its view.
+    pub dropped_stale: Counter,
+    /// Views and welcomes from a sender that is not the view authority (the redirector).
+    pub dropped_not_authority: Counter,
     /// Datagrams of a type a host does not take.
     pub dropped_unexpected: Counter,
     /// Tunnelled packets that are not IPv4/TCP.
@@ -151,6 +158,9 @@ impl HostMetrics {
             ("malformed", &self.dropped_malformed),
             ("bad_mac", &self.dropped_bad_mac),
             ("replay", &self.dropped_replay),
+            ("misaddressed", &self.dropped_misaddressed),
+            ("stale", &self.dropped_stale),
+            ("not_authority", &self.dropped_not_authority),
             ("unexpected_type", &self.dropped_unexpected),
         ] {
             e.sample(
@@ -519,9 +529,32 @@ pub struct Shared {
     /// Services whose backend the health checker should probe now (a connection to it was
     /// refused or reset), and the signal that wakes it.
     pub health_now: (Mutex<Vec<SocketAddrV4>>, std::sync::Condvar),
+    /// This host's life (the wall clock at start, in nanoseconds).
+    pub incarnation: Incarnation,
+    /// The redirector's life as last heard (0: not yet), named in heartbeats and in
+    /// packets for clients.
+    pub redirector_incarnation: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
+    /// Notes the redirector's life from one of its views or welcomes (the opener lets no
+    /// older life through after a newer one).
+    pub fn heard_redirector(&self, life: Incarnation) {
+        self.redirector_incarnation
+            .fetch_max(life.0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The redirector `id` in the life last heard of, as a receiver.
+    pub fn redirector(&self, id: ReplicaId) -> Receiver {
+        Receiver::node(
+            id,
+            Incarnation(
+                self.redirector_incarnation
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        )
+    }
+
     /// Asks the health checker to probe `service`'s backend now.
     pub fn poke_health(&self, service: SocketAddrV4) {
         // INVARIANT: no code panics while holding the lock.
@@ -552,6 +585,10 @@ pub struct DataplaneConfig {
     pub listen: SocketAddr,
     /// The redirector.
     pub redirector: SocketAddr,
+    /// The redirector's id: the only sender whose views and welcomes are taken.
+    pub redirector_id: ReplicaId,
+    /// Where the redirector and peers reach us (named in heartbeats).
+    pub advertise: SocketAddrV4,
     /// Heartbeat interval.
     pub heartbeat: Duration,
     /// Endpoint tunables.
@@ -703,8 +740,8 @@ pub struct Dataplane {
     out: Vec<Vec<u8>>,
     sealed: Vec<u8>,
     me: ReplicaId,
-    /// The latest view of each ft service (epoch, members with tunnel addresses).
-    views: HashMap<SocketAddrV4, (Epoch, Vec<(ReplicaId, SocketAddrV4)>)>,
+    /// The latest view of each ft service.
+    views: HashMap<SocketAddrV4, ServiceView>,
     /// Progress reports waiting to be sent this loop iteration.
     progress_out: Vec<ProgressEntry>,
     /// Repair packets for peers: service, peer id, packet.
@@ -717,6 +754,24 @@ pub struct Dataplane {
     sequencers: HashMap<SocketAddrV4, Sequencer>,
     /// When the primary repeats its recent stamps next (the last datagram may be lost).
     order_resend_at: Instant,
+}
+
+/// An ft service's view as this host holds it.
+#[derive(Debug, Clone)]
+struct ServiceView {
+    epoch: Epoch,
+    /// Members, primary first, each in its current life.
+    members: Vec<Member>,
+    /// The first epoch of a view that named this host in its current life. A group
+    /// datagram stamped with an older epoch was sealed before we joined (recorded before we
+    /// restarted, or a peer's message for our earlier life) and is refused.
+    joined: Epoch,
+}
+
+impl ServiceView {
+    fn member(&self, id: ReplicaId) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
 }
 
 fn digest_entry(key: FlowKey, d: BlockDigest) -> DigestEntry {
@@ -948,15 +1003,15 @@ impl Dataplane {
         // full send buffer loses one heartbeat, counted as a send error.)
         let hb_udp = std_udp.try_clone()?;
         {
-            let (sealer, shared, redirector, cap) = (
-                sealer.clone(),
-                shared.clone(),
-                cfg.redirector,
-                cfg.heartbeat,
-            );
+            let (sealer, shared, cap) = (sealer.clone(), shared.clone(), cfg.heartbeat);
+            let to = HeartbeatTo {
+                addr: cfg.redirector,
+                id: cfg.redirector_id,
+                me: cfg.advertise,
+            };
             std::thread::Builder::new()
                 .name("heartbeat".into())
-                .spawn(move || heartbeat_loop(&hb_udp, &sealer, &shared, redirector, cap))?;
+                .spawn(move || heartbeat_loop(&hb_udp, &sealer, &shared, to, cap))?;
         }
         let mut udp = UdpSocket::from_std(std_udp);
         resize_socket_buffers(&udp);
@@ -1093,11 +1148,27 @@ impl Dataplane {
                         DropReason::Malformed(_) => m.dropped_malformed.inc(),
                         DropReason::BadMac => m.dropped_bad_mac.inc(),
                         DropReason::Replay => m.dropped_replay.inc(),
+                        DropReason::Misaddressed => m.dropped_misaddressed.inc(),
+                        DropReason::Stale => m.dropped_stale.inc(),
                     }
                     tracing::trace!(%reason, "datagram dropped");
                     continue;
                 }
             };
+            let from_authority = header.sender == self.cfg.redirector_id;
+            if matches!(header.msg_type, MsgType::View | MsgType::Welcome) {
+                if !from_authority {
+                    m.dropped_not_authority.inc();
+                    tracing::debug!(sender = %header.sender, "view or welcome from a node that is not the redirector dropped");
+                    continue;
+                }
+                self.shared.heard_redirector(header.sender_incarnation);
+            }
+            if header.receiver == ReplicaId::ANY && !self.is_fresh_group(&header) {
+                m.dropped_stale.inc();
+                tracing::trace!(sender = %header.sender, epoch = header.epoch.0, "group datagram from before we joined, or from a peer's other life, dropped");
+                continue;
+            }
             match header.msg_type {
                 MsgType::ToHost => {
                     let packet = payload.to_vec();
@@ -1113,8 +1184,10 @@ impl Dataplane {
                     Ok(v) => self.on_view(header.service.addr(), header.epoch, v, dirty),
                     Err(_) => m.dropped_malformed.inc(),
                 },
+                // Its news (the redirector's life) was taken above.
+                MsgType::Welcome => {}
                 MsgType::Repair => {
-                    if let Some(id) = self.on_repair(header.sender, payload) {
+                    if let Some(id) = self.on_repair(&header, payload) {
                         dirty.push(id);
                     }
                 }
@@ -1138,6 +1211,24 @@ impl Dataplane {
             .poll
             .registry()
             .reregister(&mut self.udp, UDP, Interest::READABLE);
+    }
+
+    /// Whether a datagram for the members of a service's view is fresh: its epoch is not
+    /// older than the view that first named us in this life, a client packet comes from the
+    /// redirector, and a peer's message comes from the life our view names (a peer not in
+    /// our view yet joined after it; its messages are checked by the connections).
+    fn is_fresh_group(&self, h: &Header) -> bool {
+        let Some(v) = self.views.get(&h.service.addr()) else {
+            return false;
+        };
+        if h.epoch < v.joined {
+            return false;
+        }
+        if h.msg_type == MsgType::ToHost {
+            return h.sender == self.cfg.redirector_id;
+        }
+        v.member(h.sender)
+            .is_none_or(|m| m.incarnation == h.sender_incarnation)
     }
 
     /// Delivers one client packet; returns the connection it touched.
@@ -1216,17 +1307,17 @@ impl Dataplane {
 
     /// A repair packet from a peer: client bytes this replica missed, for a connection it
     /// holds (never opens one). Only members of the service's view may repair.
-    fn on_repair(&mut self, from: ReplicaId, packet: &[u8]) -> Option<usize> {
+    fn on_repair(&mut self, from: &Header, packet: &[u8]) -> Option<usize> {
         let m = &self.shared.metrics.ft;
         let Ok(meta) = TcpMeta::parse_checked(packet) else {
             m.repairs_dropped.inc();
             return None;
         };
         let key = meta.inbound_flow();
-        let member = self
-            .views
-            .get(&key.service)
-            .is_some_and(|(_, v)| v.iter().any(|(id, _)| *id == from));
+        let member = self.views.get(&key.service).is_some_and(|v| {
+            v.member(from.sender)
+                .is_some_and(|m| m.incarnation == from.sender_incarnation)
+        });
         let id = self.flows.get(&key).copied();
         let (Some(id), true, false) = (id, member, meta.is_syn()) else {
             m.repairs_dropped.inc();
@@ -1247,8 +1338,8 @@ impl Dataplane {
 
     /// The members of the service's current view, primary first.
     fn members_of(&self, service: SocketAddrV4) -> Option<Vec<u32>> {
-        let (_, members) = self.views.get(&service)?;
-        Some(members.iter().map(|m| m.0 .0).collect())
+        let v = self.views.get(&service)?;
+        Some(v.members.iter().map(|m| m.id.0).collect())
     }
 
     /// A segment for a connection that is over. Closed in order: a retransmitted FIN (or
@@ -1376,7 +1467,7 @@ impl Dataplane {
                     m.ft.ft_unknown_flow.inc();
                     return;
                 }
-                Some((_, members)) if members.first().map(|x| x.0) != Some(self.me) => return,
+                Some(v) if v.members.first().map(|x| x.id) != Some(self.me) => return,
                 Some(_) => {}
             }
         }
@@ -1751,17 +1842,18 @@ impl Dataplane {
     fn flush_repairs(&mut self) {
         let mut out = std::mem::take(&mut self.repairs_out);
         for (service, to, pkt) in out.drain(..) {
-            let Some((epoch, members)) = self.views.get(&service) else {
+            let Some(v) = self.views.get(&service) else {
                 continue;
             };
-            let Some((_, addr)) = members.iter().find(|(id, _)| id.0 == to) else {
+            let Some(peer) = v.member(ReplicaId(to)).copied() else {
                 continue;
             };
-            let (epoch, addr) = (*epoch, *addr);
+            let (epoch, addr) = (v.epoch, peer.addr);
             self.sealer.seal_into(
                 MsgType::Repair,
                 ServiceId::from_addr(service),
                 epoch,
+                Receiver::node(peer.id, peer.incarnation),
                 &pkt,
                 &mut self.sealed,
             );
@@ -1783,11 +1875,12 @@ impl Dataplane {
 
     fn send_to_client(&mut self, service: SocketAddrV4, packet: &[u8]) {
         // Stamped with our view epoch: the redirector passes only the current primary's.
-        let epoch = self.views.get(&service).map_or(Epoch(0), |v| v.0);
+        let epoch = self.views.get(&service).map_or(Epoch(0), |v| v.epoch);
         self.sealer.seal_into(
             MsgType::ToClient,
             ServiceId::from_addr(service),
             epoch,
+            self.shared.redirector(self.cfg.redirector_id),
             packet,
             &mut self.sealed,
         );
@@ -1851,7 +1944,7 @@ impl Dataplane {
             let member = self
                 .views
                 .get(&e.service)
-                .is_some_and(|(_, v)| v.iter().any(|(id, _)| *id == from));
+                .is_some_and(|v| v.member(from).is_some());
             let key = FlowKey {
                 client: e.client,
                 service: e.service,
@@ -1888,20 +1981,73 @@ impl Dataplane {
         self.shared.poke_health(service);
     }
 
-    /// A view from the redirector: roles change for every connection of the service.
+    /// A view from the redirector (the authority; checked by the caller): roles change for
+    /// every connection of the service.
+    ///
+    /// Taken only if newer than the one held, and only once a view has named this host in
+    /// its current life: views for an earlier life (recorded, or sent before the redirector
+    /// heard that we restarted) are not ours, and we never act as the member the old life
+    /// was. A member whose life changed restarted: it leaves every connection first (it
+    /// holds none of them) and joins only the new ones.
     fn on_view(&mut self, service: SocketAddrV4, epoch: Epoch, v: View, dirty: &mut Vec<usize>) {
-        if self.views.get(&service).is_some_and(|(e, _)| *e >= epoch) {
+        let held = self.views.get(&service);
+        if held.is_some_and(|h| h.epoch >= epoch) {
             return;
         }
-        let members: Vec<String> = v.members.iter().map(|m| m.0.to_string()).collect();
+        let named = v
+            .member(self.me)
+            .is_some_and(|m| m.incarnation == self.sealer.incarnation());
+        let (joined, restarted) = match held {
+            Some(h) => (
+                h.joined,
+                h.members
+                    .iter()
+                    .filter(|m| {
+                        v.member(m.id)
+                            .is_some_and(|n| n.incarnation != m.incarnation)
+                    })
+                    .map(|m| m.id)
+                    .collect::<Vec<_>>(),
+            ),
+            None if named => (epoch, Vec::new()),
+            None => {
+                tracing::debug!(%service, epoch = epoch.0, "view that does not name this life of ours ignored");
+                return;
+            }
+        };
+        let members: Vec<String> = v.members.iter().map(|m| m.id.0.to_string()).collect();
         tracing::info!(%service, epoch = epoch.0, ?members, me = %self.me, "new view");
+        if !restarted.is_empty() {
+            let ids: Vec<u32> = restarted.iter().map(|r| r.0).collect();
+            tracing::warn!(%service, restarted = ?ids, "members restarted: they leave every connection they held");
+            let without: Vec<u32> = v
+                .members
+                .iter()
+                .filter(|m| !restarted.contains(&m.id))
+                .map(|m| m.id.0)
+                .collect();
+            self.apply_members(service, &without, dirty);
+        }
         self.shared.metrics.ft.views.inc();
-        self.views.insert(service, (epoch, v.members));
+        self.views.insert(
+            service,
+            ServiceView {
+                epoch,
+                members: v.members,
+                joined,
+            },
+        );
         {
             let snapshot = self
                 .views
                 .iter()
-                .map(|(s, (e, m))| (s.to_string(), e.0, m.iter().map(|x| x.0 .0).collect()))
+                .map(|(s, v)| {
+                    (
+                        s.to_string(),
+                        v.epoch.0,
+                        v.members.iter().map(|m| m.id.0).collect(),
+                    )
+                })
                 .collect();
             // INVARIANT: no code panics while holding the lock.
             *self.shared.views.lock().expect("views lock") = snapshot;
@@ -1909,6 +2055,11 @@ impl Dataplane {
         let Some(members) = self.members_of(service) else {
             return;
         };
+        self.apply_members(service, &members, dirty);
+    }
+
+    /// Tells every connection of `service` its members (primary first).
+    fn apply_members(&mut self, service: SocketAddrV4, members: &[u32], dirty: &mut Vec<usize>) {
         let now = self.stamp(Instant::now());
         for (id, c) in self.conns.iter_mut() {
             if c.key.service != service {
@@ -1917,7 +2068,7 @@ impl Dataplane {
             if let Tcp::Ft(f) = &mut c.tcp {
                 let was = f.role();
                 let skips = f.stats.divergent_skips;
-                f.set_view(now, &members);
+                f.set_view(now, members);
                 if f.stats.divergent_skips > skips {
                     self.shared.metrics.ft.divergent_skips.inc();
                     tracing::warn!(client = %c.key.client, "passed over a member whose output differs from the old primary's");
@@ -1986,22 +2137,24 @@ impl Dataplane {
     /// Sends one ack-channel message to every other member of the service's view; returns
     /// how many datagrams left.
     fn send_to_members(&mut self, service: SocketAddrV4, t: MsgType, payload: &[u8]) -> u64 {
-        let Some((epoch, members)) = self.views.get(&service) else {
+        let Some(v) = self.views.get(&service) else {
             return 0;
         };
+        // One seal for all: each peer checks the epoch against its own view.
         self.sealer.seal_into(
             t,
             ServiceId::from_addr(service),
-            *epoch,
+            v.epoch,
+            Receiver::GROUP,
             payload,
             &mut self.sealed,
         );
         let mut sent = 0;
-        for (id, addr) in members {
-            if *id == self.me {
+        for m in &v.members {
+            if m.id == self.me {
                 continue;
             }
-            match self.udp.send_to(&self.sealed, SocketAddr::V4(*addr)) {
+            match self.udp.send_to(&self.sealed, SocketAddr::V4(m.addr)) {
                 Ok(_) => sent += 1,
                 Err(_) => self.shared.metrics.send_errors.inc(),
             }
@@ -2017,8 +2170,8 @@ impl Dataplane {
         let primary = self
             .views
             .get(&first.service)
-            .and_then(|(_, m)| m.first())
-            .map(|m| m.0);
+            .and_then(|v| v.members.first())
+            .map(|m| m.id);
         if primary != Some(from) || primary == Some(self.me) {
             return;
         }
@@ -2057,8 +2210,8 @@ impl Dataplane {
             let primary = self
                 .views
                 .get(&service)
-                .and_then(|(_, m)| m.first())
-                .is_some_and(|m| m.0 == self.me);
+                .and_then(|v| v.members.first())
+                .is_some_and(|m| m.id == self.me);
             let keys: Vec<FlowKey> = self
                 .conns
                 .values()
@@ -2350,13 +2503,21 @@ pub fn realtime_priority(thread: &str) {
     }
 }
 
+/// Where heartbeats go, and the address they name as ours.
+struct HeartbeatTo {
+    addr: SocketAddr,
+    id: ReplicaId,
+    me: SocketAddrV4,
+}
+
 /// Sends a heartbeat at the shortest interval any service's detector asks for (at most
-/// `cap`), forever.
+/// `cap`), forever. Each names the redirector's life we last heard of: until one does, the
+/// redirector only answers with a welcome.
 fn heartbeat_loop(
     udp: &std::net::UdpSocket,
     sealer: &Sealer,
     shared: &Shared,
-    redirector: SocketAddr,
+    to: HeartbeatTo,
     cap: Duration,
 ) {
     realtime_priority("heartbeat");
@@ -2375,6 +2536,7 @@ fn heartbeat_loop(
             Err(std::sync::TryLockError::Poisoned(_)) => {}
         }
         let hb = Heartbeat {
+            addr: to.me,
             services: ads.clone(),
         };
         let every = hb
@@ -2389,9 +2551,11 @@ fn heartbeat_loop(
             MsgType::Heartbeat,
             ServiceId(0),
             Epoch(0),
+            shared.redirector(to.id),
             &hb.emit(),
             &mut sealed,
         );
+        let redirector = to.addr;
         match udp.send_to(&sealed, redirector) {
             Ok(_) => shared.metrics.datagrams_out.inc(),
             Err(e) => {

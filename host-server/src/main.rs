@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ack_channel::{ClusterKey, Mode, Opener, ReplicaId, Sealer};
+use ack_channel::{ClusterKey, Incarnation, Mode, Opener, ReplicaId, Sealer};
 use anyhow::Context;
 use clap::Parser;
 use ft_tcp::EndpointConfig;
@@ -53,7 +53,16 @@ fn run() -> anyhow::Result<()> {
     let cfg = HostConfig::load(&args.config)?;
     let key = ClusterKey::load(&cfg.key_file)?;
     let node = ReplicaId(cfg.node_id);
-    let shared = Arc::new(Shared::default());
+    let wall = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    // This life of the host: datagrams for an earlier one are refused, and the redirector
+    // makes it a new member, holding none of the old life's connections.
+    let incarnation = Incarnation(wall.as_nanos() as u64);
+    let shared = Arc::new(Shared {
+        incarnation,
+        ..Shared::default()
+    });
     {
         // INVARIANT: no code panics while holding the lock.
         let mut s = shared.services.lock().expect("services lock");
@@ -90,15 +99,15 @@ fn run() -> anyhow::Result<()> {
         .name("health".into())
         .spawn(move || health_loop(&health_shared))
         .context("starting the health checker")?;
-    let wall = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let sealer = Sealer::new(key.clone(), node, wall.as_nanos() as u64);
+    let sealer = Sealer::new(key.clone(), node, incarnation);
+    let advertise = cfg.advertised()?;
     let cookies = ft_tcp::syncookie::CookieJar::from_cluster_key(key.as_bytes());
     let dp = Dataplane::new(
         DataplaneConfig {
             listen: cfg.listen,
             redirector: cfg.redirector,
+            redirector_id: ReplicaId(cfg.redirector_id),
+            advertise,
             heartbeat: Duration::from_millis(cfg.heartbeat_ms),
             max_conns: cfg.max_conns,
             cookies,
@@ -108,7 +117,7 @@ fn run() -> anyhow::Result<()> {
                 tx_buffer: cfg.socket_buffer,
             },
         },
-        Opener::new(key),
+        Opener::new(key, node, incarnation),
         sealer,
         shared,
         wall.as_nanos() as u64 ^ u64::from(cfg.node_id),

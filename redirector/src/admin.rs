@@ -27,6 +27,7 @@ pub fn handle(shared: &Arc<Shared>, method: &str, url: &str) -> Reply {
                 .map(|(id, h)| {
                     json!({
                         "id": id.0,
+                        "incarnation": h.incarnation.to_string(),
                         "addr": h.addr.to_string(),
                         "live": table.host_live(now, id),
                         "last_heartbeat_ms_ago": now.saturating_duration_since(h.last_seen).as_millis() as u64,
@@ -60,6 +61,7 @@ pub fn handle(shared: &Arc<Shared>, method: &str, url: &str) -> Reply {
                 .collect();
             Reply::json(&json!({
                 "kind": "redirector",
+                "incarnation": shared.sealer.incarnation().to_string(),
                 "views": views,
                 "hosts": hosts,
                 "services": services.into_iter().map(|(s, live)| json!({"service": s, "mode": "redirect", "live_hosts": live})).collect::<Vec<_>>(),

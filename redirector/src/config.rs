@@ -38,7 +38,7 @@ pub struct RedirConfig {
     pub tun_name: String,
     /// TUN address and prefix: the service prefix routed into the TUN.
     pub tun_addr: String,
-    /// TUN MTU; must leave room for 80 bytes of tunnel overhead on the host links.
+    /// TUN MTU; must leave room for 100 bytes of tunnel overhead on the host links.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
     /// Heartbeat silence after which a host gets no new connections, milliseconds.

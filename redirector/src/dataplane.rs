@@ -7,7 +7,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ack_channel::{DropReason, Epoch, Heartbeat, MsgType, Opener, Sealer, ServiceId, View};
+use ack_channel::{
+    DropReason, Epoch, Heartbeat, Member, MsgType, Opener, Receiver, Sealer, ServiceId, View,
+};
 use control::metrics::{Counter, Exposition};
 use ft_tcp::TcpMeta;
 use tun_rs::SyncDevice;
@@ -35,6 +37,12 @@ pub struct RedirMetrics {
     pub dropped_bad_mac: Counter,
     /// Datagrams dropped: replay.
     pub dropped_replay: Counter,
+    /// Datagrams dropped: sealed for another node.
+    pub dropped_misaddressed: Counter,
+    /// Datagrams dropped: for an earlier life of ours, or from an earlier life of a host.
+    pub dropped_stale: Counter,
+    /// Welcomes sent: answers to heartbeats that did not name our current life.
+    pub welcomes_sent: Counter,
     /// Datagrams of a type the redirector does not take.
     pub dropped_unexpected: Counter,
     /// Heartbeats whose payload did not parse.
@@ -54,6 +62,17 @@ pub struct RedirMetrics {
 }
 
 impl RedirMetrics {
+    /// Counts a datagram the opener refused.
+    fn on_drop(&self, reason: DropReason) {
+        match reason {
+            DropReason::Malformed(_) => self.dropped_malformed.inc(),
+            DropReason::BadMac => self.dropped_bad_mac.inc(),
+            DropReason::Replay => self.dropped_replay.inc(),
+            DropReason::Misaddressed => self.dropped_misaddressed.inc(),
+            DropReason::Stale => self.dropped_stale.inc(),
+        }
+    }
+
     /// Prometheus text (plus table gauges).
     pub fn render(&self, table: &Table, now: Instant) -> String {
         let mut e = Exposition::default();
@@ -90,6 +109,8 @@ impl RedirMetrics {
             ("malformed", &self.dropped_malformed),
             ("bad_mac", &self.dropped_bad_mac),
             ("replay", &self.dropped_replay),
+            ("misaddressed", &self.dropped_misaddressed),
+            ("stale", &self.dropped_stale),
             ("unexpected_type", &self.dropped_unexpected),
             ("bad_heartbeat", &self.dropped_bad_heartbeat),
         ] {
@@ -129,6 +150,13 @@ impl RedirMetrics {
             "Detector rounds (2 ms) put off because datagrams waited unread (heartbeats may be among them)",
             "",
             self.detector_deferred.get(),
+        );
+        e.sample(
+            "hydra_redirector_welcomes_sent_total",
+            c,
+            "Welcomes sent: answers to heartbeats that did not name this life of the redirector (a host or the redirector just started)",
+            "",
+            self.welcomes_sent.get(),
         );
         let live = table
             .hosts()
@@ -268,23 +296,33 @@ fn broadcast_view(shared: &Shared, udp: &UdpSocket, service: std::net::SocketAdd
         let members = v
             .members
             .iter()
-            .filter_map(|m| match t.host_addr(*m) {
-                Some(SocketAddr::V4(a)) => Some((*m, a)),
-                _ => None,
+            .filter_map(|m| {
+                let h = t.host(*m)?;
+                match h.addr {
+                    SocketAddr::V4(addr) => Some(Member {
+                        id: *m,
+                        incarnation: h.incarnation,
+                        addr,
+                    }),
+                    SocketAddr::V6(_) => None,
+                }
             })
             .collect();
         (v.epoch, View { members }, t.ft_hosts(service))
     };
+    let payload = view.emit();
     let mut out = Vec::new();
-    shared.sealer.seal_into(
-        MsgType::View,
-        ServiceId::from_addr(service),
-        epoch,
-        &view.emit(),
-        &mut out,
-    );
-    for d in dests {
-        match udp.send_to(&out, d) {
+    for (id, incarnation, addr) in dests {
+        // One seal per host: a view names its receiver, in its current life.
+        shared.sealer.seal_into(
+            MsgType::View,
+            ServiceId::from_addr(service),
+            epoch,
+            Receiver::node(id, incarnation),
+            &payload,
+            &mut out,
+        );
+        match udp.send_to(&out, addr) {
             Ok(_) => shared.metrics.datagrams_out.inc(),
             Err(_) => shared.metrics.send_errors.inc(),
         }
@@ -297,6 +335,10 @@ fn log_event(ev: &HostEvent) {
             tracing::warn!(host = %id, "host silent past its timeout; no new connections go to it")
         }
         HostEvent::Up(id, addr) => tracing::info!(host = %id, %addr, "host up"),
+        HostEvent::Restarted(id, old, new) => tracing::warn!(
+            host = %id, old = %old, new = %new,
+            "host restarted: its old life leaves every view, the new one joins at the end"
+        ),
         HostEvent::ViewChanged(svc, epoch, members) => {
             let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
             tracing::info!(service = %svc, epoch = epoch.0, ?members, "new view (first member is the primary)")
@@ -337,11 +379,12 @@ fn to_hosts(tun: &SyncDevice, udp: &UdpSocket, shared: &Shared) {
         };
         let route = lock(shared).route_inbound(clock(), &meta);
         match route {
-            Route::Host(_, addr) => {
+            Route::Host(id, incarnation, addr) => {
                 sealer.seal_into(
                     MsgType::ToHost,
                     ServiceId::from_addr(meta.dst),
                     Epoch(0),
+                    Receiver::node(id, incarnation),
                     packet,
                     &mut out,
                 );
@@ -354,11 +397,13 @@ fn to_hosts(tun: &SyncDevice, udp: &UdpSocket, shared: &Shared) {
                 }
             }
             Route::Members(epoch, addrs) => {
-                // One seal for all members: each host keeps its own replay window.
+                // One seal for all members: each host keeps its own replay window, and
+                // takes a group datagram only with an epoch of a view that names it.
                 sealer.seal_into(
                     MsgType::ToHost,
                     ServiceId::from_addr(meta.dst),
                     epoch,
+                    Receiver::GROUP,
                     packet,
                     &mut out,
                 );
@@ -394,17 +439,34 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
         let (header, payload) = match opener.open(&buf[..n]) {
             Ok(v) => v,
             Err(reason) => {
-                match reason {
-                    DropReason::Malformed(_) => m.dropped_malformed.inc(),
-                    DropReason::BadMac => m.dropped_bad_mac.inc(),
-                    DropReason::Replay => m.dropped_replay.inc(),
-                }
+                m.on_drop(reason);
                 tracing::trace!(%reason, %from, "datagram dropped");
                 continue;
             }
         };
         match header.msg_type {
             MsgType::Heartbeat => match Heartbeat::parse(payload) {
+                Ok(hb) if header.receiver_incarnation != shared.sealer.incarnation() => {
+                    // The host does not know this life of ours yet (we or it just started):
+                    // tell it who we are. Only a heartbeat that names our life counts, so
+                    // one recorded before we restarted cannot keep a dead host in a view.
+                    let mut out = Vec::new();
+                    shared.sealer.seal_into(
+                        MsgType::Welcome,
+                        ServiceId(0),
+                        Epoch(0),
+                        Receiver::node(header.sender, header.sender_incarnation),
+                        &[],
+                        &mut out,
+                    );
+                    match udp.send_to(&out, SocketAddr::V4(hb.addr)) {
+                        Ok(_) => {
+                            m.datagrams_out.inc();
+                            m.welcomes_sent.inc();
+                        }
+                        Err(_) => m.send_errors.inc(),
+                    }
+                }
                 Ok(hb) => {
                     let now = clock();
                     // INVARIANT: no code panics while holding this lock.
@@ -413,7 +475,12 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
                         .lock()
                         .expect("heard lock")
                         .insert(header.sender, now);
-                    let events = lock(shared).on_heartbeat(now, header.sender, from, hb);
+                    let events = lock(shared).on_heartbeat(
+                        now,
+                        header.sender,
+                        header.sender_incarnation,
+                        hb,
+                    );
                     for ev in events {
                         log_event(&ev);
                         if let HostEvent::ViewChanged(svc, ..) = ev {
@@ -431,8 +498,14 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
                 let accepted = {
                     let mut t = lock(shared);
                     let now = clock();
-                    t.on_traffic(now, header.sender);
-                    t.accept_outbound(now, header.sender, header.epoch, &meta)
+                    t.on_traffic(now, header.sender, header.sender_incarnation);
+                    t.accept_outbound(
+                        now,
+                        header.sender,
+                        header.sender_incarnation,
+                        header.epoch,
+                        &meta,
+                    )
                 };
                 if !accepted {
                     m.fenced.inc();
@@ -455,7 +528,8 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
             | MsgType::Repair
             | MsgType::Digest
             | MsgType::Order
-            | MsgType::Handoff => m.dropped_unexpected.inc(),
+            | MsgType::Handoff
+            | MsgType::Welcome => m.dropped_unexpected.inc(),
         }
     }
 }

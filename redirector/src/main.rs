@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use ack_channel::{ClusterKey, Opener, ReplicaId, Sealer};
+use ack_channel::{ClusterKey, Epoch, Incarnation, Opener, ReplicaId, Sealer};
 use anyhow::Context;
 use clap::Parser;
 use redirector::config::RedirConfig;
@@ -64,12 +64,16 @@ fn run() -> anyhow::Result<()> {
     let wall = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let sealer = Sealer::new(key.clone(), ReplicaId(cfg.node_id), wall.as_nanos() as u64);
+    // This life of the redirector: datagrams for an earlier one are refused, and its views
+    // are numbered above any its earlier life issued.
+    let me = ReplicaId(cfg.node_id);
+    let incarnation = Incarnation(wall.as_nanos() as u64);
+    let sealer = Sealer::new(key.clone(), me, incarnation);
     let shared = Arc::new(Shared {
-        table: Mutex::new(Table::with_max_flows(
-            Duration::from_millis(cfg.host_timeout_ms),
-            cfg.max_flows,
-        )),
+        table: Mutex::new(
+            Table::with_max_flows(Duration::from_millis(cfg.host_timeout_ms), cfg.max_flows)
+                .with_epoch_base(Epoch(wall.as_micros() as u64)),
+        ),
         metrics: RedirMetrics::default(),
         sealer,
         heard: Mutex::default(),
@@ -78,8 +82,13 @@ fn run() -> anyhow::Result<()> {
     control::serve(&cfg.admin_socket, move |m, u, _| {
         redirector::admin::handle(&admin_shared, m, u)
     })?;
-    dataplane::start(Arc::new(tun), udp, Opener::new(key), shared)
-        .context("starting the packet threads")?;
+    dataplane::start(
+        Arc::new(tun),
+        udp,
+        Opener::new(key, me, incarnation),
+        shared,
+    )
+    .context("starting the packet threads")?;
     tracing::info!(listen = %cfg.listen, tun = %cfg.tun_name, prefix = %cfg.tun_addr, admin = %cfg.admin_socket.display(), "hydra-redirector running");
     loop {
         std::thread::park();

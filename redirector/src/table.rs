@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use ack_channel::{Epoch, Heartbeat, Mode, ReplicaId, ServiceAd};
+use ack_channel::{Epoch, Heartbeat, Incarnation, Mode, ReplicaId, ServiceAd};
 use ft_tcp::{FlowKey, TcpMeta};
 
 use crate::flows::{FlowStats, FlowTable, PerPhase, Phase, DEFAULT_MAX_FLOWS};
@@ -34,7 +34,9 @@ pub const FLOW_EXPIRY_BUDGET: usize = 1024;
 /// What the redirector knows of one host server.
 #[derive(Debug, Clone)]
 pub struct HostEntry {
-    /// Where its tunnel datagrams come from and go to.
+    /// Its current life; a newer one replaces it in every view (it restarted).
+    pub incarnation: Incarnation,
+    /// Where its tunnel datagrams go: the address its heartbeat names (under the MAC).
     pub addr: SocketAddr,
     /// Its last heartbeat.
     pub last_seen: Instant,
@@ -56,8 +58,8 @@ pub struct FtView {
 /// Where a client packet goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// To this host.
-    Host(ReplicaId, SocketAddr),
+    /// To this host, in this life.
+    Host(ReplicaId, Incarnation, SocketAddr),
     /// To every member of an ft view, stamped with its epoch.
     Members(Epoch, Vec<SocketAddr>),
     /// No host offers the service.
@@ -71,6 +73,9 @@ pub enum Route {
 pub enum HostEvent {
     /// First heartbeat, or back after silence.
     Up(ReplicaId, SocketAddr),
+    /// A heartbeat from a newer life of a known host: it restarted, and its old life left
+    /// every view (it holds none of its old connections).
+    Restarted(ReplicaId, Incarnation, Incarnation),
     /// Silent longer than the timeout.
     Down(ReplicaId),
     /// An ft service's view changed.
@@ -85,6 +90,8 @@ pub struct Table {
     down: BTreeMap<ReplicaId, bool>,
     flows: FlowTable,
     views: BTreeMap<SocketAddrV4, FtView>,
+    /// The epoch a service's first view follows (see [`Table::with_epoch_base`]).
+    epoch_base: Epoch,
 }
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -110,7 +117,17 @@ impl Table {
             down: BTreeMap::new(),
             flows: FlowTable::new(max_flows),
             views: BTreeMap::new(),
+            epoch_base: Epoch(0),
         }
+    }
+
+    /// Numbers views from `base` up. The redirector passes the wall clock at its start in
+    /// microseconds, so that a restarted redirector's epochs are above every epoch its
+    /// earlier life issued: hosts take its views (they ignore any that is not newer than
+    /// theirs), and datagrams stamped with an old epoch stay stale.
+    pub fn with_epoch_base(mut self, base: Epoch) -> Self {
+        self.epoch_base = base;
+        self
     }
 
     fn is_live(&self, h: &HostEntry, now: Instant) -> bool {
@@ -127,23 +144,45 @@ impl Table {
         }
     }
 
-    /// Records a heartbeat from `id` at `addr`: liveness, services, ft view membership.
+    /// Records a heartbeat from `id` in its life `incarnation`: liveness, services, ft view
+    /// membership. The host's address is the one the heartbeat names. A heartbeat from an
+    /// older life than the one known is ignored (the opener refuses those anyway).
     pub fn on_heartbeat(
         &mut self,
         now: Instant,
         id: ReplicaId,
-        addr: SocketAddr,
+        incarnation: Incarnation,
         hb: Heartbeat,
     ) -> Vec<HostEvent> {
         let mut events = Vec::new();
+        let addr = SocketAddr::V4(hb.addr);
+        if let Some(old) = self.hosts.get(&id).map(|h| h.incarnation) {
+            if incarnation < old {
+                return events;
+            }
+            if incarnation > old {
+                // A new life joins as a new member, at the end: never the primary of
+                // connections it does not hold. Its old life leaves first (epoch + 1), so
+                // that no view lists the old life and the new one as the same member.
+                events.push(HostEvent::Restarted(id, old, incarnation));
+                for (svc, v) in self.views.iter_mut() {
+                    if v.members.contains(&id) {
+                        v.members.retain(|m| *m != id);
+                        v.epoch = Epoch(v.epoch.0 + 1);
+                        events.push(HostEvent::ViewChanged(*svc, v.epoch, v.members.clone()));
+                    }
+                }
+            }
+        }
         let was_up = self.down.get(&id) == Some(&false);
         if !was_up {
             events.push(HostEvent::Up(id, addr));
         }
         // Join the views of the ft services it offers; leave those it stopped offering.
+        let base = self.epoch_base;
         for ad in hb.services.iter().filter(|s| s.mode == Mode::Ft) {
             let v = self.views.entry(ad.addr).or_insert_with(|| FtView {
-                epoch: Epoch(0),
+                epoch: base,
                 members: Vec::new(),
                 timeout: Duration::from_millis(25),
             });
@@ -168,6 +207,7 @@ impl Table {
         self.hosts.insert(
             id,
             HostEntry {
+                incarnation,
                 addr,
                 last_seen: now,
                 services: hb.services,
@@ -177,11 +217,11 @@ impl Table {
         events
     }
 
-    /// Any authenticated datagram from a known host shows it is alive (heartbeats can queue
-    /// behind its data in a busy socket).
-    pub fn on_traffic(&mut self, now: Instant, id: ReplicaId) {
+    /// Any authenticated datagram from a known host's current life shows it is alive
+    /// (heartbeats can queue behind its data in a busy socket).
+    pub fn on_traffic(&mut self, now: Instant, id: ReplicaId, incarnation: Incarnation) {
         if let Some(h) = self.hosts.get_mut(&id) {
-            if h.last_seen < now {
+            if h.incarnation == incarnation && h.last_seen < now {
                 h.last_seen = now;
             }
         }
@@ -197,21 +237,21 @@ impl Table {
         self.views.iter().map(|(s, v)| (*s, v))
     }
 
-    /// The tunnel address of a host.
-    pub fn host_addr(&self, id: ReplicaId) -> Option<SocketAddr> {
-        self.hosts.get(&id).map(|h| h.addr)
+    /// A host's current life and tunnel address.
+    pub fn host(&self, id: ReplicaId) -> Option<&HostEntry> {
+        self.hosts.get(&id)
     }
 
     /// The hosts that offer `service` in ft mode (members or not): who must hear its views.
-    pub fn ft_hosts(&self, service: SocketAddrV4) -> Vec<SocketAddr> {
+    pub fn ft_hosts(&self, service: SocketAddrV4) -> Vec<(ReplicaId, Incarnation, SocketAddr)> {
         self.hosts
-            .values()
-            .filter(|h| {
+            .iter()
+            .filter(|(_, h)| {
                 h.services
                     .iter()
                     .any(|s| s.addr == service && s.mode == Mode::Ft)
             })
-            .map(|h| h.addr)
+            .map(|(id, h)| (*id, h.incarnation, h.addr))
             .collect()
     }
 
@@ -281,7 +321,7 @@ impl Table {
     fn pick(&self, now: Instant, key: &FlowKey) -> Route {
         let fh = key.flow_hash();
         let mut offered = false;
-        let mut best: Option<(u64, ReplicaId, SocketAddr)> = None;
+        let mut best: Option<(u64, ReplicaId, Incarnation, SocketAddr)> = None;
         for (id, h) in &self.hosts {
             if !Self::offers(h, key.service) {
                 continue;
@@ -291,12 +331,12 @@ impl Table {
                 continue;
             }
             let w = mix(fh, u64::from(id.0));
-            if best.is_none_or(|(bw, _, _)| w > bw) {
-                best = Some((w, *id, h.addr));
+            if best.is_none_or(|(bw, ..)| w > bw) {
+                best = Some((w, *id, h.incarnation, h.addr));
             }
         }
         match best {
-            Some((_, id, addr)) => Route::Host(id, addr),
+            Some((_, id, inc, addr)) => Route::Host(id, inc, addr),
             None if offered => Route::NoLiveHost,
             None => Route::NoService,
         }
@@ -325,13 +365,13 @@ impl Table {
             // retransmitting its SYN) is placed again.
             let place_again = syn && (f.phase == Phase::Closed || dead);
             if let (false, Some(h)) = (place_again, pinned) {
-                let addr = h.addr;
+                let (inc, addr) = (h.incarnation, h.addr);
                 self.flows.on_inbound(now, &key, meta.flags);
-                return Route::Host(f.host, addr);
+                return Route::Host(f.host, inc, addr);
             }
         }
         let route = self.pick(now, &key);
-        if let Route::Host(id, _) = route {
+        if let Route::Host(id, ..) = route {
             if !syn {
                 self.flows.stats_mut().unknown_flow_packets += 1;
             } else if !self.flows.pin(now, key, id, Phase::HalfOpen) {
@@ -341,16 +381,25 @@ impl Table {
         route
     }
 
-    /// Whether a packet for a client from host `sender` may pass: only the host a connection
-    /// is pinned to speaks for it.
+    /// Whether a packet for a client from host `sender`, in its life `incarnation`, may
+    /// pass: only the host a connection is pinned to speaks for it.
     pub fn accept_outbound(
         &mut self,
         now: Instant,
         sender: ReplicaId,
+        incarnation: Incarnation,
         epoch: Epoch,
         meta: &TcpMeta,
     ) -> bool {
         let key = meta.outbound_flow();
+        let current = self
+            .hosts
+            .get(&sender)
+            .is_some_and(|h| h.incarnation == incarnation);
+        if !current {
+            // An earlier life of the host (a process that should be dead) never speaks.
+            return false;
+        }
         if let Some(v) = self.views.get(&key.service) {
             // Fencing: only members of the current epoch speak. Of those, the view's first
             // speaks for every connection, except one whose output it does not share (output
@@ -433,8 +482,27 @@ mod tests {
         "198.19.0.10:80".parse().unwrap()
     }
 
+    /// Every host's life in these tests (restarts are tested on their own).
+    const INC: Incarnation = Incarnation(1);
+
+    /// A heartbeat from `id`'s life [`INC`], naming `addr` as its address.
+    fn beat(
+        t: &mut Table,
+        at: Instant,
+        id: ReplicaId,
+        addr: SocketAddr,
+        mut hb: Heartbeat,
+    ) -> Vec<HostEvent> {
+        let SocketAddr::V4(a) = addr else {
+            panic!("hosts have IPv4 addresses")
+        };
+        hb.addr = a;
+        t.on_heartbeat(at, id, INC, hb)
+    }
+
     fn hb() -> Heartbeat {
         Heartbeat {
+            addr: "0.0.0.0:0".parse().unwrap(),
             services: vec![ServiceAd {
                 addr: svc(),
                 mode: Mode::Redirect,
@@ -465,7 +533,7 @@ mod tests {
         for i in 1..=n {
             let addr: SocketAddr = format!("198.18.{i}.2:7000").parse().unwrap();
             assert_eq!(
-                t.on_heartbeat(t0, ReplicaId(i), addr, hb()),
+                beat(&mut t, t0, ReplicaId(i), addr, hb()),
                 vec![HostEvent::Up(ReplicaId(i), addr)]
             );
         }
@@ -478,7 +546,7 @@ mod tests {
         let mut t = table_with_hosts(t0, 3);
         let mut per_host = BTreeMap::new();
         for port in 1000..1300 {
-            let Route::Host(id, _) = t.route_inbound(t0, &pkt(port, true, false)) else {
+            let Route::Host(id, ..) = t.route_inbound(t0, &pkt(port, true, false)) else {
                 panic!("no route");
             };
             *per_host.entry(id).or_insert(0) += 1;
@@ -500,14 +568,15 @@ mod tests {
         let mut t = table_with_hosts(t0, 3);
         let mut pinned_to_1 = None;
         for port in 1000..1100 {
-            if let Route::Host(ReplicaId(1), _) = t.route_inbound(t0, &pkt(port, true, false)) {
+            if let Route::Host(ReplicaId(1), ..) = t.route_inbound(t0, &pkt(port, true, false)) {
                 pinned_to_1 = Some(port);
             }
         }
         let port = pinned_to_1.expect("some flow lands on host 1");
         let t1 = t0 + Duration::from_millis(400);
         for i in 2..=3 {
-            t.on_heartbeat(
+            beat(
+                &mut t,
                 t1,
                 ReplicaId(i),
                 format!("198.18.{i}.2:7000").parse().unwrap(),
@@ -518,17 +587,17 @@ mod tests {
         for p in 2000..2200 {
             assert!(!matches!(
                 t.route_inbound(t1, &pkt(p, true, false)),
-                Route::Host(ReplicaId(1), _)
+                Route::Host(ReplicaId(1), ..)
             ));
         }
         // An established connection stays with its host; a retransmitted SYN is re-placed.
         assert!(matches!(
             t.route_inbound(t1, &pkt(port, false, false)),
-            Route::Host(ReplicaId(1), _)
+            Route::Host(ReplicaId(1), ..)
         ));
         assert!(!matches!(
             t.route_inbound(t1, &pkt(port, true, false)),
-            Route::Host(ReplicaId(1), _)
+            Route::Host(ReplicaId(1), ..)
         ));
     }
 
@@ -536,7 +605,7 @@ mod tests {
     fn only_the_pinned_host_speaks_for_a_connection() {
         let t0 = crate::dataplane::clock();
         let mut t = table_with_hosts(t0, 2);
-        let Route::Host(id, _) = t.route_inbound(t0, &pkt(5000, true, false)) else {
+        let Route::Host(id, ..) = t.route_inbound(t0, &pkt(5000, true, false)) else {
             panic!()
         };
         let reply = {
@@ -550,13 +619,14 @@ mod tests {
             TcpMeta::parse(&b).unwrap()
         };
         let other = ReplicaId(3 - id.0);
-        assert!(t.accept_outbound(t0, id, Epoch(0), &reply));
-        assert!(!t.accept_outbound(t0, other, Epoch(0), &reply));
-        assert!(!t.accept_outbound(t0, ReplicaId(99), Epoch(0), &reply));
+        assert!(t.accept_outbound(t0, id, INC, Epoch(0), &reply));
+        assert!(!t.accept_outbound(t0, other, INC, Epoch(0), &reply));
+        assert!(!t.accept_outbound(t0, ReplicaId(99), INC, Epoch(0), &reply));
     }
 
     fn ft_hb() -> Heartbeat {
         Heartbeat {
+            addr: "0.0.0.0:0".parse().unwrap(),
             services: vec![ServiceAd {
                 addr: svc(),
                 mode: Mode::Ft,
@@ -567,11 +637,60 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_host_leaves_every_view_and_its_new_life_joins_at_the_end() {
+        let t0 = crate::dataplane::clock();
+        let mut t = Table::new(Duration::from_millis(300)).with_epoch_base(Epoch(1_000));
+        for i in 1..=3 {
+            beat(
+                &mut t,
+                t0,
+                ReplicaId(i),
+                format!("198.18.{i}.2:7000").parse().unwrap(),
+                ft_hb(),
+            );
+        }
+        assert_eq!(t.view(svc()).unwrap().epoch, Epoch(1_003));
+        // The primary, h1, restarts within the detector timeout: its new life's heartbeat.
+        let mut hb = ft_hb();
+        hb.addr = "198.18.1.2:7000".parse().unwrap();
+        let events = t.on_heartbeat(t0, ReplicaId(1), Incarnation(2), hb.clone());
+        assert_eq!(
+            events,
+            vec![
+                HostEvent::Restarted(ReplicaId(1), INC, Incarnation(2)),
+                HostEvent::ViewChanged(svc(), Epoch(1_004), vec![ReplicaId(2), ReplicaId(3)]),
+                HostEvent::ViewChanged(
+                    svc(),
+                    Epoch(1_005),
+                    vec![ReplicaId(2), ReplicaId(3), ReplicaId(1)]
+                ),
+            ]
+        );
+        assert_eq!(t.host(ReplicaId(1)).unwrap().incarnation, Incarnation(2));
+        // The old life never speaks again, the new one does (as a member).
+        let reply = {
+            let mut b = Vec::new();
+            PacketBuilder::ipv4([198, 19, 0, 10], [198, 18, 0, 2], 64)
+                .tcp(80, 1, 1, 100)
+                .ack(2)
+                .write(&mut b, b"")
+                .unwrap();
+            TcpMeta::parse(&b).unwrap()
+        };
+        assert!(!t.accept_outbound(t0, ReplicaId(1), INC, Epoch(1_005), &reply));
+        assert!(t.accept_outbound(t0, ReplicaId(1), Incarnation(2), Epoch(1_005), &reply));
+        // An older life heard after a newer one changes nothing.
+        assert!(t.on_heartbeat(t0, ReplicaId(1), INC, hb).is_empty());
+        assert_eq!(t.view(svc()).unwrap().epoch, Epoch(1_005));
+    }
+
+    #[test]
     fn two_members_silent_together_are_believed_only_after_twice_the_timeout() {
         let t0 = crate::dataplane::clock();
         let mut t = Table::new(Duration::from_millis(300));
         for i in 1..=3 {
-            t.on_heartbeat(
+            beat(
+                &mut t,
                 t0,
                 ReplicaId(i),
                 format!("198.18.{i}.2:7000").parse().unwrap(),
@@ -579,7 +698,8 @@ mod tests {
             );
         }
         let speak = |t: &mut Table, at: Instant| {
-            t.on_heartbeat(
+            beat(
+                t,
                 at,
                 ReplicaId(1),
                 "198.18.1.2:7000".parse().unwrap(),
@@ -601,7 +721,8 @@ mod tests {
         let t0 = crate::dataplane::clock();
         let mut t = Table::new(Duration::from_millis(300));
         for i in 1..=2 {
-            t.on_heartbeat(
+            beat(
+                &mut t,
                 t0,
                 ReplicaId(i),
                 format!("198.18.{i}.2:7000").parse().unwrap(),
@@ -628,7 +749,8 @@ mod tests {
         let t0 = crate::dataplane::clock();
         let mut t = Table::new(Duration::from_millis(300));
         for i in 1..=3 {
-            t.on_heartbeat(
+            beat(
+                &mut t,
                 t0,
                 ReplicaId(i),
                 format!("198.18.{i}.2:7000").parse().unwrap(),
@@ -652,17 +774,18 @@ mod tests {
                 .unwrap();
             TcpMeta::parse(&b).unwrap()
         };
-        assert!(t.accept_outbound(t0, ReplicaId(1), Epoch(3), &reply));
+        assert!(t.accept_outbound(t0, ReplicaId(1), INC, Epoch(3), &reply));
         assert!(
-            t.accept_outbound(t0, ReplicaId(2), Epoch(3), &reply),
+            t.accept_outbound(t0, ReplicaId(2), INC, Epoch(3), &reply),
             "a current member may speak for a connection it took over"
         );
-        assert!(!t.accept_outbound(t0, ReplicaId(1), Epoch(2), &reply));
-        assert!(!t.accept_outbound(t0, ReplicaId(9), Epoch(3), &reply));
+        assert!(!t.accept_outbound(t0, ReplicaId(1), INC, Epoch(2), &reply));
+        assert!(!t.accept_outbound(t0, ReplicaId(9), INC, Epoch(3), &reply));
         // The primary falls silent: 30 ms later the view moves on without it.
         let t1 = t0 + Duration::from_millis(30);
         for i in 2..=3 {
-            t.on_heartbeat(
+            beat(
+                &mut t,
                 t1,
                 ReplicaId(i),
                 format!("198.18.{i}.2:7000").parse().unwrap(),
@@ -679,13 +802,14 @@ mod tests {
             "{ev:?}"
         );
         assert!(
-            !t.accept_outbound(t1, ReplicaId(1), Epoch(3), &reply),
+            !t.accept_outbound(t1, ReplicaId(1), INC, Epoch(3), &reply),
             "old primary fenced"
         );
-        assert!(t.accept_outbound(t1, ReplicaId(2), Epoch(4), &reply));
+        assert!(t.accept_outbound(t1, ReplicaId(2), INC, Epoch(4), &reply));
         // It comes back: it joins at the end and does not take the primary role back.
         let t2 = t1 + Duration::from_millis(5);
-        t.on_heartbeat(
+        beat(
+            &mut t,
             t2,
             ReplicaId(1),
             "198.18.1.2:7000".parse().unwrap(),
@@ -704,7 +828,8 @@ mod tests {
         );
         assert_eq!(t.view(svc()).unwrap().members.len(), 3);
         // One speaks again: the ones still silent leave then.
-        t.on_heartbeat(
+        beat(
+            &mut t,
             t3,
             ReplicaId(3),
             "198.18.3.2:7000".parse().unwrap(),
@@ -719,7 +844,13 @@ mod tests {
         let t0 = crate::dataplane::clock();
         let mut t = Table::new(Duration::from_millis(300));
         assert_eq!(t.route_inbound(t0, &pkt(1, true, false)), Route::NoService);
-        t.on_heartbeat(t0, ReplicaId(1), "198.18.1.2:7000".parse().unwrap(), hb());
+        beat(
+            &mut t,
+            t0,
+            ReplicaId(1),
+            "198.18.1.2:7000".parse().unwrap(),
+            hb(),
+        );
         let late = t0 + Duration::from_secs(1);
         assert_eq!(
             t.route_inbound(late, &pkt(1, true, false)),
@@ -745,10 +876,16 @@ mod tests {
                 .unwrap();
             TcpMeta::parse(&b).unwrap()
         };
-        assert!(t.accept_outbound(t0, ReplicaId(1), Epoch(0), &fin_back));
+        assert!(t.accept_outbound(t0, ReplicaId(1), INC, Epoch(0), &fin_back));
         assert_eq!(t.flow_count(), 2);
         let t1 = t0 + CLOSED_FLOW_TTL + Duration::from_millis(1);
-        t.on_heartbeat(t1, ReplicaId(1), "198.18.1.2:7000".parse().unwrap(), hb());
+        beat(
+            &mut t,
+            t1,
+            ReplicaId(1),
+            "198.18.1.2:7000".parse().unwrap(),
+            hb(),
+        );
         t.expire(t1);
         assert_eq!(
             t.flow_count(),
@@ -796,7 +933,7 @@ mod tests {
     fn alive(t: &mut Table, now: Instant, n: u32) {
         for i in 1..=n {
             let addr = format!("198.18.{i}.2:7000").parse().unwrap();
-            t.on_heartbeat(now, ReplicaId(i), addr, hb());
+            beat(t, now, ReplicaId(i), addr, hb());
         }
     }
 
@@ -852,13 +989,13 @@ mod tests {
                 t.expire(now);
             }
             let client = random_client(&mut rng);
-            let Route::Host(id, _) = t.route_inbound(now, &from(client, true, false)) else {
+            let Route::Host(id, ..) = t.route_inbound(now, &from(client, true, false)) else {
                 panic!("SYN {i} not routed to a host");
             };
             if i % 1000 == 0 {
                 assert_eq!(t.route_inbound(now, &from(client, false, true)), {
-                    let addr = t.host_addr(id).unwrap();
-                    Route::Host(id, addr)
+                    let addr = t.host(id).unwrap().addr;
+                    Route::Host(id, INC, addr)
                 });
                 real.push((client, id));
             }
@@ -884,7 +1021,7 @@ mod tests {
         for (client, id) in real {
             assert!(matches!(
                 t.route_inbound(now, &from(client, false, true)),
-                Route::Host(h, _) if h == id
+                Route::Host(h, ..) if h == id
             ));
         }
         // Once the flood stops, the SYN-only entries are gone within their idle time.
@@ -919,11 +1056,11 @@ mod tests {
         assert_eq!(t.flow_stats().unknown_flow_packets, 100);
         // The host's SYN-ACK passes without an entry; its data finds no room either, and
         // passes.
-        let Route::Host(id, _) = t.route_inbound(t0, &pkt(300, true, false)) else {
+        let Route::Host(id, ..) = t.route_inbound(t0, &pkt(300, true, false)) else {
             panic!()
         };
-        assert!(t.accept_outbound(t0, id, Epoch(0), &syn_ack(300)));
-        assert!(t.accept_outbound(t0, id, Epoch(0), &data_from_host(300)));
+        assert!(t.accept_outbound(t0, id, INC, Epoch(0), &syn_ack(300)));
+        assert!(t.accept_outbound(t0, id, INC, Epoch(0), &data_from_host(300)));
         assert_eq!(t.flow_count(), 10);
         assert_eq!(t.flow_stats().unpinned_replies, 1);
     }
@@ -994,7 +1131,7 @@ mod tests {
         let mut t = table_with_hosts(t0, 3);
         let mut pinned = Vec::new();
         for port in 1000..1300 {
-            let Route::Host(id, _) = t.route_inbound(t0, &pkt(port, true, false)) else {
+            let Route::Host(id, ..) = t.route_inbound(t0, &pkt(port, true, false)) else {
                 panic!("no route")
             };
             // Half of them complete the handshake before the change, half after.
@@ -1006,23 +1143,29 @@ mod tests {
         // Host 4 joins and host 3 falls silent: the hash now places many 4-tuples elsewhere.
         let t1 = t0 + Duration::from_millis(400);
         alive(&mut t, t1, 2);
-        t.on_heartbeat(t1, ReplicaId(4), "198.18.4.2:7000".parse().unwrap(), hb());
+        beat(
+            &mut t,
+            t1,
+            ReplicaId(4),
+            "198.18.4.2:7000".parse().unwrap(),
+            hb(),
+        );
         t.expire(t1);
         assert!(!t.host_live(t1, ReplicaId(3)));
         let mut moved_by_hash = 0;
         for (port, id) in pinned {
             let p = pkt(port, false, false);
-            if t.pick(t1, &p.inbound_flow()) != Route::Host(id, t.host_addr(id).unwrap()) {
+            if t.pick(t1, &p.inbound_flow()) != Route::Host(id, INC, t.host(id).unwrap().addr) {
                 moved_by_hash += 1;
             }
             assert!(
-                matches!(t.route_inbound(t1, &p), Route::Host(h, _) if h == id),
+                matches!(t.route_inbound(t1, &p), Route::Host(h, ..) if h == id),
                 "port {port} left host {id}"
             );
             // A retransmitted SYN stays too, unless its host is dead.
             let again = t.route_inbound(t1, &pkt(port, true, false));
             if id != ReplicaId(3) {
-                assert!(matches!(again, Route::Host(h, _) if h == id));
+                assert!(matches!(again, Route::Host(h, ..) if h == id));
             }
         }
         assert!(moved_by_hash > 100, "the change moved only {moved_by_hash}");
@@ -1033,16 +1176,16 @@ mod tests {
         let t0 = crate::dataplane::clock();
         let mut t = table_with_hosts(t0, 2);
         // A SYN-ACK retransmitted after the spoofed SYN's entry expired passes, pins nothing.
-        assert!(t.accept_outbound(t0, ReplicaId(1), Epoch(0), &syn_ack(4000)));
+        assert!(t.accept_outbound(t0, ReplicaId(1), INC, Epoch(0), &syn_ack(4000)));
         assert_eq!(t.flow_count(), 0);
         // The redirector restarted under an open connection: its host's data re-pins it.
         let data = data_from_host(5000);
-        assert!(t.accept_outbound(t0, ReplicaId(2), Epoch(0), &data));
+        assert!(t.accept_outbound(t0, ReplicaId(2), INC, Epoch(0), &data));
         assert!(matches!(
             t.route_inbound(t0, &pkt(5000, false, false)),
-            Route::Host(ReplicaId(2), _)
+            Route::Host(ReplicaId(2), ..)
         ));
-        assert!(!t.accept_outbound(t0, ReplicaId(1), Epoch(0), &data));
+        assert!(!t.accept_outbound(t0, ReplicaId(1), INC, Epoch(0), &data));
         // A host's RST for a stray segment passes and leaves nothing behind.
         let rst = {
             let mut b = Vec::new();
@@ -1053,7 +1196,7 @@ mod tests {
                 .unwrap();
             TcpMeta::parse(&b).unwrap()
         };
-        assert!(t.accept_outbound(t0, ReplicaId(1), Epoch(0), &rst));
+        assert!(t.accept_outbound(t0, ReplicaId(1), INC, Epoch(0), &rst));
         assert_eq!(t.flow_count(), 1);
     }
 }

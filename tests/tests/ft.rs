@@ -32,11 +32,24 @@ fn paced_download_with(prefix: &str, faults: &[(u64, Fault)]) {
         let at = Duration::from_millis(*at_ms);
         std::thread::sleep(at.saturating_sub(started.elapsed()));
         let victim = match fault {
-            Fault::KillPrimary => lab.primary(),
+            Fault::KillPrimary | Fault::RestartPrimary => lab.primary(),
             Fault::KillBackup => lab.members()[1].clone(),
         };
-        lab.ctl("kill", &victim, &[]);
-        lab.wait_until_out_of_view(&victim);
+        if let Fault::RestartPrimary = fault {
+            // Killed and started again at once: the redirector learns of the new life
+            // from its first heartbeat, before the detector could notice the old one died.
+            lab.ctl("restart", &victim, &[]);
+            let members = lab.members();
+            assert_eq!(
+                members.last(),
+                Some(&victim),
+                "the new life of {victim} did not join at the end: {members:?}"
+            );
+            assert_eq!(members.len(), 3, "{members:?}");
+        } else {
+            lab.ctl("kill", &victim, &[]);
+            lab.wait_until_out_of_view(&victim);
+        }
     }
     let (ok, text) = finish(client);
     assert!(ok, "download failed: {text}");
@@ -51,11 +64,21 @@ fn paced_download_with(prefix: &str, faults: &[(u64, Fault)]) {
 enum Fault {
     KillPrimary,
     KillBackup,
+    /// Kill the primary and start it again at once (issue #12, finding 4).
+    RestartPrimary,
 }
 
 #[test]
 fn download_survives_a_primary_crash() {
     paced_download_with("ftp", &[(2000, Fault::KillPrimary)]);
+}
+
+/// A host restarted before the detector noticed it died is a new member: its old life
+/// leaves the view at once (the next member takes the connection over), the new one joins
+/// at the end, holding none of the old connections, and is never their primary.
+#[test]
+fn download_survives_its_primary_restarting_before_the_detector_noticed() {
+    paced_download_with("ftrp", &[(2000, Fault::RestartPrimary)]);
 }
 
 #[test]

@@ -4,7 +4,10 @@
 use std::net::UdpSocket;
 use std::os::fd::AsFd;
 
-use ack_channel::{ClusterKey, Epoch, MsgType, ReplicaId, Sealer, ServiceId};
+use ack_channel::{
+    emit_progress, ClusterKey, Epoch, Heartbeat, Incarnation, Member, MsgType, Receiver, ReplicaId,
+    Sealer, ServiceId, View,
+};
 use tests::*;
 
 /// Sends datagrams from inside the client namespace (setns affects only this thread).
@@ -36,13 +39,20 @@ fn bad_datagrams_are_dropped_and_counted_and_service_continues() {
     let wrong = ClusterKey::generate().unwrap();
     for (node, addr) in [("redir", "198.18.0.1:7000"), ("h1", "198.18.1.2:7000")] {
         let before = lab.metrics(node);
-        let good = Sealer::new(key.clone(), ReplicaId(4242), 1);
-        let forger = Sealer::new(wrong.clone(), ReplicaId(1), u64::MAX / 2);
+        let good = Sealer::new(key.clone(), ReplicaId(4242), Incarnation(1));
+        let forger = Sealer::new(wrong.clone(), ReplicaId(1), Incarnation(u64::MAX / 2));
         // A valid datagram of a kind that changes nothing (not an IPv4 packet).
-        let valid = good.seal(MsgType::ToHost, ServiceId(0), Epoch(0), b"not a packet");
-        let mut flipped = good.seal(MsgType::ToHost, ServiceId(0), Epoch(0), b"flip me");
-        flipped[40] ^= 0x01;
-        let forged = forger.seal(MsgType::ToClient, ServiceId(0), Epoch(0), b"forged");
+        let any = Receiver::GROUP;
+        let valid = good.seal(
+            MsgType::ToHost,
+            ServiceId(0),
+            Epoch(0),
+            any,
+            b"not a packet",
+        );
+        let mut flipped = good.seal(MsgType::ToHost, ServiceId(0), Epoch(0), any, b"flip me");
+        flipped[60] ^= 0x01;
+        let forged = forger.seal(MsgType::ToClient, ServiceId(0), Epoch(0), any, b"forged");
         let truncated = valid[..20].to_vec();
         let garbage = b"GET / HTTP/1.1\r\n\r\n".to_vec();
         send_from_client_ns(
@@ -70,6 +80,190 @@ fn bad_datagrams_are_dropped_and_counted_and_service_continues() {
         );
     }
     // Both daemons are alive and the service still answers correctly.
+    let out = lab.sh(
+        "client",
+        "curl -sS --fail --max-time 10 http://198.19.0.10/data.bin | sha256sum",
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&www.sha256));
+}
+
+/// A daemon's life as its `/status` shows it.
+fn life(lab: &Lab, node: &str) -> Incarnation {
+    let st = lab.status(node);
+    st["incarnation"]
+        .as_str()
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .map(Incarnation)
+        .unwrap_or_else(|| panic!("{node} shows no incarnation: {st}"))
+}
+
+fn dropped(lab: &Lab, node: &str, reason: &str) -> u64 {
+    metric(
+        &lab.metrics(node),
+        &format!("hydra_datagrams_dropped_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// Issue #12, findings 4 to 6: a datagram names its receiver in one life, so one sealed for
+/// h1 is refused by h2 and one sealed before h2 restarted is refused after; only the
+/// redirector's views are taken, from its current life; a heartbeat's address is the one
+/// under its MAC, not the UDP source. Each datagram here is sealed with the cluster key, as
+/// a recording of real traffic would be, by a node (9) that is not a member, so the lab's own
+/// replay windows are left alone.
+#[test]
+fn datagrams_for_another_node_an_earlier_life_or_from_a_non_authority_are_refused() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let www = WebRoot::new("addr", 1 << 20, 0x5ec_0012);
+    let lab = Lab::up("addr", 3, &www.backend_cmd(), &["--mode", "ft"]);
+    let key = ClusterKey::load(&lab.key_file()).expect("lab key");
+    let stranger = Sealer::new(key.clone(), ReplicaId(9), Incarnation(1));
+    let svc = ServiceId::from_addr("198.19.0.10:80".parse().unwrap());
+    let h2_addr = "198.18.2.2:7000";
+    let epoch = |lab: &Lab| lab.status("redir")["views"][0]["epoch"].as_u64().unwrap();
+    let h2_epoch = |lab: &Lab| lab.status("h2")["views"][0]["epoch"].as_u64().unwrap();
+    let (h1, h2_old) = (life(&lab, "h1"), life(&lab, "h2"));
+    let before_restart = Epoch(epoch(&lab));
+
+    // Sealed for h1, delivered to h2.
+    let for_h1 = stranger.seal(
+        MsgType::Repair,
+        svc,
+        before_restart,
+        Receiver::node(ReplicaId(1), h1),
+        b"x",
+    );
+    // A view from a node that is not the redirector: h2 first, far in the future.
+    let forged_view = View {
+        members: vec![Member {
+            id: ReplicaId(2),
+            incarnation: h2_old,
+            addr: h2_addr.parse().unwrap(),
+        }],
+    };
+    let not_authority = stranger.seal(
+        MsgType::View,
+        svc,
+        Epoch(before_restart.0 + 1000),
+        Receiver::node(ReplicaId(2), h2_old),
+        &forged_view.emit(),
+    );
+    let (mis, auth) = (
+        dropped(&lab, "h2", "misaddressed"),
+        dropped(&lab, "h2", "not_authority"),
+    );
+    let seen = h2_epoch(&lab);
+    send_from_client_ns(&lab, h2_addr, vec![for_h1, not_authority]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(dropped(&lab, "h2", "misaddressed"), mis + 1);
+    assert_eq!(dropped(&lab, "h2", "not_authority"), auth + 1);
+    assert_eq!(h2_epoch(&lab), seen, "h2 took a view from a host");
+
+    // h2 restarts at once (the redirector has not noticed its death): a new life, which
+    // joins the view at the end.
+    let mut expected: Vec<String> = lab.members().into_iter().filter(|m| m != "h2").collect();
+    expected.push("h2".into());
+    lab.ctl("restart", "h2", &[]);
+    let h2_new = life(&lab, "h2");
+    assert!(
+        h2_new > h2_old,
+        "h2's new life {h2_new} is not newer than {h2_old}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(lab.members(), expected, "{}", lab.status("redir"));
+    // Recorded before the restart: for h2's old life; for the view's members with an epoch
+    // from before h2 joined; a view from the redirector's life before the current one.
+    let for_old_life = stranger.seal(
+        MsgType::Repair,
+        svc,
+        Epoch(epoch(&lab)),
+        Receiver::node(ReplicaId(2), h2_old),
+        b"x",
+    );
+    let old_group = stranger.seal(
+        MsgType::Progress,
+        svc,
+        before_restart,
+        Receiver::GROUP,
+        &emit_progress(&[]),
+    );
+    let redirector_life = life(&lab, "redir");
+    let old_redirector = Sealer::new(
+        key.clone(),
+        ReplicaId(0),
+        Incarnation(redirector_life.0 - 1),
+    );
+    let old_view = old_redirector.seal(
+        MsgType::View,
+        svc,
+        Epoch(epoch(&lab) + 1000),
+        Receiver::node(ReplicaId(2), h2_new),
+        &forged_view.emit(),
+    );
+    let stale = dropped(&lab, "h2", "stale");
+    let seen = h2_epoch(&lab);
+    send_from_client_ns(&lab, h2_addr, vec![for_old_life, old_group, old_view]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        dropped(&lab, "h2", "stale"),
+        stale + 3,
+        "{}",
+        lab.metrics("h2")
+    );
+    assert_eq!(
+        h2_epoch(&lab),
+        seen,
+        "h2 took a view of an earlier redirector"
+    );
+
+    // A heartbeat's address is its payload's. A stranger (node 77) claims h1's address on
+    // another port, from the client's namespace: the redirector welcomes it there, and lists
+    // it there once it names the redirector's life.
+    let claimed = "198.18.1.2:7999";
+    let newcomer = Sealer::new(key.clone(), ReplicaId(77), Incarnation(5));
+    let hb = Heartbeat {
+        addr: claimed.parse().unwrap(),
+        services: vec![],
+    }
+    .emit();
+    let welcomes = metric(
+        &lab.metrics("redir"),
+        "hydra_redirector_welcomes_sent_total",
+    );
+    let first = newcomer.seal(
+        MsgType::Heartbeat,
+        ServiceId(0),
+        Epoch(0),
+        Receiver::node(ReplicaId(0), Incarnation::UNKNOWN),
+        &hb,
+    );
+    let second = newcomer.seal(
+        MsgType::Heartbeat,
+        ServiceId(0),
+        Epoch(0),
+        Receiver::node(ReplicaId(0), redirector_life),
+        &hb,
+    );
+    send_from_client_ns(&lab, "198.18.0.1:7000", vec![first, second]);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        metric(
+            &lab.metrics("redir"),
+            "hydra_redirector_welcomes_sent_total"
+        ),
+        welcomes + 1
+    );
+    let st = lab.status("redir");
+    let listed = st["hosts"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["id"] == 77))
+        .unwrap_or_else(|| panic!("node 77 not listed: {st}"));
+    assert_eq!(listed["addr"], claimed, "{st}");
+
+    // The service still answers, correctly.
     let out = lab.sh(
         "client",
         "curl -sS --fail --max-time 10 http://198.19.0.10/data.bin | sha256sum",

@@ -345,26 +345,22 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Restarts a crashed host: kills whatever is left in its namespace, starts its backend and
-/// its hydra-host again (same config, same key), and waits until the redirector counts it
-/// live again.
+/// its hydra-host again (same config, same key), and waits until the redirector counts its
+/// new life live. It does not wait for the redirector to notice the old life died first: a
+/// new life is a new member (its incarnation differs), which the redirector swaps in at once.
 pub(super) fn restart_host(lab: &LabState, bins: &Binaries, i: u16) -> Result<Duration> {
     let node = Node::Host(i);
     let dir = lab.dir();
-    super::net::kill_all(std::slice::from_ref(&lab.ns(&node)))?;
-    // Wait until the redirector has stopped counting the old life as live, so that "live"
-    // below means a heartbeat of the new one.
     let sock = dir.join("redir.sock");
-    let forget = Instant::now() + Duration::from_secs(5);
-    while !hosts_not_live(lab, &sock)?.contains(&i) && Instant::now() < forget {
-        thread::sleep(POLL);
-    }
+    let old_life = live_life(lab, &sock, i)?;
+    super::net::kill_all(std::slice::from_ref(&lab.ns(&node)))?;
     let started = Instant::now();
     spawn_backend(lab, i)?;
     let mut daemons = vec![spawn_host(lab, bins, i)?];
     let deadline = started + Duration::from_secs(10);
     loop {
         check_alive(lab, &mut daemons, None)?;
-        if !hosts_not_live(lab, &sock)?.contains(&i) {
+        if live_life(lab, &sock, i)?.is_some_and(|l| Some(&l) != old_life.as_ref()) {
             return Ok(started.elapsed());
         }
         if Instant::now() > deadline {
@@ -616,6 +612,8 @@ struct Status {
 struct HostStatus {
     id: u64,
     #[serde(default)]
+    incarnation: Option<String>,
+    #[serde(default)]
     live: bool,
     #[serde(default)]
     services: Vec<String>,
@@ -633,6 +631,25 @@ fn hosts_not_live(lab: &LabState, sock: &Path) -> Result<Vec<u16>> {
     let status: Status =
         serde_json::from_slice(&body).context("GET /status answered unexpected JSON")?;
     Ok(missing_hosts(lab, &status))
+}
+
+/// The life of host `i` the redirector counts live with the lab's service, if any.
+fn live_life(lab: &LabState, sock: &Path, i: u16) -> Result<Option<String>> {
+    let (code, body) = http_get(sock, "/status")?;
+    if code != 200 {
+        bail!(
+            "GET /status answered {code}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    let status: Status =
+        serde_json::from_slice(&body).context("GET /status answered unexpected JSON")?;
+    let service = lab.service();
+    Ok(status
+        .hosts
+        .into_iter()
+        .find(|h| h.id == u64::from(i) && h.live && h.services.contains(&service))
+        .and_then(|h| h.incarnation))
 }
 
 fn missing_hosts(lab: &LabState, status: &Status) -> Vec<u16> {
