@@ -290,6 +290,9 @@ pub struct FtConn {
     /// Members this speaker dropped that have not said yet that they know: the ACK gate
     /// still waits for them (they could be promoted by a view before they learn it).
     dropping: Vec<PeerId>,
+    /// The client segment being fed repeats what the client was already acknowledged: the
+    /// ACK our stack answers it with must reach the client (the last one was lost).
+    ack_owed: bool,
     /// Decisions this replica made as the speaker, repeated `DECISION_REPEATS` times.
     decisions: Vec<Decision>,
     decision_repeats: u8,
@@ -422,6 +425,7 @@ impl FtConn {
             opener: members.first().copied().filter(|m| *m != me),
             isn_s_guess: None,
             dropping: Vec::new(),
+            ack_owed: false,
             decisions: Vec::new(),
             decision_repeats: 0,
             decision_at: now,
@@ -548,6 +552,12 @@ impl FtConn {
     /// The ACK the primary last sent to the client (C).
     pub fn gate(&self) -> Option<SeqNumber> {
         self.sent_ack
+    }
+
+    /// The other members of the connection as this replica counts them (its ACK gate, as
+    /// speaker, waits for each).
+    pub fn members(&self) -> &[PeerId] {
+        &self.view_peers
     }
 
     /// Every known member's `rcv_nxt` (C), this replica first.
@@ -971,6 +981,11 @@ impl FtConn {
     pub fn handle_repair(&mut self, now: Instant, packet: &[u8]) {
         self.stats.repairs_received += 1;
         self.handle_client_packet(now, packet);
+        // The speaker repairs what it believes we lack: answer with where we stand, even
+        // when the repair brought nothing new (every report of it was lost, and nothing else
+        // would make us report again: the speaker repaired forever and held the client's
+        // FIN unacknowledged).
+        self.progress_dirty |= self.local_rcv_nxt.is_some();
     }
 
     /// A packet from the client.
@@ -1033,15 +1048,42 @@ impl FtConn {
             self.on_client_ack(now, &seg);
         }
         let mut p = packet.to_vec();
+        let mut acked = None;
         if seg.ack_flag {
             let local = seg.ack.minus(delta);
-            let acked = self.clamp_ack(local);
-            if acked != local {
+            let a = self.clamp_ack(local);
+            if a != local {
                 self.stats.clamped_acks += 1;
             }
-            rewrite::set_ack(&mut p, &seg, acked);
+            rewrite::set_ack(&mut p, &seg, a);
+            acked = Some(a);
         }
+        if seg.fin
+            && seg.payload_len > 0
+            && self.local_rcv_nxt == Some(seg.seq.plus(seg.payload_len as u32))
+        {
+            // A retransmission of the client's last bytes and its FIN, the bytes already here:
+            // smoltcp judges a segment's place in the window by its bytes alone, answers it
+            // with an ACK and drops the FIN (smoltcp 0.14 `socket/tcp.rs`, "segment not in
+            // receive window"). Give it the FIN alone, which it takes.
+            if let Some(a) = acked {
+                p = rewrite::build(
+                    self.key.client,
+                    self.key.service,
+                    seg.seq.plus(seg.payload_len as u32),
+                    a,
+                    seg.window,
+                    &[],
+                    true,
+                );
+            }
+        }
+        // Client bytes or a FIN we already acknowledged came again: our ACK was lost, and the
+        // ACK our stack answers with is owed to the client even if it repeats the last one.
+        self.ack_owed =
+            (seg.payload_len > 0 || seg.fin) && self.sent_ack.is_some_and(|a| seg.seq.lt(a));
         self.feed(now, &p);
+        self.ack_owed = false;
         if let (Some(h), Some(r)) = (self.local_hole_end, self.local_rcv_nxt) {
             if !r.lt(h) {
                 self.local_hole_end = None;
@@ -1224,6 +1266,19 @@ impl FtConn {
     /// A progress report from another member.
     pub fn handle_progress(&mut self, now: Instant, from: PeerId, p: Progress) {
         if !self.view_peers.contains(&from) {
+            // It holds the connection, but our ACK gate never counted it (it opened the
+            // connection with a stale view, or was out of the view for a while): it may lack
+            // bytes the client saw acknowledged. The speaker tells it it is no member, before
+            // a view could promote it.
+            if self.role == Role::Primary && !self.retired && p.end != OutputEnd::Reset {
+                self.note_decision(
+                    now,
+                    Decision {
+                        speaker: self.me,
+                        dropped: Some(from),
+                    },
+                );
+            }
             return;
         }
         if self.isn_s.is_none() {
@@ -1356,6 +1411,10 @@ impl FtConn {
     /// connection is primary when it is the first member that holds the connection and
     /// whose output agrees with the old primary's (a divergent member is passed over).
     pub fn set_view(&mut self, now: Instant, members: &[PeerId]) {
+        // Report after every view: a member the speaker no longer counts (it was out of the
+        // view for a while, without hearing it) learns so from the speaker's answer, even on
+        // a connection where nothing else moves.
+        self.progress_dirty |= self.local_rcv_nxt.is_some() && !self.retired;
         self.view_peers.retain(|id| members.contains(id));
         if self.opener.is_some_and(|o| !self.view_peers.contains(&o)) {
             self.adopt_isn_guess();
@@ -1389,6 +1448,13 @@ impl FtConn {
         self.peers.retain(|id, _| members.contains(id));
         self.repair.retain(|id, _| members.contains(id));
         let promoted = role == Role::Primary && self.role == Role::Backup;
+        if role == Role::Backup && self.synack_paused {
+            // A primary that held its SYN-ACK for members (its view was stale) and is a backup
+            // now: its stack must answer the SYN to follow the connection (as a backup's does
+            // at once), its output is suppressed anyway.
+            self.synack_paused = false;
+            self.ep.pause_synack(false);
+        }
         self.role = role;
         if promoted {
             self.promote(now);
@@ -1701,10 +1767,10 @@ impl FtConn {
         let window = self.window_field(ack, edge);
         let pure = seg.payload_len == 0 && !seg.fin;
         let repeated = self.sent_ack == Some(ack) && self.sent_edge == Some(edge);
-        if pure && !seg.sack && repeated && self.local_hole_end.is_none() {
+        if pure && !seg.sack && repeated && self.local_hole_end.is_none() && !self.ack_owed {
             // A repeated pure ACK would count as a duplicate at the client; it is one only
             // when client bytes were lost on their way to us (then the client must see it
-            // and retransmit fast).
+            // and retransmit fast), or when the client resent what we acknowledged.
             return;
         }
         if seg.fin && self.fin_held() {
