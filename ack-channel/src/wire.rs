@@ -81,6 +81,9 @@ pub enum MsgType {
     Order,
     /// A connection's speaker hands it to another member or drops one (host to hosts).
     Handoff,
+    /// Total-order stamp repair: a backup asks the primary for the stamps it misses, or the
+    /// primary answers that it no longer keeps them (host to host).
+    OrderRepair,
 }
 
 impl MsgType {
@@ -95,6 +98,7 @@ impl MsgType {
             MsgType::Digest => 7,
             MsgType::Order => 8,
             MsgType::Handoff => 9,
+            MsgType::OrderRepair => 10,
         }
     }
 
@@ -109,6 +113,7 @@ impl MsgType {
             7 => MsgType::Digest,
             8 => MsgType::Order,
             9 => MsgType::Handoff,
+            10 => MsgType::OrderRepair,
             other => return Err(WireError::UnknownType(other)),
         })
     }

@@ -11,16 +11,17 @@
 //! - `fuzz_open_mutated_real_datagrams`: a sealed datagram with one byte changed opens
 //!   exactly when nothing changed.
 //! - `fuzz_raw_payload`: arbitrary bytes through every decoder (heartbeat, view, progress,
-//!   digests, order, the datagram header, `Opener::open`). Nothing panics; whatever parses
+//!   digests, order, order repair, the datagram header, `Opener::open`). Nothing panics; whatever parses
 //!   emits back to the same bytes; the header checks answer as the format says
 //!   ([`expected_header`]); a datagram that opens (the corpus has one of each message type,
 //!   sealed with [`key`]) is what sealing its header and payload gives, its payload parses as
 //!   its type, and no truncation or flipped byte of it opens. Corpus: real payloads and
 //!   datagrams, written by `write_seed_corpus`.
-//! - `fuzz_payload_round_trip`: a random heartbeat, view, progress, digest or order payload
+//! - `fuzz_payload_round_trip`: a random heartbeat, view, progress, digest, order or order
+//!   repair payload
 //!   emits and parses back to itself, also sealed in a datagram and opened; every truncation
 //!   of the encoding and every extension with trailing bytes is refused.
-//! - `fuzz_datagram_round_trip`: a random header (all eight message types, any flags) emits
+//! - `fuzz_datagram_round_trip`: a random header (all ten message types, any flags) emits
 //!   and parses back; magic, version, type and reserved bytes replaced by fuzzed values give
 //!   exactly the format's errors; a sealed datagram opens once to its header and payload, then
 //!   is a replay; every truncation and any flipped byte is refused.
@@ -45,8 +46,9 @@ use ack_channel::wire::{HEADER_LEN, MAC_LEN};
 use ack_channel::{
     emit_digests, emit_handoffs, emit_order, emit_progress, parse_digests, parse_handoffs,
     parse_order, parse_progress, ClusterKey, Datagram, DigestEntry, DropReason, Epoch,
-    HandoffEntry, Header, Heartbeat, Mode, MsgType, Opener, OrderEntry, OutputEnd, ProgressEntry,
-    ReplicaId, Sealer, ServiceAd, ServiceId, View, WireError,
+    HandoffEntry, Header, Heartbeat, Mode, MsgType, Opener, OrderEntry, OrderRepair,
+    OrderRepairKind, OutputEnd, ProgressEntry, ReplicaId, Sealer, ServiceAd, ServiceId, View,
+    WireError,
 };
 use bolero::{check, TypeGenerator};
 
@@ -85,7 +87,7 @@ fn key() -> ClusterKey {
     ClusterKey::from_bytes([7; 32])
 }
 
-const ALL_TYPES: [MsgType; 9] = [
+const ALL_TYPES: [MsgType; 10] = [
     MsgType::ToHost,
     MsgType::ToClient,
     MsgType::Heartbeat,
@@ -95,9 +97,10 @@ const ALL_TYPES: [MsgType; 9] = [
     MsgType::Digest,
     MsgType::Order,
     MsgType::Handoff,
+    MsgType::OrderRepair,
 ];
 
-/// The message type with wire code `code` (1..=9, in the order of `wire.rs`).
+/// The message type with wire code `code` (1..=10, in the order of `wire.rs`).
 fn msg_type(code: u8) -> Option<MsgType> {
     ALL_TYPES.get(usize::from(code).checked_sub(1)?).copied()
 }
@@ -158,6 +161,7 @@ fn assert_payload_round_trips(t: MsgType, p: &[u8]) {
         MsgType::Digest => assert_eq!(emit_digests(&parse_digests(p).unwrap()), p),
         MsgType::Order => assert_eq!(emit_order(&parse_order(p).unwrap()), p),
         MsgType::Handoff => assert_eq!(emit_handoffs(&parse_handoffs(p).unwrap()), p),
+        MsgType::OrderRepair => assert_eq!(OrderRepair::parse(p).unwrap().emit(), p),
         MsgType::ToHost | MsgType::ToClient | MsgType::Repair => {}
     }
 }
@@ -182,6 +186,9 @@ fn fuzz_raw_payload() {
         }
         if let Ok(entries) = parse_handoffs(b) {
             assert_eq!(emit_handoffs(&entries), b);
+        }
+        if let Ok(r) = OrderRepair::parse(b) {
+            assert_eq!(r.emit(), b);
         }
         let header = parse_header(b);
         assert_eq!(header, expected_header(b));
@@ -297,6 +304,7 @@ enum GenPayload {
     Progress(#[generator(Vec::produce().with().len(0usize..=45))] Vec<GenProgress>),
     Digests(#[generator(Vec::produce().with().len(0usize..=40))] Vec<GenDigest>),
     Order(#[generator(Vec::produce().with().len(0usize..=64))] Vec<GenOrder>),
+    OrderRepair(GenAddr, bool, u64, u64),
 }
 
 fn mode(code: u8) -> Mode {
@@ -315,6 +323,7 @@ enum Value {
     Progress(Vec<ProgressEntry>),
     Digests(Vec<DigestEntry>),
     Order(Vec<OrderEntry>),
+    OrderRepair(OrderRepair),
 }
 
 impl Value {
@@ -372,6 +381,16 @@ impl Value {
                     })
                     .collect(),
             ),
+            GenPayload::OrderRepair(service, gone, from, to) => Value::OrderRepair(OrderRepair {
+                service: service.get(),
+                kind: if *gone {
+                    OrderRepairKind::Gone
+                } else {
+                    OrderRepairKind::Need
+                },
+                from: *from,
+                to: *to,
+            }),
         }
     }
 
@@ -382,6 +401,7 @@ impl Value {
             Value::Progress(_) => MsgType::Progress,
             Value::Digests(_) => MsgType::Digest,
             Value::Order(_) => MsgType::Order,
+            Value::OrderRepair(_) => MsgType::OrderRepair,
         }
     }
 
@@ -392,6 +412,7 @@ impl Value {
             Value::Progress(e) => emit_progress(e),
             Value::Digests(e) => emit_digests(e),
             Value::Order(e) => emit_order(e),
+            Value::OrderRepair(r) => r.emit(),
         }
     }
 
@@ -403,6 +424,7 @@ impl Value {
             Value::Progress(_) => Value::Progress(parse_progress(b)?),
             Value::Digests(_) => Value::Digests(parse_digests(b)?),
             Value::Order(_) => Value::Order(parse_order(b)?),
+            Value::OrderRepair(_) => Value::OrderRepair(OrderRepair::parse(b)?),
         })
     }
 
@@ -457,7 +479,7 @@ fn fuzz_payload_round_trip() {
 /// A datagram's fields, and damage to its header.
 #[derive(Debug, Clone, TypeGenerator)]
 struct GenDatagram {
-    #[generator(1u8..=8)]
+    #[generator(1u8..=10)]
     msg_type: u8,
     flags: u16,
     service: u64,
@@ -659,6 +681,13 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
             len: 1,
         },
     ]);
+    let order_repair = OrderRepair {
+        service,
+        kind: OrderRepairKind::Need,
+        from: 41,
+        to: 57,
+    }
+    .emit();
     // A client's SYN (MSS 1460, SACK-permitted, timestamps, window scale 7), as a repair
     // or a tunnelled packet carries it.
     let syn: Vec<u8> = [
@@ -684,6 +713,12 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
         ("progress", progress.clone()),
         ("digests", digests.clone()),
         ("order", order.clone()),
+        ("order_repair", order_repair.clone()),
+        ("order_repair_kind_2", {
+            let mut r = order_repair.clone();
+            r[6] = 2;
+            r
+        }),
         (
             "heartbeat_count_too_big",
             vec![0, 2, 198, 19, 0, 10, 0, 80, 2, 0, 100, 1, 44],
@@ -709,6 +744,10 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
         ("datagram_digest", sealed(MsgType::Digest, &digests)),
         ("datagram_order", sealed(MsgType::Order, &order)),
         ("datagram_handoff", sealed(MsgType::Handoff, &handoff)),
+        (
+            "datagram_order_repair",
+            sealed(MsgType::OrderRepair, &order_repair),
+        ),
         ("datagram_repair_syn", sealed(MsgType::Repair, &syn)),
         ("datagram_to_host_syn", sealed(MsgType::ToHost, &syn)),
         ("datagram_to_client_empty", sealed(MsgType::ToClient, &[])),
@@ -728,7 +767,7 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
         ),
         ("bad_magic", broken(0, b'X')),
         ("version_2", broken(2, 2)),
-        ("unknown_type_10", broken(3, 10)),
+        ("unknown_type_11", broken(3, 11)),
         ("reserved_set", broken(7, 1)),
         ("truncated_header", good[..40].to_vec()),
         ("heartbeat_payload", heartbeat),
@@ -765,13 +804,15 @@ fn seed_corpora_are_what_they_claim() {
             || View::parse(&b).is_ok()
             || parse_progress(&b).is_ok()
             || parse_digests(&b).is_ok()
-            || parse_order(&b).is_ok();
+            || parse_order(&b).is_ok()
+            || OrderRepair::parse(&b).is_ok();
         let broken = matches!(
             name,
             "heartbeat_count_too_big"
                 | "heartbeat_unknown_mode"
                 | "progress_has_isn_s_2"
                 | "progress_end_3"
+                | "order_repair_kind_2"
         );
         assert_eq!(parses, !opens && !broken, "{name}");
     }
@@ -780,7 +821,7 @@ fn seed_corpora_are_what_they_claim() {
         let want = match name {
             "bad_magic" => DropReason::Malformed(WireError::BadMagic),
             "version_2" => DropReason::Malformed(WireError::Version(2)),
-            "unknown_type_10" => DropReason::Malformed(WireError::UnknownType(10)),
+            "unknown_type_11" => DropReason::Malformed(WireError::UnknownType(11)),
             "reserved_set" => DropReason::Malformed(WireError::Reserved),
             "truncated_header" | "heartbeat_payload" | "view_payload" => {
                 DropReason::Malformed(WireError::Truncated)

@@ -1130,7 +1130,9 @@ impl Dataplane {
                     Ok(entries) => self.on_handoffs(header.sender, &entries, dirty),
                     Err(_) => m.dropped_malformed.inc(),
                 },
-                MsgType::ToClient | MsgType::Heartbeat => m.dropped_unexpected.inc(),
+                MsgType::ToClient | MsgType::Heartbeat | MsgType::OrderRepair => {
+                    m.dropped_unexpected.inc()
+                }
             }
         }
         // More may be waiting: mio is edge-triggered, so come back at once.

@@ -455,7 +455,8 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
             | MsgType::Repair
             | MsgType::Digest
             | MsgType::Order
-            | MsgType::Handoff => m.dropped_unexpected.inc(),
+            | MsgType::Handoff
+            | MsgType::OrderRepair => m.dropped_unexpected.inc(),
         }
     }
 }
