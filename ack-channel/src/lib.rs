@@ -18,8 +18,8 @@ pub use auth::{ClusterKey, DropReason, KeyError, Opener, ReplayWindow, Sealer};
 pub use ids::{Epoch, ReplicaId, ServiceId};
 pub use proto::{
     emit_digests, emit_handoffs, emit_order, emit_progress, parse_digests, parse_handoffs,
-    parse_order, parse_progress, DigestEntry, HandoffEntry, Heartbeat, Mode, OrderEntry, OrderRepair, OrderRepairKind, OutputEnd,
-    ProgressEntry, ServiceAd, View, DIGESTS_PER_DATAGRAM, HANDOFFS_PER_DATAGRAM,
-    PROGRESS_PER_DATAGRAM,
+    parse_order, parse_progress, DigestEntry, HandoffEntry, Heartbeat, Mode, OrderEntry,
+    OrderRepair, OrderRepairKind, OutputEnd, ProgressEntry, ServiceAd, View, DIGESTS_PER_DATAGRAM,
+    HANDOFFS_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
 };
 pub use wire::{Datagram, Header, MsgType, WireError};
