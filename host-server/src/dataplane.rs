@@ -2002,6 +2002,25 @@ impl Dataplane {
             // INVARIANT: no code panics while holding the lock.
             *self.shared.views.lock().expect("views lock") = snapshot;
         }
+        // A total-order service gets its sequencer with its first view, not its first
+        // connection: a host that (re)joins hears the primary's stamps, asks for what it
+        // missed and is anchored before the connections it must follow carry data.
+        if !self.sequencers.contains_key(&service) {
+            let quiet = {
+                // INVARIANT: no code panics while holding the lock.
+                let services = self.shared.services.lock().expect("services lock");
+                services
+                    .serving(service)
+                    .filter(|p| p.mode == Mode::Ft && p.ft.total_order)
+                    .map(|p| p.ft.quiet_ms)
+            };
+            if let Some(q) = quiet {
+                self.sequencers.insert(
+                    service,
+                    Sequencer::new(Duration::from_millis(u64::from(q))),
+                );
+            }
+        }
         let Some(members) = self.members_of(service) else {
             return;
         };
