@@ -2015,10 +2015,8 @@ impl Dataplane {
                     .map(|p| p.ft.quiet_ms)
             };
             if let Some(q) = quiet {
-                self.sequencers.insert(
-                    service,
-                    Sequencer::new(Duration::from_millis(u64::from(q))),
-                );
+                self.sequencers
+                    .insert(service, Sequencer::new(Duration::from_millis(u64::from(q))));
             }
         }
         let Some(members) = self.members_of(service) else {
