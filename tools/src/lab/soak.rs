@@ -90,6 +90,8 @@ struct Window {
 /// Every fault the nemesis injected, for classifying operations.
 #[derive(Debug, Default)]
 struct FaultLog {
+    /// When the nemesis started (operations' times are shown from it).
+    t0: Option<Instant>,
     windows: Vec<Window>,
 }
 
@@ -129,6 +131,10 @@ const CLIENT_LINK: &str = "loss on the client's own link, which no server side c
 fn classify(r: &mut OpResult, start: Instant, end: Instant, log: &FaultLog) {
     if r.outcome == Outcome::Ok {
         return;
+    }
+    if let (Some(t0), Some(p)) = (log.t0, r.problem.as_mut()) {
+        let secs = |t: Instant| t.saturating_duration_since(t0).as_secs_f64();
+        *p = format!("{:.1}-{:.1} s: {p}", secs(start), secs(end));
     }
     let broken = r.lost > 0 || r.corrupted > 0 || r.reset;
     match log.excuse(start, end).filter(|_| !broken) {
@@ -1003,6 +1009,7 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
     let finish = |w: usize| flog.lock().expect("fault log lock").end(w);
 
     let start = Instant::now();
+    flog.lock().expect("fault log lock").t0 = Some(start);
     let end = start + Duration::from_secs(a.seconds);
     let mut nem = rng(a.seed);
     let mut active: Vec<(Instant, Fault, usize)> = Vec::new();
