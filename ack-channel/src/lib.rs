@@ -19,7 +19,7 @@ pub use ids::{Epoch, Incarnation, ReplicaId, ServiceId};
 pub use proto::{
     emit_digests, emit_handoffs, emit_order, emit_progress, parse_digests, parse_handoffs,
     parse_order, parse_progress, DigestEntry, HandoffEntry, Heartbeat, Member, Mode, OrderEntry,
-    OutputEnd, ProgressEntry, ServiceAd, View, DIGESTS_PER_DATAGRAM, HANDOFFS_PER_DATAGRAM,
-    PROGRESS_PER_DATAGRAM,
+    OrderRepair, OrderRepairKind, OutputEnd, ProgressEntry, ServiceAd, View, DIGESTS_PER_DATAGRAM,
+    HANDOFFS_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
 };
 pub use wire::{Datagram, Header, MsgType, WireError};

@@ -17,6 +17,10 @@
 //!   block index (4) | block length (4) | fin (1) | digest (16)
 //! Order (primary -> hosts, total order of a service): count (u16) then entries of
 //!   stamp (8) | client ip (4) | client port (2) | service ip (4) | service port (2) | len (4)
+//! OrderRepair (host -> host, total order of a service):
+//!   service ip (4) | service port (2) | kind (1) | from (8) | to (8)
+//!   kind 0, need (backup -> primary): send me the stamps in [from, to) (as Order datagrams)
+//!   kind 1, gone (primary -> backup): I keep the stamps from `from` on only; my next is `to`
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -526,6 +530,74 @@ pub fn parse_order(b: &[u8]) -> Result<Vec<OrderEntry>, WireError> {
         .collect())
 }
 
+/// What an [`OrderRepair`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderRepairKind {
+    /// A backup misses the stamps `[from, to)` and asks the primary for them.
+    Need,
+    /// The primary keeps stamps from `from` on only (older ones are forgotten); its next
+    /// stamp is `to`.
+    Gone,
+}
+
+/// Stamp repair for a total-order service: a backup's request for stamps it missed, or the
+/// primary's answer that they are no longer kept. Stamps themselves travel as `Order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderRepair {
+    /// The service address.
+    pub service: SocketAddrV4,
+    /// Request or answer.
+    pub kind: OrderRepairKind,
+    /// First stamp asked for (need), or the oldest stamp kept (gone).
+    pub from: u64,
+    /// One past the last stamp asked for (need), or the primary's next stamp (gone).
+    pub to: u64,
+}
+
+const ORDER_REPAIR_LEN: usize = 23;
+
+impl OrderRepair {
+    /// Serializes into a payload.
+    pub fn emit(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ORDER_REPAIR_LEN);
+        out.extend_from_slice(&self.service.ip().octets());
+        out.extend_from_slice(&self.service.port().to_be_bytes());
+        out.push(match self.kind {
+            OrderRepairKind::Need => 0,
+            OrderRepairKind::Gone => 1,
+        });
+        out.extend_from_slice(&self.from.to_be_bytes());
+        out.extend_from_slice(&self.to.to_be_bytes());
+        out
+    }
+
+    /// Parses a payload; the length must be exact and the kind known.
+    pub fn parse(b: &[u8]) -> Result<Self, WireError> {
+        if b.len() != ORDER_REPAIR_LEN {
+            return Err(WireError::Payload);
+        }
+        let kind = match b[6] {
+            0 => OrderRepairKind::Need,
+            1 => OrderRepairKind::Gone,
+            _ => return Err(WireError::Payload),
+        };
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_be_bytes(a)
+        };
+        Ok(OrderRepair {
+            service: SocketAddrV4::new(
+                Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+                u16::from_be_bytes([b[4], b[5]]),
+            ),
+            kind,
+            from: u64_at(7),
+            to: u64_at(15),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,6 +662,18 @@ mod tests {
             let _ = parse_digests(&bytes);
             let _ = parse_order(&bytes);
             let _ = parse_handoffs(&bytes);
+            let _ = OrderRepair::parse(&bytes);
+        }
+
+        #[test]
+        fn order_repair_round_trips(ip in any::<u32>(), port in any::<u16>(), gone in any::<bool>(), from in any::<u64>(), to in any::<u64>()) {
+            let r = OrderRepair {
+                service: SocketAddrV4::new(Ipv4Addr::from(ip), port),
+                kind: if gone { OrderRepairKind::Gone } else { OrderRepairKind::Need },
+                from,
+                to,
+            };
+            prop_assert_eq!(OrderRepair::parse(&r.emit()).unwrap(), r);
         }
 
         #[test]
@@ -640,6 +724,35 @@ mod tests {
         fn heartbeat_parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
             let _ = Heartbeat::parse(&bytes);
         }
+    }
+
+    #[test]
+    fn order_repair_bytes_are_as_documented() {
+        let need = OrderRepair {
+            service: "198.19.0.10:6379".parse().unwrap(),
+            kind: OrderRepairKind::Need,
+            from: 0x0102_0304_0506_0708,
+            to: 0x0102_0304_0506_0808,
+        };
+        let bytes = [
+            198, 19, 0, 10, 0x18, 0xeb, 0, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 8, 8,
+        ];
+        assert_eq!(need.emit(), bytes);
+        assert_eq!(OrderRepair::parse(&bytes), Ok(need));
+        let mut gone = bytes;
+        gone[6] = 1;
+        assert_eq!(
+            OrderRepair::parse(&gone).map(|r| r.kind),
+            Ok(OrderRepairKind::Gone)
+        );
+        let mut unknown = bytes;
+        unknown[6] = 2;
+        assert_eq!(OrderRepair::parse(&unknown), Err(WireError::Payload));
+        assert_eq!(OrderRepair::parse(&bytes[..22]), Err(WireError::Payload));
+        assert_eq!(
+            OrderRepair::parse(&[&bytes[..], &[0]].concat()),
+            Err(WireError::Payload)
+        );
     }
 
     #[test]

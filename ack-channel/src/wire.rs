@@ -99,6 +99,9 @@ pub enum MsgType {
     /// the redirector's current life counts as liveness, so heartbeats recorded before a
     /// redirector restart cannot keep a dead host in a view.
     Welcome,
+    /// Total-order stamp repair: a backup asks the primary for the stamps it misses, or the
+    /// primary answers that it no longer keeps them (host to host).
+    OrderRepair,
 }
 
 impl MsgType {
@@ -114,6 +117,7 @@ impl MsgType {
             MsgType::Order => 8,
             MsgType::Handoff => 9,
             MsgType::Welcome => 10,
+            MsgType::OrderRepair => 11,
         }
     }
 
@@ -129,6 +133,7 @@ impl MsgType {
             8 => MsgType::Order,
             9 => MsgType::Handoff,
             10 => MsgType::Welcome,
+            11 => MsgType::OrderRepair,
             other => return Err(WireError::UnknownType(other)),
         })
     }

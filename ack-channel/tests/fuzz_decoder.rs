@@ -11,16 +11,17 @@
 //! - `fuzz_open_mutated_real_datagrams`: a sealed datagram with one byte changed opens
 //!   exactly when nothing changed.
 //! - `fuzz_raw_payload`: arbitrary bytes through every decoder (heartbeat, view, progress,
-//!   digests, order, the datagram header, `Opener::open`). Nothing panics; whatever parses
+//!   digests, order, order repair, the datagram header, `Opener::open`). Nothing panics; whatever parses
 //!   emits back to the same bytes; the header checks answer as the format says
 //!   ([`expected_header`]); a datagram that opens (the corpus has one of each message type,
 //!   sealed with [`key`]) is what sealing its header and payload gives, its payload parses as
 //!   its type, and no truncation or flipped byte of it opens. Corpus: real payloads and
 //!   datagrams, written by `write_seed_corpus`.
-//! - `fuzz_payload_round_trip`: a random heartbeat, view, progress, digest or order payload
+//! - `fuzz_payload_round_trip`: a random heartbeat, view, progress, digest, order or order
+//!   repair payload
 //!   emits and parses back to itself, also sealed in a datagram and opened; every truncation
 //!   of the encoding and every extension with trailing bytes is refused.
-//! - `fuzz_datagram_round_trip`: a random header (all ten message types, any flags) emits
+//! - `fuzz_datagram_round_trip`: a random header (all eleven message types, any flags) emits
 //!   and parses back; magic, version, type and reserved bytes replaced by fuzzed values give
 //!   exactly the format's errors; a sealed datagram opens once to its header and payload, then
 //!   is a replay; every truncation and any flipped byte is refused.
@@ -46,7 +47,8 @@ use ack_channel::{
     emit_digests, emit_handoffs, emit_order, emit_progress, parse_digests, parse_handoffs,
     parse_order, parse_progress, ClusterKey, Datagram, DigestEntry, DropReason, Epoch,
     HandoffEntry, Header, Heartbeat, Incarnation, Member, Mode, MsgType, Opener, OrderEntry,
-    OutputEnd, ProgressEntry, Receiver, ReplicaId, Sealer, ServiceAd, ServiceId, View, WireError,
+    OrderRepair, OrderRepairKind, OutputEnd, ProgressEntry, Receiver, ReplicaId, Sealer, ServiceAd,
+    ServiceId, View, WireError,
 };
 use bolero::{check, TypeGenerator};
 
@@ -95,7 +97,7 @@ fn key() -> ClusterKey {
     ClusterKey::from_bytes([7; 32])
 }
 
-const ALL_TYPES: [MsgType; 10] = [
+const ALL_TYPES: [MsgType; 11] = [
     MsgType::ToHost,
     MsgType::ToClient,
     MsgType::Heartbeat,
@@ -106,9 +108,10 @@ const ALL_TYPES: [MsgType; 10] = [
     MsgType::Order,
     MsgType::Handoff,
     MsgType::Welcome,
+    MsgType::OrderRepair,
 ];
 
-/// The message type with wire code `code` (1..=10, in the order of `wire.rs`).
+/// The message type with wire code `code` (1..=11, in the order of `wire.rs`).
 fn msg_type(code: u8) -> Option<MsgType> {
     ALL_TYPES.get(usize::from(code).checked_sub(1)?).copied()
 }
@@ -172,6 +175,7 @@ fn assert_payload_round_trips(t: MsgType, p: &[u8]) {
         MsgType::Digest => assert_eq!(emit_digests(&parse_digests(p).unwrap()), p),
         MsgType::Order => assert_eq!(emit_order(&parse_order(p).unwrap()), p),
         MsgType::Handoff => assert_eq!(emit_handoffs(&parse_handoffs(p).unwrap()), p),
+        MsgType::OrderRepair => assert_eq!(OrderRepair::parse(p).unwrap().emit(), p),
         MsgType::ToHost | MsgType::ToClient | MsgType::Repair => {}
         MsgType::Welcome => assert!(p.is_empty()),
     }
@@ -197,6 +201,9 @@ fn fuzz_raw_payload() {
         }
         if let Ok(entries) = parse_handoffs(b) {
             assert_eq!(emit_handoffs(&entries), b);
+        }
+        if let Ok(r) = OrderRepair::parse(b) {
+            assert_eq!(r.emit(), b);
         }
         let header = parse_header(b);
         assert_eq!(header, expected_header(b));
@@ -317,6 +324,7 @@ enum GenPayload {
     Progress(#[generator(Vec::produce().with().len(0usize..=45))] Vec<GenProgress>),
     Digests(#[generator(Vec::produce().with().len(0usize..=40))] Vec<GenDigest>),
     Order(#[generator(Vec::produce().with().len(0usize..=64))] Vec<GenOrder>),
+    OrderRepair(GenAddr, bool, u64, u64),
 }
 
 fn mode(code: u8) -> Mode {
@@ -335,6 +343,7 @@ enum Value {
     Progress(Vec<ProgressEntry>),
     Digests(Vec<DigestEntry>),
     Order(Vec<OrderEntry>),
+    OrderRepair(OrderRepair),
 }
 
 impl Value {
@@ -400,6 +409,16 @@ impl Value {
                     })
                     .collect(),
             ),
+            GenPayload::OrderRepair(service, gone, from, to) => Value::OrderRepair(OrderRepair {
+                service: service.get(),
+                kind: if *gone {
+                    OrderRepairKind::Gone
+                } else {
+                    OrderRepairKind::Need
+                },
+                from: *from,
+                to: *to,
+            }),
         }
     }
 
@@ -410,6 +429,7 @@ impl Value {
             Value::Progress(_) => MsgType::Progress,
             Value::Digests(_) => MsgType::Digest,
             Value::Order(_) => MsgType::Order,
+            Value::OrderRepair(_) => MsgType::OrderRepair,
         }
     }
 
@@ -420,6 +440,7 @@ impl Value {
             Value::Progress(e) => emit_progress(e),
             Value::Digests(e) => emit_digests(e),
             Value::Order(e) => emit_order(e),
+            Value::OrderRepair(r) => r.emit(),
         }
     }
 
@@ -431,6 +452,7 @@ impl Value {
             Value::Progress(_) => Value::Progress(parse_progress(b)?),
             Value::Digests(_) => Value::Digests(parse_digests(b)?),
             Value::Order(_) => Value::Order(parse_order(b)?),
+            Value::OrderRepair(_) => Value::OrderRepair(OrderRepair::parse(b)?),
         })
     }
 
@@ -483,7 +505,7 @@ fn fuzz_payload_round_trip() {
 /// A datagram's fields, and damage to its header.
 #[derive(Debug, Clone, TypeGenerator)]
 struct GenDatagram {
-    #[generator(1u8..=10)]
+    #[generator(1u8..=11)]
     msg_type: u8,
     flags: u16,
     service: u64,
@@ -699,6 +721,13 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
             len: 1,
         },
     ]);
+    let order_repair = OrderRepair {
+        service,
+        kind: OrderRepairKind::Need,
+        from: 41,
+        to: 57,
+    }
+    .emit();
     // A client's SYN (MSS 1460, SACK-permitted, timestamps, window scale 7), as a repair
     // or a tunnelled packet carries it.
     let syn: Vec<u8> = [
@@ -725,6 +754,12 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
         ("progress", progress.clone()),
         ("digests", digests.clone()),
         ("order", order.clone()),
+        ("order_repair", order_repair.clone()),
+        ("order_repair_kind_2", {
+            let mut r = order_repair.clone();
+            r[6] = 2;
+            r
+        }),
         (
             "heartbeat_count_too_big",
             vec![
@@ -752,6 +787,10 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
         ("datagram_digest", group(MsgType::Digest, &digests)),
         ("datagram_order", group(MsgType::Order, &order)),
         ("datagram_handoff", group(MsgType::Handoff, &handoff)),
+        (
+            "datagram_order_repair",
+            sealed(MsgType::OrderRepair, &order_repair),
+        ),
         ("datagram_repair_syn", sealed(MsgType::Repair, &syn)),
         ("datagram_to_host_syn", group(MsgType::ToHost, &syn)),
         ("datagram_to_client_empty", sealed(MsgType::ToClient, &[])),
@@ -782,7 +821,7 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
         ),
         ("bad_magic", broken(0, b'X')),
         ("version_1", broken(2, 1)),
-        ("unknown_type_11", broken(3, 11)),
+        ("unknown_type_12", broken(3, 12)),
         ("reserved_set", broken(7, 1)),
         ("truncated_header", good[..40].to_vec()),
         ("heartbeat_payload", heartbeat),
@@ -819,13 +858,15 @@ fn seed_corpora_are_what_they_claim() {
             || View::parse(&b).is_ok()
             || parse_progress(&b).is_ok()
             || parse_digests(&b).is_ok()
-            || parse_order(&b).is_ok();
+            || parse_order(&b).is_ok()
+            || OrderRepair::parse(&b).is_ok();
         let broken = matches!(
             name,
             "heartbeat_count_too_big"
                 | "heartbeat_unknown_mode"
                 | "progress_has_isn_s_2"
                 | "progress_end_3"
+                | "order_repair_kind_2"
         );
         assert_eq!(parses, !opens && !broken, "{name}");
     }
@@ -834,7 +875,7 @@ fn seed_corpora_are_what_they_claim() {
         let want = match name {
             "bad_magic" => DropReason::Malformed(WireError::BadMagic),
             "version_1" => DropReason::Malformed(WireError::Version(1)),
-            "unknown_type_11" => DropReason::Malformed(WireError::UnknownType(11)),
+            "unknown_type_12" => DropReason::Malformed(WireError::UnknownType(12)),
             "reserved_set" => DropReason::Malformed(WireError::Reserved),
             "truncated_header" | "heartbeat_payload" | "view_payload" => {
                 DropReason::Malformed(WireError::Truncated)

@@ -19,12 +19,13 @@ use std::net::{Shutdown, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::order::{ConnView, Sequencer, Stamp};
+use crate::order::{ConnView, NeedAnswer, OrderStats, Sequencer, Stamp};
 use ack_channel::{
     emit_digests, emit_handoffs, emit_order, emit_progress, parse_digests, parse_handoffs,
     parse_order, parse_progress, DigestEntry, DropReason, Epoch, HandoffEntry, Header, Heartbeat,
-    Incarnation, Member, Mode, MsgType, Opener, OrderEntry, ProgressEntry, Receiver, ReplicaId,
-    Sealer, ServiceId, View, DIGESTS_PER_DATAGRAM, HANDOFFS_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
+    Incarnation, Member, Mode, MsgType, Opener, OrderEntry, OrderRepair, OrderRepairKind,
+    ProgressEntry, Receiver, ReplicaId, Sealer, ServiceId, View, DIGESTS_PER_DATAGRAM,
+    HANDOFFS_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
 };
 use control::metrics::{Counter, Exposition};
 use ft_tcp::agreement::BlockDigest;
@@ -45,6 +46,8 @@ const UDP: Token = Token(0);
 const RECV_BATCH: usize = 256;
 /// How often the connection table snapshot for `status` is refreshed.
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
+/// Order entries per datagram in a repair answer (24 bytes each: fits a 1500-byte link).
+const ORDER_PER_DATAGRAM: usize = 56;
 /// How often a total-order primary repeats its recent stamps.
 const ORDER_RESEND_EVERY: Duration = Duration::from_millis(20);
 /// The most connections listed one by one in `status`.
@@ -386,6 +389,51 @@ impl HostMetrics {
             "dir=\"dropped\"",
             self.ft.repairs_dropped.get(),
         );
+        let o = &self.ft.order;
+        for (what, help, v) in [
+            (
+                "skipped",
+                "Stamps skipped: their connection is not followed here",
+                &o.skipped,
+            ),
+            (
+                "refused",
+                "Stamps refused: the queue was at its bound (repaired later)",
+                &o.refused,
+            ),
+            (
+                "asked",
+                "Stamp repair requests sent to the primary",
+                &o.asked,
+            ),
+            (
+                "served",
+                "Stamps sent in answer to repair requests",
+                &o.served,
+            ),
+            (
+                "gone",
+                "Repair answers \"gone\": moved past stamps never had",
+                &o.gone,
+            ),
+            (
+                "abandoned",
+                "Connections this member left: it missed their order",
+                &o.abandoned,
+            ),
+            (
+                "forgotten",
+                "Stamps dropped from the history at its bound",
+                &o.forgotten,
+            ),
+            (
+                "foreign_evicted",
+                "Foreign connections forgotten at the set's bound",
+                &o.foreign_evicted,
+            ),
+        ] {
+            e.sample(&format!("hydra_order_{what}_total"), c, help, "", v.get());
+        }
         e.sample(
             "hydra_ft_digests_sent_total",
             c,
@@ -830,6 +878,42 @@ pub struct FtMetrics {
     pub members_dropped: Counter,
     /// Handoff datagrams sent to peers.
     pub handoffs_sent: Counter,
+    /// Total order (see `order.rs`): what the sequencers did and where they hit a bound.
+    pub order: OrderMetrics,
+}
+
+/// Total-order counters: stamp repair, and each bound's outcome (issue 12, finding 3).
+#[derive(Debug, Default)]
+pub struct OrderMetrics {
+    /// Stamps skipped: their connection is not followed here.
+    pub skipped: Counter,
+    /// Stamps refused: the backup's queue was at its bound (repair fetches them later).
+    pub refused: Counter,
+    /// Repair requests sent to the primary.
+    pub asked: Counter,
+    /// Stamps sent in answer to repair requests.
+    pub served: Counter,
+    /// Repair answers "gone": this backup moved past stamps it never had.
+    pub gone: Counter,
+    /// Connections this backup stopped following, and left.
+    pub abandoned: Counter,
+    /// Stamps forgotten from the history (at its bound).
+    pub forgotten: Counter,
+    /// Foreign connections forgotten early (the set at its bound).
+    pub foreign_evicted: Counter,
+}
+
+impl OrderMetrics {
+    fn add(&self, s: OrderStats) {
+        self.skipped.add(s.skipped);
+        self.refused.add(s.refused);
+        self.asked.add(s.asked);
+        self.served.add(s.served);
+        self.gone.add(s.gone);
+        self.abandoned.add(s.abandoned);
+        self.forgotten.add(s.forgotten);
+        self.foreign_evicted.add(s.foreign_evicted);
+    }
 }
 
 fn resize_socket_buffers(udp: &UdpSocket) {
@@ -841,6 +925,15 @@ fn resize_socket_buffers(udp: &UdpSocket) {
     }
     if setsockopt(udp, sockopt::SndBufForce, &WANT).is_err() {
         let _ = setsockopt(udp, sockopt::SndBuf, &WANT);
+    }
+}
+
+fn order_entry(s: &Stamp) -> OrderEntry {
+    OrderEntry {
+        stamp: s.stamp,
+        client: s.key.client,
+        service: s.key.service,
+        len: s.len,
     }
 }
 
@@ -1201,6 +1294,10 @@ impl Dataplane {
                 },
                 MsgType::Handoff => match parse_handoffs(payload) {
                     Ok(entries) => self.on_handoffs(header.sender, &entries, dirty),
+                    Err(_) => m.dropped_malformed.inc(),
+                },
+                MsgType::OrderRepair => match OrderRepair::parse(payload) {
+                    Ok(r) => self.on_order_repair(header.sender, r, dirty),
                     Err(_) => m.dropped_malformed.inc(),
                 },
                 MsgType::ToClient | MsgType::Heartbeat => m.dropped_unexpected.inc(),
@@ -2052,6 +2149,23 @@ impl Dataplane {
             // INVARIANT: no code panics while holding the lock.
             *self.shared.views.lock().expect("views lock") = snapshot;
         }
+        // A total-order service gets its sequencer with its first view, not its first
+        // connection: a host that (re)joins hears the primary's stamps, asks for what it
+        // missed and is anchored before the connections it must follow carry data.
+        if !self.sequencers.contains_key(&service) {
+            let quiet = {
+                // INVARIANT: no code panics while holding the lock.
+                let services = self.shared.services.lock().expect("services lock");
+                services
+                    .serving(service)
+                    .filter(|p| p.mode == Mode::Ft && p.ft.total_order)
+                    .map(|p| p.ft.quiet_ms)
+            };
+            if let Some(q) = quiet {
+                self.sequencers
+                    .insert(service, Sequencer::new(Duration::from_millis(u64::from(q))));
+            }
+        }
         let Some(members) = self.members_of(service) else {
             return;
         };
@@ -2190,7 +2304,111 @@ impl Dataplane {
                 len: e.len,
             })
             .collect();
-        q.on_stamps(&stamps);
+        q.on_stamps(&stamps, Instant::now());
+    }
+
+    /// Sends one ack-channel message to one member of the service's view.
+    fn send_to_member(&mut self, service: SocketAddrV4, to: ReplicaId, t: MsgType, payload: &[u8]) {
+        let Some(v) = self.views.get(&service) else {
+            return;
+        };
+        let Some(peer) = v.member(to).copied() else {
+            return;
+        };
+        self.sealer.seal_into(
+            t,
+            ServiceId::from_addr(service),
+            v.epoch,
+            Receiver::node(peer.id, peer.incarnation),
+            payload,
+            &mut self.sealed,
+        );
+        if self
+            .udp
+            .send_to(&self.sealed, SocketAddr::V4(peer.addr))
+            .is_err()
+        {
+            self.shared.metrics.send_errors.inc();
+        }
+    }
+
+    /// The service's primary in this host's view.
+    fn primary_of(&self, service: SocketAddrV4) -> Option<ReplicaId> {
+        self.views
+            .get(&service)
+            .and_then(|v| v.members.first())
+            .map(|m| m.id)
+    }
+
+    /// Stamp repair (total order): a backup's request, answered here when this host is the
+    /// primary; or the primary's "gone", acted on when it comes from the primary.
+    fn on_order_repair(&mut self, from: ReplicaId, r: OrderRepair, dirty: &mut Vec<usize>) {
+        let primary = self.primary_of(r.service);
+        let Some(q) = self.sequencers.get_mut(&r.service) else {
+            return;
+        };
+        match r.kind {
+            OrderRepairKind::Need if primary == Some(self.me) => match q.on_need(r.from, r.to) {
+                NeedAnswer::Stamps(stamps) => {
+                    for chunk in stamps.chunks(ORDER_PER_DATAGRAM) {
+                        let entries: Vec<OrderEntry> = chunk.iter().map(order_entry).collect();
+                        self.send_to_member(r.service, from, MsgType::Order, &emit_order(&entries));
+                    }
+                }
+                NeedAnswer::Gone { oldest, next } => {
+                    let gone = OrderRepair {
+                        service: r.service,
+                        kind: OrderRepairKind::Gone,
+                        from: oldest,
+                        to: next,
+                    };
+                    self.send_to_member(r.service, from, MsgType::OrderRepair, &gone.emit());
+                }
+            },
+            OrderRepairKind::Gone if primary == Some(from) && from != self.me => {
+                let held: Vec<FlowKey> = self
+                    .conns
+                    .values()
+                    .filter(|c| c.total && c.key.service == r.service)
+                    .map(|c| c.key)
+                    .collect();
+                q.on_gone(r.from, r.to, &held, Instant::now());
+                self.abandon_order_losers(r.service, dirty);
+            }
+            _ => {}
+        }
+    }
+
+    /// Makes this member leave the connections its sequencer can no longer follow: as when
+    /// its backend fails the connection, it retires from it (it is never promoted for it and
+    /// the gate stops waiting for it) and resets its backend side.
+    fn abandon_order_losers(&mut self, service: SocketAddrV4, dirty: &mut Vec<usize>) {
+        let Some(q) = self.sequencers.get_mut(&service) else {
+            return;
+        };
+        let keys = q.take_abandoned();
+        if keys.is_empty() {
+            return;
+        }
+        let now = self.stamp(Instant::now());
+        for key in keys {
+            let Some(&id) = self.flows.get(&key) else {
+                continue;
+            };
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if let Tcp::Ft(f) = &mut c.tcp {
+                if !f.is_retired() {
+                    tracing::warn!(client = %key.client, %service, "missed this connection's total order: leaving it");
+                    f.on_backend_failed(now);
+                }
+            }
+            // Not a failed backend: no health probe.
+            c.retired_seen = true;
+            reset_backend(self.poll.registry(), &mut c.backend);
+            dirty.push(id);
+        }
     }
 
     /// Runs every total-order sequencer: grants the next chunk where one may go, sends new
@@ -2239,7 +2457,20 @@ impl Dataplane {
             let Some(q) = self.sequencers.get_mut(&service) else {
                 continue;
             };
-            if let Some((key, len)) = q.next_grant(now, primary, &keys, view) {
+            let grant = q.next_grant(now, primary, &keys, view);
+            let mut stamps = None;
+            let mut need = None;
+            if primary {
+                stamps = q.take_outbox();
+                if stamps.is_none() && resend {
+                    let r = q.recent();
+                    stamps = (!r.is_empty()).then_some(r);
+                }
+            } else {
+                need = q.poll_need(now);
+            }
+            self.shared.metrics.ft.order.add(q.take_stats());
+            if let Some((key, len)) = grant {
                 if let Some(&id) = self.flows.get(&key) {
                     if let Some(c) = self.conns.get_mut(&id) {
                         c.credit += len as usize;
@@ -2247,27 +2478,23 @@ impl Dataplane {
                     }
                 }
             }
-            let mut stamps = None;
-            if primary {
-                stamps = q.take_outbox();
-                if stamps.is_none() && resend {
-                    let r = q.recent();
-                    stamps = (!r.is_empty()).then_some(r);
-                }
-            }
+            self.abandon_order_losers(service, &mut granted);
             if let Some(st) = stamps {
-                let entries: Vec<OrderEntry> = st
-                    .iter()
-                    .map(|s| OrderEntry {
-                        stamp: s.stamp,
-                        client: s.key.client,
-                        service: s.key.service,
-                        len: s.len,
-                    })
-                    .collect();
+                let entries: Vec<OrderEntry> = st.iter().map(order_entry).collect();
                 self.send_to_members(service, MsgType::Order, &emit_order(&entries));
             }
+            if let (Some((from, to)), Some(p)) = (need, self.primary_of(service)) {
+                let r = OrderRepair {
+                    service,
+                    kind: OrderRepairKind::Need,
+                    from,
+                    to,
+                };
+                self.send_to_member(service, p, MsgType::OrderRepair, &r.emit());
+            }
         }
+        granted.sort_unstable();
+        granted.dedup();
         granted
     }
 

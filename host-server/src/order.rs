@@ -18,17 +18,65 @@
 //! Sans-IO: the host server asks [`Sequencer::next_grant`] what to deliver, reports what it
 //! delivered and what the backend answered, and ships [`Sequencer::take_outbox`] to the
 //! backups, which feed [`Sequencer::on_stamps`].
+//!
+//! Stamp repair (issue 12, finding 3). The primary repeats its last [`RESEND`] stamps in every
+//! order datagram; a backup that misses more (a long loss burst, a rejoin, a restart) would
+//! wait for ever, its receive windows would fill and the primary's ACK gate would close the
+//! client's window. So:
+//!
+//! ```text
+//!   backup: first missing stamp is `next`  ──need [next, to)──►  primary (or any member
+//!                                                                 that became primary)
+//!           ◄── the stamps, as Order datagrams ────────────────  kept in `history`
+//!           ◄── gone (oldest kept, its next) ─────────────────── when `next` is forgotten
+//! ```
+//!
+//! - Every replica keeps the last [`HISTORY`] stamps it issued or processed, contiguous, so
+//!   that a backup promoted to primary can answer too. Older stamps are forgotten (counted).
+//! - A backup asks ([`Sequencer::poll_need`]) for at most [`NEED_MAX`] stamps at a time,
+//!   again every [`NEED_RETRY`] while it still misses them.
+//! - Gone: the stamps `[next, oldest)` are lost for this replica. It cannot tell which
+//!   connections had chunks among them, so it stops following every connection it holds now
+//!   (they are *abandoned*: the host makes this member leave them, as when its backend fails,
+//!   so it is never promoted for them and the primary's gate stops waiting for it), moves to
+//!   `oldest`, and from there skips the stamps of connections it does not follow. The
+//!   connections opened after that are followed from their first chunk: the replica was
+//!   anchored before the primary stamped them. A fresh sequencer (a restarted host) starts at
+//!   0 and goes through the same steps, so a late joiner starts at a defined point instead of
+//!   waiting.
+//! - A stamp for a connection this replica does not hold is skipped (at once when it was
+//!   issued before this replica last anchored, or when the replica holds the connection but
+//!   has left it; otherwise after [`UNKNOWN_CONN_WAIT`], the SYN may be under way), and the
+//!   connection is remembered as *foreign* for [`FOREIGN_TTL`]: if it shows up here later,
+//!   its first chunks went by, so it is abandoned too.
+//! - Bounds: the queue holds stamps in `[next, next + QUEUE_MAX)` only (later ones are
+//!   refused and counted; repair fetches them when their turn comes), the history
+//!   [`HISTORY`], the foreign set [`FOREIGN_MAX`] (oldest evicted, counted). Every outcome is
+//!   counted in [`OrderStats`], which the host adds to its `/metrics`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use ft_tcp::FlowKey;
 
 /// Stamps the primary repeats in every order datagram (loss of one is then harmless).
-const RESEND: usize = 16;
+pub const RESEND: usize = 16;
+/// Stamps every replica keeps to answer repair requests.
+pub const HISTORY: usize = 4096;
+/// Stamps a backup queues ahead of the next one it delivers; later ones are refused.
+pub const QUEUE_MAX: u64 = 1024;
+/// Stamps asked for in one repair request (and answered at most).
+pub const NEED_MAX: u64 = 256;
+/// A repair request still unanswered is sent again after this long.
+pub const NEED_RETRY: Duration = Duration::from_millis(20);
 /// A stamp for a connection this replica does not hold is skipped after this long (the
 /// replica joined after it opened and cannot follow it).
-const UNKNOWN_CONN_WAIT: Duration = Duration::from_millis(200);
+pub const UNKNOWN_CONN_WAIT: Duration = Duration::from_millis(200);
+/// How long a connection stays foreign (long past any SYN still in flight; shorter than
+/// a client's TIME-WAIT, so a reused 4-tuple is a new connection).
+pub const FOREIGN_TTL: Duration = Duration::from_secs(30);
+/// Foreign connections remembered at most.
+pub const FOREIGN_MAX: usize = 8192;
 /// The most bytes one chunk carries.
 const MAX_CHUNK: usize = 64 * 1024;
 
@@ -52,6 +100,41 @@ pub struct ConnView {
     pub answered: u64,
 }
 
+/// The primary's answer to a repair request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NeedAnswer {
+    /// The stamps asked for that exist (possibly none yet).
+    Stamps(Vec<Stamp>),
+    /// The first stamp asked for is forgotten: the oldest kept, and the next to be issued.
+    Gone {
+        /// Oldest stamp kept (the next one when none is).
+        oldest: u64,
+        /// The next stamp the primary issues.
+        next: u64,
+    },
+}
+
+/// Events since the host last looked ([`Sequencer::take_stats`]), for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrderStats {
+    /// Stamps skipped: their connection is not followed here.
+    pub skipped: u64,
+    /// Stamps refused because the queue was full (fetched again by repair later).
+    pub refused: u64,
+    /// Repair requests made.
+    pub asked: u64,
+    /// Stamps sent in answer to repair requests.
+    pub served: u64,
+    /// Repair answers "gone" that made this replica move past stamps it never had.
+    pub gone: u64,
+    /// Connections this replica stopped following (it leaves them).
+    pub abandoned: u64,
+    /// Stamps forgotten from the history (it is full).
+    pub forgotten: u64,
+    /// Foreign connections forgotten before their time because the set was full.
+    pub foreign_evicted: u64,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Turn {
     key: FlowKey,
@@ -61,19 +144,34 @@ struct Turn {
 }
 
 /// The total-order state of one service on one replica.
+///
+/// Call order, each loop turn: [`Sequencer::on_stamps`] / [`Sequencer::on_gone`] /
+/// [`Sequencer::on_need`] as datagrams come; then [`Sequencer::next_grant`], then
+/// [`Sequencer::take_abandoned`] (leave those connections), [`Sequencer::take_outbox`]
+/// (primary) or [`Sequencer::poll_need`] (backup), and [`Sequencer::take_stats`].
 #[derive(Debug)]
 pub struct Sequencer {
     quiet: Duration,
     /// Next stamp to issue (primary) or deliver (backup).
     next: u64,
-    queue: BTreeMap<u64, (FlowKey, u32)>,
+    /// Stamps received, in `[next, next + QUEUE_MAX)`, with when they came.
+    queue: BTreeMap<u64, (FlowKey, u32, Instant)>,
     turn: Option<Turn>,
-    recent: VecDeque<Stamp>,
+    /// The last stamps issued or processed here, contiguous, ending at `next - 1`.
+    history: VecDeque<Stamp>,
     fresh: bool,
-    waiting_since: Option<Instant>,
     rr: usize,
-    /// Stamps skipped for connections this replica does not hold.
-    pub skipped: u64,
+    /// One past the highest stamp heard from the primary.
+    heard: u64,
+    /// Stamps below this were issued before this replica last anchored: a connection it does
+    /// not hold among them is not one it can follow.
+    anchored_below: u64,
+    /// The last repair request: when, and from which stamp.
+    asked: Option<(Instant, u64)>,
+    /// Connections not followed here, and since when.
+    foreign: HashMap<FlowKey, Instant>,
+    abandoned: Vec<FlowKey>,
+    stats: OrderStats,
 }
 
 impl Sequencer {
@@ -84,21 +182,119 @@ impl Sequencer {
             next: 0,
             queue: BTreeMap::new(),
             turn: None,
-            recent: VecDeque::new(),
+            history: VecDeque::new(),
             fresh: false,
-            waiting_since: None,
             rr: 0,
-            skipped: 0,
+            heard: 0,
+            anchored_below: 0,
+            asked: None,
+            foreign: HashMap::new(),
+            abandoned: Vec::new(),
+            stats: OrderStats::default(),
         }
     }
 
-    /// Stamps from the primary (repeats and old ones are ignored).
-    pub fn on_stamps(&mut self, stamps: &[Stamp]) {
+    /// Stamps from the primary (repeats and old ones are ignored; those too far ahead are
+    /// refused and counted).
+    pub fn on_stamps(&mut self, stamps: &[Stamp], now: Instant) {
         for s in stamps {
-            if s.stamp >= self.next {
-                self.queue.insert(s.stamp, (s.key, s.len));
+            self.heard = self.heard.max(s.stamp.saturating_add(1));
+            if s.stamp < self.next {
+                continue;
             }
+            if s.stamp - self.next >= QUEUE_MAX {
+                self.stats.refused += 1;
+                continue;
+            }
+            self.queue.entry(s.stamp).or_insert((s.key, s.len, now));
         }
+    }
+
+    /// The stamps a backup misses first, to ask the primary for: `[from, to)`, at most
+    /// [`NEED_MAX`], when the next stamp to deliver is known to exist and is not here; again
+    /// after [`NEED_RETRY`] while unanswered.
+    pub fn poll_need(&mut self, now: Instant) -> Option<(u64, u64)> {
+        if self.heard <= self.next || self.queue.contains_key(&self.next) {
+            return None;
+        }
+        if self
+            .asked
+            .is_some_and(|(t, from)| from == self.next && now < t + NEED_RETRY)
+        {
+            return None;
+        }
+        let end = self.queue.first_key_value().map_or(self.heard, |(&k, _)| k);
+        let to = end.min(self.next + NEED_MAX);
+        self.asked = Some((now, self.next));
+        self.stats.asked += 1;
+        Some((self.next, to))
+    }
+
+    /// A backup asks for the stamps `[from, to)`: the ones kept (at most [`NEED_MAX`]), or
+    /// gone when `from` is forgotten.
+    pub fn on_need(&mut self, from: u64, to: u64) -> NeedAnswer {
+        let oldest = self.history.front().map_or(self.next, |s| s.stamp);
+        if from < oldest {
+            return NeedAnswer::Gone {
+                oldest,
+                next: self.next,
+            };
+        }
+        let to = to.min(self.next).min(from.saturating_add(NEED_MAX));
+        let stamps: Vec<Stamp> = (from..to)
+            // INVARIANT: the history is contiguous from `oldest` to `next - 1`, and
+            // `oldest <= from < to <= next`.
+            .filter_map(|n| self.history.get((n - oldest) as usize).copied())
+            .collect();
+        self.stats.served += stamps.len() as u64;
+        NeedAnswer::Stamps(stamps)
+    }
+
+    /// The primary no longer keeps the stamps before `oldest` (it issues `next` next). When
+    /// this replica still needs one of them, it stops following the connections it holds
+    /// (`held`) and moves on to `oldest`.
+    pub fn on_gone(&mut self, oldest: u64, next: u64, held: &[FlowKey], now: Instant) {
+        if oldest <= self.next {
+            return;
+        }
+        self.stats.gone += 1;
+        for &key in held {
+            self.forget_conn(key, now);
+        }
+        self.next = oldest;
+        self.heard = self.heard.max(oldest);
+        self.anchored_below = self.anchored_below.max(next);
+        self.queue = self.queue.split_off(&oldest);
+        self.history.clear();
+        self.turn = None;
+        self.asked = None;
+    }
+
+    /// Marks `key` foreign and abandoned (the host makes this member leave it if held).
+    fn forget_conn(&mut self, key: FlowKey, now: Instant) {
+        self.foreign.insert(key, now);
+        if !self.abandoned.contains(&key) {
+            self.abandoned.push(key);
+            self.stats.abandoned += 1;
+        }
+        self.bound_foreign(now);
+    }
+
+    fn is_foreign(&self, key: FlowKey, now: Instant) -> bool {
+        self.foreign
+            .get(&key)
+            .is_some_and(|t| now < *t + FOREIGN_TTL)
+    }
+
+    /// Connections this replica stopped following since the last call: the host makes this
+    /// member leave each (it is then never promoted for it, and no gate waits for it).
+    pub fn take_abandoned(&mut self) -> Vec<FlowKey> {
+        std::mem::take(&mut self.abandoned)
+    }
+
+    /// Events since the last call.
+    pub fn take_stats(&mut self) -> OrderStats {
+        std::mem::take(&mut self.stats)
     }
 
     /// Whether the current chunk is done and the backend answered or was quiet long enough.
@@ -114,6 +310,17 @@ impl Sequencer {
         answered || t.delivered_at.is_some_and(|d| now >= d + self.quiet)
     }
 
+    fn remember(&mut self, s: Stamp) {
+        if self.history.back().is_some_and(|b| b.stamp + 1 != s.stamp) {
+            self.history.clear();
+        }
+        self.history.push_back(s);
+        if self.history.len() > HISTORY {
+            self.history.pop_front();
+            self.stats.forgotten += 1;
+        }
+    }
+
     /// The connection that may hand its backend bytes now, and how many: at a primary the
     /// next connection with bytes waiting (round robin), stamped; at a backup the next
     /// stamp once its bytes are here. `conns` lists the service's connections here.
@@ -124,36 +331,53 @@ impl Sequencer {
         conns: &[FlowKey],
         view: impl Fn(FlowKey) -> Option<ConnView>,
     ) -> Option<(FlowKey, u32)> {
+        // A connection held and followed here that went foreign (its first chunks went by
+        // before it was here): leave it.
+        for &key in conns {
+            if view(key).is_some() && self.is_foreign(key, now) && !self.abandoned.contains(&key) {
+                self.forget_conn(key, now);
+            }
+        }
         if !self.turn_free(now, &view) {
             return None;
         }
         // Stamps received from a primary come first (a promoted backup finishes them).
-        if let Some((&k, &(key, len))) = self.queue.first_key_value() {
+        while let Some((&k, &(key, len, came))) = self.queue.first_key_value() {
             if k != self.next {
-                // A stamp is missing: the primary repeats recent stamps, wait for it. A new
-                // primary whose old primary's stamp never arrived moves past the gap.
+                // A stamp is missing: a backup asks for it (`poll_need`). A new primary whose
+                // old primary's stamp never arrived moves past the gap.
                 if primary {
                     self.next = k;
+                    continue;
                 }
                 return None;
             }
+            let stamp = Stamp { stamp: k, key, len };
             match view(key) {
+                // Abandoned above: its bytes are not ours to deliver.
+                Some(_) if self.is_foreign(key, now) => self.skip(stamp),
                 Some(v) if v.pending >= len as usize => {
                     self.queue.pop_first();
                     self.next += 1;
-                    self.waiting_since = None;
+                    self.remember(stamp);
                     return Some(self.start_turn(key, len, v));
                 }
                 Some(_) => return None,
                 None => {
-                    let since = *self.waiting_since.get_or_insert(now);
-                    if now >= since + UNKNOWN_CONN_WAIT {
-                        self.queue.pop_first();
-                        self.next += 1;
-                        self.skipped += 1;
-                        self.waiting_since = None;
+                    // Held but left, foreign already, or issued before this replica
+                    // anchored: never followed here. Otherwise its SYN may be on the way (the
+                    // wait runs from the stamp's arrival, so a batch of them waits once).
+                    let never = conns.contains(&key)
+                        || self.is_foreign(key, now)
+                        || k < self.anchored_below;
+                    if !never && now < came + UNKNOWN_CONN_WAIT {
+                        return None;
                     }
-                    return None;
+                    if !conns.contains(&key) && !self.is_foreign(key, now) {
+                        self.foreign.insert(key, now);
+                        self.bound_foreign(now);
+                    }
+                    self.skip(stamp);
                 }
             }
         }
@@ -174,14 +398,35 @@ impl Sequencer {
                 len,
             };
             self.next += 1;
-            self.recent.push_back(s);
-            if self.recent.len() > RESEND {
-                self.recent.pop_front();
-            }
+            self.heard = self.heard.max(self.next);
+            self.remember(s);
             self.fresh = true;
             return Some(self.start_turn(key, len, v));
         }
         None
+    }
+
+    fn skip(&mut self, s: Stamp) {
+        self.queue.pop_first();
+        self.next += 1;
+        self.stats.skipped += 1;
+        self.remember(s);
+    }
+
+    fn bound_foreign(&mut self, now: Instant) {
+        if self.foreign.len() > FOREIGN_MAX {
+            self.foreign.retain(|_, t| now < *t + FOREIGN_TTL);
+        }
+        while self.foreign.len() > FOREIGN_MAX {
+            // INVARIANT: the map is not empty (it is over its bound).
+            let (&oldest, _) = self
+                .foreign
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .expect("a full map has a minimum");
+            self.foreign.remove(&oldest);
+            self.stats.foreign_evicted += 1;
+        }
     }
 
     fn start_turn(&mut self, key: FlowKey, len: u32, v: ConnView) -> (FlowKey, u32) {
@@ -213,7 +458,7 @@ impl Sequencer {
 
     /// Whether stamps are waiting for bytes or a turn is in progress (poll often).
     pub fn busy(&self) -> bool {
-        self.turn.is_some_and(|t| t.left > 0) || !self.queue.is_empty()
+        self.turn.is_some_and(|t| t.left > 0) || !self.queue.is_empty() || self.heard > self.next
     }
 
     /// Stamps to send the backups: the recent ones, when a new one was issued.
@@ -221,12 +466,18 @@ impl Sequencer {
         if !std::mem::take(&mut self.fresh) {
             return None;
         }
-        Some(self.recent.iter().copied().collect())
+        Some(self.recent())
     }
 
     /// The recent stamps, for a periodic resend (the last one's datagram may be lost).
     pub fn recent(&self) -> Vec<Stamp> {
-        self.recent.iter().copied().collect()
+        let skip = self.history.len().saturating_sub(RESEND);
+        self.history.iter().skip(skip).copied().collect()
+    }
+
+    /// Stamps queued here (bounded by [`QUEUE_MAX`]).
+    pub fn queued(&self) -> usize {
+        self.queue.len()
     }
 }
 
@@ -288,7 +539,7 @@ mod tests {
 
         // The backup got b's bytes first, a's later; it still delivers a, then b.
         let mut s = Sequencer::new(Duration::from_millis(2));
-        s.on_stamps(&stamps[1..]);
+        s.on_stamps(&stamps[1..], t0);
         let mut bp: HashMap<FlowKey, ConnView> = HashMap::new();
         bp.insert(
             b,
@@ -298,7 +549,7 @@ mod tests {
             },
         );
         assert_eq!(s.next_grant(t0, false, &[b], |k| bp.get(&k).copied()), None);
-        s.on_stamps(&stamps);
+        s.on_stamps(&stamps, t0);
         bp.insert(
             a,
             ConnView {
@@ -329,17 +580,243 @@ mod tests {
     fn a_stamp_for_a_connection_this_replica_lacks_is_skipped_after_a_while() {
         let t0 = Instant::now();
         let mut s = Sequencer::new(Duration::from_millis(2));
-        s.on_stamps(&[Stamp {
-            stamp: 0,
-            key: key(9),
-            len: 3,
-        }]);
+        s.on_stamps(
+            &[Stamp {
+                stamp: 0,
+                key: key(9),
+                len: 3,
+            }],
+            t0,
+        );
         assert_eq!(s.next_grant(t0, false, &[], |_| None), None);
         assert_eq!(
             s.next_grant(t0 + UNKNOWN_CONN_WAIT, false, &[], |_| None),
             None
         );
-        assert_eq!(s.skipped, 1);
+        assert_eq!(s.take_stats().skipped, 1);
         assert!(!s.busy());
+    }
+
+    fn pending(n: usize) -> Option<ConnView> {
+        Some(ConnView {
+            pending: n,
+            answered: 0,
+        })
+    }
+
+    /// A primary that issued `n` one-byte chunks for connection `k` (no quiet wait).
+    fn primary_with(n: u64, k: FlowKey, t0: Instant) -> Sequencer {
+        let mut p = Sequencer::new(Duration::ZERO);
+        for _ in 0..n {
+            let g = p.next_grant(t0, true, &[k], |_| pending(1));
+            assert_eq!(g, Some((k, 1)));
+            p.on_delivered(k, 1, t0);
+        }
+        p
+    }
+
+    fn stamps_of(a: NeedAnswer) -> Vec<Stamp> {
+        match a {
+            NeedAnswer::Stamps(s) => s,
+            other => panic!("expected stamps, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_backup_past_the_resent_stamps_asks_for_the_gap_and_catches_up() {
+        let t0 = Instant::now();
+        let a = key(1);
+        let mut p = primary_with(100, a, t0);
+        let mut b = Sequencer::new(Duration::ZERO);
+        // Only the last RESEND stamps ever arrived: 84..100.
+        b.on_stamps(&p.recent(), t0);
+        assert_eq!(b.next_grant(t0, false, &[a], |_| pending(100)), None);
+        assert_eq!(b.poll_need(t0), Some((0, 84)));
+        assert_eq!(
+            b.poll_need(t0),
+            None,
+            "asked already, not yet time to ask again"
+        );
+        let got = stamps_of(p.on_need(0, 84));
+        assert_eq!(got.len(), 84);
+        assert_eq!(got[0].stamp, 0);
+        b.on_stamps(&got, t0);
+        let mut delivered = 0;
+        while let Some((k, n)) = b.next_grant(t0, false, &[a], |_| pending(100 - delivered)) {
+            assert_eq!(k, a);
+            b.on_delivered(k, n as usize, t0);
+            delivered += n as usize;
+        }
+        assert_eq!(delivered, 100, "every stamp delivered, in order");
+        assert!(!b.busy());
+        assert_eq!(b.poll_need(t0), None);
+        assert!(b.take_abandoned().is_empty());
+        let st = b.take_stats();
+        assert_eq!((st.asked, st.gone, st.abandoned), (1, 0, 0));
+        assert_eq!(p.take_stats().served, 84);
+    }
+
+    #[test]
+    fn an_unanswered_request_is_sent_again_after_the_retry_time() {
+        let t0 = Instant::now();
+        let mut p = primary_with(40, key(1), t0);
+        let mut b = Sequencer::new(Duration::ZERO);
+        b.on_stamps(&p.recent(), t0);
+        assert_eq!(b.poll_need(t0), Some((0, 24)));
+        assert_eq!(b.poll_need(t0 + NEED_RETRY), Some((0, 24)));
+        assert_eq!(stamps_of(p.on_need(0, 24)).len(), 24);
+    }
+
+    #[test]
+    fn a_late_joiner_whose_stamps_are_forgotten_leaves_what_it_holds_and_follows_new_conns() {
+        let t0 = Instant::now();
+        let (old, held, new) = (key(1), key(2), key(3));
+        let mut p = primary_with(HISTORY as u64 + 500, old, t0);
+        assert_eq!(
+            p.take_stats().forgotten,
+            500,
+            "the history stays at its bound"
+        );
+        let mut b = Sequencer::new(Duration::ZERO);
+        // The joiner holds `held` (opened before it heard the primary); it hears the
+        // recent stamps, all of `old`, which it does not hold.
+        b.on_stamps(&p.recent(), t0);
+        let view = |k: FlowKey| (k == held).then(|| pending(0)).flatten();
+        assert_eq!(b.next_grant(t0, false, &[held], view), None);
+        let (from, to) = b.poll_need(t0).unwrap();
+        assert_eq!(from, 0);
+        let NeedAnswer::Gone { oldest, next } = p.on_need(from, to) else {
+            panic!("stamp 0 is forgotten");
+        };
+        assert_eq!((oldest, next), (500, HISTORY as u64 + 500));
+        b.on_gone(oldest, next, &[held], t0);
+        assert_eq!(
+            b.take_abandoned(),
+            vec![held],
+            "it cannot know held's chunks"
+        );
+        // It fetches the kept history and skips it at once (none of it is followed here).
+        while let Some((from, to)) = b.poll_need(t0) {
+            b.on_stamps(&stamps_of(p.on_need(from, to)), t0);
+            assert_eq!(b.next_grant(t0, false, &[held], |_| None), None);
+        }
+        assert_eq!(b.take_stats().skipped, HISTORY as u64);
+        assert!(!b.busy());
+        // A connection opened after the joiner anchored is followed from its first chunk.
+        let g = p.next_grant(t0, true, &[new], |_| pending(7));
+        assert_eq!(g, Some((new, 7)));
+        b.on_stamps(&p.take_outbox().unwrap(), t0);
+        assert_eq!(
+            b.next_grant(t0, false, &[held, new], |k| (k == new)
+                .then(|| pending(7))
+                .flatten()),
+            Some((new, 7))
+        );
+        assert!(b.take_abandoned().is_empty());
+    }
+
+    #[test]
+    fn a_gone_answer_for_stamps_already_had_changes_nothing() {
+        let t0 = Instant::now();
+        let a = key(1);
+        let mut b = Sequencer::new(Duration::ZERO);
+        b.on_gone(0, 10, &[a], t0);
+        assert!(b.take_abandoned().is_empty());
+        assert_eq!(b.take_stats().gone, 0);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_stamps_and_repair_brings_them_when_their_turn_comes() {
+        let t0 = Instant::now();
+        let a = key(1);
+        let n = QUEUE_MAX + 10;
+        let mut p = primary_with(n, a, t0);
+        let mut b = Sequencer::new(Duration::ZERO);
+        // Stamp 0 is lost; 1..n arrive (as repeated datagrams would bring them).
+        let all = stamps_of(p.on_need(0, NEED_MAX));
+        let mut rest = Vec::new();
+        let mut from = NEED_MAX;
+        while from < n {
+            rest.extend(stamps_of(p.on_need(from, from + NEED_MAX)));
+            from += NEED_MAX;
+        }
+        b.on_stamps(&all[1..], t0);
+        b.on_stamps(&rest, t0);
+        assert_eq!(
+            b.queued() as u64,
+            QUEUE_MAX - 1,
+            "only [next, next + QUEUE_MAX) kept"
+        );
+        assert_eq!(b.take_stats().refused, 10);
+        // The gap at 0 is asked for; then the refused ones, once they are within the bound.
+        let (f, t) = b.poll_need(t0).unwrap();
+        assert_eq!((f, t), (0, 1));
+        b.on_stamps(&stamps_of(p.on_need(f, t)), t0);
+        let mut delivered = 0u64;
+        loop {
+            if let Some((k, len)) = b.next_grant(t0, false, &[a], |_| pending(1)) {
+                b.on_delivered(k, len as usize, t0);
+                delivered += 1;
+                continue;
+            }
+            let Some((f, t)) = b.poll_need(t0) else { break };
+            b.on_stamps(&stamps_of(p.on_need(f, t)), t0);
+        }
+        assert_eq!(delivered, n);
+        assert!(b.take_abandoned().is_empty());
+    }
+
+    #[test]
+    fn a_connection_whose_stamps_went_by_before_it_was_here_is_abandoned_when_it_shows_up() {
+        let t0 = Instant::now();
+        let late = key(5);
+        let mut b = Sequencer::new(Duration::ZERO);
+        b.on_stamps(
+            &[Stamp {
+                stamp: 0,
+                key: late,
+                len: 4,
+            }],
+            t0,
+        );
+        assert_eq!(
+            b.next_grant(t0 + UNKNOWN_CONN_WAIT, false, &[], |_| None),
+            None
+        );
+        assert_eq!(b.take_stats().skipped, 1);
+        // Its SYN arrives late: its first chunk was skipped, so it is not followed here.
+        assert_eq!(
+            b.next_grant(t0 + UNKNOWN_CONN_WAIT, false, &[late], |_| pending(4)),
+            None
+        );
+        assert_eq!(b.take_abandoned(), vec![late]);
+        assert_eq!(b.take_stats().abandoned, 1);
+    }
+
+    #[test]
+    fn the_foreign_set_stays_at_its_bound() {
+        let t0 = Instant::now();
+        let mut b = Sequencer::new(Duration::ZERO);
+        let stamps: Vec<Stamp> = (0..FOREIGN_MAX as u64 + 3)
+            .map(|i| Stamp {
+                stamp: i,
+                key: FlowKey {
+                    client: SocketAddrV4::new(
+                        [198, 18, (i >> 16) as u8, (i >> 8) as u8].into(),
+                        i as u16,
+                    ),
+                    service: SocketAddrV4::new([198, 19, 0, 10].into(), 80),
+                },
+                len: 1,
+            })
+            .collect();
+        for c in stamps.chunks(1000) {
+            b.on_stamps(c, t0);
+            let _ = b.next_grant(t0 + UNKNOWN_CONN_WAIT, false, &[], |_| None);
+        }
+        let st = b.take_stats();
+        assert_eq!(st.skipped, FOREIGN_MAX as u64 + 3);
+        assert_eq!(st.foreign_evicted, 3);
+        assert!(b.foreign.len() <= FOREIGN_MAX);
     }
 }

@@ -529,7 +529,8 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
             | MsgType::Digest
             | MsgType::Order
             | MsgType::Handoff
-            | MsgType::Welcome => m.dropped_unexpected.inc(),
+            | MsgType::Welcome
+            | MsgType::OrderRepair => m.dropped_unexpected.inc(),
         }
     }
 }

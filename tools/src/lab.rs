@@ -110,11 +110,14 @@ enum LabCommand {
     /// faults, print a Jepsen-style summary, remove the lab.
     ///
     /// Workers in the client namespace run downloads (every byte compared, pauses timed),
-    /// uploads (the backend's sha256 checked) and redis SET/GET/INCR sequences (every reply
-    /// checked). The nemesis kills and restarts hosts, kills and restarts hosts' backends
-    /// (hydra-host stays up; turn off with --no-backend-faults), partitions and heals hosts,
-    /// and adds loss and duplication to links, one host fault at a time. Exits 0 only when no
-    /// byte was lost or corrupted, no connection was reset and the cluster recovered.
+    /// uploads (the backend's sha256 checked) and redis sequences on a total-order service
+    /// (every reply checked). The nemesis kills and restarts hosts, restarts hosts at once
+    /// without waiting for the detector (turn off with --no-fast-restarts), kills and
+    /// restarts hosts' backends (hydra-host stays up; turn off with --no-backend-faults),
+    /// partitions and heals hosts, and adds loss and duplication to links, one host fault at
+    /// a time. Exits 0 only when no operation failed (an operation may end indeterminate only
+    /// by overlapping loss on the client's own link), no byte was lost or corrupted, no
+    /// connection was reset, the cluster recovered and the live redis replicas' digests agree.
     Soak(SoakCmd),
     /// SYN flood: send TCP SYNs to the service from the client namespace, from random
     /// addresses in 198.18.128.0/17 and random ports, at --rate per second for --seconds.
@@ -149,6 +152,10 @@ struct SoakCmd {
     /// a seed from before them replays with this flag.
     #[arg(long)]
     no_backend_faults: bool,
+    /// Never restart a host at once, within the detector's timeout (the fault "kill hK and
+    /// start it again without waiting for the redirector to notice", on by default).
+    #[arg(long)]
+    no_fast_restarts: bool,
 }
 
 #[derive(Args)]
@@ -447,6 +454,7 @@ pub fn run(args: LabArgs) -> Result<()> {
                 replicas: a.replicas,
                 workers: a.workers as usize,
                 backend_faults: !a.no_backend_faults,
+                fast_restarts: !a.no_fast_restarts,
             })?;
             if !ok {
                 bail!("the soak broke an invariant (seed {seed}; summary above)");
@@ -718,7 +726,7 @@ fn restart(a: ProcArgs) -> Result<()> {
             );
         }
         procs::Target::Node(Node::Host(i)) => {
-            let took = daemons::restart_host(&lab, &daemons::Binaries::find()?, i)?;
+            let took = daemons::restart_host(&lab, &daemons::Binaries::find()?, i, false)?;
             eprintln!(
                 "restarted h{i}: live at the redirector after {} ms",
                 took.as_millis()

@@ -1,13 +1,40 @@
 //! `hydractl lab soak`: a fault soak in the manner of Jepsen.
 //!
-//! It builds an ft lab of its own (hydra-fileserver on port 80, redis on 6379 when
-//! `redis-server` is installed), drives client operations from worker threads in the client
-//! namespace (downloads, uploads, redis sequences, each checked byte for byte), while a
-//! seeded nemesis kills and restarts hosts, kills and restarts hosts' backends (unless
+//! It builds an ft lab of its own with two services on different ports: hydra-fileserver on
+//! port 80 (ft, connections ordered on their own) and, when `redis-server` is installed,
+//! redis on 6379 (ft with `--order total`). Worker threads in the client namespace drive
+//! client operations (downloads, uploads, redis sequences, each checked byte for byte),
+//! while a seeded nemesis kills and restarts hosts, restarts hosts at once without waiting
+//! for the detector to notice the old life (issue 12, finding 4; unless
+//! `--no-fast-restarts`), kills and restarts hosts' backends (unless
 //! `--no-backend-faults`), partitions and heals hosts, and adds loss and duplication to
-//! links. It ends with a summary: operations ok / failed / indeterminate,
-//! bytes lost, bytes corrupted, resets seen, the longest pause inside a download, and the
-//! invariants broken, with the seed to replay. The lab is removed at the end, also on error.
+//! links. It ends with a summary: operations ok / failed / indeterminate, bytes lost, bytes
+//! corrupted, resets seen, the longest pause inside a download, the redis digest
+//! comparison, and the invariants broken, with the seed to replay. The lab is removed at the
+//! end, also on error.
+//!
+//! Every operation must succeed. One that fails or times out is *indeterminate*, not
+//! failed, only when it overlapped (from its start to its end, plus [`OBSERVE_GRACE`]) a
+//! fault the soak allows operations to observe; the summary prints the reason for each.
+//! The allowed faults are:
+//!
+//! - loss and duplication on the client's own link (`impaired client`): that is the
+//!   client's network failing, which nothing on the server side can hide; TCP may then
+//!   time out.
+//!
+//! Every other fault (host kills and restarts, fast restarts, backend kills, partitions,
+//! loss on a host's link) is one HydraNet promises to mask, so an operation that fails
+//! during it fails the soak. Lost, corrupted or reset bytes are never excused.
+//!
+//! Redis state. At the end, after every fault is undone, a fault-free settling period and
+//! quiescing, the soak compares the redis replicas' states. A host whose redis restarted,
+//! or that was cut off, has none of the writes made before it (re)joined: HydraNet
+//! replicates connections, not state. So redis keys carry an *era* (the count of fault
+//! starts and ends before the operation began), and each host has the era it last joined
+//! in; for every era, the live hosts that joined at or before it must have the same keys
+//! with the same `DEBUG DIGEST-VALUE`s. Each operation also appends to a list and bumps a
+//! counter shared by all connections of its era, so a different order across connections
+//! shows as different digests. Hosts never faulted must have equal `DEBUG DIGEST`s.
 //!
 //! The nemesis's schedule is a function of the seed; the interleaving with the workers is
 //! not (real threads, real time), so a replay repeats the faults, not every packet.
@@ -16,7 +43,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +58,12 @@ const FILES: [usize; 3] = [256 << 10, 1 << 20, 4 << 20];
 /// No read may take longer than this; an operation that stalls is indeterminate.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const REDIS_PORT: u16 = 6379;
+/// How long after an allowed fault ends an operation may still be excused by it.
+const OBSERVE_GRACE: Duration = Duration::from_secs(2);
+/// Fault-free traffic after every fault is undone, before the workers stop.
+const SETTLE: Duration = Duration::from_secs(3);
+/// Indeterminate operations whose reasons the summary lists one by one.
+const REASONS_SHOWN: usize = 200;
 
 /// `hydractl lab soak` settings.
 pub(super) struct SoakArgs {
@@ -41,6 +74,82 @@ pub(super) struct SoakArgs {
     pub workers: usize,
     /// Whether the nemesis also kills backends alone (hydra-host left running).
     pub backend_faults: bool,
+    /// Whether the nemesis also restarts hosts within the detector's timeout.
+    pub fast_restarts: bool,
+}
+
+/// A fault's time in force, and why an operation may observe it (`None`: it may not).
+#[derive(Debug, Clone)]
+struct Window {
+    start: Instant,
+    end: Option<Instant>,
+    what: String,
+    excuse: Option<&'static str>,
+}
+
+/// Every fault the nemesis injected, for classifying operations.
+#[derive(Debug, Default)]
+struct FaultLog {
+    /// When the nemesis started (operations' times are shown from it).
+    t0: Option<Instant>,
+    windows: Vec<Window>,
+}
+
+impl FaultLog {
+    fn begin(&mut self, what: String, excuse: Option<&'static str>) -> usize {
+        self.windows.push(Window {
+            start: Instant::now(),
+            end: None,
+            what,
+            excuse,
+        });
+        self.windows.len() - 1
+    }
+
+    fn end(&mut self, i: usize) {
+        if let Some(w) = self.windows.get_mut(i) {
+            w.end = Some(Instant::now());
+        }
+    }
+
+    /// The allowed fault an operation from `start` to `end` overlapped, if any.
+    fn excuse(&self, start: Instant, end: Instant) -> Option<String> {
+        self.windows.iter().find_map(|w| {
+            let over = w.start <= end && w.end.is_none_or(|e| e + OBSERVE_GRACE >= start);
+            let why = w.excuse.filter(|_| over)?;
+            Some(format!("overlapped {} ({why})", w.what))
+        })
+    }
+}
+
+/// Why loss on the client's link may fail an operation.
+const CLIENT_LINK: &str = "loss on the client's own link, which no server side can hide";
+
+/// Decides a finished operation's outcome: anything short of success fails, unless it
+/// overlapped an allowed fault (then it is indeterminate, with the reason). Lost, corrupted
+/// or reset bytes are never excused.
+fn classify(r: &mut OpResult, start: Instant, end: Instant, log: &FaultLog) {
+    if r.outcome == Outcome::Ok {
+        return;
+    }
+    if let (Some(t0), Some(p)) = (log.t0, r.problem.as_mut()) {
+        let secs = |t: Instant| t.saturating_duration_since(t0).as_secs_f64();
+        *p = format!("{:.1}-{:.1} s: {p}", secs(start), secs(end));
+    }
+    let broken = r.lost > 0 || r.corrupted > 0 || r.reset;
+    match log.excuse(start, end).filter(|_| !broken) {
+        Some(why) => {
+            r.outcome = Outcome::Indeterminate;
+            r.reason = Some(why);
+        }
+        None => {
+            r.outcome = Outcome::Failed;
+            if !broken {
+                let p = r.problem.take().unwrap_or_default();
+                r.problem = Some(format!("{p} (no fault it may observe was in force)"));
+            }
+        }
+    }
 }
 
 /// How one operation ended.
@@ -65,6 +174,8 @@ struct Tally {
     resets: u64,
     longest_pause: Duration,
     problems: Vec<String>,
+    /// Why each indeterminate operation is not failed.
+    reasons: Vec<String>,
 }
 
 impl Tally {
@@ -89,10 +200,14 @@ impl Tally {
         self.bytes_corrupted += r.corrupted;
         self.resets += u64::from(r.reset);
         self.longest_pause = self.longest_pause.max(r.pause);
-        if let Some(p) = &r.problem {
-            if self.problems.len() < 20 {
-                self.problems.push(format!("{kind}: {p}"));
-            }
+        match (&r.outcome, &r.problem) {
+            (Outcome::Indeterminate, p) => self.reasons.push(format!(
+                "{kind}: {}: {}",
+                p.as_deref().unwrap_or("no answer"),
+                r.reason.as_deref().unwrap_or("?")
+            )),
+            (_, Some(p)) if self.problems.len() < 20 => self.problems.push(format!("{kind}: {p}")),
+            _ => {}
         }
     }
 }
@@ -107,6 +222,8 @@ struct OpResult {
     reset: bool,
     pause: Duration,
     problem: Option<String>,
+    /// Why an indeterminate operation is not failed: the allowed fault it overlapped.
+    reason: Option<String>,
 }
 
 impl OpResult {
@@ -320,26 +437,48 @@ fn resp_cmd(args: &[&[u8]]) -> Vec<u8> {
     v
 }
 
-/// A redis sequence on keys of its own: SET/GET and INCR, every reply checked.
-fn redis_ops(tag: &str, rng: &mut Rng) -> OpResult {
+/// What a redis reply must be.
+enum Want {
+    Exactly(Vec<u8>),
+    /// Any integer reply (a shared key: its value depends on the other connections).
+    Integer,
+}
+
+/// A redis sequence in era `era`: SET/GET and INCR on keys of its own, every reply checked,
+/// and RPUSH/INCR on keys shared by every connection of the era (their final values depend
+/// on the order across connections, which total order fixes).
+fn redis_ops(tag: &str, era: u64, rng: &mut Rng) -> OpResult {
     let mut r = OpResult::default();
     let mut s = match connect(REDIS_PORT) {
         Ok(s) => s,
         Err(e) => return r.io_error("connect", &e),
     };
     let mut pending = Vec::new();
+    let (log, shared) = (format!("soak:e{era}:log"), format!("soak:e{era}:shared"));
     for j in 0..20u64 {
-        let key = format!("soak:{tag}:{j}");
+        let key = format!("soak:e{era}:{tag}:{j}");
         let len = 16 + rng.below(48) as usize;
         let value: Vec<u8> = rng.bytes(len).iter().map(|b| b'a' + b % 26).collect();
-        let ctr = format!("soak:{tag}:ctr");
-        let steps: [(Vec<u8>, Vec<u8>); 3] = [
-            (resp_cmd(&[b"SET", key.as_bytes(), &value]), b"+OK".to_vec()),
-            (resp_cmd(&[b"GET", key.as_bytes()]), value.clone()),
+        let ctr = format!("soak:e{era}:{tag}:ctr");
+        let entry = format!("{tag}:{j}");
+        let steps: [(Vec<u8>, Want); 5] = [
+            (
+                resp_cmd(&[b"SET", key.as_bytes(), &value]),
+                Want::Exactly(b"+OK".to_vec()),
+            ),
+            (
+                resp_cmd(&[b"GET", key.as_bytes()]),
+                Want::Exactly(value.clone()),
+            ),
             (
                 resp_cmd(&[b"INCR", ctr.as_bytes()]),
-                format!(":{}", j + 1).into_bytes(),
+                Want::Exactly(format!(":{}", j + 1).into_bytes()),
             ),
+            (
+                resp_cmd(&[b"RPUSH", log.as_bytes(), entry.as_bytes()]),
+                Want::Integer,
+            ),
+            (resp_cmd(&[b"INCR", shared.as_bytes()]), Want::Integer),
         ];
         for (cmd, want) in steps {
             if let Err(e) = s.write_all(&cmd) {
@@ -348,13 +487,21 @@ fn redis_ops(tag: &str, rng: &mut Rng) -> OpResult {
             match resp_reply(&mut s, &mut pending) {
                 Ok(got) => {
                     r.checked += got.len() as u64;
-                    if got != want {
+                    let (ok, want) = match &want {
+                        Want::Exactly(w) => (got == *w, String::from_utf8_lossy(w).into_owned()),
+                        Want::Integer => (
+                            got.len() > 1
+                                && got[0] == b':'
+                                && got[1..].iter().all(u8::is_ascii_digit),
+                            "an integer".into(),
+                        ),
+                    };
+                    if !ok {
                         r.outcome = Outcome::Failed;
                         r.corrupted += got.len().max(want.len()) as u64;
                         r.problem = Some(format!(
-                            "reply {:?}, expected {:?}",
+                            "reply {:?}, expected {want:?}",
                             String::from_utf8_lossy(&got),
-                            String::from_utf8_lossy(&want)
                         ));
                         return r;
                     }
@@ -366,16 +513,22 @@ fn redis_ops(tag: &str, rng: &mut Rng) -> OpResult {
     r
 }
 
-/// One worker: operations until `stop`, in the client namespace.
-fn worker(
-    ns: PathBuf,
-    id: usize,
-    seed: u64,
-    files: Arc<Vec<(String, Vec<u8>)>>,
+/// What the workers share with the nemesis.
+struct Shared {
+    files: Vec<(String, Vec<u8>)>,
     redis: bool,
-    stop: Arc<AtomicBool>,
-    tally: Arc<Mutex<Tally>>,
-) -> Result<()> {
+    /// The current era (redis keys carry it).
+    era: AtomicU64,
+    stop: AtomicBool,
+    tally: Mutex<Tally>,
+    faults: Mutex<FaultLog>,
+}
+
+/// One worker: operations until `stop`, in the client namespace.
+fn worker(ns: PathBuf, id: usize, seed: u64, sh: Arc<Shared>) -> Result<()> {
+    let (files, redis, era, stop, tally, faults) = (
+        &sh.files, sh.redis, &sh.era, &sh.stop, &sh.tally, &sh.faults,
+    );
     let f = std::fs::File::open(&ns).with_context(|| format!("opening {}", ns.display()))?;
     nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
         .context("entering the client namespace")?;
@@ -384,7 +537,8 @@ fn worker(
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let pick = rng.below(if redis { 3 } else { 2 });
-        let (kind, res) = match pick {
+        let started = Instant::now();
+        let (kind, mut res) = match pick {
             0 => {
                 let (name, data) = &files[rng.below(files.len() as u64) as usize];
                 ("download", download(name, data))
@@ -393,15 +547,23 @@ fn worker(
                 let len = 64 * 1024 + rng.below(2 << 20) as usize;
                 ("upload", upload(&rng.bytes(len)))
             }
-            _ => ("redis", redis_ops(&format!("{seed}:{id}:{n}"), &mut rng)),
+            _ => {
+                let e = era.load(Ordering::SeqCst);
+                ("redis", redis_ops(&format!("{seed}:{id}:{n}"), e, &mut rng))
+            }
         };
+        {
+            // INVARIANT: no code panics while holding the lock.
+            let log = faults.lock().expect("fault log lock");
+            classify(&mut res, started, Instant::now(), &log);
+        }
         // INVARIANT: no code panics while holding the lock.
         tally.lock().expect("tally lock").record(kind, &res);
     }
     Ok(())
 }
 
-/// A fault in force, and when to undo it.
+/// A fault in force, and when to undo it (with its window in the fault log).
 enum Fault {
     Killed(u16),
     /// Host i's backend was killed; its hydra-host runs on.
@@ -431,16 +593,16 @@ enum FaultKind {
     Partition,
     /// Loss and duplication on a link; clear them later.
     Impair,
+    /// SIGKILL everything in a host's namespace and start it again at once, within the
+    /// detector's timeout (issue 12, finding 4).
+    FastRestart,
 }
 
-/// The nemesis's rolls are `0..menu_size`. Without backend faults it is the menu soaks had
-/// before them, so an old seed replays its schedule with `--no-backend-faults`.
-fn menu_size(backend_faults: bool) -> u64 {
-    if backend_faults {
-        12
-    } else {
-        10
-    }
+/// The nemesis's rolls are `0..menu_size`. Without backend faults and fast restarts it is
+/// the menu soaks had before them, so an old seed replays its schedule with
+/// `--no-backend-faults --no-fast-restarts`.
+fn menu_size(backend_faults: bool, fast_restarts: bool) -> u64 {
+    10 + 2 * u64::from(backend_faults) + 2 * u64::from(fast_restarts)
 }
 
 /// The fault a roll picks, if any. A host fault takes one member out of the view, so it is
@@ -449,18 +611,25 @@ fn menu_size(backend_faults: bool) -> u64 {
 /// allowed, and every other roll, becomes an impairment unless one is in force already.
 fn choose(
     roll: u64,
-    backend_faults: bool,
+    (backend_faults, fast_restarts): (bool, bool),
     host_fault_ok: bool,
     impaired: bool,
 ) -> Option<FaultKind> {
+    let fast = 6 + 2 * u64::from(backend_faults);
     let wanted = match roll {
         0..=3 => FaultKind::KillHost,
         4 | 5 => FaultKind::Partition,
         6 | 7 if backend_faults => FaultKind::KillBackend,
+        r if fast_restarts && (r == fast || r == fast + 1) => FaultKind::FastRestart,
         _ => FaultKind::Impair,
     };
     match wanted {
-        FaultKind::KillHost | FaultKind::Partition | FaultKind::KillBackend if host_fault_ok => {
+        FaultKind::KillHost
+        | FaultKind::Partition
+        | FaultKind::KillBackend
+        | FaultKind::FastRestart
+            if host_fault_ok =>
+        {
             Some(wanted)
         }
         _ => (!impaired).then_some(FaultKind::Impair),
@@ -471,13 +640,14 @@ fn node_name(n: &Node) -> String {
     n.to_string()
 }
 
-/// Adds the redis service on every host (after `up`, and after each restart).
+/// Adds the redis service, in total order, on host `i` (after `up`, and after each restart).
 fn add_redis_service(lab: &LabState, i: u16) -> Result<()> {
     let sock = lab.dir().join(format!("h{i}.sock"));
     let body = serde_json::json!({
         "service": format!("{}:{REDIS_PORT}", super::SERVICE_IP),
         "mode": "ft",
         "backend": format!("127.0.0.1:{REDIS_PORT}"),
+        "order": "total",
     })
     .to_string();
     control::request(&sock, "POST", "/setportopt", Some(&body))
@@ -485,14 +655,14 @@ fn add_redis_service(lab: &LabState, i: u16) -> Result<()> {
     Ok(())
 }
 
-/// The redirector's current ft view members of the lab's port-80 service.
-fn view_members(lab: &LabState) -> Vec<u64> {
+/// The redirector's current ft view members of the lab's service on `port`.
+fn view_members(lab: &LabState, port: u16) -> Vec<u64> {
     let sock = lab.dir().join("redir.sock");
     let Ok(text) = control::request(&sock, "GET", "/status", None) else {
         return Vec::new();
     };
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    let svc = lab.service();
+    let svc = format!("{}:{port}", super::SERVICE_IP);
     v["views"]
         .as_array()
         .into_iter()
@@ -503,18 +673,37 @@ fn view_members(lab: &LabState) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// Waits (up to 10 s) until host `i` is in the redis service's view, then a little longer,
+/// so that its sequencer has heard the primary and anchored before new connections count
+/// it a member.
+fn wait_in_redis_view(lab: &LabState, i: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !view_members(lab, REDIS_PORT).contains(&u64::from(i)) {
+        if Instant::now() > deadline {
+            anyhow::bail!("h{i} is not in the redis service's view 10 s after it came back");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    Ok(())
+}
+
 fn undo(lab: &LabState, bins: &daemons::Binaries, f: &Fault, redis: bool) -> Result<String> {
     Ok(match f {
         Fault::Killed(i) => {
-            let took = daemons::restart_host(lab, bins, *i)?;
+            let took = daemons::restart_host(lab, bins, *i, true)?;
             if redis {
                 add_redis_service(lab, *i)?;
+                wait_in_redis_view(lab, *i)?;
             }
             format!("restarted h{i} (live after {} ms)", took.as_millis())
         }
         Fault::BackendKilled(i) => {
             // hydra-host kept the redis service's settings: nothing to add again.
             let r = daemons::restart_backend(lab, *i)?;
+            if redis {
+                wait_in_redis_view(lab, *i)?;
+            }
             format!(
                 "restarted h{i}'s backend (answering after {} ms, offered again after {} ms)",
                 r.answered.as_millis(),
@@ -523,6 +712,9 @@ fn undo(lab: &LabState, bins: &daemons::Binaries, f: &Fault, redis: bool) -> Res
         }
         Fault::Partitioned(i) => {
             faults::partition(lab, &format!("h{i}"), false)?;
+            if redis {
+                wait_in_redis_view(lab, *i)?;
+            }
             format!("healed h{i}")
         }
         Fault::Impaired(n) => {
@@ -532,6 +724,187 @@ fn undo(lab: &LabState, bins: &daemons::Binaries, f: &Fault, redis: bool) -> Res
     })
 }
 
+/// The host a fault is about, if it takes one out of the redis view.
+fn host_of(f: &Fault) -> Option<u16> {
+    match f {
+        Fault::Killed(i) | Fault::BackendKilled(i) | Fault::Partitioned(i) => Some(*i),
+        Fault::Impaired(_) => None,
+    }
+}
+
+/// One RESP value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Resp {
+    Line(Vec<u8>),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Resp>),
+}
+
+fn read_resp(r: &mut impl std::io::BufRead) -> std::io::Result<Resp> {
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line)?;
+    if line.len() < 3 || !line.ends_with(b"\r\n") {
+        return Err(std::io::Error::other("short RESP line"));
+    }
+    line.truncate(line.len() - 2);
+    let n = || -> std::io::Result<i64> {
+        String::from_utf8_lossy(&line[1..])
+            .parse()
+            .map_err(|_| std::io::Error::other("bad RESP length"))
+    };
+    Ok(match line[0] {
+        b'$' => match n()? {
+            l if l < 0 => Resp::Bulk(None),
+            l => {
+                let mut v = vec![0u8; l as usize + 2];
+                r.read_exact(&mut v)?;
+                v.truncate(l as usize);
+                Resp::Bulk(Some(v))
+            }
+        },
+        b'*' => {
+            let k = n()?.max(0);
+            let mut items = Vec::with_capacity(k as usize);
+            for _ in 0..k {
+                items.push(read_resp(r)?);
+            }
+            Resp::Array(items)
+        }
+        _ => Resp::Line(line),
+    })
+}
+
+/// What one host's redis holds: its `DEBUG DIGEST`, and its soak keys with their
+/// `DEBUG DIGEST-VALUE`s, by era.
+#[derive(Debug, Default)]
+struct RedisState {
+    digest: String,
+    eras: std::collections::BTreeMap<u64, Vec<(String, String)>>,
+}
+
+/// Reads host `i`'s redis state over loopback inside its namespace.
+fn redis_state(lab: &LabState, i: u16) -> Result<RedisState> {
+    let ns = PathBuf::from("/run/netns").join(lab.ns(&Node::Host(i)));
+    std::thread::spawn(move || -> Result<RedisState> {
+        let f = std::fs::File::open(&ns).with_context(|| format!("opening {}", ns.display()))?;
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("entering the host namespace")?;
+        let mut s = TcpStream::connect(("127.0.0.1", REDIS_PORT)).context("connecting to redis")?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        let mut r = std::io::BufReader::new(s.try_clone()?);
+        let mut ask = |args: &[&[u8]]| -> Result<Resp> {
+            s.write_all(&resp_cmd(args))?;
+            Ok(read_resp(&mut r)?)
+        };
+        let text = |v: &Resp| match v {
+            Resp::Line(b) | Resp::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => format!("{other:?}"),
+        };
+        let digest = text(&ask(&[b"DEBUG", b"DIGEST"])?);
+        let Resp::Array(keys) = ask(&[b"KEYS", b"soak:e*"])? else {
+            anyhow::bail!("KEYS answered no array");
+        };
+        let mut keys: Vec<String> = keys.iter().map(text).collect();
+        keys.sort();
+        let mut st = RedisState {
+            digest,
+            ..Default::default()
+        };
+        for chunk in keys.chunks(1000) {
+            let mut args: Vec<&[u8]> = vec![b"DEBUG", b"DIGEST-VALUE"];
+            args.extend(chunk.iter().map(|k| k.as_bytes()));
+            let Resp::Array(ds) = ask(&args)? else {
+                anyhow::bail!("DEBUG DIGEST-VALUE answered no array (is DEBUG enabled?)");
+            };
+            for (k, d) in chunk.iter().zip(ds.iter()) {
+                let era = k
+                    .strip_prefix("soak:e")
+                    .and_then(|r| r.split(':').next())
+                    .and_then(|e| e.parse().ok())
+                    .unwrap_or(u64::MAX);
+                st.eras.entry(era).or_default().push((k.clone(), text(d)));
+            }
+        }
+        Ok(st)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread reading h{i}'s redis panicked"))?
+}
+
+/// Compares the live hosts' redis states: per era among the hosts that joined at or before
+/// it, and whole `DEBUG DIGEST`s among the hosts never faulted. Returns (lines for the
+/// summary, mismatches).
+fn compare_redis(states: &[(u16, RedisState)], joined: &[u64]) -> (Vec<String>, Vec<String>) {
+    let mut notes = Vec::new();
+    let mut bad = Vec::new();
+    let eras: std::collections::BTreeSet<u64> = states
+        .iter()
+        .flat_map(|(_, s)| s.eras.keys().copied())
+        .collect();
+    let (mut compared, mut keys) = (0, 0);
+    for era in eras {
+        let eligible: Vec<&(u16, RedisState)> = states
+            .iter()
+            .filter(|(h, _)| joined[usize::from(*h)] <= era)
+            .collect();
+        if eligible.len() < 2 {
+            continue;
+        }
+        compared += 1;
+        let empty = Vec::new();
+        let of = |s: &RedisState| s.eras.get(&era).unwrap_or(&empty).clone();
+        let first = of(&eligible[0].1);
+        keys += first.len();
+        for (h, s) in &eligible[1..] {
+            let other = of(s);
+            if other != first {
+                let differ = first
+                    .iter()
+                    .zip(other.iter())
+                    .find(|(a, b)| a != b)
+                    .map(|(a, b)| format!("{} {} vs {} {}", a.0, a.1, b.0, b.1))
+                    .unwrap_or_else(|| format!("{} vs {} keys", first.len(), other.len()));
+                bad.push(format!(
+                    "redis era {era}: h{} and h{h} differ ({differ})",
+                    eligible[0].0
+                ));
+            }
+        }
+    }
+    notes.push(format!(
+        "redis: {compared} eras compared across the live replicas that held them ({keys} keys)"
+    ));
+    let never: Vec<&(u16, RedisState)> = states
+        .iter()
+        .filter(|(h, _)| joined[usize::from(*h)] == 0)
+        .collect();
+    let names: Vec<String> = never.iter().map(|(h, _)| format!("h{h}")).collect();
+    if never.len() >= 2 {
+        let d = &never[0].1.digest;
+        if never.iter().any(|(_, s)| &s.digest != d) {
+            let all: Vec<String> = never
+                .iter()
+                .map(|(h, s)| format!("h{h} {}", s.digest))
+                .collect();
+            bad.push(format!("redis DEBUG DIGEST differs: {}", all.join(", ")));
+        } else {
+            notes.push(format!(
+                "redis DEBUG DIGEST equal on {} (never faulted): {d}",
+                names.join(", ")
+            ));
+        }
+    } else {
+        notes.push(format!(
+            "redis DEBUG DIGEST: fewer than two hosts never faulted ({}), compared per era only",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        ));
+    }
+    (notes, bad)
+}
 /// Runs the soak; returns whether every invariant held.
 pub(super) fn soak(a: SoakArgs) -> Result<bool> {
     let root = PathBuf::from(super::STATE_ROOT).join(format!("soak-www-{}", a.name));
@@ -553,7 +926,7 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
     if redis {
         backend.push_str(&format!(
             "redis-server --port {REDIS_PORT} --bind 127.0.0.1 --save '' --appendonly no \
-             --daemonize no >redis.log 2>&1 & "
+             --enable-debug-command yes --daemonize no >redis.log 2>&1 & "
         ));
     }
     backend.push_str(&format!(
@@ -582,42 +955,64 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
         eprintln!("soak: redis-server is not installed; running downloads and uploads only");
     }
 
-    eprintln!(
-        "soak: lab {} ({} replicas), {} s, seed {} (replay with --seed {}{}), {} workers{}, {}",
-        a.name,
-        a.replicas,
-        a.seconds,
-        a.seed,
-        a.seed,
+    let flags = format!(
+        "{}{}",
         if a.backend_faults {
             ""
         } else {
             " --no-backend-faults"
         },
-        a.workers,
-        if redis { ", redis on :6379" } else { "" },
-        if a.backend_faults {
-            "backend faults on (--no-backend-faults turns them off)"
+        if a.fast_restarts {
+            ""
         } else {
-            "backend faults off"
+            " --no-fast-restarts"
         }
     );
-    let files = Arc::new(files);
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Mutex::new(Tally::default()));
+    eprintln!(
+        "soak: lab {} ({} replicas), {} s, seed {} (replay with --seed {}{flags}), {} workers{}, \
+         backend faults {}, fast restarts {}",
+        a.name,
+        a.replicas,
+        a.seconds,
+        a.seed,
+        a.seed,
+        a.workers,
+        if redis {
+            ", files on :80, redis on :6379 in total order"
+        } else {
+            ""
+        },
+        if a.backend_faults { "on" } else { "off" },
+        if a.fast_restarts { "on" } else { "off" },
+    );
+    let sh = Arc::new(Shared {
+        files,
+        redis,
+        era: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        tally: Mutex::new(Tally::default()),
+        faults: Mutex::new(FaultLog::default()),
+    });
+    let (era, stop, tally, flog) = (&sh.era, &sh.stop, &sh.tally, &sh.faults);
+    // The era each host last joined in (index 0 unused): its redis holds the writes of
+    // that era on.
+    let mut joined = vec![0u64; usize::from(lab.replicas) + 1];
     let ns = PathBuf::from("/run/netns").join(lab.ns(&Node::Client));
     let handles: Vec<_> = (0..a.workers)
         .map(|id| {
-            let (ns, files, stop, tally) = (ns.clone(), files.clone(), stop.clone(), tally.clone());
-            let seed = a.seed;
-            std::thread::spawn(move || worker(ns, id, seed, files, redis, stop, tally))
+            let (ns, sh, seed) = (ns.clone(), sh.clone(), a.seed);
+            std::thread::spawn(move || worker(ns, id, seed, sh))
         })
         .collect();
+    // INVARIANT (both): no code panics while holding the lock.
+    let begin = |what: String, excuse| flog.lock().expect("fault log lock").begin(what, excuse);
+    let finish = |w: usize| flog.lock().expect("fault log lock").end(w);
 
     let start = Instant::now();
+    flog.lock().expect("fault log lock").t0 = Some(start);
     let end = start + Duration::from_secs(a.seconds);
     let mut nem = rng(a.seed);
-    let mut active: Vec<(Instant, Fault)> = Vec::new();
+    let mut active: Vec<(Instant, Fault, usize)> = Vec::new();
     let mut next = start + Duration::from_millis(1500);
     let mut events = 0u32;
     let log = |what: &str| eprintln!("soak {:>6.1} s: {what}", start.elapsed().as_secs_f64());
@@ -629,9 +1024,16 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
         let mut i = 0;
         while i < active.len() {
             if now >= active[i].0 {
-                let (_, f) = active.remove(i);
+                let (_, f, w) = active.remove(i);
                 match undo(&lab, &bins, &f, redis) {
-                    Ok(s) => log(&s),
+                    Ok(s) => {
+                        finish(w);
+                        let e = era.fetch_add(1, Ordering::SeqCst) + 1;
+                        if let Some(h) = host_of(&f) {
+                            joined[usize::from(h)] = e;
+                        }
+                        log(&s)
+                    }
                     Err(e) => {
                         error = Some(e);
                         break;
@@ -648,11 +1050,15 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
             continue;
         }
         next = now + Duration::from_millis(1500 + nem.below(2500));
-        let host_down = active.iter().any(|(_, f)| f.is_host_fault());
-        let impaired = active.iter().any(|(_, f)| matches!(f, Fault::Impaired(_)));
-        let roll = nem.below(menu_size(a.backend_faults));
-        let members = view_members(&lab);
-        let host_fault_ok = !host_down && members.len() == usize::from(lab.replicas);
+        let host_down = active.iter().any(|(_, f, _)| f.is_host_fault());
+        let impaired = active
+            .iter()
+            .any(|(_, f, _)| matches!(f, Fault::Impaired(_)));
+        let roll = nem.below(menu_size(a.backend_faults, a.fast_restarts));
+        let members = view_members(&lab, 80);
+        let redis_full =
+            !redis || view_members(&lab, REDIS_PORT).len() == usize::from(lab.replicas);
+        let host_fault_ok = !host_down && redis_full && members.len() == usize::from(lab.replicas);
         let pick_host = |r: &mut Rng| -> u16 {
             // Half the time the primary, else any host.
             if r.below(2) == 0 {
@@ -663,32 +1069,42 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
             1 + r.below(u64::from(lab.replicas)) as u16
         };
         let result: Result<()> = (|| {
-            let Some(kind) = choose(roll, a.backend_faults, host_fault_ok, impaired) else {
+            let Some(kind) = choose(
+                roll,
+                (a.backend_faults, a.fast_restarts),
+                host_fault_ok,
+                impaired,
+            ) else {
                 return Ok(());
             };
+            // Every fault start opens a new era (see the module doc).
+            era.fetch_add(1, Ordering::SeqCst);
             match kind {
                 FaultKind::KillHost => {
                     let h = pick_host(&mut nem);
                     let ns = lab.ns(&Node::Host(h));
+                    let w = begin(format!("kill of h{h}"), None);
                     net::kill_all(std::slice::from_ref(&ns))?;
                     log(&format!("killed h{h}"));
                     let back = now + Duration::from_millis(1500 + nem.below(2500));
-                    active.push((back, Fault::Killed(h)));
+                    active.push((back, Fault::Killed(h), w));
                 }
                 FaultKind::KillBackend => {
                     let h = pick_host(&mut nem);
+                    let w = begin(format!("kill of h{h}'s backend"), None);
                     let killed = procs::kill_backend(&lab, h)?;
                     let what: Vec<&str> = killed.iter().map(|p| p.comm.as_str()).collect();
                     log(&format!("killed h{h}'s backend ({})", what.join(", ")));
                     let back = now + Duration::from_millis(1500 + nem.below(2500));
-                    active.push((back, Fault::BackendKilled(h)));
+                    active.push((back, Fault::BackendKilled(h), w));
                 }
                 FaultKind::Partition => {
                     let h = pick_host(&mut nem);
+                    let w = begin(format!("partition of h{h}"), None);
                     faults::partition(&lab, &format!("h{h}"), true)?;
                     log(&format!("partitioned h{h}"));
                     let back = now + Duration::from_millis(1000 + nem.below(2000));
-                    active.push((back, Fault::Partitioned(h)));
+                    active.push((back, Fault::Partitioned(h), w));
                 }
                 FaultKind::Impair => {
                     let node = if nem.below(3) == 0 {
@@ -698,12 +1114,30 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
                     };
                     let loss = (1 + nem.below(5)) as f64;
                     let dup = nem.below(4) as f64;
+                    let excuse = matches!(node, Node::Client).then_some(CLIENT_LINK);
+                    let w = begin(format!("impaired {node}"), excuse);
                     faults::impair(&lab, &node_name(&node), loss, dup)?;
                     log(&format!(
                         "impaired {node}: {loss}% loss, {dup}% duplication"
                     ));
                     let back = now + Duration::from_millis(2000 + nem.below(3000));
-                    active.push((back, Fault::Impaired(node)));
+                    active.push((back, Fault::Impaired(node), w));
+                }
+                FaultKind::FastRestart => {
+                    let h = pick_host(&mut nem);
+                    let w = begin(format!("fast restart of h{h}"), None);
+                    let took = daemons::restart_host(&lab, &bins, h, false)?;
+                    if redis {
+                        add_redis_service(&lab, h)?;
+                        wait_in_redis_view(&lab, h)?;
+                    }
+                    finish(w);
+                    let e = era.fetch_add(1, Ordering::SeqCst) + 1;
+                    joined[usize::from(h)] = e;
+                    log(&format!(
+                        "killed h{h} and restarted it at once (live after {} ms)",
+                        took.as_millis()
+                    ));
                 }
             }
             events += 1;
@@ -714,12 +1148,23 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
             break;
         }
     }
-    // Let every fault end, then the workers finish their operations.
-    for (_, f) in active.drain(..) {
+    // Let every fault end, run fault-free for a while (a final era every live host
+    // holds), then the workers finish their operations.
+    for (_, f, w) in active.drain(..) {
         match undo(&lab, &bins, &f, redis) {
-            Ok(s) => log(&s),
+            Ok(s) => {
+                finish(w);
+                if let Some(h) = host_of(&f) {
+                    joined[usize::from(h)] = era.load(Ordering::SeqCst) + 1;
+                }
+                log(&s)
+            }
             Err(e) => error = error.or(Some(e)),
         }
+    }
+    let final_era = era.fetch_add(1, Ordering::SeqCst) + 1;
+    if error.is_none() {
+        std::thread::sleep(SETTLE);
     }
     stop.store(true, Ordering::Relaxed);
     let mut worker_errors = Vec::new();
@@ -733,13 +1178,47 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
     let recovered = {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let m = view_members(&lab);
+            let m = view_members(&lab, 80);
             if m.len() == usize::from(lab.replicas) || Instant::now() >= deadline {
                 break m;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     };
+    // Quiesced: no client traffic. Give backups a moment to deliver their last stamped
+    // chunks, then read every live redis replica.
+    let mut redis_notes = Vec::new();
+    let mut redis_bad = Vec::new();
+    if redis && error.is_none() {
+        std::thread::sleep(Duration::from_secs(1));
+        let live = view_members(&lab, REDIS_PORT);
+        let mut states = Vec::new();
+        for h in &live {
+            let h = *h as u16;
+            match redis_state(&lab, h) {
+                Ok(st) => states.push((h, st)),
+                Err(e) => redis_bad.push(format!("reading h{h}'s redis: {e:#}")),
+            }
+        }
+        if live.len() != usize::from(lab.replicas) {
+            redis_bad.push(format!(
+                "after healing, the redis view holds {live:?}, not all {} hosts",
+                lab.replicas
+            ));
+        }
+        let (notes, bad) = compare_redis(&states, &joined);
+        redis_notes = notes;
+        redis_bad.extend(bad);
+        let final_keys = states
+            .first()
+            .and_then(|(_, s)| s.eras.get(&final_era))
+            .map_or(0, Vec::len);
+        if final_keys == 0 {
+            redis_bad.push(format!(
+                "no redis keys in the final, fault-free era {final_era}: nothing to compare"
+            ));
+        }
+    }
     drop(guard);
     if let Some(e) = error {
         return Err(e.context("the nemesis failed"));
@@ -766,12 +1245,17 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
     if t.ok == 0 {
         broken.push("no operation succeeded".into());
     }
+    if t.failed > 0 {
+        broken.push(format!("{} operations failed", t.failed));
+    }
+    broken.extend(redis_bad);
     broken.extend(worker_errors);
     println!(
-        "soak summary (seed {}, {} s, {events} faults, backend faults {})",
+        "soak summary (seed {}, {} s, {events} faults, backend faults {}, fast restarts {})",
         a.seed,
         a.seconds,
-        if a.backend_faults { "on" } else { "off" }
+        if a.backend_faults { "on" } else { "off" },
+        if a.fast_restarts { "on" } else { "off" }
     );
     println!(
         "  operations: {} ok, {} failed, {} indeterminate",
@@ -788,8 +1272,20 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
         "  longest pause inside a download: {} ms",
         t.longest_pause.as_millis()
     );
+    for n in &redis_notes {
+        println!("  {n}");
+    }
     for p in &t.problems {
         println!("  note: {p}");
+    }
+    for r in t.reasons.iter().take(REASONS_SHOWN) {
+        println!("  indeterminate: {r}");
+    }
+    if t.reasons.len() > REASONS_SHOWN {
+        println!(
+            "  indeterminate: {} more not shown",
+            t.reasons.len() - REASONS_SHOWN
+        );
     }
     if broken.is_empty() {
         println!("  invariants: all held");
@@ -798,15 +1294,8 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
             println!("  INVARIANT BROKEN: {b}");
         }
         println!(
-            "  replay: hydractl lab soak --name {} --seconds {} --seed {}{}",
-            a.name,
-            a.seconds,
-            a.seed,
-            if a.backend_faults {
-                ""
-            } else {
-                " --no-backend-faults"
-            }
+            "  replay: hydractl lab soak --name {} --seconds {} --seed {}{flags}",
+            a.name, a.seconds, a.seed,
         );
     }
     Ok(broken.is_empty())
@@ -826,11 +1315,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn without_backend_faults_the_menu_is_the_old_one() {
-        // Seeds from before backend faults replay with --no-backend-faults: same roll range,
-        // same fault per roll (0..4 kill, 4..6 partition, else impair).
-        assert_eq!(menu_size(false), 10);
-        let picks: Vec<_> = (0..10).map(|r| choose(r, false, true, false)).collect();
+    fn without_backend_faults_and_fast_restarts_the_menu_is_the_old_one() {
+        // Seeds from before backend faults replay with --no-backend-faults
+        // --no-fast-restarts: same roll range, same fault per roll (0..4 kill, 4..6
+        // partition, else impair).
+        assert_eq!(menu_size(false, false), 10);
+        let picks: Vec<_> = (0..10)
+            .map(|r| choose(r, (false, false), true, false))
+            .collect();
         let (k, p, i) = (
             Some(FaultKind::KillHost),
             Some(FaultKind::Partition),
@@ -841,25 +1333,140 @@ mod tests {
 
     #[test]
     fn backend_faults_get_rolls_of_their_own() {
-        let picks: Vec<_> = (0..menu_size(true))
-            .map(|r| choose(r, true, true, false))
+        for fast in [false, true] {
+            let picks: Vec<_> = (0..menu_size(true, fast))
+                .map(|r| choose(r, (true, fast), true, false))
+                .collect();
+            let n = |kind| picks.iter().filter(|&&p| p == Some(kind)).count();
+            assert_eq!(n(FaultKind::KillHost), 4);
+            assert_eq!(n(FaultKind::Partition), 2);
+            assert_eq!(n(FaultKind::KillBackend), 2);
+            assert_eq!(n(FaultKind::FastRestart), if fast { 2 } else { 0 });
+            assert_eq!(n(FaultKind::Impair), 4);
+        }
+        let picks: Vec<_> = (0..menu_size(false, true))
+            .map(|r| choose(r, (false, true), true, false))
             .collect();
-        let n = |kind| picks.iter().filter(|&&p| p == Some(kind)).count();
-        assert_eq!(n(FaultKind::KillHost), 4);
-        assert_eq!(n(FaultKind::Partition), 2);
-        assert_eq!(n(FaultKind::KillBackend), 2);
-        assert_eq!(n(FaultKind::Impair), 4);
+        assert_eq!(
+            picks
+                .iter()
+                .filter(|&&p| p == Some(FaultKind::FastRestart))
+                .count(),
+            2
+        );
+        assert!(!picks.contains(&Some(FaultKind::KillBackend)));
+    }
+
+    fn at(base: Instant, ms: u64) -> Instant {
+        base + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_failed_operation_is_excused_only_by_an_allowed_fault_it_overlapped() {
+        let t0 = Instant::now();
+        let mut log = FaultLog::default();
+        log.windows.push(Window {
+            start: at(t0, 1000),
+            end: Some(at(t0, 2000)),
+            what: "kill of h1".into(),
+            excuse: None,
+        });
+        log.windows.push(Window {
+            start: at(t0, 10_000),
+            end: Some(at(t0, 11_000)),
+            what: "impaired client".into(),
+            excuse: Some(CLIENT_LINK),
+        });
+        let timed_out = || OpResult {
+            outcome: Outcome::Indeterminate,
+            problem: Some("read reply: timed out".into()),
+            ..OpResult::default()
+        };
+        // During a host kill: HydraNet must mask it, so the operation failed.
+        let mut r = timed_out();
+        classify(&mut r, at(t0, 500), at(t0, 1500), &log);
+        assert_eq!(r.outcome, Outcome::Failed);
+        // Overlapping the client's impaired link (or its grace after): indeterminate, and why.
+        for (from, to) in [(9_000, 10_500), (11_500, 12_000)] {
+            let mut r = timed_out();
+            classify(&mut r, at(t0, from), at(t0, to), &log);
+            assert_eq!(r.outcome, Outcome::Indeterminate, "{from}..{to}");
+            assert!(r.reason.as_deref().unwrap().contains("impaired client"));
+        }
+        // Long after it: failed.
+        let mut r = timed_out();
+        classify(&mut r, at(t0, 14_000), at(t0, 15_000), &log);
+        assert_eq!(r.outcome, Outcome::Failed);
+        // Lost bytes are never excused.
+        let mut r = timed_out();
+        r.lost = 10;
+        classify(&mut r, at(t0, 10_000), at(t0, 10_500), &log);
+        assert_eq!(r.outcome, Outcome::Failed);
+        // A success stays a success.
+        let mut r = OpResult::default();
+        classify(&mut r, at(t0, 10_000), at(t0, 10_500), &log);
+        assert_eq!(r.outcome, Outcome::Ok);
+    }
+
+    fn state(digest: &str, eras: &[(u64, &[(&str, &str)])]) -> RedisState {
+        RedisState {
+            digest: digest.into(),
+            eras: eras
+                .iter()
+                .map(|(e, kv)| {
+                    (
+                        *e,
+                        kv.iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn redis_states_are_compared_per_era_among_the_hosts_that_held_it() {
+        // h1 and h2 never faulted; h3 joined in era 2 (its redis lacks era 1).
+        let joined = [0, 0, 0, 2];
+        let e1: &[(&str, &str)] = &[("soak:e1:log", "aa")];
+        let e2: &[(&str, &str)] = &[("soak:e2:log", "bb")];
+        let good = vec![
+            (1, state("d", &[(1, e1), (2, e2)])),
+            (2, state("d", &[(1, e1), (2, e2)])),
+            (3, state("x", &[(2, e2)])),
+        ];
+        let (notes, bad) = compare_redis(&good, &joined);
+        assert!(bad.is_empty(), "{bad:?}");
+        assert!(notes[0].contains("2 eras compared"), "{notes:?}");
+        // The same era in a different order on h3: caught.
+        let e2x: &[(&str, &str)] = &[("soak:e2:log", "cc")];
+        let diverged = vec![
+            (1, state("d", &[(1, e1), (2, e2)])),
+            (2, state("d", &[(1, e1), (2, e2)])),
+            (3, state("x", &[(2, e2x)])),
+        ];
+        let (_, bad) = compare_redis(&diverged, &joined);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(bad[0].contains("era 2"));
+        // Hosts never faulted must agree on the whole digest.
+        let whole = vec![(1, state("d", &[(1, e1)])), (2, state("e", &[(1, e1)]))];
+        let (_, bad) = compare_redis(&whole, &joined);
+        assert!(
+            bad.iter().any(|b| b.contains("DEBUG DIGEST differs")),
+            "{bad:?}"
+        );
     }
 
     #[test]
     fn one_host_fault_at_a_time_and_one_impairment() {
-        for roll in 0..menu_size(true) {
+        for roll in 0..menu_size(true, true) {
             // A host fault in force, or a member missing from the view: never a second one.
-            let pick = choose(roll, true, false, false);
+            let pick = choose(roll, (true, true), false, false);
             assert_eq!(pick, Some(FaultKind::Impair), "roll {roll}");
-            assert_eq!(choose(roll, true, false, true), None, "roll {roll}");
+            assert_eq!(choose(roll, (true, true), false, true), None, "roll {roll}");
             // An impairment in force does not stop a host fault.
-            let pick = choose(roll, true, true, true);
+            let pick = choose(roll, (true, true), true, true);
             assert_ne!(pick, Some(FaultKind::Impair), "roll {roll}");
         }
         assert!(Fault::BackendKilled(1).is_host_fault());
