@@ -431,6 +431,26 @@ impl HostMetrics {
                 "Foreign connections forgotten at the set's bound",
                 &o.foreign_evicted,
             ),
+            (
+                "adopted",
+                "Stamps a new primary adopted from its members at a failover",
+                &o.adopted,
+            ),
+            (
+                "voided",
+                "Stamps a new primary issued void: no member had them",
+                &o.voided,
+            ),
+            (
+                "dropped",
+                "Old primary's undelivered stamps dropped at a failover",
+                &o.dropped,
+            ),
+            (
+                "diverged",
+                "Times this backup's delivered stamps differed from the primary's",
+                &o.diverged,
+            ),
         ] {
             e.sample(&format!("hydra_order_{what}_total"), c, help, "", v.get());
         }
@@ -901,6 +921,14 @@ pub struct OrderMetrics {
     pub forgotten: Counter,
     /// Foreign connections forgotten early (the set at its bound).
     pub foreign_evicted: Counter,
+    /// Stamps a new primary adopted from its members at a failover.
+    pub adopted: Counter,
+    /// Stamps a new primary issued void (no member it heard had them).
+    pub voided: Counter,
+    /// The old primary's undelivered stamps a backup dropped at a failover.
+    pub dropped: Counter,
+    /// Times a backup found its delivered stamps differ from the primary's.
+    pub diverged: Counter,
 }
 
 impl OrderMetrics {
@@ -913,6 +941,10 @@ impl OrderMetrics {
         self.abandoned.add(s.abandoned);
         self.forgotten.add(s.forgotten);
         self.foreign_evicted.add(s.foreign_evicted);
+        self.adopted.add(s.adopted);
+        self.voided.add(s.voided);
+        self.dropped.add(s.dropped);
+        self.diverged.add(s.diverged);
     }
 }
 
@@ -2126,6 +2158,7 @@ impl Dataplane {
             self.apply_members(service, &without, dirty);
         }
         self.shared.metrics.ft.views.inc();
+        let old_primary = self.primary_of(service);
         self.views.insert(
             service,
             ServiceView {
@@ -2134,6 +2167,15 @@ impl Dataplane {
                 joined,
             },
         );
+        let new_primary = self.primary_of(service);
+        if let (Some(old), Some(new), Some(q)) =
+            (old_primary, new_primary, self.sequencers.get_mut(&service))
+        {
+            if old != new {
+                // Total order across a failover: see `order.rs`, "Failover".
+                q.on_primary_changed(new == self.me, Instant::now());
+            }
+        }
         {
             let snapshot = self
                 .views
@@ -2286,12 +2328,13 @@ impl Dataplane {
             .get(&first.service)
             .and_then(|v| v.members.first())
             .map(|m| m.id);
-        if primary != Some(from) || primary == Some(self.me) {
-            return;
-        }
         let Some(q) = self.sequencers.get_mut(&first.service) else {
             return;
         };
+        let member_answer = primary == Some(self.me) && from != self.me;
+        if primary != Some(from) && !member_answer {
+            return;
+        }
         let stamps: Vec<Stamp> = entries
             .iter()
             .filter(|e| e.service == first.service)
@@ -2304,7 +2347,12 @@ impl Dataplane {
                 len: e.len,
             })
             .collect();
-        q.on_stamps(&stamps, Instant::now());
+        if member_answer {
+            // A member's answer to this new primary's sync.
+            q.on_member_stamps(&stamps, Instant::now());
+        } else {
+            q.on_stamps(&stamps, Instant::now());
+        }
     }
 
     /// Sends one ack-channel message to one member of the service's view.
@@ -2365,6 +2413,16 @@ impl Dataplane {
                     self.send_to_member(r.service, from, MsgType::OrderRepair, &gone.emit());
                 }
             },
+            // A new primary's sync: the stamps this backup delivered (it is behind if they
+            // are forgotten; then it has nothing to add).
+            OrderRepairKind::Need if primary == Some(from) && from != self.me => {
+                if let NeedAnswer::Stamps(stamps) = q.on_need(r.from, r.to) {
+                    for chunk in stamps.chunks(ORDER_PER_DATAGRAM) {
+                        let entries: Vec<OrderEntry> = chunk.iter().map(order_entry).collect();
+                        self.send_to_member(r.service, from, MsgType::Order, &emit_order(&entries));
+                    }
+                }
+            }
             OrderRepairKind::Gone if primary == Some(from) && from != self.me => {
                 let held: Vec<FlowKey> = self
                     .conns
@@ -2460,7 +2518,9 @@ impl Dataplane {
             let grant = q.next_grant(now, primary, &keys, view);
             let mut stamps = None;
             let mut need = None;
+            let mut sync = None;
             if primary {
+                sync = q.poll_sync(now);
                 stamps = q.take_outbox();
                 if stamps.is_none() && resend {
                     let r = q.recent();
@@ -2482,6 +2542,15 @@ impl Dataplane {
             if let Some(st) = stamps {
                 let entries: Vec<OrderEntry> = st.iter().map(order_entry).collect();
                 self.send_to_members(service, MsgType::Order, &emit_order(&entries));
+            }
+            if let Some((from, to)) = sync {
+                let r = OrderRepair {
+                    service,
+                    kind: OrderRepairKind::Need,
+                    from,
+                    to,
+                };
+                self.send_to_members(service, MsgType::OrderRepair, &r.emit());
             }
             if let (Some((from, to)), Some(p)) = (need, self.primary_of(service)) {
                 let r = OrderRepair {

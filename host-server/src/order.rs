@@ -53,6 +53,27 @@
 //!   refused and counted; repair fetches them when their turn comes), the history
 //!   [`HISTORY`], the foreign set [`FOREIGN_MAX`] (oldest evicted, counted). Every outcome is
 //!   counted in [`OrderStats`], which the host adds to its `/metrics`.
+//!
+//! Failover (issue 12, the total-order stall). The old primary's last stamps reach the
+//! backups unevenly: one backup may have delivered stamps the new primary never received.
+//! Were the new primary to number its own chunks from where it stands, that backup would
+//! ignore them as old, and then wait for ever for bytes it had already handed its backend
+//! under the old stamps (its windows fill, the gate closes every client's window). So:
+//!
+//! ```text
+//!   view: B1 primary ──► B1 syncs for SYNC_WAIT: asks every member for [next, …) ──► adopts
+//!                        the stamps they delivered, issues nothing new meanwhile; then a
+//!                        stamp nobody has is issued void (no connection, no bytes)
+//!                   ──► B2 drops the old primary's stamps it has not delivered (the new
+//!                        primary decides them again), answers B1 from its history
+//! ```
+//!
+//! - A backup answers a sync request only from the primary of its current view, and once it
+//!   knows that view it delivers none of the old primary's stamps: its answer covers all it
+//!   delivered.
+//! - Safety net: a backup that hears the primary stamp a number it already processed as a
+//!   different chunk has diverged (it did not answer the sync in time). It leaves every
+//!   connection it holds, as after "gone", instead of waiting for bytes that never come.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -77,6 +98,8 @@ pub const UNKNOWN_CONN_WAIT: Duration = Duration::from_millis(200);
 pub const FOREIGN_TTL: Duration = Duration::from_secs(30);
 /// Foreign connections remembered at most.
 pub const FOREIGN_MAX: usize = 8192;
+/// How long a new primary collects the stamps its members delivered before it issues any.
+pub const SYNC_WAIT: Duration = Duration::from_millis(100);
 /// The most bytes one chunk carries.
 const MAX_CHUNK: usize = 64 * 1024;
 
@@ -133,6 +156,14 @@ pub struct OrderStats {
     pub forgotten: u64,
     /// Foreign connections forgotten before their time because the set was full.
     pub foreign_evicted: u64,
+    /// Stamps a new primary adopted from a member's answer to its sync.
+    pub adopted: u64,
+    /// Stamps a new primary issued void: no member it heard had them.
+    pub voided: u64,
+    /// The old primary's undelivered stamps a backup dropped at a failover.
+    pub dropped: u64,
+    /// Times this backup found it delivered a stamp the primary numbers differently.
+    pub diverged: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -171,7 +202,16 @@ pub struct Sequencer {
     /// Connections not followed here, and since when.
     foreign: HashMap<FlowKey, Instant>,
     abandoned: Vec<FlowKey>,
+    /// A new primary collects its members' stamps until then (see the module doc).
+    sync_until: Option<Instant>,
+    /// The stamp the primary numbers differently from what this backup processed.
+    diverged: bool,
     stats: OrderStats,
+}
+
+/// The key of a void stamp: no connection has client address 0.0.0.0:0.
+fn is_void(key: FlowKey) -> bool {
+    key.client.port() == 0 && key.client.ip().is_unspecified()
 }
 
 impl Sequencer {
@@ -190,7 +230,69 @@ impl Sequencer {
             asked: None,
             foreign: HashMap::new(),
             abandoned: Vec::new(),
+            sync_until: None,
+            diverged: false,
             stats: OrderStats::default(),
+        }
+    }
+
+    /// The service's primary changed. A new primary (`me_primary`) collects its members'
+    /// stamps for [`SYNC_WAIT`] before it issues any; a backup drops the old primary's stamps
+    /// it has not delivered, which the new primary decides again.
+    pub fn on_primary_changed(&mut self, me_primary: bool, now: Instant) {
+        self.asked = None;
+        if me_primary {
+            self.sync_until = Some(now + SYNC_WAIT);
+            return;
+        }
+        self.sync_until = None;
+        self.stats.dropped += self.queue.len() as u64;
+        self.queue.clear();
+        self.heard = self.next;
+    }
+
+    /// Whether this (new) primary is still collecting its members' stamps.
+    fn is_syncing(&mut self, now: Instant) -> bool {
+        if self.sync_until.is_some_and(|t| now >= t) {
+            self.sync_until = None;
+        }
+        self.sync_until.is_some()
+    }
+
+    /// A new primary's request to every member: the stamps `[from, to)` from its first
+    /// missing one, again every [`NEED_RETRY`] while the sync lasts.
+    pub fn poll_sync(&mut self, now: Instant) -> Option<(u64, u64)> {
+        if !self.is_syncing(now) {
+            return None;
+        }
+        let mut from = self.next;
+        while self.queue.contains_key(&from) {
+            from += 1;
+        }
+        if self
+            .asked
+            .is_some_and(|(t, f)| f == from && now < t + NEED_RETRY)
+        {
+            return None;
+        }
+        self.asked = Some((now, from));
+        Some((from, from + NEED_MAX))
+    }
+
+    /// A member's answer to this new primary's sync: stamps it delivered under the old
+    /// primary. Taken only while the sync lasts.
+    pub fn on_member_stamps(&mut self, stamps: &[Stamp], now: Instant) {
+        if !self.is_syncing(now) {
+            return;
+        }
+        for s in stamps {
+            if s.stamp < self.next || s.stamp - self.next >= QUEUE_MAX {
+                continue;
+            }
+            if self.queue.insert(s.stamp, (s.key, s.len, now)).is_none() {
+                self.stats.adopted += 1;
+            }
+            self.heard = self.heard.max(s.stamp + 1);
         }
     }
 
@@ -200,6 +302,14 @@ impl Sequencer {
         for s in stamps {
             self.heard = self.heard.max(s.stamp.saturating_add(1));
             if s.stamp < self.next {
+                let oldest = self.history.front().map_or(self.next, |h| h.stamp);
+                let had = s
+                    .stamp
+                    .checked_sub(oldest)
+                    .and_then(|i| self.history.get(i as usize));
+                if had.is_some_and(|h| h.key != s.key || h.len != s.len) {
+                    self.diverged = true;
+                }
                 continue;
             }
             if s.stamp - self.next >= QUEUE_MAX {
@@ -338,21 +448,58 @@ impl Sequencer {
                 self.forget_conn(key, now);
             }
         }
+        if std::mem::take(&mut self.diverged) {
+            // Our past differs from the primary's: none of the connections held now can be
+            // followed; connections opened from here on can (as after "gone").
+            tracing::warn!(
+                next = self.next,
+                "delivered stamps the primary numbers differently: leaving every connection held"
+            );
+            self.stats.diverged += 1;
+            for &key in conns {
+                self.forget_conn(key, now);
+            }
+            self.anchored_below = self.anchored_below.max(self.heard);
+            // The queued stamps are the primary's: passed (foreign) or followed (new).
+            self.history.clear();
+            self.turn = None;
+            self.asked = None;
+        }
         if !self.turn_free(now, &view) {
             return None;
         }
+        let syncing = primary && self.is_syncing(now);
         // Stamps received from a primary come first (a promoted backup finishes them).
         while let Some((&k, &(key, len, came))) = self.queue.first_key_value() {
             if k != self.next {
                 // A stamp is missing: a backup asks for it (`poll_need`). A new primary whose
                 // old primary's stamp never arrived moves past the gap.
-                if primary {
-                    self.next = k;
+                // After its sync, a new primary issues the stamps nobody it heard has as
+                // void, so that the backups, which drop what they did not deliver, pass them.
+                if primary && !syncing {
+                    let void = FlowKey {
+                        client: std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                        service: key.service,
+                    };
+                    while self.next < k {
+                        self.remember(Stamp {
+                            stamp: self.next,
+                            key: void,
+                            len: 0,
+                        });
+                        self.next += 1;
+                        self.stats.voided += 1;
+                    }
+                    self.fresh = true;
                     continue;
                 }
                 return None;
             }
             let stamp = Stamp { stamp: k, key, len };
+            if is_void(key) {
+                self.skip(stamp);
+                continue;
+            }
             match view(key) {
                 // Abandoned above: its bytes are not ours to deliver.
                 Some(_) if self.is_foreign(key, now) => self.skip(stamp),
@@ -360,6 +507,8 @@ impl Sequencer {
                     self.queue.pop_first();
                     self.next += 1;
                     self.remember(stamp);
+                    // A new primary's adopted stamps go out again to the backups.
+                    self.fresh |= primary;
                     return Some(self.start_turn(key, len, v));
                 }
                 Some(_) => return None,
@@ -381,7 +530,7 @@ impl Sequencer {
                 }
             }
         }
-        if !primary || conns.is_empty() {
+        if !primary || syncing || conns.is_empty() {
             return None;
         }
         for i in 0..conns.len() {
@@ -818,5 +967,209 @@ mod tests {
         assert_eq!(st.skipped, FOREIGN_MAX as u64 + 3);
         assert_eq!(st.foreign_evicted, 3);
         assert!(b.foreign.len() <= FOREIGN_MAX);
+    }
+
+    /// One replica in the failover tests: its sequencer, the client bytes that reached it
+    /// per connection, and what its backend got, in order.
+    struct Replica {
+        q: Sequencer,
+        received: HashMap<FlowKey, usize>,
+        /// The connections in the order they opened (the grant order must not depend on
+        /// hashing).
+        conns: Vec<FlowKey>,
+        delivered: HashMap<FlowKey, usize>,
+        log: Vec<(FlowKey, u32)>,
+    }
+
+    impl Replica {
+        fn new() -> Self {
+            Replica {
+                q: Sequencer::new(Duration::ZERO),
+                received: HashMap::new(),
+                conns: Vec::new(),
+                delivered: HashMap::new(),
+                log: Vec::new(),
+            }
+        }
+
+        fn client_sends(&mut self, k: FlowKey, n: usize) {
+            if !self.conns.contains(&k) {
+                self.conns.push(k);
+            }
+            *self.received.entry(k).or_default() += n;
+        }
+
+        /// Grants and delivers until the sequencer says wait.
+        fn run(&mut self, now: Instant, primary: bool) {
+            loop {
+                let conns = self.conns.clone();
+                let (rx, dl) = (&self.received, &self.delivered);
+                let view = |k: FlowKey| {
+                    Some(ConnView {
+                        pending: rx.get(&k)? - dl.get(&k).copied().unwrap_or(0),
+                        answered: 0,
+                    })
+                };
+                let Some((k, n)) = self.q.next_grant(now, primary, &conns, view) else {
+                    return;
+                };
+                *self.delivered.entry(k).or_default() += n as usize;
+                self.log.push((k, n));
+                self.q.on_delivered(k, n as usize, now);
+            }
+        }
+    }
+
+    /// A primary that stamped A's 10 bytes and then B's 10 bytes; backup 2 got and
+    /// delivered both stamps, backup 1 only the first (the old primary died before its
+    /// datagram with stamp 1 reached backup 1).
+    fn uneven_failover(t0: Instant) -> (Replica, Replica, FlowKey, FlowKey) {
+        let (a, b) = (key(1), key(2));
+        let mut p = Replica::new();
+        let (mut b1, mut b2) = (Replica::new(), Replica::new());
+        for r in [&mut p, &mut b1, &mut b2] {
+            r.client_sends(a, 10);
+            r.client_sends(b, 10);
+        }
+        p.q.rr = 0;
+        p.run(t0, true);
+        let stamps = p.q.take_outbox().unwrap();
+        assert_eq!(stamps.len(), 2);
+        let first = if stamps[0].key == a { a } else { b };
+        let other = if first == a { b } else { a };
+        b1.q.on_stamps(&stamps[..1], t0);
+        b2.q.on_stamps(&stamps, t0);
+        b1.run(t0, false);
+        b2.run(t0, false);
+        assert_eq!(b1.log, vec![(first, 10)]);
+        assert_eq!(b2.log, vec![(first, 10), (other, 10)]);
+        (b1, b2, first, other)
+    }
+
+    #[test]
+    fn a_new_primary_adopts_the_stamps_a_backup_delivered_and_both_keep_delivering() {
+        let t0 = Instant::now();
+        let (mut b1, mut b2, first, other) = uneven_failover(t0);
+        // The view makes backup 1 the primary.
+        let t1 = t0 + Duration::from_millis(30);
+        b1.q.on_primary_changed(true, t1);
+        b2.q.on_primary_changed(false, t1);
+        // More client bytes on `first` reach both.
+        b1.client_sends(first, 5);
+        b2.client_sends(first, 5);
+        b1.run(t1, true);
+        assert_eq!(
+            b1.log.len(),
+            1,
+            "nothing new is stamped while the sync lasts"
+        );
+        let (from, to) = b1.q.poll_sync(t1).unwrap();
+        assert_eq!(from, 1);
+        b1.q.on_member_stamps(&stamps_of(b2.q.on_need(from, to)), t1);
+        b1.run(t1, true);
+        assert_eq!(b1.log, b2.log, "stamp 1 adopted: `other`'s 10 bytes");
+        // After the sync the new primary stamps on from where the furthest member stands.
+        let t2 = t1 + SYNC_WAIT;
+        b1.run(t2, true);
+        b2.q.on_stamps(&b1.q.take_outbox().unwrap(), t2);
+        b2.run(t2, false);
+        assert_eq!(b1.log, vec![(first, 10), (other, 10), (first, 5)]);
+        assert_eq!(
+            b2.log, b1.log,
+            "both backends got the same chunks in the same order"
+        );
+        assert!(!b2.q.busy(), "backup 2 is not left waiting for bytes");
+        assert!(b2.q.take_abandoned().is_empty());
+        assert_eq!(b1.q.take_stats().adopted, 1);
+        assert_eq!(b2.q.take_stats().diverged, 0);
+    }
+
+    #[test]
+    fn a_stamp_nobody_delivered_is_issued_void_and_every_backup_passes_it() {
+        let t0 = Instant::now();
+        let (a, b, c) = (key(1), key(2), key(3));
+        let mut p = Replica::new();
+        let (mut b1, mut b2) = (Replica::new(), Replica::new());
+        for r in [&mut p, &mut b1, &mut b2] {
+            r.client_sends(a, 4);
+        }
+        p.run(t0, true);
+        // Stamp 1 (b) reaches no backup; stamp 2 (c) reaches both, whose bytes for c are
+        // still on their way. Then the primary dies.
+        p.client_sends(b, 6);
+        p.run(t0, true);
+        p.client_sends(c, 7);
+        p.run(t0, true);
+        let st = p.q.take_outbox().unwrap();
+        assert_eq!(st.iter().map(|s| s.key).collect::<Vec<_>>(), vec![a, b, c]);
+        for r in [&mut b1, &mut b2] {
+            r.q.on_stamps(&[st[0], st[2]], t0);
+            r.run(t0, false);
+        }
+        let t1 = t0 + Duration::from_millis(30);
+        b1.q.on_primary_changed(true, t1);
+        b2.q.on_primary_changed(false, t1);
+        assert_eq!(
+            b2.q.take_stats().dropped,
+            1,
+            "stamp 2 was not delivered at backup 2"
+        );
+        let (from, to) = b1.q.poll_sync(t1).unwrap();
+        assert_eq!(from, 1);
+        b1.q.on_member_stamps(&stamps_of(b2.q.on_need(from, to)), t1);
+        // The client's retransmissions bring b's and c's bytes.
+        for r in [&mut b1, &mut b2] {
+            r.client_sends(b, 6);
+            r.client_sends(c, 7);
+        }
+        let t2 = t1 + SYNC_WAIT;
+        b1.run(t2, true);
+        assert_eq!(b1.q.take_stats().voided, 1);
+        b2.q.on_stamps(&b1.q.recent(), t2);
+        b2.run(t2, false);
+        assert_eq!(b2.log, b1.log);
+        assert_eq!(
+            b1.log[..2],
+            [(a, 4), (c, 7)],
+            "stamp 2 kept its place, void 1 passed"
+        );
+        assert!(!b2.q.busy());
+        assert!(b2.q.take_abandoned().is_empty());
+    }
+
+    #[test]
+    fn a_backup_that_missed_the_sync_leaves_its_connections_instead_of_stalling() {
+        let t0 = Instant::now();
+        let (mut b1, mut b2, first, other) = uneven_failover(t0);
+        let t1 = t0 + Duration::from_millis(30);
+        b1.q.on_primary_changed(true, t1);
+        b2.q.on_primary_changed(false, t1);
+        // Backup 2's answer to the sync is lost: the new primary stamps on from 1, which
+        // backup 2 delivered as `other`'s 10 bytes (unless by chance the same chunk).
+        b1.client_sends(first, 5);
+        b2.client_sends(first, 5);
+        let t2 = t1 + SYNC_WAIT;
+        b1.run(t2, true);
+        assert_eq!(
+            b1.log[1],
+            (first, 5),
+            "stamp 1: another chunk than backup 2's"
+        );
+        assert_eq!(b2.log[1], (other, 10));
+        b2.q.on_stamps(&b1.q.take_outbox().unwrap(), t2);
+        b2.run(t2, false);
+        let mut left = b2.q.take_abandoned();
+        left.sort_by_key(|k| k.client.port());
+        assert_eq!(left, vec![key(1), key(2)], "it cannot follow them any more");
+        assert_eq!(b2.q.take_stats().diverged, 1);
+        assert!(!b2.q.busy(), "no wait for bytes that never come");
+        // A connection opened from here on is followed from its first chunk.
+        let d = key(4);
+        b1.client_sends(d, 3);
+        b2.client_sends(d, 3);
+        b1.run(t2, true);
+        b2.q.on_stamps(&b1.q.take_outbox().unwrap(), t2);
+        b2.run(t2, false);
+        assert_eq!(b2.log.last(), Some(&(d, 3)));
     }
 }
