@@ -156,6 +156,11 @@ struct SoakCmd {
     /// start it again without waiting for the redirector to notice", on by default).
     #[arg(long)]
     no_fast_restarts: bool,
+    /// How the redis service orders client bytes: `total` (across its connections; the
+    /// replicas' whole redis state is compared) or `none` (per connection; only each
+    /// connection's own keys are compared).
+    #[arg(long, default_value = "total", value_parser = ["total", "none"])]
+    redis_order: String,
 }
 
 #[derive(Args)]
@@ -455,6 +460,7 @@ pub fn run(args: LabArgs) -> Result<()> {
                 workers: a.workers as usize,
                 backend_faults: !a.no_backend_faults,
                 fast_restarts: !a.no_fast_restarts,
+                total_order: a.redis_order == "total",
             })?;
             if !ok {
                 bail!("the soak broke an invariant (seed {seed}; summary above)");
