@@ -38,8 +38,12 @@
 //! - Gone: the stamps `[next, oldest)` are lost for this replica. It cannot tell which
 //!   connections had chunks among them, so it stops following every connection it holds now
 //!   (they are *abandoned*: the host makes this member leave them, as when its backend fails,
-//!   so it is never promoted for them and the primary's gate stops waiting for it), moves to
-//!   `oldest`, and from there skips the stamps of connections it does not follow. The
+//!   so it is never promoted for them and the primary's gate stops waiting for it), and moves
+//!   to the primary's *next* stamp, skipping what the primary still keeps: none of it is for
+//!   a connection it follows. (Moving to `oldest` instead left it at the very edge of the
+//!   primary's history: with the primary stamping on, the next stamp it missed was gone again
+//!   at once, and it fell ever further behind; in the soak every restarted host then refused
+//!   hundreds of thousands of stamps and, once promoted, stalled the service.) The
 //!   connections opened after that are followed from their first chunk: the replica was
 //!   anchored before the primary stamped them. A fresh sequencer (a restarted host) starts at
 //!   0 and goes through the same steps, so a late joiner starts at a defined point instead of
@@ -362,7 +366,8 @@ impl Sequencer {
 
     /// The primary no longer keeps the stamps before `oldest` (it issues `next` next). When
     /// this replica still needs one of them, it stops following the connections it holds
-    /// (`held`) and moves on to `oldest`.
+    /// (`held`) and moves on to `next`: the kept stamps in between are all for connections
+    /// it does not follow.
     pub fn on_gone(&mut self, oldest: u64, next: u64, held: &[FlowKey], now: Instant) {
         if oldest <= self.next {
             return;
@@ -371,10 +376,11 @@ impl Sequencer {
         for &key in held {
             self.forget_conn(key, now);
         }
-        self.next = oldest;
-        self.heard = self.heard.max(oldest);
+        self.stats.skipped += next.saturating_sub(self.next.max(oldest));
+        self.next = next;
+        self.heard = self.heard.max(next);
         self.anchored_below = self.anchored_below.max(next);
-        self.queue = self.queue.split_off(&oldest);
+        self.queue = self.queue.split_off(&next);
         self.history.clear();
         self.turn = None;
         self.asked = None;
@@ -844,11 +850,11 @@ mod tests {
             vec![held],
             "it cannot know held's chunks"
         );
-        // It fetches the kept history and skips it at once (none of it is followed here).
-        while let Some((from, to)) = b.poll_need(t0) {
-            b.on_stamps(&stamps_of(p.on_need(from, to)), t0);
-            assert_eq!(b.next_grant(t0, false, &[held], |_| None), None);
-        }
+        // It moves to the primary's next stamp at once: the kept history is all for
+        // connections it does not follow, and fetching it would leave it at the very edge of
+        // what the primary keeps.
+        assert_eq!(b.next_grant(t0, false, &[held], |_| None), None);
+        assert_eq!(b.poll_need(t0), None, "nothing left to ask for");
         assert_eq!(b.take_stats().skipped, HISTORY as u64);
         assert!(!b.busy());
         // A connection opened after the joiner anchored is followed from its first chunk.

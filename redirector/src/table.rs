@@ -624,6 +624,14 @@ mod tests {
         assert!(!t.accept_outbound(t0, ReplicaId(99), INC, Epoch(0), &reply));
     }
 
+    /// Hosts 1..=n offer the ft service, in that order.
+    fn join_ft(t: &mut Table, at: Instant, n: u32) {
+        for i in 1..=n {
+            let addr = format!("198.18.{i}.2:7000").parse().unwrap();
+            beat(t, at, ReplicaId(i), addr, ft_hb());
+        }
+    }
+
     fn ft_hb() -> Heartbeat {
         Heartbeat {
             addr: "0.0.0.0:0".parse().unwrap(),
@@ -640,15 +648,7 @@ mod tests {
     fn a_restarted_host_leaves_every_view_and_its_new_life_joins_at_the_end() {
         let t0 = crate::dataplane::clock();
         let mut t = Table::new(Duration::from_millis(300)).with_epoch_base(Epoch(1_000));
-        for i in 1..=3 {
-            beat(
-                &mut t,
-                t0,
-                ReplicaId(i),
-                format!("198.18.{i}.2:7000").parse().unwrap(),
-                ft_hb(),
-            );
-        }
+        join_ft(&mut t, t0, 3);
         assert_eq!(t.view(svc()).unwrap().epoch, Epoch(1_003));
         // The primary, h1, restarts within the detector timeout: its new life's heartbeat.
         let mut hb = ft_hb();
@@ -688,15 +688,7 @@ mod tests {
     fn two_members_silent_together_are_believed_only_after_twice_the_timeout() {
         let t0 = crate::dataplane::clock();
         let mut t = Table::new(Duration::from_millis(300));
-        for i in 1..=3 {
-            beat(
-                &mut t,
-                t0,
-                ReplicaId(i),
-                format!("198.18.{i}.2:7000").parse().unwrap(),
-                ft_hb(),
-            );
-        }
+        join_ft(&mut t, t0, 3);
         let speak = |t: &mut Table, at: Instant| {
             beat(
                 t,
@@ -720,15 +712,7 @@ mod tests {
     fn a_heartbeat_heard_before_its_payload_is_recorded_keeps_the_member_in_the_view() {
         let t0 = crate::dataplane::clock();
         let mut t = Table::new(Duration::from_millis(300));
-        for i in 1..=2 {
-            beat(
-                &mut t,
-                t0,
-                ReplicaId(i),
-                format!("198.18.{i}.2:7000").parse().unwrap(),
-                ft_hb(),
-            );
-        }
+        join_ft(&mut t, t0, 2);
         let epoch = t.view(svc()).unwrap().epoch;
         // 30 ms later both were heard (their payloads still wait for the table lock).
         let t1 = t0 + Duration::from_millis(30);
@@ -748,15 +732,7 @@ mod tests {
     fn ft_view_orders_members_by_join_and_fences_stale_epochs_and_non_members() {
         let t0 = crate::dataplane::clock();
         let mut t = Table::new(Duration::from_millis(300));
-        for i in 1..=3 {
-            beat(
-                &mut t,
-                t0,
-                ReplicaId(i),
-                format!("198.18.{i}.2:7000").parse().unwrap(),
-                ft_hb(),
-            );
-        }
+        join_ft(&mut t, t0, 3);
         let v = t.view(svc()).unwrap().clone();
         assert_eq!(v.members, vec![ReplicaId(1), ReplicaId(2), ReplicaId(3)]);
         assert_eq!(v.epoch, Epoch(3));

@@ -632,8 +632,8 @@ struct HostStatus {
     services: Vec<String>,
 }
 
-/// The hosts the redirector does not (yet) list as live with the lab's service.
-fn hosts_not_live(lab: &LabState, sock: &Path) -> Result<Vec<u16>> {
+/// The redirector's `/status`.
+fn redirector_status(sock: &Path) -> Result<Status> {
     let (code, body) = http_get(sock, "/status")?;
     if code != 200 {
         bail!(
@@ -641,24 +641,18 @@ fn hosts_not_live(lab: &LabState, sock: &Path) -> Result<Vec<u16>> {
             String::from_utf8_lossy(&body).trim()
         );
     }
-    let status: Status =
-        serde_json::from_slice(&body).context("GET /status answered unexpected JSON")?;
-    Ok(missing_hosts(lab, &status))
+    serde_json::from_slice(&body).context("GET /status answered unexpected JSON")
+}
+
+/// The hosts the redirector does not (yet) list as live with the lab's service.
+fn hosts_not_live(lab: &LabState, sock: &Path) -> Result<Vec<u16>> {
+    Ok(missing_hosts(lab, &redirector_status(sock)?))
 }
 
 /// The life of host `i` the redirector counts live with the lab's service, if any.
 fn live_life(lab: &LabState, sock: &Path, i: u16) -> Result<Option<String>> {
-    let (code, body) = http_get(sock, "/status")?;
-    if code != 200 {
-        bail!(
-            "GET /status answered {code}: {}",
-            String::from_utf8_lossy(&body).trim()
-        );
-    }
-    let status: Status =
-        serde_json::from_slice(&body).context("GET /status answered unexpected JSON")?;
     let service = lab.service();
-    Ok(status
+    Ok(redirector_status(sock)?
         .hosts
         .into_iter()
         .find(|h| h.id == u64::from(i) && h.live && h.services.contains(&service))

@@ -739,6 +739,51 @@ fn undo(
 }
 
 /// The host a fault is about, if it takes one out of the redis view.
+/// How many total-order connections host `i` has left since it started (it fell behind
+/// what its primary keeps, or found its past differs from the primary's): the counters
+/// `hydra_order_abandoned_total` and `hydra_order_diverged_total`. `None` when the host
+/// does not answer (it is down).
+fn order_leaves(lab: &LabState, i: u16) -> Option<u64> {
+    let sock = lab.dir().join(format!("h{i}.sock"));
+    let text = control::request(&sock, "GET", "/metrics", None).ok()?;
+    let sum = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("hydra_order_abandoned_total ")
+                || l.starts_with("hydra_order_diverged_total ")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    Some(sum)
+}
+
+/// Notes the hosts that left total-order connections since the last look (`left`): each
+/// is compared from the era after `era` on (`joined`).
+fn note_order_leaves(
+    lab: &LabState,
+    left: &mut [u64],
+    joined: &mut [u64],
+    era: u64,
+    log: &impl Fn(&str),
+) {
+    for h in 1..=lab.replicas {
+        let Some(n) = order_leaves(lab, h) else {
+            continue;
+        };
+        let seen = &mut left[usize::from(h)];
+        // A restarted host counts from zero again.
+        let new = if n >= *seen { n - *seen } else { n };
+        if new > 0 {
+            let e = era + 1;
+            joined[usize::from(h)] = joined[usize::from(h)].max(e);
+            log(&format!(
+                "h{h} left {new} total-order connections (counted in its /metrics): its redis is compared from era {e} on"
+            ));
+        }
+        *seen = n;
+    }
+}
+
 fn host_of(f: &Fault) -> Option<u16> {
     match f {
         Fault::Killed(i) | Fault::BackendKilled(i) | Fault::Partitioned(i) => Some(*i),
@@ -1043,6 +1088,9 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
     // The era each host last joined in (index 0 unused): its redis holds the writes of
     // that era on.
     let mut joined = vec![0u64; usize::from(lab.replicas) + 1];
+    // Total-order connections each host had left when last looked at (see `order_leaves`).
+    let mut left = vec![0u64; usize::from(lab.replicas) + 1];
+    let mut next_leave_check = Instant::now();
     let ns = PathBuf::from("/run/netns").join(lab.ns(&Node::Client));
     let handles: Vec<_> = (0..a.workers)
         .map(|id| {
@@ -1066,6 +1114,19 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
         let now = Instant::now();
+        if redis && a.total_order && now >= next_leave_check {
+            // A member that leaves total-order connections (a defined outcome of falling
+            // behind, counted in its /metrics) lacks their writes, as a restarted one does:
+            // it is compared from the next era on.
+            next_leave_check = now + Duration::from_millis(500);
+            note_order_leaves(
+                &lab,
+                &mut left,
+                &mut joined,
+                era.load(Ordering::SeqCst),
+                &log,
+            );
+        }
         // Undo faults whose time is up.
         let mut i = 0;
         while i < active.len() {
@@ -1237,6 +1298,10 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
     let mut redis_bad = Vec::new();
     if redis && error.is_none() {
         std::thread::sleep(Duration::from_secs(1));
+        if a.total_order {
+            let e = era.load(Ordering::SeqCst);
+            note_order_leaves(&lab, &mut left, &mut joined, e, &log);
+        }
         let live = view_members(&lab, REDIS_PORT);
         let mut states = Vec::new();
         for h in &live {
