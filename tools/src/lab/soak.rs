@@ -275,7 +275,7 @@ fn read_head(s: &mut TcpStream) -> std::io::Result<(String, Option<usize>, Vec<u
             });
             return Ok((status, len, body));
         }
-        let n = s.read(&mut chunk)?;
+        let n = read_some(s, &mut chunk)?;
         if n == 0 {
             return Err(std::io::Error::new(
                 ErrorKind::UnexpectedEof,
@@ -285,6 +285,18 @@ fn read_head(s: &mut TcpStream) -> std::io::Result<(String, Option<usize>, Vec<u
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > 64 * 1024 {
             return Err(std::io::Error::other("response head too long"));
+        }
+    }
+}
+
+/// One `read`, again when a signal interrupted it (as `read_exact` and `read_to_end` do):
+/// the soak runs child processes, and an interrupted read is not a failed operation (CI
+/// once failed an upload on "read head: Interrupted system call").
+fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            r => return r,
         }
     }
 }
@@ -423,7 +435,7 @@ fn resp_reply(s: &mut TcpStream, pending: &mut Vec<u8>) -> std::io::Result<Vec<u
                 return Ok(v);
             }
         }
-        let n = s.read(&mut chunk)?;
+        let n = read_some(s, &mut chunk)?;
         if n == 0 {
             return Err(std::io::Error::new(
                 ErrorKind::UnexpectedEof,
