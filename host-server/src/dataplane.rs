@@ -146,6 +146,17 @@ pub struct HostMetrics {
 }
 
 impl HostMetrics {
+    /// Counts a datagram the opener refused.
+    fn on_drop(&self, reason: DropReason) {
+        match reason {
+            DropReason::Malformed(_) => self.dropped_malformed.inc(),
+            DropReason::BadMac => self.dropped_bad_mac.inc(),
+            DropReason::Replay => self.dropped_replay.inc(),
+            DropReason::Misaddressed => self.dropped_misaddressed.inc(),
+            DropReason::Stale => self.dropped_stale.inc(),
+        }
+    }
+
     /// Prometheus text.
     pub fn render(&self) -> String {
         let mut e = Exposition::default();
@@ -1269,13 +1280,7 @@ impl Dataplane {
             let (header, payload) = match self.opener.open(&buf[..n]) {
                 Ok(v) => v,
                 Err(reason) => {
-                    match reason {
-                        DropReason::Malformed(_) => m.dropped_malformed.inc(),
-                        DropReason::BadMac => m.dropped_bad_mac.inc(),
-                        DropReason::Replay => m.dropped_replay.inc(),
-                        DropReason::Misaddressed => m.dropped_misaddressed.inc(),
-                        DropReason::Stale => m.dropped_stale.inc(),
-                    }
+                    m.on_drop(reason);
                     tracing::trace!(%reason, "datagram dropped");
                     continue;
                 }
@@ -1971,24 +1976,8 @@ impl Dataplane {
     fn flush_repairs(&mut self) {
         let mut out = std::mem::take(&mut self.repairs_out);
         for (service, to, pkt) in out.drain(..) {
-            let Some(v) = self.views.get(&service) else {
-                continue;
-            };
-            let Some(peer) = v.member(ReplicaId(to)).copied() else {
-                continue;
-            };
-            let (epoch, addr) = (v.epoch, peer.addr);
-            self.sealer.seal_into(
-                MsgType::Repair,
-                ServiceId::from_addr(service),
-                epoch,
-                Receiver::node(peer.id, peer.incarnation),
-                &pkt,
-                &mut self.sealed,
-            );
-            match self.udp.send_to(&self.sealed, SocketAddr::V4(addr)) {
-                Ok(_) => self.shared.metrics.ft.repairs_sent.inc(),
-                Err(_) => self.shared.metrics.send_errors.inc(),
+            if self.send_to_member(service, ReplicaId(to), MsgType::Repair, &pkt) {
+                self.shared.metrics.ft.repairs_sent.inc();
             }
         }
         self.repairs_out = out;
@@ -2356,12 +2345,19 @@ impl Dataplane {
     }
 
     /// Sends one ack-channel message to one member of the service's view.
-    fn send_to_member(&mut self, service: SocketAddrV4, to: ReplicaId, t: MsgType, payload: &[u8]) {
+    /// Returns whether it left (`to` is a member and the kernel took it).
+    fn send_to_member(
+        &mut self,
+        service: SocketAddrV4,
+        to: ReplicaId,
+        t: MsgType,
+        payload: &[u8],
+    ) -> bool {
         let Some(v) = self.views.get(&service) else {
-            return;
+            return false;
         };
         let Some(peer) = v.member(to).copied() else {
-            return;
+            return false;
         };
         self.sealer.seal_into(
             t,
@@ -2371,13 +2367,14 @@ impl Dataplane {
             payload,
             &mut self.sealed,
         );
-        if self
+        let sent = self
             .udp
             .send_to(&self.sealed, SocketAddr::V4(peer.addr))
-            .is_err()
-        {
+            .is_ok();
+        if !sent {
             self.shared.metrics.send_errors.inc();
         }
+        sent
     }
 
     /// The service's primary in this host's view.
