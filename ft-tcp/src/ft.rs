@@ -39,6 +39,7 @@ use crate::packet::FlowKey;
 use crate::rewrite::{self, Seg};
 use crate::seq::SeqNumber;
 use crate::shadow::ShadowQueue;
+use crate::speaker::speaker_of;
 
 /// How many times an unchanged progress report is repeated after a change.
 const PROGRESS_REPEATS: u8 = 3;
@@ -50,8 +51,10 @@ const STALE_REPAIR_SEGMENTS: usize = 8;
 /// its output ended, at once).
 const OUT_REPORT_EVERY: Duration = Duration::from_millis(20);
 
-/// How many times the speaker repeats its handoff decisions.
-const DECISION_REPEATS: u8 = 4;
+/// First wait before an exclusion request the authority did not answer is sent again.
+const REQUEST_RETRY: Duration = Duration::from_millis(20);
+/// Longest wait between exclusion requests.
+const REQUEST_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// A replica's id as the FT layer sees it (the cluster's node id).
 pub type PeerId = u32;
@@ -160,16 +163,6 @@ pub enum OutputEnd {
     Reset,
 }
 
-/// The speaker's decision about its connection (issue #14), sent to every member: from now
-/// on `speaker` speaks for it, and `dropped` (if any) is no longer one of its members.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    /// The member that speaks for the connection from now on.
-    pub speaker: PeerId,
-    /// The member that left the connection.
-    pub dropped: Option<PeerId>,
-}
-
 /// Output agreement of one connection as one replica sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgreementStatus {
@@ -259,9 +252,18 @@ pub struct FtConn {
     repair_at: Option<Instant>,
     repairs_out: Vec<(PeerId, Vec<u8>)>,
     agreement: Option<Agreement>,
-    /// The first member of the view, when it is not this replica (the primary whose output
-    /// ours is compared with).
+    /// The connection's speaker, when it is not this replica (the member whose output ours
+    /// is compared with).
     speaker_hint: Option<PeerId>,
+    /// The service's current view, primary first (this replica among them).
+    view: Vec<PeerId>,
+    /// Members the view authority excluded from this connection ([`crate::speaker`]): the
+    /// speaker is the first member of `view` not among them.
+    excluded: Vec<PeerId>,
+    /// Members this replica asked the authority to exclude, until its notice names them.
+    requests: Vec<PeerId>,
+    request_at: Instant,
+    request_wait: Duration,
 
     /// How this replica's backend ended its output.
     end: OutputEnd,
@@ -287,16 +289,12 @@ pub struct FtConn {
     opener: Option<PeerId>,
     /// `isn_s` as the client's first segments suggest it, until the opener's report comes.
     isn_s_guess: Option<SeqNumber>,
-    /// Members this speaker dropped that have not said yet that they know: the ACK gate
-    /// still waits for them (they could be promoted by a view before they learn it).
+    /// Members this speaker asked the authority to exclude, until it confirms: the ACK gate
+    /// still waits for them (a view could make them the speaker before that).
     dropping: Vec<PeerId>,
     /// The client segment being fed repeats what the client was already acknowledged: the
     /// ACK our stack answers it with must reach the client (the last one was lost).
     ack_owed: bool,
-    /// Decisions this replica made as the speaker, repeated `DECISION_REPEATS` times.
-    decisions: Vec<Decision>,
-    decision_repeats: u8,
-    decision_at: Instant,
 
     to_client: Vec<Vec<u8>>,
     scratch: Vec<Vec<u8>>,
@@ -413,6 +411,11 @@ impl FtConn {
             repairs_out: Vec::new(),
             agreement: None,
             speaker_hint: members.first().copied().filter(|m| *m != me),
+            view: members.to_vec(),
+            excluded: Vec::new(),
+            requests: Vec::new(),
+            request_at: now,
+            request_wait: REQUEST_RETRY,
             end: OutputEnd::Open,
             fin_s: None,
             retired: false,
@@ -426,9 +429,6 @@ impl FtConn {
             isn_s_guess: None,
             dropping: Vec::new(),
             ack_owed: false,
-            decisions: Vec::new(),
-            decision_repeats: 0,
-            decision_at: now,
             to_client: Vec::new(),
             scratch: Vec::new(),
             stats: FtStats::default(),
@@ -652,10 +652,10 @@ impl FtConn {
     /// When [`FtConn::poll`] must run next.
     pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
         if self.retired {
-            // Its stack is no longer run: only its reports and decisions are due.
+            // Its stack is no longer run: only its reports and requests are due.
             let report = self.progress_dirty || self.progress_repeats > 0;
             let t = report.then_some(self.progress_at);
-            let d = (self.decision_repeats > 0).then_some(self.decision_at);
+            let d = (!self.requests.is_empty()).then_some(self.request_at);
             return match (t, d) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -678,13 +678,15 @@ impl FtConn {
         {
             merge(Some(self.progress_at));
         }
+        let hold_end = self.created + self.cfg.synack_hold_max;
         if self.synack_paused
-            || self
-                .view_peers
-                .iter()
-                .any(|id| !self.peers.contains_key(id))
+            || (now < hold_end
+                && self
+                    .view_peers
+                    .iter()
+                    .any(|id| !self.peers.contains_key(id)))
         {
-            merge(Some(self.created + self.cfg.synack_hold_max));
+            merge(Some(hold_end));
         }
         if self.more_unsent {
             merge(Some(now));
@@ -695,8 +697,8 @@ impl FtConn {
                 merge(Some(self.out_report_at));
             }
         }
-        if self.decision_repeats > 0 {
-            merge(Some(self.decision_at));
+        if !self.requests.is_empty() {
+            merge(Some(self.request_at));
         }
         if self.role == Role::Primary {
             let stall = self.cfg.stall_after;
@@ -723,7 +725,7 @@ impl FtConn {
         if self.role == Role::Primary {
             self.decide(now);
         } else {
-            self.retired = true;
+            self.leave(now);
         }
     }
 
@@ -751,54 +753,64 @@ impl FtConn {
         self.ep.abort();
     }
 
-    /// Handoff decisions to send to every member, when due.
-    pub fn take_decisions(&mut self, now: Instant) -> Vec<Decision> {
-        if self.decision_repeats == 0 || now < self.decision_at {
+    /// Members to ask the view authority to exclude from this connection, when due
+    /// ([`crate::speaker`]): repeated with backoff until its notice names them.
+    pub fn take_exclusion_requests(&mut self, now: Instant) -> Vec<PeerId> {
+        if self.requests.is_empty() || now < self.request_at {
             return Vec::new();
         }
-        self.decision_repeats -= 1;
-        self.decision_at = now + self.cfg.progress_every;
-        self.decisions.clone()
+        self.request_at = now + self.request_wait;
+        self.request_wait = (self.request_wait * 2).min(REQUEST_RETRY_MAX);
+        self.requests.clone()
     }
 
-    fn note_decision(&mut self, now: Instant, d: Decision) {
-        if !self.decisions.contains(&d) {
-            self.decisions.push(d);
+    /// Asks the authority to exclude `m` (this replica, or, as the speaker, another member).
+    fn request_exclusion(&mut self, now: Instant, m: PeerId) {
+        if self.excluded.contains(&m) || self.requests.contains(&m) {
+            return;
         }
-        self.decision_repeats = DECISION_REPEATS;
-        self.decision_at = now;
+        self.requests.push(m);
+        self.request_at = now;
+        self.request_wait = REQUEST_RETRY;
     }
 
-    /// A decision of the connection's speaker `from` (see [`Decision`]).
-    pub fn handle_decision(&mut self, now: Instant, from: PeerId, d: Decision) {
-        // A member we already know left (its own report said its backend reset) may still
-        // hand the connection on: that is the decision we wait for.
-        let heard = self.view_peers.contains(&from)
-            || (self.departed.contains(&from) && d.dropped == Some(from));
-        if self.retired || !heard {
-            return;
-        }
-        if d.dropped == Some(self.me) {
-            tracing::debug!(conn = ?self.key, speaker = from, "dropped from the connection by its speaker");
-            self.retire();
-            return;
-        }
-        if let Some(x) = d.dropped {
-            self.forget_member(x);
-        }
-        if d.speaker == self.me {
-            if self.role == Role::Backup {
-                self.role = Role::Primary;
-                self.speaker_hint = None;
-                self.promote(now);
+    /// The members the view authority excluded from this connection (its notice; the list
+    /// only grows). A member excluded is never again counted, waited for, or promoted here;
+    /// if it is this replica, it leaves the connection. The speaker is chosen again.
+    pub fn handle_exclusions(&mut self, now: Instant, excluded: &[PeerId]) {
+        for m in excluded {
+            if !self.excluded.contains(m) {
+                self.excluded.push(*m);
             }
-        } else if self.role == Role::Backup && self.view_peers.contains(&d.speaker) {
-            self.speaker_hint = Some(d.speaker);
         }
+        let known = &self.excluded;
+        self.requests.retain(|m| !known.contains(m));
+        if self.excluded.contains(&self.me) && !self.retired {
+            tracing::debug!(conn = ?self.key, "excluded from the connection by the view authority");
+            self.retire();
+        }
+        for m in self.excluded.clone() {
+            if m != self.me {
+                self.forget_member(m);
+            }
+        }
+        self.choose_speaker(now);
         if self.role == Role::Primary {
             self.maybe_gate_ack(now, false);
         }
         self.trim_log();
+    }
+
+    /// How many exclusions this replica knows (what it acknowledges to the authority).
+    pub fn exclusions_known(&self) -> usize {
+        self.excluded.len()
+    }
+
+    /// Leaves the connection for good and asks the authority to exclude this replica, so
+    /// that the next member speaks.
+    fn leave(&mut self, now: Instant) {
+        self.retire();
+        self.request_exclusion(now, self.me);
     }
 
     fn retire(&mut self) {
@@ -923,54 +935,54 @@ impl FtConn {
                 leaving.push(id);
             }
         }
+        // A member whose output differs from ours (what the client gets) may never take
+        // the connection over: it would splice other bytes into the client's stream.
+        for id in self.view_peers.clone() {
+            if !self.dropping.contains(&id) && !leaving.contains(&id) && self.divergent(id) {
+                self.stats.divergent_skips += 1;
+                leaving.push(id);
+            }
+        }
         for id in leaving {
-            tracing::debug!(conn = ?self.key, member = id, "member dropped from the connection: its backend ended early or stalls");
+            tracing::debug!(conn = ?self.key, member = id, "member dropped from the connection: its backend ended early, stalls or differs");
             self.dropping.push(id);
             self.lag.remove(&id);
             self.stats.members_dropped += 1;
-            self.note_decision(
-                now,
-                Decision {
-                    speaker: self.me,
-                    dropped: Some(id),
-                },
-            );
+            self.request_exclusion(now, id);
         }
         let resign = self.end == OutputEnd::Reset
             || (self.end == OutputEnd::Fin && own_data.lt(furthest))
             || self.lagging(now, self.me, own_out, furthest, starved(own_rcv));
         if resign {
+            // The member that speaks once the authority excludes us: the next one in view
+            // order it has not excluded (crate::speaker). We leave only when it can take
+            // over, or when nobody can.
             let me = self.me;
             let next = self
-                .view_peers
+                .view
                 .iter()
                 .copied()
-                // The member a view without us would choose: the first in view order that
-                // holds the connection and agrees (whether it reported lately or not).
-                .find(|id| !self.divergent(*id) && !self.dropping.contains(id));
+                .find(|m| *m != me && !self.excluded.contains(m));
             // It must be able to speak: a member that never learned isn_s (it missed the
             // handshake and every report since) would answer with a SYN-ACK of its own. Wait
             // for its report instead; ours, sent at every change, teaches it.
             let ready = |id: PeerId| self.peers.get(&id).is_some_and(|p| p.isn_s.is_some());
             match next {
-                Some(next) if !ready(next) => self.progress_dirty |= self.progress_repeats == 0,
-                Some(next) => {
-                    tracing::debug!(conn = ?self.key, to = next, end = ?self.end, "handing the connection to the next member");
+                // Its own exclusion, or ours of it, is on the way: the one after it speaks.
+                Some(n) if self.departed.contains(&n) || self.dropping.contains(&n) => {}
+                Some(n) if self.view_peers.contains(&n) && !ready(n) => {
+                    self.progress_dirty |= self.progress_repeats == 0;
+                }
+                Some(n) if self.view_peers.contains(&n) => {
+                    tracing::debug!(conn = ?self.key, to = n, end = ?self.end, "handing the connection to the next member");
                     self.stats.handoffs += 1;
-                    self.retire();
-                    self.speaker_hint = Some(next);
-                    self.note_decision(
-                        now,
-                        Decision {
-                            speaker: next,
-                            dropped: Some(me),
-                        },
-                    );
+                    self.leave(now);
+                    self.speaker_hint = Some(n);
                     return;
                 }
-                // Nobody else can speak: every member's backend reset, or ended as ours.
-                None if self.end == OutputEnd::Reset => self.abort_wanted = true,
-                None => {}
+                // Nobody else holds it: every member's backend reset, or ended as ours.
+                _ if self.end == OutputEnd::Reset => self.abort_wanted = true,
+                _ => {}
             }
         }
         self.maybe_gate_ack(now, false);
@@ -1270,14 +1282,12 @@ impl FtConn {
             // connection with a stale view, or was out of the view for a while): it may lack
             // bytes the client saw acknowledged. The speaker tells it it is no member, before
             // a view could promote it.
-            if self.role == Role::Primary && !self.retired && p.end != OutputEnd::Reset {
-                self.note_decision(
-                    now,
-                    Decision {
-                        speaker: self.me,
-                        dropped: Some(from),
-                    },
-                );
+            if self.role == Role::Primary
+                && !self.retired
+                && p.end != OutputEnd::Reset
+                && self.view.contains(&from)
+            {
+                self.request_exclusion(now, from);
             }
             return;
         }
@@ -1407,46 +1417,42 @@ impl FtConn {
         self.repair_at = next;
     }
 
-    /// A new view: the service's live members, primary first. This replica's role for the
-    /// connection is primary when it is the first member that holds the connection and
-    /// whose output agrees with the old primary's (a divergent member is passed over).
+    /// A new view: the service's live members, primary first. This replica speaks for the
+    /// connection when it is the first member of the view the authority has not excluded
+    /// from it ([`crate::speaker`]), the same rule by which the redirector admits return
+    /// packets.
     pub fn set_view(&mut self, now: Instant, members: &[PeerId]) {
         // Report after every view: a member the speaker no longer counts (it was out of the
         // view for a while, without hearing it) learns so from the speaker's answer, even on
         // a connection where nothing else moves.
         self.progress_dirty |= self.local_rcv_nxt.is_some() && !self.retired;
+        self.view = members.to_vec();
         self.view_peers.retain(|id| members.contains(id));
         if self.opener.is_some_and(|o| !self.view_peers.contains(&o)) {
             self.adopt_isn_guess();
         }
-        let holders: Vec<PeerId> = members
-            .iter()
-            .copied()
-            .filter(|m| (*m == self.me && !self.retired) || self.view_peers.contains(m))
-            .collect();
-        let mut chosen = None;
-        for m in &holders {
-            if self.divergent(*m) {
-                self.stats.divergent_skips += 1;
-                continue;
-            }
-            chosen = Some(*m);
-            break;
-        }
-        if chosen.is_none() && !holders.is_empty() {
-            // Every holder differs from the old primary: none may splice its bytes into
-            // the client's stream. Nobody speaks; the client's connection times out.
-            tracing::warn!(conn = ?self.key, "no member with agreeing output left to take over");
-        }
-        let role = if chosen == Some(self.me) {
-            Role::Primary
-        } else {
-            Role::Backup
-        };
-        self.speaker_hint = chosen.filter(|m| *m != self.me);
         let members = &self.view_peers;
         self.peers.retain(|id, _| members.contains(id));
         self.repair.retain(|id, _| members.contains(id));
+        self.choose_speaker(now);
+        self.trim_log();
+        self.maybe_repair(now);
+    }
+
+    /// Applies the speaker rule to the current view and exclusions, and takes the role.
+    fn choose_speaker(&mut self, now: Instant) {
+        let chosen = speaker_of(&self.view, &self.excluded);
+        let mut speaks = chosen == Some(self.me) && !self.retired;
+        if speaks && self.divergent(self.me) {
+            // Our output differs from what the client got: we may not splice it into its
+            // stream. We leave; the authority makes the next member the speaker.
+            tracing::warn!(conn = ?self.key, "output differs from the old speaker's: leaving the connection rather than taking it over");
+            self.stats.divergent_skips += 1;
+            self.leave(now);
+            speaks = false;
+        }
+        let role = if speaks { Role::Primary } else { Role::Backup };
+        self.speaker_hint = chosen.filter(|m| *m != self.me);
         let promoted = role == Role::Primary && self.role == Role::Backup;
         if role == Role::Backup && self.synack_paused {
             // A primary that held its SYN-ACK for members (its view was stale) and is a backup
@@ -1455,6 +1461,12 @@ impl FtConn {
             self.synack_paused = false;
             self.ep.pause_synack(false);
         }
+        if role == Role::Backup && self.role == Role::Primary {
+            // Only the speaker may exclude others; a new one decides for itself.
+            let me = self.me;
+            self.requests.retain(|m| *m == me);
+            self.dropping.clear();
+        }
         self.role = role;
         if promoted {
             self.promote(now);
@@ -1462,8 +1474,6 @@ impl FtConn {
             // A member left: the gate may move at once.
             self.maybe_gate_ack(now, false);
         }
-        self.trim_log();
-        self.maybe_repair(now);
     }
 
     fn promote(&mut self, now: Instant) {
@@ -1603,11 +1613,20 @@ impl FtConn {
                 .any(|id| !self.peers.contains_key(id))
         {
             // Members silent since the connection opened never had it (they missed every
-            // SYN): they are not members of this connection.
-            let peers = &self.peers;
-            self.view_peers.retain(|id| peers.contains_key(id));
+            // SYN): the speaker has the authority exclude them, and counts them until it
+            // confirms.
             if self.role == Role::Primary {
-                self.maybe_gate_ack(now, false);
+                let silent: Vec<PeerId> = self
+                    .view_peers
+                    .iter()
+                    .copied()
+                    .filter(|id| !self.peers.contains_key(id) && !self.dropping.contains(id))
+                    .collect();
+                for id in silent {
+                    tracing::debug!(conn = ?self.key, member = id, "member silent since the open: asking to exclude it");
+                    self.dropping.push(id);
+                    self.request_exclusion(now, id);
+                }
             }
         }
         let mut out = std::mem::take(&mut self.scratch);

@@ -22,11 +22,12 @@ pub mod rewrite;
 pub mod rfc5961;
 pub mod seq;
 pub mod shadow;
+pub mod speaker;
 pub mod syncookie;
 
 pub use endpoint::{Endpoint, EndpointConfig, TcpState};
 pub use ft::{
-    AgreementStatus, Decision, FtConfig, FtConn, FtStats, OutputEnd, PeerId, Progress, Role,
+    AgreementStatus, FtConfig, FtConn, FtStats, OutputEnd, PeerId, Progress, Role,
 };
 pub use packet::{FlowKey, PacketError, TcpFlags, TcpMeta};
 pub use plain::PlainConn;

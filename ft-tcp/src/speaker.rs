@@ -1,0 +1,435 @@
+//! Who speaks for a connection, decided in one place: the view authority (the redirector).
+//!
+//! In an ft service the members of a view hold every connection; one of them speaks for each.
+//! The speaker of a connection is the first member of the current view that the authority
+//! has not *excluded* from it:
+//!
+//! ```text
+//!   speaker(c) = first m in view.members such that m is not in excluded(c)
+//! ```
+//!
+//! A connection has no record here until a member is excluded from it, so a connection
+//! nobody left costs nothing and its speaker is the view's primary. A member is excluded
+//! when it asks for itself (its backend reset, it ended early, it hands the connection on)
+//! or when the connection's speaker asks (the member stalls, its output differs, it never
+//! had the connection). Exclusions only grow. The authority answers every accepted request
+//! with a *notice* (the whole excluded list) to every member of the view, repeated with
+//! backoff until each member acknowledges the list's length. So:
+//!
+//! - every member computes the same speaker from the same view and the same list, and the
+//!   redirector admits the connection's return packets from that member only: two members
+//!   that disagree for a moment cannot both reach the client;
+//! - a member learns it was dropped from the authority, not from a peer's message that may
+//!   be lost, and never speaks for the connection again;
+//! - a speaker stops counting a member in its ACK gate only once the authority confirmed
+//!   the exclusion: from then on no view can make that member the speaker.
+//!
+//! Sans-IO: `now` comes in, notices to send come out ([`SpeakerBook::poll_notices`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::ft::PeerId;
+use crate::packet::FlowKey;
+
+/// First wait before a notice is sent again to a member that did not acknowledge it.
+const NOTICE_RETRY: Duration = Duration::from_millis(20);
+/// Longest wait between notices to one member.
+const NOTICE_RETRY_MAX: Duration = Duration::from_secs(1);
+/// Most members excluded from one connection (a view never has more members than this).
+pub const MAX_EXCLUDED: usize = 32;
+
+/// Why the authority refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The requester is not a member of the service's current view.
+    #[error("the requester is not a member of the current view")]
+    NotMember,
+    /// The requester asked to exclude another member without being the connection's speaker.
+    #[error("only a member itself or the connection's speaker may exclude it")]
+    NotSpeaker,
+    /// The book holds its maximum number of connections.
+    #[error("the exclusion table is full")]
+    Full,
+    /// The connection already has the most exclusions a record holds.
+    #[error("too many members excluded from one connection")]
+    TooMany,
+}
+
+/// Counters for status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BookStats {
+    /// Requests that excluded a member.
+    pub excluded: u64,
+    /// Requests for a member already excluded (answered with a notice again).
+    pub repeated: u64,
+    /// Requests refused, by reason.
+    pub refused_not_member: u64,
+    /// See [`Refused::NotSpeaker`].
+    pub refused_not_speaker: u64,
+    /// See [`Refused::Full`] and [`Refused::TooMany`].
+    pub refused_full: u64,
+    /// Notices sent (first sends and repeats).
+    pub notices: u64,
+    /// Records that expired idle.
+    pub expired: u64,
+}
+
+/// One member still to acknowledge a connection's list: when to send it again, and the
+/// wait after that.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    member: PeerId,
+    at: Instant,
+    wait: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    /// Members excluded, in the order they were.
+    excluded: Vec<PeerId>,
+    /// Members of the view that have not acknowledged the whole list yet.
+    pending: Vec<Pending>,
+    /// Last packet of the connection seen, or last change.
+    touched: Instant,
+}
+
+/// The authority's record of exclusions, per connection.
+#[derive(Debug)]
+pub struct SpeakerBook {
+    entries: HashMap<FlowKey, Entry>,
+    /// Connections with a member still to acknowledge.
+    unacked: BTreeSet<FlowKey>,
+    capacity: usize,
+    /// Counters.
+    pub stats: BookStats,
+}
+
+impl SpeakerBook {
+    /// An empty book that keeps at most `capacity` connections with exclusions.
+    pub fn new(capacity: usize) -> Self {
+        SpeakerBook {
+            entries: HashMap::new(),
+            unacked: BTreeSet::new(),
+            capacity,
+            stats: BookStats::default(),
+        }
+    }
+
+    /// Connections with at least one exclusion.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no connection has an exclusion.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The members excluded from a connection.
+    pub fn excluded(&self, key: &FlowKey) -> &[PeerId] {
+        self.entries.get(key).map_or(&[], |e| &e.excluded)
+    }
+
+    /// The member that speaks for `key` given the view's `members` (primary first), if any.
+    pub fn speaker(&self, key: &FlowKey, members: &[PeerId]) -> Option<PeerId> {
+        speaker_of(members, self.excluded(key))
+    }
+
+    /// Whether `sender` may speak for `key` now.
+    pub fn may_speak(&self, key: &FlowKey, members: &[PeerId], sender: PeerId) -> bool {
+        self.speaker(key, members) == Some(sender)
+    }
+
+    /// A packet of the connection passed: its record (if any) is in use.
+    pub fn touch(&mut self, now: Instant, key: &FlowKey) {
+        if let Some(e) = self.entries.get_mut(key) {
+            e.touched = now;
+        }
+    }
+
+    /// The connection ended (a reset passed): its record may go.
+    pub fn forget(&mut self, key: &FlowKey) {
+        self.entries.remove(key);
+        self.unacked.remove(key);
+    }
+
+    /// Member `from` of the view `members` asks to exclude `member` from connection `key`.
+    /// Accepted from the member itself or from the connection's speaker. Every member of the
+    /// view gets a notice (the requester too, also when the member was already excluded: its
+    /// notice may have been lost). `Ok(true)` when the member was newly excluded.
+    pub fn handle_request(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        key: FlowKey,
+        member: PeerId,
+        members: &[PeerId],
+    ) -> Result<bool, Refused> {
+        let r = self.request(now, from, key, member, members);
+        match r {
+            Ok(true) => self.stats.excluded += 1,
+            Ok(false) => self.stats.repeated += 1,
+            Err(Refused::NotMember) => self.stats.refused_not_member += 1,
+            Err(Refused::NotSpeaker) => self.stats.refused_not_speaker += 1,
+            Err(Refused::Full | Refused::TooMany) => self.stats.refused_full += 1,
+        }
+        r
+    }
+
+    fn request(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        key: FlowKey,
+        member: PeerId,
+        members: &[PeerId],
+    ) -> Result<bool, Refused> {
+        if !members.contains(&from) {
+            return Err(Refused::NotMember);
+        }
+        if let Some(e) = self.entries.get_mut(&key) {
+            if e.excluded.contains(&member) {
+                e.touched = now;
+                schedule(e, from, now);
+                self.unacked.insert(key);
+                return Ok(false);
+            }
+        }
+        if member != from && self.speaker(&key, members) != Some(from) {
+            return Err(Refused::NotSpeaker);
+        }
+        if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
+            return Err(Refused::Full);
+        }
+        let e = self.entries.entry(key).or_insert_with(|| Entry {
+            excluded: Vec::new(),
+            pending: Vec::new(),
+            touched: now,
+        });
+        if e.excluded.len() >= MAX_EXCLUDED {
+            return Err(Refused::TooMany);
+        }
+        e.excluded.push(member);
+        e.touched = now;
+        // Everyone in the view learns the new list, at once.
+        e.pending.clear();
+        for m in members {
+            schedule(e, *m, now);
+        }
+        self.unacked.insert(key);
+        Ok(true)
+    }
+
+    /// Member `from` acknowledges the first `count` exclusions of `key`.
+    pub fn handle_ack(&mut self, from: PeerId, key: &FlowKey, count: usize) {
+        let Some(e) = self.entries.get_mut(key) else {
+            return;
+        };
+        if count >= e.excluded.len() {
+            e.pending.retain(|p| p.member != from);
+        }
+        if e.pending.is_empty() {
+            self.unacked.remove(key);
+        }
+    }
+
+    /// Notices due now: (member, connection, excluded list). `members_of` gives a service's
+    /// current view; a member that left it is not told any more.
+    pub fn poll_notices<'a>(
+        &mut self,
+        now: Instant,
+        members_of: impl Fn(&FlowKey) -> Option<&'a [PeerId]>,
+    ) -> Vec<(PeerId, FlowKey, Vec<PeerId>)> {
+        let mut out = Vec::new();
+        let mut settled = Vec::new();
+        for key in &self.unacked {
+            let Some(e) = self.entries.get_mut(key) else {
+                settled.push(*key);
+                continue;
+            };
+            let members = members_of(key).unwrap_or(&[]);
+            e.pending.retain(|p| members.contains(&p.member));
+            for p in e.pending.iter_mut().filter(|p| now >= p.at) {
+                out.push((p.member, *key, e.excluded.clone()));
+                p.at = now + p.wait;
+                p.wait = (p.wait * 2).min(NOTICE_RETRY_MAX);
+            }
+            if e.pending.is_empty() {
+                settled.push(*key);
+            }
+        }
+        for k in settled {
+            self.unacked.remove(&k);
+        }
+        self.stats.notices += out.len() as u64;
+        out
+    }
+
+    /// When [`SpeakerBook::poll_notices`] has something to send next.
+    pub fn poll_at(&self) -> Option<Instant> {
+        self.unacked
+            .iter()
+            .filter_map(|k| self.entries.get(k))
+            .flat_map(|e| e.pending.iter().map(|p| p.at))
+            .min()
+    }
+
+    /// Drops records of connections idle for `idle` (longer than any connection lives
+    /// without a packet: keep-alives touch it).
+    pub fn expire(&mut self, now: Instant, idle: Duration) {
+        let before = self.entries.len();
+        self.entries.retain(|_, e| now.saturating_duration_since(e.touched) < idle);
+        let entries = &self.entries;
+        self.unacked.retain(|k| entries.contains_key(k));
+        self.stats.expired += (before - self.entries.len()) as u64;
+    }
+}
+
+fn schedule(e: &mut Entry, member: PeerId, now: Instant) {
+    match e.pending.iter_mut().find(|p| p.member == member) {
+        Some(p) => {
+            p.at = now;
+            p.wait = NOTICE_RETRY;
+        }
+        None => e.pending.push(Pending {
+            member,
+            at: now,
+            wait: NOTICE_RETRY,
+        }),
+    }
+}
+
+/// The speaker rule, shared by the authority and the members: the first member of the view
+/// (primary first) not excluded.
+pub fn speaker_of(members: &[PeerId], excluded: &[PeerId]) -> Option<PeerId> {
+    members.iter().copied().find(|m| !excluded.contains(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            client: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), port),
+            service: SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 1), 80),
+        }
+    }
+
+    const VIEW: &[PeerId] = &[1, 2, 3];
+
+    /// Any instant: the book only compares them.
+    #[allow(clippy::disallowed_methods)]
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    #[test]
+    fn the_speaker_is_the_first_member_not_excluded() {
+        let mut b = SpeakerBook::new(16);
+        let t = t0();
+        assert_eq!(b.speaker(&key(1), VIEW), Some(1));
+        assert_eq!(b.handle_request(t, 1, key(1), 1, VIEW), Ok(true));
+        assert_eq!(b.speaker(&key(1), VIEW), Some(2));
+        assert!(b.may_speak(&key(1), VIEW, 2));
+        assert!(!b.may_speak(&key(1), VIEW, 1));
+        // Other connections are not affected.
+        assert_eq!(b.speaker(&key(2), VIEW), Some(1));
+        // A view without 2 makes 3 the speaker; excluded 1 never comes back.
+        assert_eq!(b.speaker(&key(1), &[1, 3]), Some(3));
+    }
+
+    #[test]
+    fn only_the_member_itself_or_the_speaker_may_exclude() {
+        let mut b = SpeakerBook::new(16);
+        let t = t0();
+        // 3 is not the speaker: it may not drop 2.
+        assert_eq!(
+            b.handle_request(t, 3, key(1), 2, VIEW),
+            Err(Refused::NotSpeaker)
+        );
+        // A node outside the view may not even drop itself.
+        assert_eq!(
+            b.handle_request(t, 9, key(1), 9, VIEW),
+            Err(Refused::NotMember)
+        );
+        // The speaker may.
+        assert_eq!(b.handle_request(t, 1, key(1), 2, VIEW), Ok(true));
+        assert_eq!(b.excluded(&key(1)), &[2]);
+        // After 1 leaves, 3 speaks and may drop others.
+        assert_eq!(b.handle_request(t, 1, key(1), 1, VIEW), Ok(true));
+        assert_eq!(b.speaker(&key(1), VIEW), Some(3));
+        assert_eq!(b.stats.refused_not_speaker, 1);
+        assert_eq!(b.stats.refused_not_member, 1);
+    }
+
+    #[test]
+    fn every_member_is_told_until_it_acknowledges() {
+        let mut b = SpeakerBook::new(16);
+        let t = t0();
+        b.handle_request(t, 2, key(1), 2, VIEW).unwrap();
+        let n = b.poll_notices(t, |_| Some(VIEW));
+        assert_eq!(n.len(), 3);
+        assert!(n.iter().all(|(_, k, l)| *k == key(1) && l == &vec![2]));
+        // Nothing more until the retry is due.
+        assert!(b.poll_notices(t, |_| Some(VIEW)).is_empty());
+        b.handle_ack(1, &key(1), 1);
+        b.handle_ack(2, &key(1), 1);
+        // A stale acknowledgement (of an older, shorter list) does not count.
+        b.handle_ack(3, &key(1), 0);
+        let later = t + NOTICE_RETRY;
+        let n = b.poll_notices(later, |_| Some(VIEW));
+        assert_eq!(n.iter().map(|x| x.0).collect::<Vec<_>>(), vec![3]);
+        // The wait doubles.
+        assert!(b
+            .poll_notices(later + NOTICE_RETRY, |_| Some(VIEW))
+            .is_empty());
+        assert_eq!(b.poll_at(), Some(later + 2 * NOTICE_RETRY));
+        // 3 leaves the view: nobody is left to tell.
+        assert!(b
+            .poll_notices(later + 4 * NOTICE_RETRY, |_| Some(&[1, 2]))
+            .is_empty());
+        assert_eq!(b.poll_at(), None);
+    }
+
+    #[test]
+    fn a_repeated_request_is_answered_again() {
+        let mut b = SpeakerBook::new(16);
+        let t = t0();
+        b.handle_request(t, 1, key(1), 2, VIEW).unwrap();
+        b.poll_notices(t, |_| Some(VIEW));
+        for m in VIEW {
+            b.handle_ack(*m, &key(1), 1);
+        }
+        assert_eq!(b.poll_at(), None);
+        // The requester never saw its notice (the ack was someone else's); it asks again.
+        assert_eq!(b.handle_request(t, 1, key(1), 2, VIEW), Ok(false));
+        let n = b.poll_notices(t, |_| Some(VIEW));
+        assert_eq!(n, vec![(1, key(1), vec![2])]);
+        assert_eq!(b.stats.repeated, 1);
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_idle_records_expire() {
+        let mut b = SpeakerBook::new(2);
+        let t = t0();
+        b.handle_request(t, 1, key(1), 1, VIEW).unwrap();
+        b.handle_request(t, 1, key(2), 1, VIEW).unwrap();
+        assert_eq!(
+            b.handle_request(t, 1, key(3), 1, VIEW),
+            Err(Refused::Full)
+        );
+        // A record already there still takes more.
+        assert_eq!(b.handle_request(t, 2, key(1), 2, VIEW), Ok(true));
+        b.touch(t + Duration::from_secs(5), &key(2));
+        b.expire(t + Duration::from_secs(8), Duration::from_secs(6));
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.excluded(&key(2)), &[1]);
+        assert_eq!(b.stats.expired, 1);
+        assert_eq!(b.handle_request(t, 1, key(3), 1, VIEW), Ok(true));
+        b.forget(&key(3));
+        assert!(b.excluded(&key(3)).is_empty());
+    }
+}
