@@ -17,9 +17,9 @@ pub mod wire;
 pub use auth::{ClusterKey, DropReason, KeyError, Opener, Receiver, ReplayWindow, Sealer};
 pub use ids::{Epoch, Incarnation, ReplicaId, ServiceId};
 pub use proto::{
-    emit_digests, emit_handoffs, emit_order, emit_progress, parse_digests, parse_handoffs,
-    parse_order, parse_progress, DigestEntry, HandoffEntry, Heartbeat, Member, Mode, OrderEntry,
+    emit_digests, emit_exclusions, emit_order, emit_progress, parse_digests, parse_exclusions,
+    parse_order, parse_progress, DigestEntry, ExclusionEntry, Heartbeat, Member, Mode, OrderEntry,
     OrderRepair, OrderRepairKind, OutputEnd, ProgressEntry, ServiceAd, View, DIGESTS_PER_DATAGRAM,
-    HANDOFFS_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
+    EXCLUSIONS_PER_DATAGRAM, EXCLUSION_MEMBERS_MAX, PROGRESS_PER_DATAGRAM,
 };
 pub use wire::{Datagram, Header, MsgType, WireError};

@@ -9,9 +9,13 @@
 //!   client ip (4) | client port (2) | service ip (4) | service port (2) |
 //!   isn_local (4) | has isn_s (1) | isn_s (4) | rcv_nxt (4) | edge (4) | hole_end (4) |
 //!   output flags (1: bit 0 output known, bits 1-2 end: 0 open, 1 FIN, 2 reset) | output end (4)
-//! Handoff (host -> hosts; the speaker of a connection decides): count (u16) then entries of
+//! Exclude (host -> view authority), Excluded (authority -> host), ExcludedAck (host ->
+//! authority), who speaks for a connection: count (u16) then entries of
 //!   client ip (4) | client port (2) | service ip (4) | service port (2) |
-//!   speaker from now on (4) | member that left the connection (4, 0: none)
+//!   n (1) | n member ids (4 each)
+//!   Exclude: the members to exclude (the sender itself, or as the connection's speaker others)
+//!   Excluded: every member excluded from the connection so far, in order
+//!   ExcludedAck: the list as the sender now knows it (its length acknowledges)
 //! Digest (host -> hosts): count (u16) then entries of
 //!   client ip (4) | client port (2) | service ip (4) | service port (2) |
 //!   block index (4) | block length (4) | fin (1) | digest (16)
@@ -418,60 +422,74 @@ pub fn parse_digests(b: &[u8]) -> Result<Vec<DigestEntry>, WireError> {
         .collect()
 }
 
-/// A connection's speaker hands it over, or drops a member from it (issue #14): from now
-/// on `speaker` speaks for the connection, and `dropped` (when not 0) is no longer one of its
-/// members. Only the connection's speaker sends these; they are repeated, and idempotent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HandoffEntry {
+/// Members excluded from one ft connection (see the module's table for what each message
+/// means). The view authority decides who speaks for a connection from these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExclusionEntry {
     /// The client's address.
     pub client: SocketAddrV4,
     /// The service address.
     pub service: SocketAddrV4,
-    /// The member that speaks for the connection from now on.
-    pub speaker: u32,
-    /// The member that left the connection (0: none).
-    pub dropped: u32,
+    /// The members (node ids).
+    pub members: Vec<u32>,
 }
 
-const HANDOFF_LEN: usize = 20;
+/// Most members one entry names.
+pub const EXCLUSION_MEMBERS_MAX: usize = 32;
 
-/// Handoff entries that fit in one datagram on a 1500-byte link.
-pub const HANDOFFS_PER_DATAGRAM: usize = 64;
+/// Exclusion entries sent in one datagram (the largest fit in 1,400 bytes).
+pub const EXCLUSIONS_PER_DATAGRAM: usize = 8;
 
-/// Serializes handoff entries.
-pub fn emit_handoffs(entries: &[HandoffEntry]) -> Vec<u8> {
+/// Serializes exclusion entries (at most [`EXCLUSION_MEMBERS_MAX`] members each; more are
+/// cut off).
+pub fn emit_exclusions(entries: &[ExclusionEntry]) -> Vec<u8> {
     let n = entries.len().min(u16::MAX as usize);
-    let mut out = Vec::with_capacity(2 + n * HANDOFF_LEN);
+    let mut out = Vec::with_capacity(2 + n * 17);
     out.extend_from_slice(&(n as u16).to_be_bytes());
     for e in &entries[..n] {
         out.extend_from_slice(&e.client.ip().octets());
         out.extend_from_slice(&e.client.port().to_be_bytes());
         out.extend_from_slice(&e.service.ip().octets());
         out.extend_from_slice(&e.service.port().to_be_bytes());
-        out.extend_from_slice(&e.speaker.to_be_bytes());
-        out.extend_from_slice(&e.dropped.to_be_bytes());
+        let m = &e.members[..e.members.len().min(EXCLUSION_MEMBERS_MAX)];
+        out.push(m.len() as u8);
+        for id in m {
+            out.extend_from_slice(&id.to_be_bytes());
+        }
     }
     out
 }
 
-/// Parses handoff entries; the length must match the count exactly.
-pub fn parse_handoffs(b: &[u8]) -> Result<Vec<HandoffEntry>, WireError> {
-    let body = entries(b, HANDOFF_LEN)?;
-    Ok(body
-        .chunks_exact(HANDOFF_LEN)
-        .map(|e| HandoffEntry {
+/// Parses exclusion entries; every byte must belong to an entry, and no entry names more
+/// than [`EXCLUSION_MEMBERS_MAX`] members.
+pub fn parse_exclusions(b: &[u8]) -> Result<Vec<ExclusionEntry>, WireError> {
+    let (count, mut rest) = b.split_first_chunk::<2>().ok_or(WireError::Payload)?;
+    let count = usize::from(u16::from_be_bytes(*count));
+    let mut out = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        let (head, body) = rest.split_first_chunk::<13>().ok_or(WireError::Payload)?;
+        let n = usize::from(head[12]);
+        if n > EXCLUSION_MEMBERS_MAX || body.len() < n * 4 {
+            return Err(WireError::Payload);
+        }
+        let (ids, tail) = body.split_at(n * 4);
+        out.push(ExclusionEntry {
             client: SocketAddrV4::new(
-                Ipv4Addr::new(e[0], e[1], e[2], e[3]),
-                u16::from_be_bytes([e[4], e[5]]),
+                Ipv4Addr::new(head[0], head[1], head[2], head[3]),
+                u16::from_be_bytes([head[4], head[5]]),
             ),
             service: SocketAddrV4::new(
-                Ipv4Addr::new(e[6], e[7], e[8], e[9]),
-                u16::from_be_bytes([e[10], e[11]]),
+                Ipv4Addr::new(head[6], head[7], head[8], head[9]),
+                u16::from_be_bytes([head[10], head[11]]),
             ),
-            speaker: be_u32(e, 12),
-            dropped: be_u32(e, 16),
-        })
-        .collect())
+            members: ids.chunks_exact(4).map(|c| be_u32(c, 0)).collect(),
+        });
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return Err(WireError::Payload);
+    }
+    Ok(out)
 }
 
 /// One stamped chunk of a total-order service: the connection's next `len` client bytes
@@ -661,7 +679,7 @@ mod tests {
             let _ = parse_progress(&bytes);
             let _ = parse_digests(&bytes);
             let _ = parse_order(&bytes);
-            let _ = parse_handoffs(&bytes);
+            let _ = parse_exclusions(&bytes);
             let _ = OrderRepair::parse(&bytes);
         }
 
@@ -677,17 +695,16 @@ mod tests {
         }
 
         #[test]
-        fn handoffs_round_trip(entries in proptest::collection::vec((any::<u32>(), any::<u16>(), any::<u32>(), any::<u32>()), 0..70)) {
-            let v: Vec<HandoffEntry> = entries
+        fn exclusions_round_trip(entries in proptest::collection::vec((any::<u32>(), any::<u16>(), proptest::collection::vec(any::<u32>(), 0..=32)), 0..20)) {
+            let v: Vec<ExclusionEntry> = entries
                 .into_iter()
-                .map(|(ip, port, speaker, dropped)| HandoffEntry {
+                .map(|(ip, port, members)| ExclusionEntry {
                     client: SocketAddrV4::new(Ipv4Addr::from(ip), port),
                     service: SocketAddrV4::new(Ipv4Addr::from(!ip), port ^ 1),
-                    speaker,
-                    dropped,
+                    members,
                 })
                 .collect();
-            prop_assert_eq!(parse_handoffs(&emit_handoffs(&v)).unwrap(), v);
+            prop_assert_eq!(parse_exclusions(&emit_exclusions(&v)).unwrap(), v);
         }
 
         #[test]

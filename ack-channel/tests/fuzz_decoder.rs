@@ -44,9 +44,9 @@ use std::path::Path;
 
 use ack_channel::wire::{HEADER_LEN, MAC_LEN};
 use ack_channel::{
-    emit_digests, emit_handoffs, emit_order, emit_progress, parse_digests, parse_handoffs,
+    emit_digests, emit_exclusions, emit_order, emit_progress, parse_digests, parse_exclusions,
     parse_order, parse_progress, ClusterKey, Datagram, DigestEntry, DropReason, Epoch,
-    HandoffEntry, Header, Heartbeat, Incarnation, Member, Mode, MsgType, Opener, OrderEntry,
+    ExclusionEntry, Header, Heartbeat, Incarnation, Member, Mode, MsgType, Opener, OrderEntry,
     OrderRepair, OrderRepairKind, OutputEnd, ProgressEntry, Receiver, ReplicaId, Sealer, ServiceAd,
     ServiceId, View, WireError,
 };
@@ -97,23 +97,27 @@ fn key() -> ClusterKey {
     ClusterKey::from_bytes([7; 32])
 }
 
-const ALL_TYPES: [MsgType; 11] = [
-    MsgType::ToHost,
-    MsgType::ToClient,
-    MsgType::Heartbeat,
-    MsgType::Progress,
-    MsgType::View,
-    MsgType::Repair,
-    MsgType::Digest,
-    MsgType::Order,
-    MsgType::Handoff,
-    MsgType::Welcome,
-    MsgType::OrderRepair,
+/// Every message type with its wire code, in the order of `wire.rs` (9 was the retired
+/// Handoff).
+const ALL_TYPES: [(u8, MsgType); 13] = [
+    (1, MsgType::ToHost),
+    (2, MsgType::ToClient),
+    (3, MsgType::Heartbeat),
+    (4, MsgType::Progress),
+    (5, MsgType::View),
+    (6, MsgType::Repair),
+    (7, MsgType::Digest),
+    (8, MsgType::Order),
+    (10, MsgType::Welcome),
+    (11, MsgType::OrderRepair),
+    (12, MsgType::Exclude),
+    (13, MsgType::Excluded),
+    (14, MsgType::ExcludedAck),
 ];
 
-/// The message type with wire code `code` (1..=11, in the order of `wire.rs`).
+/// The message type with wire code `code`.
 fn msg_type(code: u8) -> Option<MsgType> {
-    ALL_TYPES.get(usize::from(code).checked_sub(1)?).copied()
+    ALL_TYPES.iter().find(|(c, _)| *c == code).map(|(_, t)| *t)
 }
 
 /// What `Datagram::new_checked` then `Header::parse` answer for `b`, by the format alone.
@@ -174,7 +178,9 @@ fn assert_payload_round_trips(t: MsgType, p: &[u8]) {
         MsgType::Progress => assert_eq!(emit_progress(&parse_progress(p).unwrap()), p),
         MsgType::Digest => assert_eq!(emit_digests(&parse_digests(p).unwrap()), p),
         MsgType::Order => assert_eq!(emit_order(&parse_order(p).unwrap()), p),
-        MsgType::Handoff => assert_eq!(emit_handoffs(&parse_handoffs(p).unwrap()), p),
+        MsgType::Exclude | MsgType::Excluded | MsgType::ExcludedAck => {
+            assert_eq!(emit_exclusions(&parse_exclusions(p).unwrap()), p)
+        }
         MsgType::OrderRepair => assert_eq!(OrderRepair::parse(p).unwrap().emit(), p),
         MsgType::ToHost | MsgType::ToClient | MsgType::Repair => {}
         MsgType::Welcome => assert!(p.is_empty()),
@@ -199,8 +205,8 @@ fn fuzz_raw_payload() {
         if let Ok(entries) = parse_order(b) {
             assert_eq!(emit_order(&entries), b);
         }
-        if let Ok(entries) = parse_handoffs(b) {
-            assert_eq!(emit_handoffs(&entries), b);
+        if let Ok(entries) = parse_exclusions(b) {
+            assert_eq!(emit_exclusions(&entries), b);
         }
         if let Ok(r) = OrderRepair::parse(b) {
             assert_eq!(r.emit(), b);
@@ -505,7 +511,8 @@ fn fuzz_payload_round_trip() {
 /// A datagram's fields, and damage to its header.
 #[derive(Debug, Clone, TypeGenerator)]
 struct GenDatagram {
-    #[generator(1u8..=11)]
+    /// An index into `ALL_TYPES`.
+    #[generator(0u8..13)]
     msg_type: u8,
     flags: u16,
     service: u64,
@@ -529,7 +536,7 @@ struct GenDatagram {
 #[test]
 fn fuzz_datagram_round_trip() {
     check!().with_type::<GenDatagram>().for_each(|g| {
-        let t = msg_type(g.msg_type).unwrap();
+        let t = ALL_TYPES[usize::from(g.msg_type)].1;
         let h = Header {
             msg_type: t,
             flags: g.flags,
@@ -701,12 +708,18 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
         fin: true,
         digest: *b"0123456789abcdef",
     }]);
-    let handoff = emit_handoffs(&[HandoffEntry {
-        client,
-        service,
-        speaker: 2,
-        dropped: 1,
-    }]);
+    let exclusions = emit_exclusions(&[
+        ExclusionEntry {
+            client,
+            service,
+            members: vec![1, 3],
+        },
+        ExclusionEntry {
+            client: addr("198.18.0.3:40001"),
+            service,
+            members: vec![],
+        },
+    ]);
     let order = emit_order(&[
         OrderEntry {
             stamp: 41,
@@ -786,7 +799,18 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
         ("datagram_progress", group(MsgType::Progress, &progress)),
         ("datagram_digest", group(MsgType::Digest, &digests)),
         ("datagram_order", group(MsgType::Order, &order)),
-        ("datagram_handoff", group(MsgType::Handoff, &handoff)),
+        ("exclusions", exclusions.clone()),
+        ("exclusions_33_members", {
+            let mut e = exclusions.clone();
+            e[2 + 12] = 33;
+            e
+        }),
+        ("datagram_exclude", sealed(MsgType::Exclude, &exclusions)),
+        ("datagram_excluded", sealed(MsgType::Excluded, &exclusions)),
+        (
+            "datagram_excluded_ack",
+            sealed(MsgType::ExcludedAck, &exclusions),
+        ),
         (
             "datagram_order_repair",
             sealed(MsgType::OrderRepair, &order_repair),
@@ -821,7 +845,7 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
         ),
         ("bad_magic", broken(0, b'X')),
         ("version_1", broken(2, 1)),
-        ("unknown_type_12", broken(3, 12)),
+        ("unknown_type_15", broken(3, 15)),
         ("reserved_set", broken(7, 1)),
         ("truncated_header", good[..40].to_vec()),
         ("heartbeat_payload", heartbeat),
@@ -859,10 +883,12 @@ fn seed_corpora_are_what_they_claim() {
             || parse_progress(&b).is_ok()
             || parse_digests(&b).is_ok()
             || parse_order(&b).is_ok()
+            || parse_exclusions(&b).is_ok()
             || OrderRepair::parse(&b).is_ok();
         let broken = matches!(
             name,
             "heartbeat_count_too_big"
+                | "exclusions_33_members"
                 | "heartbeat_unknown_mode"
                 | "progress_has_isn_s_2"
                 | "progress_end_3"
@@ -875,7 +901,7 @@ fn seed_corpora_are_what_they_claim() {
         let want = match name {
             "bad_magic" => DropReason::Malformed(WireError::BadMagic),
             "version_1" => DropReason::Malformed(WireError::Version(1)),
-            "unknown_type_12" => DropReason::Malformed(WireError::UnknownType(12)),
+            "unknown_type_15" => DropReason::Malformed(WireError::UnknownType(15)),
             "reserved_set" => DropReason::Malformed(WireError::Reserved),
             "truncated_header" | "heartbeat_payload" | "view_payload" => {
                 DropReason::Malformed(WireError::Truncated)
