@@ -21,17 +21,17 @@ use std::time::{Duration, Instant};
 
 use crate::order::{ConnView, NeedAnswer, OrderStats, Sequencer, Stamp};
 use ack_channel::{
-    emit_digests, emit_handoffs, emit_order, emit_progress, parse_digests, parse_handoffs,
-    parse_order, parse_progress, DigestEntry, DropReason, Epoch, HandoffEntry, Header, Heartbeat,
+    emit_digests, emit_exclusions, emit_order, emit_progress, parse_digests, parse_exclusions,
+    parse_order, parse_progress, DigestEntry, DropReason, Epoch, ExclusionEntry, Header, Heartbeat,
     Incarnation, Member, Mode, MsgType, Opener, OrderEntry, OrderRepair, OrderRepairKind,
     ProgressEntry, Receiver, ReplicaId, Sealer, ServiceId, View, DIGESTS_PER_DATAGRAM,
-    HANDOFFS_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
+    EXCLUSIONS_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
 };
 use control::metrics::{Counter, Exposition};
 use ft_tcp::agreement::BlockDigest;
 use ft_tcp::syncookie::{self, CookieJar, SynOpts};
 use ft_tcp::{
-    rewrite, Decision, Endpoint, EndpointConfig, FlowKey, FtConfig, FtConn, OutputEnd, PacketError,
+    rewrite, Endpoint, EndpointConfig, FlowKey, FtConfig, FtConn, OutputEnd, PacketError,
     PlainConn, Progress, Role, SeqNumber, TcpMeta, TcpState,
 };
 use mio::net::{TcpStream, UdpSocket};
@@ -511,11 +511,18 @@ impl HostMetrics {
             self.ft.members_dropped.get(),
         );
         e.sample(
-            "hydra_ft_handoffs_sent_total",
+            "hydra_ft_exclusion_requests_total",
             "counter",
-            "Handoff datagrams sent to peers",
+            "Exclusion requests sent to the view authority (a member leaving a connection, or dropped by its speaker)",
             "",
-            self.ft.handoffs_sent.get(),
+            self.ft.exclusion_requests.get(),
+        );
+        e.sample(
+            "hydra_ft_exclusion_notices_total",
+            "counter",
+            "Exclusion notices from the view authority (who speaks for a connection)",
+            "",
+            self.ft.exclusion_notices.get(),
         );
         e.sample(
             "hydra_ft_divergent_members",
@@ -827,8 +834,10 @@ pub struct Dataplane {
     repairs_out: Vec<(SocketAddrV4, u32, Vec<u8>)>,
     /// Digests of our output waiting to be sent this loop iteration.
     digests_out: Vec<DigestEntry>,
-    /// Handoff decisions waiting to be sent this loop iteration.
-    handoffs_out: Vec<HandoffEntry>,
+    /// Exclusion requests to the view authority, waiting to be sent this loop iteration.
+    exclude_out: Vec<ExclusionEntry>,
+    /// Acknowledgements of the authority's exclusion notices, likewise.
+    excluded_acks: Vec<ExclusionEntry>,
     /// Total-order sequencers of the services in `--order total`.
     sequencers: HashMap<SocketAddrV4, Sequencer>,
     /// When the primary repeats its recent stamps next (the last datagram may be lost).
@@ -907,8 +916,10 @@ pub struct FtMetrics {
     /// Members this host, as a connection's speaker, dropped from it (their backend reset,
     /// ended early or stalled).
     pub members_dropped: Counter,
-    /// Handoff datagrams sent to peers.
-    pub handoffs_sent: Counter,
+    /// Exclusion requests sent to the view authority.
+    pub exclusion_requests: Counter,
+    /// Exclusion notices received from the view authority.
+    pub exclusion_notices: Counter,
     /// Total order (see `order.rs`): what the sequencers did and where they hit a bound.
     pub order: OrderMetrics,
 }
@@ -1177,7 +1188,8 @@ impl Dataplane {
             progress_out: Vec::new(),
             repairs_out: Vec::new(),
             digests_out: Vec::new(),
-            handoffs_out: Vec::new(),
+            exclude_out: Vec::new(),
+            excluded_acks: Vec::new(),
             sequencers: HashMap::new(),
             order_resend_at: Instant::now(),
         })
@@ -1286,10 +1298,13 @@ impl Dataplane {
                 }
             };
             let from_authority = header.sender == self.cfg.redirector_id;
-            if matches!(header.msg_type, MsgType::View | MsgType::Welcome) {
+            if matches!(
+                header.msg_type,
+                MsgType::View | MsgType::Welcome | MsgType::Excluded
+            ) {
                 if !from_authority {
                     m.dropped_not_authority.inc();
-                    tracing::debug!(sender = %header.sender, "view or welcome from a node that is not the redirector dropped");
+                    tracing::debug!(sender = %header.sender, "view, welcome or exclusion notice from a node that is not the redirector dropped");
                     continue;
                 }
                 self.shared.heard_redirector(header.sender_incarnation);
@@ -1329,15 +1344,18 @@ impl Dataplane {
                     Ok(entries) => self.on_digests(header.sender, &entries, dirty),
                     Err(_) => m.dropped_malformed.inc(),
                 },
-                MsgType::Handoff => match parse_handoffs(payload) {
-                    Ok(entries) => self.on_handoffs(header.sender, &entries, dirty),
+                MsgType::Excluded => match parse_exclusions(payload) {
+                    Ok(entries) => self.on_excluded(&entries, dirty),
                     Err(_) => m.dropped_malformed.inc(),
                 },
                 MsgType::OrderRepair => match OrderRepair::parse(payload) {
                     Ok(r) => self.on_order_repair(header.sender, r, dirty),
                     Err(_) => m.dropped_malformed.inc(),
                 },
-                MsgType::ToClient | MsgType::Heartbeat => m.dropped_unexpected.inc(),
+                MsgType::ToClient
+                | MsgType::Heartbeat
+                | MsgType::Exclude
+                | MsgType::ExcludedAck => m.dropped_unexpected.inc(),
             }
         }
         // More may be waiting: mio is edge-triggered, so come back at once.
@@ -1880,12 +1898,12 @@ impl Dataplane {
                         },
                     });
                 }
-                for d in f.take_decisions(now) {
-                    self.handoffs_out.push(HandoffEntry {
+                let exclude = f.take_exclusion_requests(now);
+                if !exclude.is_empty() {
+                    self.exclude_out.push(ExclusionEntry {
                         client: c.key.client,
                         service: c.key.service,
-                        speaker: d.speaker,
-                        dropped: d.dropped.unwrap_or(0),
+                        members: exclude,
                     });
                 }
                 let seen = (f.stats.handoffs, f.stats.members_dropped);
@@ -1992,14 +2010,19 @@ impl Dataplane {
     }
 
     fn send_to_client(&mut self, service: SocketAddrV4, packet: &[u8]) {
-        // Stamped with our view epoch: the redirector passes only the current primary's.
+        self.send_to_authority(service, MsgType::ToClient, packet);
+    }
+
+    /// Sends one datagram to the redirector (the view authority), stamped with our view
+    /// epoch: it passes return packets only from the current epoch's speaker.
+    fn send_to_authority(&mut self, service: SocketAddrV4, t: MsgType, payload: &[u8]) {
         let epoch = self.views.get(&service).map_or(Epoch(0), |v| v.epoch);
         self.sealer.seal_into(
-            MsgType::ToClient,
+            t,
             ServiceId::from_addr(service),
             epoch,
             self.shared.redirector(self.cfg.redirector_id),
-            packet,
+            payload,
             &mut self.sealed,
         );
         match self.udp.send_to(&self.sealed, self.cfg.redirector) {
@@ -2054,20 +2077,23 @@ impl Dataplane {
         }
     }
 
-    /// Decisions of connections' speakers (issue #14): who speaks from now on, who left.
-    /// Only members of the service's view are heard; the connection checks the rest.
-    fn on_handoffs(&mut self, from: ReplicaId, entries: &[HandoffEntry], dirty: &mut Vec<usize>) {
+    /// The view authority's notices: the members excluded from connections (who speaks for
+    /// them, decided in one place: `ft_tcp::speaker`). Each is acknowledged, also for a
+    /// connection this host does not hold, so that the authority stops repeating it.
+    fn on_excluded(&mut self, entries: &[ExclusionEntry], dirty: &mut Vec<usize>) {
         let now = self.stamp(Instant::now());
+        self.shared
+            .metrics
+            .ft
+            .exclusion_notices
+            .add(entries.len() as u64);
         for e in entries {
-            let member = self
-                .views
-                .get(&e.service)
-                .is_some_and(|v| v.member(from).is_some());
+            self.excluded_acks.push(e.clone());
             let key = FlowKey {
                 client: e.client,
                 service: e.service,
             };
-            let (true, Some(&id)) = (member, self.flows.get(&key)) else {
+            let Some(&id) = self.flows.get(&key) else {
                 continue;
             };
             if let Some(Conn {
@@ -2075,17 +2101,10 @@ impl Dataplane {
             }) = self.conns.get_mut(&id)
             {
                 let was = f.role();
-                f.handle_decision(
-                    now,
-                    from.0,
-                    Decision {
-                        speaker: e.speaker,
-                        dropped: (e.dropped != 0).then_some(e.dropped),
-                    },
-                );
+                f.handle_exclusions(now, &e.members);
                 if was == Role::Backup && f.role() == Role::Primary {
                     self.shared.metrics.ft.promotions.inc();
-                    tracing::info!(client = %e.client, service = %e.service, from = from.0, "took the connection over from a member whose backend failed");
+                    tracing::info!(client = %e.client, service = %e.service, excluded = ?e.members, "speaking for the connection: the members before us left it");
                 }
                 dirty.push(id);
             }
@@ -2245,21 +2264,25 @@ impl Dataplane {
             entries.clear();
             self.progress_out = entries;
         }
-        if !self.handoffs_out.is_empty() {
-            let mut entries = std::mem::take(&mut self.handoffs_out);
-            entries.sort_by_key(|e| (e.service.ip().octets(), e.service.port()));
-            for chunk in entries.chunk_by(|a, b| a.service == b.service) {
-                for batch in chunk.chunks(HANDOFFS_PER_DATAGRAM) {
-                    let sent = self.send_to_members(
-                        chunk[0].service,
-                        MsgType::Handoff,
-                        &emit_handoffs(batch),
-                    );
-                    self.shared.metrics.ft.handoffs_sent.add(sent);
+        for (t, mut entries) in [
+            (MsgType::Exclude, std::mem::take(&mut self.exclude_out)),
+            (
+                MsgType::ExcludedAck,
+                std::mem::take(&mut self.excluded_acks),
+            ),
+        ] {
+            for batch in entries.chunks(EXCLUSIONS_PER_DATAGRAM) {
+                // The service in the header is only a label here: each entry names its own.
+                self.send_to_authority(batch[0].service, t, &emit_exclusions(batch));
+                if t == MsgType::Exclude {
+                    self.shared.metrics.ft.exclusion_requests.inc();
                 }
             }
             entries.clear();
-            self.handoffs_out = entries;
+            match t {
+                MsgType::Exclude => self.exclude_out = entries,
+                _ => self.excluded_acks = entries,
+            }
         }
         if !self.digests_out.is_empty() {
             let mut entries = std::mem::take(&mut self.digests_out);

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ack_channel::{
-    DropReason, Epoch, Heartbeat, Member, MsgType, Opener, Receiver, Sealer, ServiceId, View,
+    emit_exclusions, parse_exclusions, DropReason, Epoch, ExclusionEntry, Header, Heartbeat,
+    Member, MsgType, Opener, Receiver, Sealer, ServiceId, View,
 };
 use control::metrics::{Counter, Exposition};
-use ft_tcp::TcpMeta;
+use ft_tcp::{FlowKey, TcpMeta};
 use tun_rs::SyncDevice;
 
 use crate::table::{HostEvent, Route, Table};
@@ -43,6 +44,8 @@ pub struct RedirMetrics {
     pub dropped_stale: Counter,
     /// Welcomes sent: answers to heartbeats that did not name our current life.
     pub welcomes_sent: Counter,
+    /// Exclusion notices sent to hosts (who speaks for a connection).
+    pub exclusion_notices: Counter,
     /// Datagrams of a type the redirector does not take.
     pub dropped_unexpected: Counter,
     /// Heartbeats whose payload did not parse.
@@ -241,6 +244,50 @@ impl RedirMetrics {
             "Client packets other than a SYN for a connection not in the table, routed by hash",
             "",
             st.unknown_flow_packets,
+        );
+        let (records, sp) = table.speaker_stats();
+        e.sample(
+            "hydra_redirector_exclusion_records",
+            "gauge",
+            "Ft connections with members excluded (their speaker is not the view's primary)",
+            "",
+            records as u64,
+        );
+        e.sample(
+            "hydra_redirector_exclusion_records_max",
+            "gauge",
+            "Most ft connections with exclusions at once; requests past it are refused",
+            "",
+            crate::table::MAX_EXCLUSION_RECORDS as u64,
+        );
+        for (outcome, n) in [
+            ("excluded", sp.excluded),
+            ("repeated", sp.repeated),
+            ("refused_not_member", sp.refused_not_member),
+            ("refused_not_speaker", sp.refused_not_speaker),
+            ("refused_full", sp.refused_full),
+        ] {
+            e.sample(
+                "hydra_redirector_exclusion_requests_total",
+                c,
+                "Requests to exclude a member from an ft connection, by outcome",
+                &format!("outcome=\"{outcome}\""),
+                n,
+            );
+        }
+        e.sample(
+            "hydra_redirector_exclusion_notices_total",
+            c,
+            "Exclusion notices sent to hosts (repeated until acknowledged)",
+            "",
+            self.exclusion_notices.get(),
+        );
+        e.sample(
+            "hydra_redirector_exclusion_records_expired_total",
+            c,
+            "Exclusion records dropped after their connection was idle for 3 hours",
+            "",
+            sp.expired,
         );
         e.finish()
     }
@@ -522,15 +569,92 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
                     }
                 }
             }
+            MsgType::Exclude | MsgType::ExcludedAck => match parse_exclusions(payload) {
+                Ok(entries) => {
+                    on_exclusions(shared, udp, &header, &entries);
+                }
+                Err(_) => m.dropped_malformed.inc(),
+            },
             MsgType::ToHost
             | MsgType::Progress
             | MsgType::View
             | MsgType::Repair
             | MsgType::Digest
             | MsgType::Order
-            | MsgType::Handoff
             | MsgType::Welcome
+            | MsgType::Excluded
             | MsgType::OrderRepair => m.dropped_unexpected.inc(),
+        }
+    }
+}
+
+/// A host's exclusion requests or acknowledgements (who speaks for a connection is decided
+/// here: `ft_tcp::speaker`). Requests cause notices to every member, sent at once.
+fn on_exclusions(shared: &Shared, udp: &UdpSocket, header: &Header, entries: &[ExclusionEntry]) {
+    let now = clock();
+    {
+        let mut t = lock(shared);
+        for e in entries {
+            let key = FlowKey {
+                client: e.client,
+                service: e.service,
+            };
+            if header.msg_type == MsgType::ExcludedAck {
+                t.on_excluded_ack(
+                    header.sender,
+                    header.sender_incarnation,
+                    &key,
+                    e.members.len(),
+                );
+                continue;
+            }
+            let results = t.on_exclude(
+                now,
+                header.sender,
+                header.sender_incarnation,
+                key,
+                &e.members,
+            );
+            for (m, r) in e.members.iter().zip(results) {
+                match r {
+                    Ok(true) => {
+                        tracing::info!(client = %e.client, service = %e.service, member = m, by = header.sender.0, "member excluded from the connection")
+                    }
+                    Ok(false) => {}
+                    Err(why) => {
+                        tracing::debug!(client = %e.client, service = %e.service, member = m, by = header.sender.0, %why, "exclusion request refused")
+                    }
+                }
+            }
+        }
+    }
+    send_notices(shared, udp, now);
+}
+
+/// Sends the exclusion notices that are due.
+fn send_notices(shared: &Shared, udp: &UdpSocket, now: Instant) {
+    let notices = lock(shared).poll_notices(now);
+    let mut out = Vec::new();
+    for n in notices {
+        let payload = emit_exclusions(&[ExclusionEntry {
+            client: n.key.client,
+            service: n.key.service,
+            members: n.excluded,
+        }]);
+        shared.sealer.seal_into(
+            MsgType::Excluded,
+            ServiceId::from_addr(n.key.service),
+            Epoch(0),
+            Receiver::node(n.to, n.incarnation),
+            &payload,
+            &mut out,
+        );
+        match udp.send_to(&out, n.addr) {
+            Ok(_) => {
+                shared.metrics.datagrams_out.inc();
+                shared.metrics.exclusion_notices.inc();
+            }
+            Err(_) => shared.metrics.send_errors.inc(),
         }
     }
 }
@@ -585,8 +709,10 @@ fn housekeeping(shared: &Shared, udp: &UdpSocket) {
                 broadcast_view(shared, udp, svc);
             }
         }
+        send_notices(shared, udp, now);
         if now >= next_refresh {
             next_refresh = now + VIEW_REFRESH;
+            lock(shared).expire_exclusions(now);
             let services: Vec<_> = lock(shared).views().map(|(s, _)| s).collect();
             for svc in services {
                 broadcast_view(shared, udp, svc);

@@ -22,6 +22,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use ack_channel::{Epoch, Heartbeat, Incarnation, Mode, ReplicaId, ServiceAd};
+use ft_tcp::speaker::{Refused, SpeakerBook};
 use ft_tcp::{FlowKey, TcpMeta};
 
 use crate::flows::{FlowStats, FlowTable, PerPhase, Phase, DEFAULT_MAX_FLOWS};
@@ -92,6 +93,32 @@ pub struct Table {
     views: BTreeMap<SocketAddrV4, FtView>,
     /// The epoch a service's first view follows (see [`Table::with_epoch_base`]).
     epoch_base: Epoch,
+    /// Who speaks for each ft connection: the members excluded from it (`ft_tcp::speaker`).
+    speakers: SpeakerBook,
+}
+
+/// Most ft connections with exclusions at once. A request past it is refused (counted); the
+/// member asking keeps asking and the speaker keeps counting it.
+pub const MAX_EXCLUSION_RECORDS: usize = 65_536;
+
+/// A record of exclusions goes once its connection saw no packet for this long (longer than
+/// a connection lives idle: keep-alive probes pass through here).
+pub const EXCLUSION_IDLE: Duration = Duration::from_secs(3 * 3600);
+
+/// An exclusion notice to send: to host `to` in its life `incarnation` at `addr`, for
+/// connection `key`, the members excluded from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The host.
+    pub to: ReplicaId,
+    /// Its current life.
+    pub incarnation: Incarnation,
+    /// Its tunnel address.
+    pub addr: SocketAddr,
+    /// The connection.
+    pub key: FlowKey,
+    /// Every member excluded from it so far.
+    pub excluded: Vec<u32>,
 }
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -118,6 +145,7 @@ impl Table {
             flows: FlowTable::new(max_flows),
             views: BTreeMap::new(),
             epoch_base: Epoch(0),
+            speakers: SpeakerBook::new(MAX_EXCLUSION_RECORDS),
         }
     }
 
@@ -348,6 +376,9 @@ impl Table {
     pub fn route_inbound(&mut self, now: Instant, meta: &TcpMeta) -> Route {
         let key = meta.inbound_flow();
         if let Some(v) = self.views.get(&key.service) {
+            if !self.speakers.is_empty() {
+                self.speakers.touch(now, &key);
+            }
             if !v.members.is_empty() {
                 let addrs = v
                     .members
@@ -401,10 +432,26 @@ impl Table {
             return false;
         }
         if let Some(v) = self.views.get(&key.service) {
-            // Fencing: only members of the current epoch speak. Of those, the view's first
-            // speaks for every connection, except one whose output it does not share (output
-            // agreement passed it over); the members decide that among themselves.
-            return v.epoch == epoch && v.members.contains(&sender);
+            // Fencing: only the current epoch speaks, and for each connection only its
+            // speaker: the first member of the view not excluded from it (ft_tcp::speaker).
+            if v.epoch != epoch {
+                return false;
+            }
+            if self.speakers.is_empty() {
+                return v.members.first() == Some(&sender);
+            }
+            let excluded = self.speakers.excluded(&key);
+            let speaker = v.members.iter().find(|m| !excluded.contains(&m.0));
+            if speaker != Some(&sender) {
+                return false;
+            }
+            if meta.flags.rst {
+                // The connection ends here: nobody speaks for it again.
+                self.speakers.forget(&key);
+            } else {
+                self.speakers.touch(now, &key);
+            }
+            return true;
         }
         match self.flows.get(&key) {
             Some(f) if f.host == sender => {
@@ -435,6 +482,90 @@ impl Table {
                 ok
             }
         }
+    }
+
+    /// Host `from` (in life `incarnation`) asks to exclude `members` from ft connection
+    /// `key`: accepted for itself, or for others when it is the connection's speaker
+    /// (`ft_tcp::speaker`). The notices it causes come from [`Table::poll_notices`].
+    pub fn on_exclude(
+        &mut self,
+        now: Instant,
+        from: ReplicaId,
+        incarnation: Incarnation,
+        key: FlowKey,
+        members: &[u32],
+    ) -> Vec<Result<bool, Refused>> {
+        let current = self
+            .hosts
+            .get(&from)
+            .is_some_and(|h| h.incarnation == incarnation);
+        let view: Vec<u32> = match self.views.get(&key.service) {
+            Some(v) if current => v.members.iter().map(|m| m.0).collect(),
+            _ => Vec::new(),
+        };
+        members
+            .iter()
+            .map(|m| self.speakers.handle_request(now, from.0, key, *m, &view))
+            .collect()
+    }
+
+    /// Host `from` acknowledges the first `count` exclusions of `key`.
+    pub fn on_excluded_ack(
+        &mut self,
+        from: ReplicaId,
+        incarnation: Incarnation,
+        key: &FlowKey,
+        count: usize,
+    ) {
+        if self
+            .hosts
+            .get(&from)
+            .is_some_and(|h| h.incarnation == incarnation)
+        {
+            self.speakers.handle_ack(from.0, key, count);
+        }
+    }
+
+    /// Exclusion notices due now, each for one member of the connection's current view.
+    pub fn poll_notices(&mut self, now: Instant) -> Vec<Notice> {
+        if self.speakers.is_empty() {
+            return Vec::new();
+        }
+        let members: BTreeMap<SocketAddrV4, Vec<u32>> = self
+            .views
+            .iter()
+            .map(|(s, v)| (*s, v.members.iter().map(|m| m.0).collect()))
+            .collect();
+        let due = self
+            .speakers
+            .poll_notices(now, |k| members.get(&k.service).map(Vec::as_slice));
+        due.into_iter()
+            .filter_map(|(to, key, excluded)| {
+                let h = self.hosts.get(&ReplicaId(to))?;
+                Some(Notice {
+                    to: ReplicaId(to),
+                    incarnation: h.incarnation,
+                    addr: h.addr,
+                    key,
+                    excluded,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets exclusion records of connections idle for [`EXCLUSION_IDLE`].
+    pub fn expire_exclusions(&mut self, now: Instant) {
+        self.speakers.expire(now, EXCLUSION_IDLE);
+    }
+
+    /// The members excluded from an ft connection.
+    pub fn excluded(&self, key: &FlowKey) -> &[u32] {
+        self.speakers.excluded(key)
+    }
+
+    /// The speaker book's size and counters.
+    pub fn speaker_stats(&self) -> (usize, ft_tcp::speaker::BookStats) {
+        (self.speakers.len(), self.speakers.stats)
     }
 
     /// Whether a host is known and live.
@@ -678,10 +809,84 @@ mod tests {
             TcpMeta::parse(&b).unwrap()
         };
         assert!(!t.accept_outbound(t0, ReplicaId(1), INC, Epoch(1_005), &reply));
-        assert!(t.accept_outbound(t0, ReplicaId(1), Incarnation(2), Epoch(1_005), &reply));
+        // The new life is a member at the end: it speaks for no connection it did not hold.
+        assert!(!t.accept_outbound(t0, ReplicaId(1), Incarnation(2), Epoch(1_005), &reply));
+        assert!(t.accept_outbound(t0, ReplicaId(2), INC, Epoch(1_005), &reply));
         // An older life heard after a newer one changes nothing.
         assert!(t.on_heartbeat(t0, ReplicaId(1), INC, hb).is_empty());
         assert_eq!(t.view(svc()).unwrap().epoch, Epoch(1_005));
+    }
+
+    #[test]
+    fn only_the_speaker_the_exclusions_leave_passes_and_every_member_is_told() {
+        let t0 = crate::dataplane::clock();
+        let mut t = Table::new(Duration::from_millis(300));
+        join_ft(&mut t, t0, 3);
+        let epoch = t.view(svc()).unwrap().epoch;
+        let reply = |client_port: u16| {
+            let mut b = Vec::new();
+            PacketBuilder::ipv4([198, 19, 0, 10], [198, 18, 0, 2], 64)
+                .tcp(80, client_port, 1, 100)
+                .ack(2)
+                .write(&mut b, b"x")
+                .unwrap();
+            TcpMeta::parse(&b).unwrap()
+        };
+        let (a, b) = (reply(1), reply(2));
+        let key = a.outbound_flow();
+        // h2 may not drop h1 (it is not the speaker); a stale life of h1 may not either.
+        assert_eq!(
+            t.on_exclude(t0, ReplicaId(2), INC, key, &[1]),
+            vec![Err(Refused::NotSpeaker)]
+        );
+        assert_eq!(
+            t.on_exclude(t0, ReplicaId(1), Incarnation(7), key, &[1]),
+            vec![Err(Refused::NotMember)]
+        );
+        assert!(t.poll_notices(t0).is_empty());
+        // h1's backend failed: it leaves connection `a`. h2 speaks for it, h1 still for `b`.
+        assert_eq!(
+            t.on_exclude(t0, ReplicaId(1), INC, key, &[1]),
+            vec![Ok(true)]
+        );
+        assert!(!t.accept_outbound(t0, ReplicaId(1), INC, epoch, &a));
+        assert!(t.accept_outbound(t0, ReplicaId(2), INC, epoch, &a));
+        assert!(!t.accept_outbound(t0, ReplicaId(3), INC, epoch, &a));
+        assert!(t.accept_outbound(t0, ReplicaId(1), INC, epoch, &b));
+        assert!(!t.accept_outbound(t0, ReplicaId(2), INC, epoch, &b));
+        // Every member is told, in its current life, at its address.
+        let n = t.poll_notices(t0);
+        assert_eq!(
+            n.iter()
+                .map(|n| (n.to.0, n.excluded.clone()))
+                .collect::<Vec<_>>(),
+            vec![(1, vec![1]), (2, vec![1]), (3, vec![1])]
+        );
+        assert_eq!(n[1].addr, "198.18.2.2:7000".parse().unwrap());
+        // Until each acknowledges.
+        t.on_excluded_ack(ReplicaId(1), INC, &key, 1);
+        t.on_excluded_ack(ReplicaId(2), INC, &key, 1);
+        let n = t.poll_notices(t0 + Duration::from_millis(25));
+        assert_eq!(n.iter().map(|n| n.to.0).collect::<Vec<_>>(), vec![3]);
+        // The speaker h2 drops h3 (it stalls); an RST from h2 ends the record.
+        assert_eq!(
+            t.on_exclude(t0, ReplicaId(2), INC, key, &[3]),
+            vec![Ok(true)]
+        );
+        assert_eq!(t.excluded(&key), &[1, 3]);
+        let mut rst = Vec::new();
+        PacketBuilder::ipv4([198, 19, 0, 10], [198, 18, 0, 2], 64)
+            .tcp(80, 1, 1, 100)
+            .rst()
+            .write(&mut rst, b"")
+            .unwrap();
+        assert!(t.accept_outbound(t0, ReplicaId(2), INC, epoch, &TcpMeta::parse(&rst).unwrap()));
+        assert!(t.excluded(&key).is_empty());
+        let (records, stats) = t.speaker_stats();
+        assert_eq!(
+            (records, stats.excluded, stats.refused_not_speaker),
+            (0, 2, 1)
+        );
     }
 
     #[test]
@@ -752,8 +957,8 @@ mod tests {
         };
         assert!(t.accept_outbound(t0, ReplicaId(1), INC, Epoch(3), &reply));
         assert!(
-            t.accept_outbound(t0, ReplicaId(2), INC, Epoch(3), &reply),
-            "a current member may speak for a connection it took over"
+            !t.accept_outbound(t0, ReplicaId(2), INC, Epoch(3), &reply),
+            "a backup spoke for a connection"
         );
         assert!(!t.accept_outbound(t0, ReplicaId(1), INC, Epoch(2), &reply));
         assert!(!t.accept_outbound(t0, ReplicaId(9), INC, Epoch(3), &reply));
