@@ -939,7 +939,6 @@ impl FtConn {
         // the connection over: it would splice other bytes into the client's stream.
         for id in self.view_peers.clone() {
             if !self.dropping.contains(&id) && !leaving.contains(&id) && self.divergent(id) {
-                self.stats.divergent_skips += 1;
                 leaving.push(id);
             }
         }
@@ -1237,7 +1236,10 @@ impl FtConn {
         let Some(a) = self.agreement.as_ref() else {
             return AgreementStatus::default();
         };
+        // Members that left the connection too: one excluded because its output differs is
+        // still shown as such.
         let mut members: Vec<PeerId> = self.view_peers.clone();
+        members.extend(self.departed.iter().copied());
         members.push(self.me);
         AgreementStatus {
             compared: a.compared,
@@ -1469,6 +1471,16 @@ impl FtConn {
         }
         self.role = role;
         if promoted {
+            let me = self.me;
+            if self
+                .view
+                .iter()
+                .take_while(|m| **m != me)
+                .any(|m| self.excluded.contains(m) && self.divergent(*m))
+            {
+                // A member before us in the view was passed over: its output differed.
+                self.stats.divergent_skips += 1;
+            }
             self.promote(now);
         } else if role == Role::Primary {
             // A member left: the gate may move at once.
