@@ -5,8 +5,8 @@ use std::net::UdpSocket;
 use std::os::fd::AsFd;
 
 use ack_channel::{
-    emit_progress, ClusterKey, Epoch, Heartbeat, Incarnation, Member, MsgType, Receiver, ReplicaId,
-    Sealer, ServiceId, View,
+    emit_exclusions, emit_progress, ClusterKey, Epoch, ExclusionEntry, Heartbeat, Incarnation,
+    Member, MsgType, Receiver, ReplicaId, Sealer, ServiceId, View,
 };
 use tests::*;
 
@@ -270,4 +270,78 @@ fn datagrams_for_another_node_an_earlier_life_or_from_a_non_authority_are_refuse
     );
     assert!(out.status.success(), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&www.sha256));
+}
+
+/// Issue #12, finding 1: who speaks for a connection is decided by the redirector alone, and
+/// only a member of the view may ask it to exclude anyone. A node outside the view (sealing
+/// with the cluster key, as a recording of real traffic would) asks to exclude the speaker of
+/// a running download: the redirector refuses and counts it, and the download finishes
+/// intact from the view's primary only.
+#[test]
+fn only_a_member_may_exclude_a_speaker_and_only_the_speaker_reaches_the_client() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let www = WebRoot::new("spk", 6 << 20, 0x5ec_0013);
+    let lab = Lab::up(
+        "spk",
+        3,
+        &www.paced_backend_cmd(3_000_000),
+        &["--mode", "ft"],
+    );
+    let client = lab.spawn_sh(
+        "client",
+        "curl -sS --fail --max-time 30 http://198.19.0.10/data.bin | sha256sum",
+    );
+    // The connection as the primary shows it.
+    let primary = lab.primary();
+    let mut conn = None;
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let st = lab.status(&primary);
+        if let Some(c) = st["connections"][0]["client"].as_str() {
+            conn = Some(c.parse().expect("client address"));
+            break;
+        }
+    }
+    let client_addr = conn.expect("the download's connection never showed on the primary");
+    let primary_id: u32 = primary[1..].parse().expect("node id");
+    let key = ClusterKey::load(&lab.key_file()).expect("lab key");
+    let stranger = Sealer::new(key, ReplicaId(9), Incarnation(1));
+    let service = "198.19.0.10:80".parse().unwrap();
+    let ask = emit_exclusions(&[ExclusionEntry {
+        client: client_addr,
+        service,
+        members: vec![primary_id],
+    }]);
+    let redirector_life = life(&lab, "redir");
+    let request = stranger.seal(
+        MsgType::Exclude,
+        ServiceId::from_addr(service),
+        Epoch(0),
+        Receiver::node(ReplicaId(0), redirector_life),
+        &ask,
+    );
+    let refused = "hydra_redirector_exclusion_requests_total{outcome=\"refused_not_member\"}";
+    let before = metric(&lab.metrics("redir"), refused);
+    send_from_client_ns(&lab, "198.18.0.1:7000", vec![request]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let m = lab.metrics("redir");
+    assert_eq!(metric(&m, refused), before + 1, "{m}");
+    assert_eq!(metric(&m, "hydra_redirector_exclusion_records"), 0, "{m}");
+
+    let out = client.wait_with_output().expect("wait for curl");
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&www.sha256));
+    // Only the primary's packets reached the client.
+    let st = lab.status("redir");
+    for h in st["hosts"].as_array().expect("hosts") {
+        let spoke = h["to_client_packets"].as_u64().unwrap_or(0);
+        if h["id"].as_u64() == Some(u64::from(primary_id)) {
+            assert!(spoke > 1000, "the primary sent {spoke} packets: {st}");
+        } else {
+            assert_eq!(spoke, 0, "a backup reached the client: {st}");
+        }
+    }
 }
