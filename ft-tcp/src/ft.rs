@@ -282,6 +282,8 @@ pub struct FtConn {
     /// Per member (this replica too) seen behind another's output: the position it has to
     /// reach, and since when it has not.
     lag: BTreeMap<PeerId, (SeqNumber, Instant)>,
+    /// Per member, since when its output has differed from ours where it matters.
+    diverged: BTreeMap<PeerId, Instant>,
     /// Members that left this connection (at most the view's size).
     departed: Vec<PeerId>,
     /// The member that was primary when the connection opened (`None`: this replica), whose
@@ -424,6 +426,7 @@ impl FtConn {
             out_reported: None,
             out_report_at: now,
             lag: BTreeMap::new(),
+            diverged: BTreeMap::new(),
             departed: Vec::new(),
             opener: members.first().copied().filter(|m| *m != me),
             isn_s_guess: None,
@@ -703,6 +706,7 @@ impl FtConn {
         if self.role == Role::Primary {
             let stall = self.cfg.stall_after;
             merge(self.lag.values().map(|(_, since)| *since + stall).min());
+            merge(self.diverged.values().map(|since| *since + stall).min());
         }
         t
     }
@@ -835,6 +839,7 @@ impl FtConn {
         self.peers.remove(&id);
         self.repair.remove(&id);
         self.lag.remove(&id);
+        self.diverged.remove(&id);
         if self.speaker_hint == Some(id) {
             self.speaker_hint = None;
         }
@@ -935,10 +940,19 @@ impl FtConn {
                 leaving.push(id);
             }
         }
-        // A member whose output differs from ours (what the client gets) may never take
-        // the connection over: it would splice other bytes into the client's stream.
+        // A member whose output differs from ours (what the client gets) may not take the
+        // connection over: it would splice other bytes into the client's stream. A difference
+        // can heal (a `Date:` header that ticked, same length, acknowledged by the client
+        // since): the member leaves once it has differed for `stall_after`. Until then, it
+        // checks itself when a view would make it the speaker (`choose_speaker`).
         for id in self.view_peers.clone() {
-            if !self.dropping.contains(&id) && !leaving.contains(&id) && self.divergent(id) {
+            if self.dropping.contains(&id) || leaving.contains(&id) || !self.divergent(id) {
+                self.diverged.remove(&id);
+                continue;
+            }
+            let since = *self.diverged.entry(id).or_insert(now);
+            if now - since >= self.cfg.stall_after {
+                self.diverged.remove(&id);
                 leaving.push(id);
             }
         }
