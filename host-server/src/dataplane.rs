@@ -2517,6 +2517,14 @@ impl Dataplane {
             let (flows, conns) = (&self.flows, &self.conns);
             let view = |k: FlowKey| {
                 let c = conns.get(flows.get(&k)?)?;
+                // A member that left a connection (its exclusion, a handoff, a stall) is fed
+                // no more of its client bytes: its stamps are not ours to wait for. Waiting
+                // stalled every connection of the service behind one such stamp (the soak:
+                // a host rejoined after a partition, was dropped from the connections it
+                // had missed, and stalled the service once it became the primary).
+                if matches!(&c.tcp, Tcp::Ft(f) if f.is_retired()) {
+                    return None;
+                }
                 if !matches!(
                     c.backend,
                     Backend::Connecting(_)

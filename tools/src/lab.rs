@@ -425,7 +425,7 @@ fn ns_name(lab: &str, node: &Node) -> String {
     format!("hn-{lab}-{node}")
 }
 
-fn state_dir(name: &str) -> PathBuf {
+pub(crate) fn state_dir(name: &str) -> PathBuf {
     Path::new(STATE_ROOT).join(format!("lab-{name}"))
 }
 

@@ -413,7 +413,11 @@ fn spawn_detached(
         .arg(program)
         .args(args)
         .current_dir(cwd)
-        .env("RUST_LOG", "info")
+        // HYDRA_LAB_LOG (e.g. `info,host_server::order=debug`) sets the daemons' filter.
+        .env(
+            "RUST_LOG",
+            std::env::var("HYDRA_LAB_LOG").unwrap_or_else(|_| "info".into()),
+        )
         // Logs are files people read (and `lab up` quotes): no colour codes.
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())

@@ -1342,6 +1342,7 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
             ));
         }
     }
+    let logs = keep_logs(&a.name);
     drop(guard);
     if let Some(e) = error {
         return Err(e.context("the nemesis failed"));
@@ -1420,8 +1421,27 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
             "  replay: hydractl lab soak --name {} --seconds {} --seed {}{flags}",
             a.name, a.seconds, a.seed,
         );
+        if let Some(dir) = &logs {
+            println!("  daemon logs: {}", dir.display());
+        }
     }
     Ok(broken.is_empty())
+}
+
+/// Copies the lab's daemon logs to `/tmp/hydranet-soak-NAME/` (replacing an earlier soak's of
+/// that name) before the lab goes, for the post-mortem; returns where, if it worked.
+fn keep_logs(name: &str) -> Option<PathBuf> {
+    let from = super::state_dir(name);
+    let to = PathBuf::from(format!("/tmp/hydranet-soak-{name}"));
+    let _ = std::fs::remove_dir_all(&to);
+    std::fs::create_dir_all(&to).ok()?;
+    for e in std::fs::read_dir(&from).ok()?.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "log") {
+            let _ = std::fs::copy(&p, to.join(e.file_name()));
+        }
+    }
+    Some(to)
 }
 
 /// Removes a directory when dropped.
