@@ -279,7 +279,8 @@ impl SpeakerBook {
     /// without a packet: keep-alives touch it).
     pub fn expire(&mut self, now: Instant, idle: Duration) {
         let before = self.entries.len();
-        self.entries.retain(|_, e| now.saturating_duration_since(e.touched) < idle);
+        self.entries
+            .retain(|_, e| now.saturating_duration_since(e.touched) < idle);
         let entries = &self.entries;
         self.unacked.retain(|k| entries.contains_key(k));
         self.stats.expired += (before - self.entries.len()) as u64;
@@ -417,10 +418,7 @@ mod tests {
         let t = t0();
         b.handle_request(t, 1, key(1), 1, VIEW).unwrap();
         b.handle_request(t, 1, key(2), 1, VIEW).unwrap();
-        assert_eq!(
-            b.handle_request(t, 1, key(3), 1, VIEW),
-            Err(Refused::Full)
-        );
+        assert_eq!(b.handle_request(t, 1, key(3), 1, VIEW), Err(Refused::Full));
         // A record already there still takes more.
         assert_eq!(b.handle_request(t, 2, key(1), 2, VIEW), Ok(true));
         b.touch(t + Duration::from_secs(5), &key(2));
