@@ -39,7 +39,8 @@
 //! At the end every connection completed both ways, closed where the client closed it, unless
 //! every member of it died or left (then no design can carry it on).
 //!
-//! `FT_SEEDS=n` sets how many fresh seeds run (default 1000), `FT_SEED=s` replays one seed,
+//! `FT_SEEDS=n` sets how many fresh seeds run (default 1000; `FT_SEED_BASE=b` from seed `b`
+//! rather than a fresh base), `FT_SEED=s` replays one seed,
 //! `FT_CLASSIC=1` with it replays a seed of the single-connection harness ([`classic`]).
 
 #[path = "cluster_sim/classic.rs"]
@@ -1686,11 +1687,16 @@ fn run_fresh_seeds(harness: Harness) {
     // A fresh base each run (printed), so CI explores new seeds over time. The harness is
     // the I/O shell here: reading the wall clock for the seed is its job.
     #[allow(clippy::disallowed_methods)]
-    let base: u64 = std::time::SystemTime::now()
+    let now: u64 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
         .wrapping_mul(1_000_003);
+    // `FT_SEED_BASE=b` runs the same batch again (to compare a change on the same seeds).
+    let base: u64 = std::env::var("FT_SEED_BASE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(now);
     println!(
         "{harness:?} sim: seeds {base}..{} (replay one with FT_SEED=n{})",
         base + n,
