@@ -1729,6 +1729,11 @@ impl FtConn {
             if changed {
                 self.progress_dirty = true;
                 self.trim_log();
+                if self.role == Role::Primary && self.repair_at.is_none() {
+                    // A member now behind us may never say so (every report of it lost):
+                    // schedule its repair, which makes it answer with where it stands.
+                    self.maybe_repair(now);
+                }
             }
         }
         let Some(delta) = self.delta() else {
