@@ -1782,6 +1782,13 @@ impl FtConn {
                 self.to_client.push(p);
             } else {
                 self.stats.resets_suppressed += 1;
+                if self.ack_owed {
+                    // The client resent bytes or a FIN we acknowledged, and our stack, which
+                    // has moved on (closed: the client acknowledged our FIN), answers with a
+                    // reset. Our ACK of them was lost, or fenced while we became the speaker:
+                    // the client waits for it, and nothing else would send it again.
+                    self.maybe_gate_ack(now, true);
+                }
             }
             return;
         }

@@ -87,6 +87,11 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     // promotions and a network copy made three duplicate ACKs, after which smoltcp's client
     // never resent its FIN (a harness artifact: a kernel client would).
     (1796000000000138, Harness::Cluster),
+    // A new speaker whose stack had closed (the client acknowledged its FIN) lost its first
+    // ACK, the one covering the client's FIN; the client's resent FIN drew only a reset from
+    // its stack, suppressed, and no ACK: the client stayed in CLOSING.
+    (1796000000001055, Harness::Cluster),
+    (1796000000001137, Harness::Cluster),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
