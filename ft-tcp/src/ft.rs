@@ -1277,6 +1277,22 @@ impl FtConn {
 
     /// A progress report from another member.
     pub fn handle_progress(&mut self, now: Instant, from: PeerId, p: Progress) {
+        if p.end == OutputEnd::Reset
+            && !self.retired
+            && speaker_of(&self.view, &self.excluded) == Some(from)
+        {
+            // The member we take for the speaker left the connection: it was excluded, or
+            // asked to be, and we missed the notice (we took the connection on after it was
+            // sent). Ask the authority: it answers a request for a member it already
+            // excluded with its notice, and refuses it otherwise until it does.
+            self.request_exclusion(now, from);
+        }
+        if self.retired {
+            // A member still reporting to us may not know we left (it took the connection
+            // on after our last report, e.g. from the client's resent SYN): say so again.
+            self.progress_dirty |= self.progress_repeats == 0;
+            return;
+        }
         if !self.view_peers.contains(&from) {
             // It holds the connection, but our ACK gate never counted it (it opened the
             // connection with a stale view, or was out of the view for a while): it may lack
