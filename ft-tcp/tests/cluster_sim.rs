@@ -1793,18 +1793,15 @@ fn failover_is_transparent_under_loss_duplication_reordering_and_crashes() {
 }
 
 /// The cluster harness (20+ connections, per-replica epochs, lossy views and speaker notices,
-/// partitions, half-close, new incarnations). About 1% of its seeds still fail (issue #12;
-/// 18 of 2000 on 2026-11-29): mostly connections that never complete (an opener with a stale
-/// view dies with the connection; a backup stays in SYN-RECEIVED after the opener's backend
-/// failed mid-handshake), and a speaker holding less than the client saw acknowledged (a
-/// rejoined member promoted before its drop decision arrives; once, one sequence number
-/// short: the client's FIN acknowledged before a member had it); earlier batches also had
-/// two speakers when replicas with different stale views each opened a connection as
-/// primary. Most need the speaker and the membership of a connection decided by the
-/// redirector. The test prints every failing seed with what failed; its fixed seeds run in
-/// CI (`regression_seeds_stay_fixed`).
+/// partitions, half-close, new incarnations). A few seeds in a thousand still fail (issue
+/// #12; with the speaker decided by the redirector's book, 1 of 2000 and 4 of 2000 on two
+/// batches on 2026-11-29), all connections that never complete: mostly a member stuck in
+/// SYN-RECEIVED with an `isn_s` other than the client's (the opener's backend failed
+/// mid-handshake, its SYN-ACK never reached the client, a backup learned its ISN from its
+/// report while the next speaker sent its own). The test prints every failing seed with
+/// what failed; its fixed seeds run in CI (`regression_seeds_stay_fixed`).
 #[test]
-#[ignore = "about 1% of seeds fail, see the doc comment (issue #12); run by hand with --ignored"]
+#[ignore = "a few seeds in a thousand fail, see the doc comment (issue #12); run by hand with --ignored"]
 fn cluster_of_connections_keeps_every_invariant_under_faults() {
     run_fresh_seeds(Harness::Cluster);
 }
