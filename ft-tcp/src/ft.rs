@@ -1293,6 +1293,22 @@ impl FtConn {
 
     /// A progress report from another member.
     pub fn handle_progress(&mut self, now: Instant, from: PeerId, p: Progress) {
+        if p.end == OutputEnd::Reset
+            && !self.retired
+            && speaker_of(&self.view, &self.excluded) == Some(from)
+        {
+            // The member we take for the speaker left the connection: it was excluded, or
+            // asked to be, and we missed the notice (we took the connection on after it was
+            // sent). Ask the authority: it answers a request for a member it already
+            // excluded with its notice, and refuses it otherwise until it does.
+            self.request_exclusion(now, from);
+        }
+        if self.retired {
+            // A member still reporting to us may not know we left (it took the connection
+            // on after our last report, e.g. from the client's resent SYN): say so again.
+            self.progress_dirty |= self.progress_repeats == 0;
+            return;
+        }
         if !self.view_peers.contains(&from) {
             // It holds the connection, but our ACK gate never counted it (it opened the
             // connection with a stale view, or was out of the view for a while): it may lack
@@ -1755,6 +1771,11 @@ impl FtConn {
             if changed {
                 self.progress_dirty = true;
                 self.trim_log();
+                if self.role == Role::Primary && self.repair_at.is_none() {
+                    // A member now behind us may never say so (every report of it lost):
+                    // schedule its repair, which makes it answer with where it stands.
+                    self.maybe_repair(now);
+                }
             }
         }
         let Some(delta) = self.delta() else {
@@ -1803,6 +1824,13 @@ impl FtConn {
                 self.to_client.push(p);
             } else {
                 self.stats.resets_suppressed += 1;
+                if self.ack_owed {
+                    // The client resent bytes or a FIN we acknowledged, and our stack, which
+                    // has moved on (closed: the client acknowledged our FIN), answers with a
+                    // reset. Our ACK of them was lost, or fenced while we became the speaker:
+                    // the client waits for it, and nothing else would send it again.
+                    self.maybe_gate_ack(now, true);
+                }
             }
             return;
         }

@@ -3,6 +3,9 @@
 //! redirector that multicasts and fences, an ack channel between replicas, all on a virtual
 //! clock, with views delivered at once and one global epoch. Kept so that its seeds replay
 //! the scenarios they were found in; the cluster scenario in `cluster_sim.rs` goes further.
+//! The redirector holds a [`SpeakerBook`]: replicas' exclusion requests, its notices and the
+//! replicas' acknowledgements travel like any other message, and it passes the client only
+//! the packets of the connection's speaker by the book.
 //!
 //! After every step: the client's received bytes are a prefix of the backend output for its
 //! input; every live backend's input is a prefix of what the client sent (exactly once, in
@@ -16,6 +19,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
+use ft_tcp::speaker::SpeakerBook;
 use ft_tcp::syncookie::{self, CookieJar, SynOpts};
 use ft_tcp::{rewrite, EndpointConfig, FlowKey, FtConfig, FtConn};
 use smoltcp::iface::{Config, Interface, SocketSet};
@@ -107,10 +111,20 @@ enum Msg {
         from: usize,
         d: ft_tcp::agreement::BlockDigest,
     },
-    Decision {
-        to: usize,
+    /// A replica asks the redirector to exclude `member` from the connection.
+    Request {
         from: usize,
-        d: ft_tcp::Decision,
+        member: u32,
+    },
+    /// The redirector's notice: every member excluded from the connection.
+    Notice {
+        to: usize,
+        excluded: Vec<u32>,
+    },
+    /// A replica acknowledges the first `count` exclusions.
+    NoticeAck {
+        from: usize,
+        count: usize,
     },
 }
 
@@ -158,6 +172,10 @@ struct Sim {
     replicas: Vec<Replica>,
     view: Vec<usize>,
     epoch: u64,
+    /// The redirector's speaker book.
+    book: SpeakerBook,
+    /// The book's clock at virtual time zero (it only compares instants).
+    book_base: std::time::Instant,
     crashes: Vec<(Instant, usize)>,
     /// Backend crashes (issue #14): when, whose (usize::MAX: the speaker's), how.
     backend_crashes: Vec<(Instant, usize, BackendFault)>,
@@ -281,6 +299,10 @@ impl Sim {
             replicas,
             view: (0..REPLICAS).collect(),
             epoch: 1,
+            book: SpeakerBook::new(65536),
+            // The harness is the I/O shell: any instant will do as the book's origin.
+            #[allow(clippy::disallowed_methods)]
+            book_base: std::time::Instant::now(),
             crashes,
             backend_crashes,
             detections: Vec::new(),
@@ -358,16 +380,47 @@ impl Sim {
         );
     }
 
+    /// The redirector's view, as the FT layer numbers members.
+    fn members(&self) -> Vec<u32> {
+        self.view.iter().map(|&x| x as u32).collect()
+    }
+
+    /// The speaker book's clock now.
+    fn book_now(&self) -> std::time::Instant {
+        self.book_base + std::time::Duration::from_micros(self.now.total_micros() as u64)
+    }
+
+    /// Whether the redirector's book excluded replica `r` from the connection.
+    fn excluded(&self, r: usize) -> bool {
+        self.book.excluded(&self.key).contains(&(r as u32))
+    }
+
+    /// Whether the redirector admits a packet from replica `r` now.
+    fn admits(&self, r: usize, epoch: u64) -> bool {
+        epoch == self.epoch && self.book.may_speak(&self.key, &self.members(), r as u32)
+    }
+
+    /// The redirector sends the notices that are due.
+    fn run_redirector(&mut self) {
+        let t = self.book_now();
+        let members = self.members();
+        for (to, _, excluded) in self.book.poll_notices(t, |_| Some(&members)) {
+            self.send(Msg::Notice {
+                to: to as usize,
+                excluded,
+            });
+        }
+    }
+
     fn deliver(&mut self, m: Msg) {
         match m {
             Msg::ToClient { from, epoch, pkt } => {
-                // The redirector's fencing: only the current epoch's members reach the client
-                // (a member passed over for divergent output is silent by itself).
-                if epoch != self.epoch || !self.view.contains(&from) {
+                // The redirector's fencing: the current epoch, and only the connection's
+                // speaker by its book. `check` asserts that at most one member thinks it
+                // speaks (among those the book did not exclude).
+                if !self.admits(from, epoch) {
                     return;
                 }
-                // Which member speaks is decided by the connection's speaker (handoffs) and
-                // the views; `check` asserts that at most one does at any time.
                 let Some(seg) = rewrite::parse(&pkt) else {
                     return;
                 };
@@ -381,6 +434,10 @@ impl Sim {
                     // Atomicity: what the client sees acknowledged, every live member holding
                     // the connection has.
                     for &r in &self.view {
+                        if self.excluded(r) {
+                            // The redirector never makes it the speaker again.
+                            continue;
+                        }
                         if let Some(c) = self.replicas[r].conn.as_ref().filter(|c| !c.is_retired())
                         {
                             if let Some((_, rcv)) = c.member_progress().first() {
@@ -500,14 +557,37 @@ impl Sim {
                     }
                 }
             }
-            Msg::Decision { to, from, d } => {
+            Msg::Request { from, member } => {
+                // The redirector decides by its own current view.
+                let t = self.book_now();
+                let members = self.members();
+                let r = self
+                    .book
+                    .handle_request(t, from as u32, self.key, member, &members);
+                self.log.push(format!(
+                    "{} ms: replica {from} asks to exclude {member}: {r:?}, excluded {:?}",
+                    self.now.total_millis(),
+                    self.book.excluded(&self.key)
+                ));
+            }
+            Msg::Notice { to, excluded } => {
                 let now = self.now;
                 let rep = &mut self.replicas[to];
-                if rep.alive {
-                    if let Some(c) = rep.conn.as_mut() {
-                        c.handle_decision(now, from as u32, d);
-                    }
+                if !rep.alive {
+                    return;
                 }
+                // A replica that does not hold the connection acknowledges it anyway.
+                let count = match rep.conn.as_mut() {
+                    Some(c) => {
+                        c.handle_exclusions(now, &excluded);
+                        c.exclusions_known()
+                    }
+                    None => excluded.len(),
+                };
+                self.send(Msg::NoticeAck { from: to, count });
+            }
+            Msg::NoticeAck { from, count } => {
+                self.book.handle_ack(from as u32, &self.key, count);
             }
         }
     }
@@ -548,10 +628,8 @@ impl Sim {
         let progress = c.take_progress(now);
         let repairs = c.take_repairs();
         let digests = c.take_digests();
-        for d in c.take_decisions(now) {
-            for &to in view.iter().filter(|&&x| x != r) {
-                self.send(Msg::Decision { to, from: r, d });
-            }
+        for member in c.take_exclusion_requests(now) {
+            self.send(Msg::Request { from: r, member });
         }
         for d in digests {
             for &to in view.iter().filter(|&&x| x != r) {
@@ -564,8 +642,9 @@ impl Sim {
                 pkt,
             });
         }
-        // A member out of the view may still think it speaks: the redirector fences it.
-        let speaks = view.contains(&r)
+        // A member out of the view, or excluded, may still think it speaks: the redirector
+        // fences it.
+        let speaks = self.admits(r, epoch)
             && self.replicas[r]
                 .conn
                 .as_ref()
@@ -660,7 +739,8 @@ impl Sim {
                 "client stream differs from the backend output at byte {at}"
             ));
         }
-        // At most one speaker: one live member of the view in the primary role.
+        // At most one speaker: one live member of the view in the primary role (one the
+        // book excluded that has not heard yet is fenced).
         let speakers: Vec<usize> = self
             .view
             .iter()
@@ -668,6 +748,7 @@ impl Sim {
             .filter(|&r| {
                 let rep = &self.replicas[r];
                 rep.alive
+                    && !self.excluded(r)
                     && rep
                         .conn
                         .as_ref()
@@ -711,6 +792,7 @@ impl Sim {
             && self.view.iter().all(|&r| {
                 let rep = &self.replicas[r];
                 rep.conn.is_none()
+                    || self.excluded(r)
                     || rep.backend_dead
                     || rep.conn.as_ref().is_some_and(|c| c.is_retired())
                     || rep.input.len() == self.client_data.len()
@@ -741,7 +823,7 @@ impl Sim {
                 .iter()
                 .filter(|&&r| {
                     let rep = &self.replicas[r];
-                    rep.alive && !rep.backend_dead && rep.conn.is_some()
+                    rep.alive && !rep.backend_dead && rep.conn.is_some() && !self.excluded(r)
                 })
                 .count();
             if whole <= 1 {
@@ -851,6 +933,10 @@ impl Sim {
         for &(x, _, _) in &self.backend_crashes {
             t = t.min(x);
         }
+        if let Some(at) = self.book.poll_at() {
+            let us = at.saturating_duration_since(self.book_base).as_micros() as i64;
+            t = t.min(Instant::from_micros(us));
+        }
         t.max(self.now + Duration::from_micros(50))
     }
 
@@ -872,6 +958,7 @@ impl Sim {
                     self.deliver(m);
                 }
             }
+            self.run_redirector();
             for r in 0..REPLICAS {
                 self.run_replica(r);
             }
@@ -920,10 +1007,17 @@ fn clone_msg(m: &Msg) -> Msg {
             from: *from,
             d: *d,
         },
-        Msg::Decision { to, from, d } => Msg::Decision {
-            to: *to,
+        Msg::Request { from, member } => Msg::Request {
             from: *from,
-            d: *d,
+            member: *member,
+        },
+        Msg::Notice { to, excluded } => Msg::Notice {
+            to: *to,
+            excluded: excluded.clone(),
+        },
+        Msg::NoticeAck { from, count } => Msg::NoticeAck {
+            from: *from,
+            count: *count,
         },
     }
 }
