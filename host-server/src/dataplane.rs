@@ -50,6 +50,9 @@ const SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
 const ORDER_PER_DATAGRAM: usize = 56;
 /// How often a total-order primary repeats its recent stamps.
 const ORDER_RESEND_EVERY: Duration = Duration::from_millis(20);
+/// A total-order sequencer with work that has not moved for this long is logged (what holds
+/// it up), once per stay.
+const ORDER_STUCK_AFTER: Duration = Duration::from_secs(2);
 /// The most connections listed one by one in `status`.
 const SNAPSHOT_MAX: usize = 1000;
 /// How often idle connections are looked for, and how many are reset at most each time:
@@ -2544,6 +2547,9 @@ impl Dataplane {
                 continue;
             };
             let grant = q.next_grant(now, primary, &keys, view);
+            if let Some(why) = q.stuck(now, ORDER_STUCK_AFTER, primary, view) {
+                tracing::warn!(%service, "total order has not moved for 2 s: {why}");
+            }
             let mut stamps = None;
             let mut need = None;
             let mut sync = None;

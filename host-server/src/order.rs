@@ -210,6 +210,10 @@ pub struct Sequencer {
     sync_until: Option<Instant>,
     /// The stamp the primary numbers differently from what this backup processed.
     diverged: bool,
+    /// `next` when it last moved, and since when it has not (for [`Sequencer::stuck`]).
+    moved: Option<(u64, Instant)>,
+    /// Whether the current stay at `moved` was reported already.
+    stuck_told: bool,
     stats: OrderStats,
 }
 
@@ -236,8 +240,61 @@ impl Sequencer {
             abandoned: Vec::new(),
             sync_until: None,
             diverged: false,
+            moved: None,
+            stuck_told: false,
             stats: OrderStats::default(),
         }
+    }
+
+    /// What holds this sequencer up, once per stay, when it has work (stamps queued or
+    /// missing, a turn running) and `next` has not moved for `after`: for the log.
+    /// `view` is the same view [`Sequencer::next_grant`] takes.
+    pub fn stuck(
+        &mut self,
+        now: Instant,
+        after: Duration,
+        primary: bool,
+        view: impl Fn(FlowKey) -> Option<ConnView>,
+    ) -> Option<String> {
+        let since = match self.moved {
+            Some((n, t)) if n == self.next => t,
+            _ => {
+                self.moved = Some((self.next, now));
+                self.stuck_told = false;
+                now
+            }
+        };
+        if self.stuck_told || !self.busy() || now < since + after {
+            return None;
+        }
+        self.stuck_told = true;
+        let head = self.queue.first_key_value().map(|(k, (key, len, came))| {
+            let v = view(*key).map(|v| (v.pending, v.answered));
+            format!(
+                "stamp {k} for {} ({len} bytes, came {:?} ago; here pending/answered {v:?})",
+                key.client,
+                now.saturating_duration_since(*came)
+            )
+        });
+        let turn = self.turn.map(|t| {
+            format!(
+                "{} ({} bytes left, delivered {:?} ago, answered base {})",
+                t.key.client,
+                t.left,
+                t.delivered_at.map(|d| now.saturating_duration_since(d)),
+                t.answered_base
+            )
+        });
+        Some(format!(
+            "primary {primary}, next {}, heard {}, queued {}, head {head:?}, turn {turn:?}, \
+             syncing {}, anchored below {}, asked {:?}",
+            self.next,
+            self.heard,
+            self.queue.len(),
+            self.sync_until.is_some(),
+            self.anchored_below,
+            self.asked.map(|(t, f)| (f, now.saturating_duration_since(t))),
+        ))
     }
 
     /// The service's primary changed. A new primary (`me_primary`) collects its members'
