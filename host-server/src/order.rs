@@ -293,7 +293,8 @@ impl Sequencer {
             self.queue.len(),
             self.sync_until.is_some(),
             self.anchored_below,
-            self.asked.map(|(t, f)| (f, now.saturating_duration_since(t))),
+            self.asked
+                .map(|(t, f)| (f, now.saturating_duration_since(t))),
         ))
     }
 
