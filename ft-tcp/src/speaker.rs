@@ -235,7 +235,10 @@ impl SpeakerBook {
     }
 
     /// Notices due now: (member, connection, excluded list). `members_of` gives a service's
-    /// current view; a member that left it is not told any more.
+    /// current view. A member out of the view is told once it is back (a host partitioned
+    /// from the authority keeps the connections it had, and must learn that it left them),
+    /// so its notice stays due, on the same backoff, until it acknowledges or the record
+    /// expires.
     pub fn poll_notices<'a>(
         &mut self,
         now: Instant,
@@ -249,9 +252,10 @@ impl SpeakerBook {
                 continue;
             };
             let members = members_of(key).unwrap_or(&[]);
-            e.pending.retain(|p| members.contains(&p.member));
             for p in e.pending.iter_mut().filter(|p| now >= p.at) {
-                out.push((p.member, *key, e.excluded.clone()));
+                if members.contains(&p.member) {
+                    out.push((p.member, *key, e.excluded.clone()));
+                }
                 p.at = now + p.wait;
                 p.wait = (p.wait * 2).min(NOTICE_RETRY_MAX);
             }
@@ -388,10 +392,16 @@ mod tests {
             .poll_notices(later + NOTICE_RETRY, |_| Some(VIEW))
             .is_empty());
         assert_eq!(b.poll_at(), Some(later + 2 * NOTICE_RETRY));
-        // 3 leaves the view: nobody is left to tell.
-        assert!(b
-            .poll_notices(later + 4 * NOTICE_RETRY, |_| Some(&[1, 2]))
-            .is_empty());
+        // 3 leaves the view (a partition): it is not sent to meanwhile...
+        let away = later + 2 * NOTICE_RETRY;
+        assert!(b.poll_notices(away, |_| Some(&[1, 2])).is_empty());
+        // ...and is told once it is back, within the backoff.
+        let back = away + 4 * NOTICE_RETRY;
+        assert_eq!(
+            b.poll_notices(back, |_| Some(VIEW)),
+            vec![(3, key(1), vec![2])]
+        );
+        b.handle_ack(3, &key(1), 1);
         assert_eq!(b.poll_at(), None);
     }
 
