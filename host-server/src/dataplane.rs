@@ -794,6 +794,15 @@ struct Conn {
     total: bool,
     /// Client bytes the sequencer granted and the backend has not taken yet.
     credit: usize,
+    /// The highest `rcv_nxt` (C) another member reported for this connection.
+    peer_rcv: Option<SeqNumber>,
+    /// Total order, at the primary, once this member left the connection: where in C its
+    /// stamps end. It stamps the connection on for the members that still follow it, from
+    /// their reports (its own stack is fed no more).
+    order_pos: Option<SeqNumber>,
+    /// This member left the connection while a backup: it skipped the connection's stamps
+    /// since, and does not know where they end (it never stamps it).
+    order_lost: bool,
     /// Bytes the backend has written back (the sequencer's sign of an answer).
     from_backend: u64,
     /// When a byte last moved either way (or the connection opened): for the idle timeout.
@@ -1787,6 +1796,9 @@ impl Dataplane {
             retired_seen: false,
             total: mode == Mode::Ft && ft_opts.total_order,
             credit: 0,
+            peer_rcv: None,
+            order_pos: None,
+            order_lost: false,
             from_backend: 0,
             last_active: Instant::now(),
             last_client_rx: Instant::now(),
@@ -2055,9 +2067,13 @@ impl Dataplane {
                 continue;
             };
             if let Some(Conn {
-                tcp: Tcp::Ft(f), ..
+                tcp: Tcp::Ft(f),
+                peer_rcv,
+                ..
             }) = self.conns.get_mut(&id)
             {
+                let r = SeqNumber(e.rcv_nxt);
+                *peer_rcv = Some(peer_rcv.map_or(r, |p| p.max(r)));
                 f.handle_progress(
                     now,
                     from.0,
@@ -2517,16 +2533,50 @@ impl Dataplane {
                 .filter(|c| c.total && c.key.service == service)
                 .map(|c| c.key)
                 .collect();
+            // Connections this member left: as the primary it goes on stamping them from
+            // where its own stamps ended (bytes delivered plus granted); as a backup it skips
+            // their stamps from then on and can never tell where they end.
+            for c in self.conns.values_mut() {
+                let Tcp::Ft(f) = &c.tcp else { continue };
+                if !c.total
+                    || c.key.service != service
+                    || !f.is_retired()
+                    || c.order_pos.is_some()
+                    || c.order_lost
+                {
+                    continue;
+                }
+                if !primary {
+                    c.order_lost = true;
+                    continue;
+                }
+                let local = f.member_progress().into_iter().find(|(m, _)| m.is_none());
+                let queued = c.tcp.ep_ref().recv_queue().saturating_sub(c.credit);
+                c.order_pos = local.map(|(_, r)| SeqNumber(r.0.wrapping_sub(queued as u32)));
+                c.order_lost = c.order_pos.is_none();
+            }
             let (flows, conns) = (&self.flows, &self.conns);
             let view = |k: FlowKey| {
                 let c = conns.get(flows.get(&k)?)?;
-                // A member that left a connection (its exclusion, a handoff, a stall) is fed
-                // no more of its client bytes: its stamps are not ours to wait for. Waiting
-                // stalled every connection of the service behind one such stamp (the soak:
-                // a host rejoined after a partition, was dropped from the connections it
-                // had missed, and stalled the service once it became the primary).
                 if matches!(&c.tcp, Tcp::Ft(f) if f.is_retired()) {
-                    return None;
+                    // A member that left a connection (its exclusion, a handoff, a stall) is
+                    // fed no more of its client bytes. A backup does not wait at its stamps:
+                    // waiting stalled every connection of the service behind one of them
+                    // (the soak: a host rejoined after a partition, was dropped from the
+                    // connections it had missed, and stalled the service once primary). The
+                    // primary stamps it on from the other members' reports: the members that
+                    // speak for it and follow it would wait for ever otherwise.
+                    let (true, Some(pos), Some(peer)) = (primary, c.order_pos, c.peer_rcv) else {
+                        return None;
+                    };
+                    return Some(ConnView {
+                        pending: if pos.lt(peer) {
+                            peer.since(pos) as usize
+                        } else {
+                            0
+                        },
+                        answered: c.from_backend,
+                    });
                 }
                 if !matches!(
                     c.backend,
@@ -2567,8 +2617,14 @@ impl Dataplane {
             if let Some((key, len)) = grant {
                 if let Some(&id) = self.flows.get(&key) {
                     if let Some(c) = self.conns.get_mut(&id) {
-                        c.credit += len as usize;
-                        granted.push(id);
+                        if let Some(pos) = c.order_pos.as_mut() {
+                            // A connection this primary left: stamped for the others only.
+                            *pos = pos.plus(len);
+                            q.on_delivered(key, len as usize, now);
+                        } else {
+                            c.credit += len as usize;
+                            granted.push(id);
+                        }
                     }
                 }
             }
