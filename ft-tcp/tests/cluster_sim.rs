@@ -1808,12 +1808,10 @@ fn failover_is_transparent_under_loss_duplication_reordering_and_crashes() {
 
 /// The cluster harness (20+ connections, per-replica epochs, lossy views and speaker notices,
 /// partitions, half-close, new incarnations). A few seeds in a thousand still fail (issue
-/// #12; with the speaker decided by the redirector's book, 1 of 2000 and 4 of 2000 on two
-/// batches on 2026-11-29), all connections that never complete: mostly a member stuck in
-/// SYN-RECEIVED with an `isn_s` other than the client's (the opener's backend failed
-/// mid-handshake, its SYN-ACK never reached the client, a backup learned its ISN from its
-/// report while the next speaker sent its own). The test prints every failing seed with
-/// what failed; its fixed seeds run in CI (`regression_seeds_stay_fixed`).
+/// #12; 0 of 2000 and 4 of 2000 on two batches on 2026-11-29, after the client's ACK decides
+/// `isn_s`), all connections that never complete: e.g. a speaker holding its FIN for a member
+/// whose every report of its own FIN was lost. The test prints every failing seed with what
+/// failed; its fixed seeds run in CI (`regression_seeds_stay_fixed`).
 #[test]
 #[ignore = "a few seeds in a thousand fail, see the doc comment (issue #12); run by hand with --ignored"]
 fn cluster_of_connections_keeps_every_invariant_under_faults() {
