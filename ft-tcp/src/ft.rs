@@ -56,6 +56,14 @@ const REQUEST_RETRY: Duration = Duration::from_millis(20);
 /// Longest wait between exclusion requests.
 const REQUEST_RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// How far beyond the most output any member reported the client's ACK may lie before it
+/// contradicts an `isn_s` (reports of output lag the output itself). ISNs are random over
+/// 2^32, so a wrong `isn_s` still explains an ACK only with odds of about one in 4000.
+const ISN_SLACK: u32 = 1 << 20;
+
+/// How many distinct `isn_s` values heard from reports are kept as candidates.
+const ISN_CANDIDATES: usize = 8;
+
 /// A replica's id as the FT layer sees it (the cluster's node id).
 pub type PeerId = u32;
 
@@ -291,6 +299,14 @@ pub struct FtConn {
     opener: Option<PeerId>,
     /// `isn_s` as the client's first segments suggest it, until the opener's report comes.
     isn_s_guess: Option<SeqNumber>,
+    /// `isn_s` values members reported, and our own ISN once our SYN-ACK left: what the
+    /// client may have accepted.
+    isn_heard: Vec<SeqNumber>,
+    /// `isn_s` values the client's ACKs disproved: reports carrying them are not believed.
+    isn_refuted: Vec<SeqNumber>,
+    /// The most output (bytes past the SYN, FIN counted) any member reported or we produced:
+    /// the client cannot acknowledge much beyond it.
+    most_out: u32,
     /// Members this speaker asked the authority to exclude, until it confirms: the ACK gate
     /// still waits for them (a view could make them the speaker before that).
     dropping: Vec<PeerId>,
@@ -430,6 +446,9 @@ impl FtConn {
             departed: Vec::new(),
             opener: members.first().copied().filter(|m| *m != me),
             isn_s_guess: None,
+            isn_heard: Vec::new(),
+            isn_refuted: Vec::new(),
+            most_out: 0,
             dropping: Vec::new(),
             ack_owed: false,
             to_client: Vec::new(),
@@ -1047,6 +1066,9 @@ impl FtConn {
             self.feed(now, packet);
             return;
         }
+        if seg.ack_flag && !seg.rst && !self.on_client_isn_evidence(now, seg.ack) {
+            return;
+        }
         if self.isn_s.is_none() && seg.ack_flag && !seg.rst {
             // The client's ACK of the SYN-ACK tells a replica that missed the primary's report
             // which ISN the client saw. Only a guess: a retransmission of the client's first
@@ -1116,6 +1138,77 @@ impl FtConn {
                 // A hole: tell the primary at once, it repairs it.
                 self.progress_dirty = true;
             }
+        }
+    }
+
+    /// Whether `isn_s = x` explains a client ACK `ack`: it lies in `[x + 1, x + 1 + what
+    /// could have been sent]`.
+    fn isn_explains(&self, x: SeqNumber, ack: SeqNumber) -> bool {
+        ack.0.wrapping_sub(x.0.wrapping_add(1)) <= self.most_out.saturating_add(ISN_SLACK)
+    }
+
+    /// Checks our `isn_s` against a client ACK. The ISN the client accepted is the truth,
+    /// and its ACKs prove it: a report's `isn_s` (the opener's, say) may name a SYN-ACK that
+    /// never reached the client, whose handshake another member's SYN-ACK completed
+    /// (FT_SEED=1796000000001700). When the ACK refutes our `isn_s` and a value another
+    /// member reported explains it, we take that value, as long as nothing we did depends on
+    /// the old one: our stack, still in SYN-RECEIVED, accepted no translated ACK and produced
+    /// no output. Past that, our stack took ACKs translated with a wrong delta (possibly
+    /// dropping output the client never got): we leave the connection. Returns whether the
+    /// segment may go on to our stack.
+    fn on_client_isn_evidence(&mut self, now: Instant, ack: SeqNumber) -> bool {
+        let Some(old) = self.isn_s else {
+            return true;
+        };
+        if self.synack_by_cookie || self.isn_explains(old, ack) {
+            return true;
+        }
+        let alt = self
+            .isn_heard
+            .iter()
+            .copied()
+            .find(|x| *x != old && !self.isn_refuted.contains(x) && self.isn_explains(*x, ack));
+        let unsafe_to_switch = self.ep.state() != TcpState::SynReceived || self.fin_s.is_some();
+        let Some(alt) = alt else {
+            // Nothing we heard explains it: a forged ACK, or one for output whose reports have
+            // not reached us. Our stack must not take it through a delta that may be wrong
+            // (clamped, it would complete the handshake): as if lost, until a report tells.
+            return self.ep.state() != TcpState::SynReceived;
+        };
+        if unsafe_to_switch {
+            tracing::warn!(conn = ?self.key, ?old, ?alt, "the client accepted another isn_s than ours after our stack used ours: leaving the connection");
+            self.isn_refuted.push(old);
+            self.leave(now);
+            return false;
+        }
+        tracing::debug!(conn = ?self.key, ?old, ?alt, "the client's ACK refutes our isn_s: taking the one it accepted");
+        self.isn_refuted.push(old);
+        self.isn_s = Some(alt);
+        // Everything kept in S was anchored at the old value: start it again (no output yet).
+        self.shadow = None;
+        self.agreement = None;
+        self.last_ack_given = None;
+        self.snd_max_s = None;
+        self.probe = None;
+        self.rtx_at = None;
+        self.dupacks = 0;
+        self.out_reported = None;
+        self.lag.clear();
+        self.diverged.clear();
+        for q in self.peers.values_mut() {
+            if q.isn_s != Some(alt) {
+                // Numbered from the refuted value: not comparable with ours any more.
+                q.out = None;
+            }
+        }
+        self.init_shadow();
+        true
+    }
+
+    /// Notes an `isn_s` value the client may have accepted.
+    fn hear_isn(&mut self, x: SeqNumber) {
+        if !self.isn_heard.contains(&x) && self.isn_heard.len() < ISN_CANDIDATES {
+            self.isn_heard.push(x);
         }
     }
 
@@ -1293,6 +1386,13 @@ impl FtConn {
 
     /// A progress report from another member.
     pub fn handle_progress(&mut self, now: Instant, from: PeerId, p: Progress) {
+        if let Some(x) = p.isn_s {
+            // Whoever reports it, member or not, tells what the client may have accepted.
+            self.hear_isn(x);
+            if let Some(o) = p.out {
+                self.most_out = self.most_out.max(o.since(x.plus(1)));
+            }
+        }
         if p.end == OutputEnd::Reset
             && !self.retired
             && speaker_of(&self.view, &self.excluded) == Some(from)
@@ -1323,14 +1423,31 @@ impl FtConn {
             }
             return;
         }
+        if self.isn_s.is_some() && p.isn_s != self.isn_s {
+            // It cannot translate the client's segments (our reports of isn_s were all lost,
+            // and an idle connection sends no more), or holds another isn_s (the client's
+            // ACKs will tell it which is right, among the values it heard): tell it ours
+            // again, or it may wait for ever.
+            self.progress_dirty |= self.progress_repeats == 0;
+        }
         if self.isn_s.is_none() {
-            if let Some(s) = p.isn_s {
+            if let Some(s) = p.isn_s.filter(|s| !self.isn_refuted.contains(s)) {
                 self.isn_s = Some(s);
                 self.init_shadow();
                 // Re-translate nothing: packets before this were dropped, the client resends.
             }
         }
+        let mut p = p;
+        if p.isn_s.is_none() || p.isn_s != self.isn_s {
+            // Its output is numbered from another isn_s than ours: not comparable with ours.
+            p.out = None;
+        }
         let entry = self.peers.entry(from).or_insert(p);
+        if entry.isn_s != p.isn_s {
+            // It learned or switched its isn_s: what it reported before was in another space.
+            entry.isn_s = p.isn_s;
+            entry.out = None;
+        }
         if entry.rcv_nxt.le(p.rcv_nxt) {
             entry.hole_end = p.hole_end;
         }
@@ -1635,6 +1752,7 @@ impl FtConn {
 
     fn send_synack(&mut self, mut p: Vec<u8>) {
         if let (Some(seg), Some(isn_s)) = (rewrite::parse(&p), self.isn_s) {
+            self.hear_isn(isn_s);
             rewrite::set_seq(&mut p, &seg, isn_s);
             self.to_client.push(p);
         }
@@ -1763,6 +1881,9 @@ impl FtConn {
         }
         let end = seg.end();
         self.local_snd_max = Some(self.local_snd_max.map_or(end, |m| m.max(end)));
+        if let Some(i) = self.local_isn {
+            self.most_out = self.most_out.max(end.since(i.plus(1)));
+        }
         if seg.ack_flag && !seg.rst {
             let edge = seg.ack.plus(u32::from(seg.window) << self.our_ws);
             let changed = self.local_rcv_nxt != Some(seg.ack) || self.local_edge != Some(edge);
@@ -1925,6 +2046,12 @@ impl FtConn {
 
     /// Sends an ACK built by the FT layer when the gate moved (or `force`).
     fn maybe_gate_ack(&mut self, now: Instant, force: bool) {
+        if self.client_ack.is_none() {
+            // The client has not acknowledged a SYN-ACK of ours: it is in SYN-SENT (our
+            // SYN-ACK is held, lost, or another member's reached it), where a bare ACK means
+            // nothing. Our SYN-ACK, or its retransmission, carries the ACK.
+            return;
+        }
         let Some((ack, edge)) = self.gate_values() else {
             return;
         };
@@ -1976,5 +2103,132 @@ impl FtConn {
             self.to_client.push(p);
         }
         self.rtx_at = Some(now + self.rto);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    const CLIENT_ISN: u32 = 1000;
+
+    fn key() -> FlowKey {
+        FlowKey {
+            client: "198.18.0.2:40000".parse().unwrap(),
+            service: "198.19.0.10:80".parse().unwrap(),
+        }
+    }
+
+    fn syn() -> Vec<u8> {
+        let k = key();
+        let mut out = Vec::new();
+        PacketBuilder::ipv4(k.client.ip().octets(), k.service.ip().octets(), 64)
+            .tcp(k.client.port(), k.service.port(), CLIENT_ISN, 65535)
+            .syn()
+            .write(&mut out, b"")
+            .unwrap();
+        out
+    }
+
+    /// The client's first segment after the handshake, acknowledging `ack`.
+    fn first_ack(ack: SeqNumber) -> Vec<u8> {
+        let k = key();
+        rewrite::build(
+            k.client,
+            k.service,
+            SeqNumber(CLIENT_ISN + 1),
+            ack,
+            65535,
+            &[],
+            false,
+        )
+    }
+
+    fn report(isn_s: SeqNumber) -> Progress {
+        Progress {
+            isn_local: isn_s,
+            isn_s: Some(isn_s),
+            rcv_nxt: SeqNumber(CLIENT_ISN + 1),
+            edge: SeqNumber(CLIENT_ISN + 1 + 65535),
+            hole_end: SeqNumber(CLIENT_ISN + 1),
+            out: Some(isn_s.plus(1)),
+            end: OutputEnd::Open,
+        }
+    }
+
+    /// Member 2 of view [0, 1, 2], with the client's SYN.
+    fn backup() -> FtConn {
+        let t = Instant::from_millis(0);
+        let mut c = FtConn::new(
+            key(),
+            FtConfig::default(),
+            EndpointConfig::default(),
+            7,
+            t,
+            2,
+            &[0, 1, 2],
+        );
+        c.handle_client_packet(t, &syn());
+        assert_eq!(c.state(), TcpState::SynReceived);
+        c
+    }
+
+    // The opener (0) reported its ISN but its SYN-ACK never reached the client; member 1's
+    // did (FT_SEED=1796000000001700). The client's ACK names 1's, which we heard too.
+    #[test]
+    fn backup_takes_the_isn_the_client_acknowledged_over_the_openers_report() {
+        let t = Instant::from_millis(1);
+        let (opener, accepted) = (SeqNumber(874_374_169), SeqNumber(692_847_104));
+        let mut c = backup();
+        c.handle_progress(t, 0, report(opener));
+        assert_eq!(c.isn_s, Some(opener));
+        c.handle_progress(t, 1, report(accepted));
+        assert_eq!(
+            c.isn_s,
+            Some(opener),
+            "the opener's report stands until refuted"
+        );
+        c.handle_client_packet(t, &first_ack(accepted.plus(1)));
+        assert_eq!(c.isn_s, Some(accepted));
+        assert_eq!(c.state(), TcpState::Established);
+        assert!(!c.is_retired());
+        // A late report of the refuted value changes nothing.
+        c.handle_progress(t, 0, report(opener));
+        assert_eq!(c.isn_s, Some(accepted));
+    }
+
+    // Nothing heard explains the client's ACK yet: our stack must not take it through a
+    // delta that may be wrong (clamped, it would complete the handshake). Once the report
+    // comes, the client's next segment completes it.
+    #[test]
+    fn backup_holds_a_contradicting_ack_until_a_report_explains_it() {
+        let t = Instant::from_millis(1);
+        let (opener, accepted) = (SeqNumber(874_374_169), SeqNumber(692_847_104));
+        let mut c = backup();
+        c.handle_progress(t, 0, report(opener));
+        c.handle_client_packet(t, &first_ack(accepted.plus(1)));
+        assert_eq!(c.state(), TcpState::SynReceived);
+        assert_eq!(c.isn_s, Some(opener));
+        c.handle_progress(t, 1, report(accepted));
+        c.handle_client_packet(t, &first_ack(accepted.plus(1)));
+        assert_eq!(c.isn_s, Some(accepted));
+        assert_eq!(c.state(), TcpState::Established);
+    }
+
+    // An ACK the report's value explains (the client acknowledged some output) is no
+    // contradiction.
+    #[test]
+    fn an_ack_of_output_does_not_refute_isn_s() {
+        let t = Instant::from_millis(1);
+        let opener = SeqNumber(874_374_169);
+        let mut c = backup();
+        let mut p = report(opener);
+        p.out = Some(opener.plus(1 + 500));
+        c.handle_progress(t, 0, p);
+        c.handle_progress(t, 1, report(SeqNumber(692_847_104)));
+        c.handle_client_packet(t, &first_ack(opener.plus(1)));
+        assert_eq!(c.isn_s, Some(opener));
+        assert_eq!(c.state(), TcpState::Established);
     }
 }

@@ -99,6 +99,16 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     // excluded its only old member: they never got the notice, took the excluded member
     // for the speaker, and nobody answered the client.
     (1795978731921780, Harness::Cluster),
+    // The opener's backend failed mid-handshake and its SYN-ACK never reached the client; a
+    // backup kept the opener's reported isn_s while the client had accepted the next
+    // speaker's, and stayed in SYN-RECEIVED (1700, 2439); a stale report of another isn_s
+    // held the speaker's FIN (3033); every report of isn_s to a backup lost (1516).
+    (1796000000001700, Harness::Cluster),
+    (1795979163922439, Harness::Cluster),
+    (1795979163923033, Harness::Cluster),
+    (1795979163921516, Harness::Cluster),
+    // A member the book excluded counted as able to carry the connection on (a harness bug).
+    (1795979163921580, Harness::Cluster),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -700,10 +710,14 @@ impl Sim {
             && self.replicas[r].left_view.is_none_or(|t| t < cc.start)
     }
 
-    /// Every member of connection `c` died or left: nobody can carry it on.
+    /// Every member of connection `c` died or left (the view, or the connection: the book
+    /// excluded it): nobody can carry it on. A member the speaker had excluded (it opened the
+    /// connection with a stale view, uncounted by the speaker's gate) is as gone as one that
+    /// left the view; the host crash that then takes the last one loses the connection
+    /// (FT_SEED=1795979163921580: 0 excluded, 2's backend failed, 1 crashed).
     fn is_lost(&self, c: usize) -> bool {
         self.conns[c].started
-            && !(0..self.replicas.len()).any(|r| self.is_member(r, c) && self.replicas[r].alive)
+            && !(0..self.replicas.len()).any(|r| self.in_conn(r, c) && self.replicas[r].alive)
     }
 
     /// The local `rcv_nxt` of replica `r` for connection `c` (every holder has the SYN).
@@ -1794,12 +1808,10 @@ fn failover_is_transparent_under_loss_duplication_reordering_and_crashes() {
 
 /// The cluster harness (20+ connections, per-replica epochs, lossy views and speaker notices,
 /// partitions, half-close, new incarnations). A few seeds in a thousand still fail (issue
-/// #12; with the speaker decided by the redirector's book, 1 of 2000 and 4 of 2000 on two
-/// batches on 2026-11-29), all connections that never complete: mostly a member stuck in
-/// SYN-RECEIVED with an `isn_s` other than the client's (the opener's backend failed
-/// mid-handshake, its SYN-ACK never reached the client, a backup learned its ISN from its
-/// report while the next speaker sent its own). The test prints every failing seed with
-/// what failed; its fixed seeds run in CI (`regression_seeds_stay_fixed`).
+/// #12; 0 of 2000 and 4 of 2000 on two batches on 2026-11-29, after the client's ACK decides
+/// `isn_s`), all connections that never complete: e.g. a speaker holding its FIN for a member
+/// whose every report of its own FIN was lost. The test prints every failing seed with what
+/// failed; its fixed seeds run in CI (`regression_seeds_stay_fixed`).
 #[test]
 #[ignore = "a few seeds in a thousand fail, see the doc comment (issue #12); run by hand with --ignored"]
 fn cluster_of_connections_keeps_every_invariant_under_faults() {
