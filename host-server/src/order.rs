@@ -256,6 +256,12 @@ impl Sequencer {
         primary: bool,
         view: impl Fn(FlowKey) -> Option<ConnView>,
     ) -> Option<String> {
+        if !self.busy() {
+            // Idle is not stuck: the clock starts when there is work.
+            self.moved = Some((self.next, now));
+            self.stuck_told = false;
+            return None;
+        }
         let since = match self.moved {
             Some((n, t)) if n == self.next => t,
             _ => {
