@@ -465,6 +465,11 @@ impl HostMetrics {
                 "Times this backup's delivered stamps differed from the primary's",
                 &o.diverged,
             ),
+            (
+                "starved",
+                "Connections a backup left after waiting 2 s at their stamp for client bytes",
+                &o.starved,
+            ),
         ] {
             e.sample(&format!("hydra_order_{what}_total"), c, help, "", v.get());
         }
@@ -963,6 +968,8 @@ pub struct OrderMetrics {
     pub dropped: Counter,
     /// Times a backup found its delivered stamps differ from the primary's.
     pub diverged: Counter,
+    /// Connections a backup left after waiting at their stamp for bytes that did not come.
+    pub starved: Counter,
 }
 
 impl OrderMetrics {
@@ -979,6 +986,7 @@ impl OrderMetrics {
         self.voided.add(s.voided);
         self.dropped.add(s.dropped);
         self.diverged.add(s.diverged);
+        self.starved.add(s.starved);
     }
 }
 

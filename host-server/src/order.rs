@@ -53,6 +53,11 @@
 //!   has left it; otherwise after [`UNKNOWN_CONN_WAIT`], the SYN may be under way), and the
 //!   connection is remembered as *foreign* for [`FOREIGN_TTL`]: if it shows up here later,
 //!   its first chunks went by, so it is abandoned too.
+//! - A backup waits at most [`STARVED_MAX`] at a stamp for client bytes it lacks. They come
+//!   by repair or from the client when its connection's speaker counts it; when the speaker
+//!   does not (this replica holds a connection whose start it missed, and its exclusion is
+//!   not through yet) they never come, and every later stamp would wait behind them. Past the
+//!   bound it leaves that connection (abandoned, as above) and moves on.
 //! - Bounds: the queue holds stamps in `[next, next + QUEUE_MAX)` only (later ones are
 //!   refused and counted; repair fetches them when their turn comes), the history
 //!   [`HISTORY`], the foreign set [`FOREIGN_MAX`] (oldest evicted, counted). Every outcome is
@@ -97,6 +102,12 @@ pub const NEED_RETRY: Duration = Duration::from_millis(20);
 /// A stamp for a connection this replica does not hold is skipped after this long (the
 /// replica joined after it opened and cannot follow it).
 pub const UNKNOWN_CONN_WAIT: Duration = Duration::from_millis(200);
+/// How long a backup waits at a stamp for client bytes it lacks before it leaves that
+/// connection and moves on. The bytes come by repair or from the client when this replica is
+/// one its speaker counts; when it is not (it holds a connection it missed the start of, and
+/// its speaker has not had it excluded yet), they never come, and every later stamp of the
+/// service would wait behind it.
+pub const STARVED_MAX: Duration = Duration::from_secs(2);
 /// How long a connection stays foreign (long past any SYN still in flight; shorter than
 /// a client's TIME-WAIT, so a reused 4-tuple is a new connection).
 pub const FOREIGN_TTL: Duration = Duration::from_secs(30);
@@ -168,6 +179,9 @@ pub struct OrderStats {
     pub dropped: u64,
     /// Times this backup found it delivered a stamp the primary numbers differently.
     pub diverged: u64,
+    /// Connections this backup left after waiting [`STARVED_MAX`] at one of their stamps for
+    /// client bytes that did not come.
+    pub starved: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -214,6 +228,8 @@ pub struct Sequencer {
     moved: Option<(u64, Instant)>,
     /// Whether the current stay at `moved` was reported already.
     stuck_told: bool,
+    /// The stamp a backup waits at for its connection's bytes, and since when.
+    starving: Option<(u64, Instant)>,
     stats: OrderStats,
 }
 
@@ -242,6 +258,7 @@ impl Sequencer {
             diverged: false,
             moved: None,
             stuck_told: false,
+            starving: None,
             stats: OrderStats::default(),
         }
     }
@@ -581,7 +598,26 @@ impl Sequencer {
                     self.fresh |= primary;
                     return Some(self.start_turn(key, len, v));
                 }
-                Some(_) => return None,
+                Some(_) if primary => return None,
+                Some(_) => {
+                    // A backup without the bytes: they come (repair, the client), or this
+                    // replica is not counted for the connection and they never do.
+                    let since = match self.starving {
+                        Some((s, t)) if s == k => t,
+                        _ => {
+                            self.starving = Some((k, now));
+                            now
+                        }
+                    };
+                    if now < since + STARVED_MAX {
+                        return None;
+                    }
+                    tracing::warn!(client = %key.client, stamp = k, "waited {STARVED_MAX:?} for this connection's client bytes at its stamp: leaving it");
+                    self.starving = None;
+                    self.stats.starved += 1;
+                    self.forget_conn(key, now);
+                    self.skip(stamp);
+                }
                 None => {
                     // Held but left, foreign already, or issued before this replica
                     // anchored: never followed here. Otherwise its SYN may be on the way (the
@@ -814,6 +850,39 @@ mod tests {
         );
         assert_eq!(s.take_stats().skipped, 1);
         assert!(!s.busy());
+    }
+
+    #[test]
+    fn a_backup_leaves_a_connection_whose_bytes_never_come_and_moves_on() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(Duration::from_millis(2));
+        let (a, b) = (key(1), key(2));
+        s.on_stamps(
+            &[
+                Stamp {
+                    stamp: 0,
+                    key: a,
+                    len: 52,
+                },
+                Stamp {
+                    stamp: 1,
+                    key: b,
+                    len: 7,
+                },
+            ],
+            t0,
+        );
+        // `a` is held here but its 52 bytes never arrive; `b`'s 7 bytes are here.
+        let view = |k: FlowKey| if k == a { pending(0) } else { pending(7) };
+        assert_eq!(s.next_grant(t0, false, &[a, b], view), None);
+        let later = t0 + STARVED_MAX - Duration::from_millis(1);
+        assert_eq!(s.next_grant(later, false, &[a, b], view), None);
+        // Past the bound: it leaves `a` (the host makes it retire) and `b` goes on.
+        let t1 = t0 + STARVED_MAX;
+        assert_eq!(s.next_grant(t1, false, &[a, b], view), Some((b, 7)));
+        assert_eq!(s.take_abandoned(), vec![a]);
+        let st = s.take_stats();
+        assert_eq!((st.starved, st.skipped), (1, 1));
     }
 
     fn pending(n: usize) -> Option<ConnView> {
