@@ -2558,9 +2558,13 @@ impl Dataplane {
                     c.order_lost = true;
                     continue;
                 }
+                // Delivered (rcv_nxt - queued) plus granted and not yet delivered (credit,
+                // which a grant for bytes that never came may put past rcv_nxt).
                 let local = f.member_progress().into_iter().find(|(m, _)| m.is_none());
-                let queued = c.tcp.ep_ref().recv_queue().saturating_sub(c.credit);
-                c.order_pos = local.map(|(_, r)| SeqNumber(r.0.wrapping_sub(queued as u32)));
+                let queued = c.tcp.ep_ref().recv_queue() as u32;
+                let credit = c.credit as u32;
+                c.order_pos =
+                    local.map(|(_, r)| SeqNumber(r.0.wrapping_sub(queued).wrapping_add(credit)));
                 c.order_lost = c.order_pos.is_none();
             }
             let (flows, conns) = (&self.flows, &self.conns);

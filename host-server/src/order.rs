@@ -53,11 +53,13 @@
 //!   has left it; otherwise after [`UNKNOWN_CONN_WAIT`], the SYN may be under way), and the
 //!   connection is remembered as *foreign* for [`FOREIGN_TTL`]: if it shows up here later,
 //!   its first chunks went by, so it is abandoned too.
-//! - A backup waits at most [`STARVED_MAX`] at a stamp for client bytes it lacks. They come
+//! - A replica waits at most [`STARVED_MAX`] at a stamp for client bytes it lacks. They come
 //!   by repair or from the client when its connection's speaker counts it; when the speaker
 //!   does not (this replica holds a connection whose start it missed, and its exclusion is
 //!   not through yet) they never come, and every later stamp would wait behind them. Past the
-//!   bound it leaves that connection (abandoned, as above) and moves on.
+//!   bound it leaves that connection (abandoned, as above) and moves on; a new primary at a
+//!   stamp it adopted passes the stamp on as it is (the members that have the bytes deliver
+//!   them).
 //! - Bounds: the queue holds stamps in `[next, next + QUEUE_MAX)` only (later ones are
 //!   refused and counted; repair fetches them when their turn comes), the history
 //!   [`HISTORY`], the foreign set [`FOREIGN_MAX`] (oldest evicted, counted). Every outcome is
@@ -598,10 +600,9 @@ impl Sequencer {
                     self.fresh |= primary;
                     return Some(self.start_turn(key, len, v));
                 }
-                Some(_) if primary => return None,
                 Some(_) => {
-                    // A backup without the bytes: they come (repair, the client), or this
-                    // replica is not counted for the connection and they never do.
+                    // Without the bytes: they come (repair, the client), or this replica is
+                    // not counted for the connection and they never do.
                     let since = match self.starving {
                         Some((s, t)) if s == k => t,
                         _ => {
@@ -616,7 +617,19 @@ impl Sequencer {
                     self.starving = None;
                     self.stats.starved += 1;
                     self.forget_conn(key, now);
-                    self.skip(stamp);
+                    if !primary {
+                        self.skip(stamp);
+                        continue;
+                    }
+                    // A new primary finishing an adopted stamp: the members that have the
+                    // bytes deliver it, so it goes out as it is; granted here without a turn,
+                    // it counts where this primary's stamps of the connection end (it stamps
+                    // the connection on for them, see the host).
+                    self.queue.pop_first();
+                    self.next += 1;
+                    self.remember(stamp);
+                    self.fresh = true;
+                    return Some((key, len));
                 }
                 None => {
                     // Held but left, foreign already, or issued before this replica
@@ -883,6 +896,37 @@ mod tests {
         assert_eq!(s.take_abandoned(), vec![a]);
         let st = s.take_stats();
         assert_eq!((st.starved, st.skipped), (1, 1));
+    }
+
+    #[test]
+    fn a_new_primary_passes_on_an_adopted_stamp_whose_bytes_it_never_gets() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(Duration::from_millis(2));
+        let a = key(1);
+        s.on_stamps(
+            &[Stamp {
+                stamp: 0,
+                key: a,
+                len: 52,
+            }],
+            t0,
+        );
+        s.on_primary_changed(true, t0);
+        let view = |_: FlowKey| pending(0);
+        let t1 = t0 + SYNC_WAIT;
+        assert_eq!(s.next_grant(t1, true, &[a], view), None);
+        let t2 = t1 + STARVED_MAX;
+        // It leaves the connection and grants the stamp as it is, which goes to the backups.
+        assert_eq!(s.next_grant(t2, true, &[a], view), Some((a, 52)));
+        assert_eq!(s.take_abandoned(), vec![a]);
+        assert_eq!(
+            s.take_outbox(),
+            Some(vec![Stamp {
+                stamp: 0,
+                key: a,
+                len: 52
+            }])
+        );
     }
 
     fn pending(n: usize) -> Option<ConnView> {
