@@ -30,7 +30,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::ft::PeerId;
-use crate::packet::FlowKey;
+use crate::packet::{FlowKey, TcpFlags};
 
 /// First wait before a notice is sent again to a member that did not acknowledge it.
 const NOTICE_RETRY: Duration = Duration::from_millis(20);
@@ -38,6 +38,12 @@ const NOTICE_RETRY: Duration = Duration::from_millis(20);
 const NOTICE_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Most members excluded from one connection (a view never has more members than this).
 pub const MAX_EXCLUDED: usize = 32;
+/// A record stays this long after both directions' FINs passed: the last retransmissions of
+/// a close still go by the connection's speaker.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// A client's SYN for a connection whose record saw no packet for this long starts a new
+/// connection on the same 4-tuple (the client reused its port); the old record goes.
+pub const SYN_REUSE_IDLE: Duration = Duration::from_secs(60);
 
 /// Why the authority refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +98,11 @@ struct Entry {
     pending: Vec<Pending>,
     /// Last packet of the connection seen, or last change.
     touched: Instant,
+    /// A FIN passed from the client, and from the speaker.
+    fin_in: bool,
+    fin_out: bool,
+    /// When both had (the record goes [`CLOSE_LINGER`] later).
+    closed_at: Option<Instant>,
 }
 
 /// The authority's record of exclusions, per connection.
@@ -141,10 +152,35 @@ impl SpeakerBook {
         self.speaker(key, members) == Some(sender)
     }
 
-    /// A packet of the connection passed: its record (if any) is in use.
-    pub fn touch(&mut self, now: Instant, key: &FlowKey) {
-        if let Some(e) = self.entries.get_mut(key) {
-            e.touched = now;
+    /// A packet of the connection passed (from the client: `inbound`; otherwise from its
+    /// speaker, admitted): its record is in use, and ends with the connection. A reset either
+    /// way ends it at once; FINs both ways end it after [`CLOSE_LINGER`]; a client's SYN on a
+    /// record that saw both FINs, or no packet for [`SYN_REUSE_IDLE`], is a new connection
+    /// on a reused port and the old record goes (its exclusions would fence the new
+    /// connection's speaker). A SYN for a connection in use changes nothing: it may be forged.
+    pub fn on_segment(&mut self, now: Instant, key: &FlowKey, inbound: bool, flags: TcpFlags) {
+        let Some(e) = self.entries.get_mut(key) else {
+            return;
+        };
+        let reused = inbound
+            && flags.syn
+            && !flags.ack
+            && (e.closed_at.is_some()
+                || now.saturating_duration_since(e.touched) >= SYN_REUSE_IDLE);
+        if flags.rst || reused {
+            self.forget(key);
+            return;
+        }
+        e.touched = now;
+        if flags.fin {
+            if inbound {
+                e.fin_in = true;
+            } else {
+                e.fin_out = true;
+            }
+            if e.fin_in && e.fin_out && e.closed_at.is_none() {
+                e.closed_at = Some(now);
+            }
         }
     }
 
@@ -206,6 +242,9 @@ impl SpeakerBook {
             excluded: Vec::new(),
             pending: Vec::new(),
             touched: now,
+            fin_in: false,
+            fin_out: false,
+            closed_at: None,
         });
         if e.excluded.len() >= MAX_EXCLUDED {
             return Err(Refused::TooMany);
@@ -283,8 +322,10 @@ impl SpeakerBook {
     /// without a packet: keep-alives touch it).
     pub fn expire(&mut self, now: Instant, idle: Duration) {
         let before = self.entries.len();
-        self.entries
-            .retain(|_, e| now.saturating_duration_since(e.touched) < idle);
+        self.entries.retain(|_, e| {
+            now.saturating_duration_since(e.touched) < idle
+                && e.closed_at.is_none_or(|t| now < t + CLOSE_LINGER)
+        });
         let entries = &self.entries;
         self.unacked.retain(|k| entries.contains_key(k));
         self.stats.expired += (before - self.entries.len()) as u64;
@@ -431,7 +472,12 @@ mod tests {
         assert_eq!(b.handle_request(t, 1, key(3), 1, VIEW), Err(Refused::Full));
         // A record already there still takes more.
         assert_eq!(b.handle_request(t, 2, key(1), 2, VIEW), Ok(true));
-        b.touch(t + Duration::from_secs(5), &key(2));
+        b.on_segment(
+            t + Duration::from_secs(5),
+            &key(2),
+            true,
+            TcpFlags::default(),
+        );
         b.expire(t + Duration::from_secs(8), Duration::from_secs(6));
         assert_eq!(b.len(), 1);
         assert_eq!(b.excluded(&key(2)), &[1]);
@@ -439,5 +485,41 @@ mod tests {
         assert_eq!(b.handle_request(t, 1, key(3), 1, VIEW), Ok(true));
         b.forget(&key(3));
         assert!(b.excluded(&key(3)).is_empty());
+    }
+
+    fn flags(syn: bool, ack: bool, fin: bool, rst: bool) -> TcpFlags {
+        TcpFlags { syn, ack, fin, rst }
+    }
+
+    #[test]
+    fn a_record_ends_with_its_connection_and_never_fences_a_new_one_on_the_same_port() {
+        let mut b = SpeakerBook::new(16);
+        let t = t0();
+        // A reset either way ends it.
+        b.handle_request(t, 1, key(1), 1, VIEW).unwrap();
+        b.on_segment(t, &key(1), true, flags(false, true, false, true));
+        assert_eq!(b.speaker(&key(1), VIEW), Some(1));
+        // FINs both ways end it after the linger; until then the speaker is still 2.
+        b.handle_request(t, 1, key(1), 1, VIEW).unwrap();
+        b.on_segment(t, &key(1), true, flags(false, true, true, false));
+        b.on_segment(t, &key(1), false, flags(false, true, true, false));
+        b.expire(t + CLOSE_LINGER / 2, Duration::from_secs(3600));
+        assert_eq!(b.speaker(&key(1), VIEW), Some(2));
+        b.expire(t + CLOSE_LINGER, Duration::from_secs(3600));
+        assert_eq!(b.speaker(&key(1), VIEW), Some(1));
+        // A client SYN on a closed record is a new connection on a reused port.
+        b.handle_request(t, 1, key(1), 1, VIEW).unwrap();
+        b.on_segment(t, &key(1), true, flags(false, true, true, false));
+        b.on_segment(t, &key(1), false, flags(false, true, true, false));
+        b.on_segment(t, &key(1), true, flags(true, false, false, false));
+        assert_eq!(b.speaker(&key(1), VIEW), Some(1));
+        // A SYN on a connection in use is ignored (it may be forged)...
+        b.handle_request(t, 1, key(2), 1, VIEW).unwrap();
+        b.on_segment(t, &key(2), true, flags(true, false, false, false));
+        assert_eq!(b.speaker(&key(2), VIEW), Some(2));
+        // ...unless the connection was idle long enough for the port to be reused.
+        let later = t + SYN_REUSE_IDLE;
+        b.on_segment(later, &key(2), true, flags(true, false, false, false));
+        assert_eq!(b.speaker(&key(2), VIEW), Some(1));
     }
 }

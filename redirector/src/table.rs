@@ -377,7 +377,7 @@ impl Table {
         let key = meta.inbound_flow();
         if let Some(v) = self.views.get(&key.service) {
             if !self.speakers.is_empty() {
-                self.speakers.touch(now, &key);
+                self.speakers.on_segment(now, &key, true, meta.flags);
             }
             if !v.members.is_empty() {
                 let addrs = v
@@ -445,12 +445,8 @@ impl Table {
             if speaker != Some(&sender) {
                 return false;
             }
-            if meta.flags.rst {
-                // The connection ends here: nobody speaks for it again.
-                self.speakers.forget(&key);
-            } else {
-                self.speakers.touch(now, &key);
-            }
+            // A reset or a close ends the record (`SpeakerBook::on_segment`).
+            self.speakers.on_segment(now, &key, false, meta.flags);
             return true;
         }
         match self.flows.get(&key) {
