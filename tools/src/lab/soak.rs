@@ -36,9 +36,10 @@
 //! with the same `DEBUG DIGEST-VALUE`s. Each operation also appends to a list and bumps a
 //! counter shared by all connections of its era, so a different order across connections
 //! shows as different digests. Hosts never faulted must have equal `DEBUG DIGEST`s. With
-//! `--redis-order none` the shared list and counter depend on how connections interleave at
-//! each replica, so only the keys one connection wrote are compared, and whole digests are
-//! not.
+//! `--redis-order none` the shared list and counter would depend on how connections
+//! interleave at each replica, and so would their replies: the backend would not be
+//! deterministic, which HydraNet requires. The sequences leave them out then, only the keys
+//! one connection wrote are compared, and whole digests are not.
 //!
 //! The nemesis's schedule is a function of the seed; the interleaving with the workers is
 //! not (real threads, real time), so a replay repeats the faults, not every packet.
@@ -464,9 +465,13 @@ enum Want {
 }
 
 /// A redis sequence in era `era`: SET/GET and INCR on keys of its own, every reply checked,
-/// and RPUSH/INCR on keys shared by every connection of the era (their final values depend
-/// on the order across connections, which total order fixes).
-fn redis_ops(tag: &str, era: u64, rng: &mut Rng) -> OpResult {
+/// and, in total order, RPUSH/INCR on keys shared by every connection of the era (their
+/// final values depend on the order across connections, which total order fixes). Without
+/// total order the shared keys' replies differ between replicas (the connections interleave
+/// differently on each): the backend is not deterministic then, and a takeover would splice
+/// one replica's replies into another's, which HydraNet does not promise to hide. So the
+/// sequence leaves them out.
+fn redis_ops(tag: &str, era: u64, total_order: bool, rng: &mut Rng) -> OpResult {
     let mut r = OpResult::default();
     let mut s = match connect(REDIS_PORT) {
         Ok(s) => s,
@@ -499,6 +504,7 @@ fn redis_ops(tag: &str, era: u64, rng: &mut Rng) -> OpResult {
             ),
             (resp_cmd(&[b"INCR", shared.as_bytes()]), Want::Integer),
         ];
+        let steps = steps.into_iter().take(if total_order { 5 } else { 3 });
         for (cmd, want) in steps {
             if let Err(e) = s.write_all(&cmd) {
                 return r.io_error("send command", &e);
@@ -536,6 +542,8 @@ fn redis_ops(tag: &str, era: u64, rng: &mut Rng) -> OpResult {
 struct Shared {
     files: Vec<(String, Vec<u8>)>,
     redis: bool,
+    /// Redis runs in total order (the shared keys are part of the sequence).
+    total_order: bool,
     /// The current era (redis keys carry it).
     era: AtomicU64,
     stop: AtomicBool,
@@ -568,7 +576,8 @@ fn worker(ns: PathBuf, id: usize, seed: u64, sh: Arc<Shared>) -> Result<()> {
             }
             _ => {
                 let e = era.load(Ordering::SeqCst);
-                ("redis", redis_ops(&format!("{seed}:{id}:{n}"), e, &mut rng))
+                let tag = format!("{seed}:{id}:{n}");
+                ("redis", redis_ops(&tag, e, sh.total_order, &mut rng))
             }
         };
         {
@@ -1091,6 +1100,7 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
     let sh = Arc::new(Shared {
         files,
         redis,
+        total_order: a.total_order,
         era: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         tally: Mutex::new(Tally::default()),
