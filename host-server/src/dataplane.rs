@@ -470,6 +470,11 @@ impl HostMetrics {
                 "Connections a backup left after waiting 2 s at their stamp for client bytes",
                 &o.starved,
             ),
+            (
+                "left",
+                "Total-order connections this host left, for any reason (its backend misses their later chunks)",
+                &o.left,
+            ),
         ] {
             e.sample(&format!("hydra_order_{what}_total"), c, help, "", v.get());
         }
@@ -970,6 +975,9 @@ pub struct OrderMetrics {
     pub diverged: Counter,
     /// Connections a backup left after waiting at their stamp for bytes that did not come.
     pub starved: Counter,
+    /// Total-order connections this host left, for any reason (its backend then misses
+    /// their later chunks).
+    pub left: Counter,
 }
 
 impl OrderMetrics {
@@ -1943,6 +1951,9 @@ impl Dataplane {
                     // it down? A refused probe takes the host out of the view at once.
                     c.retired_seen = true;
                     backend_failed = true;
+                    if c.total {
+                        self.shared.metrics.ft.order.left.inc();
+                    }
                 }
                 for (to, pkt) in f.take_repairs() {
                     self.repairs_out.push((c.key.service, to, pkt));
@@ -2510,6 +2521,9 @@ impl Dataplane {
                 }
             }
             // Not a failed backend: no health probe.
+            if !c.retired_seen && c.total {
+                self.shared.metrics.ft.order.left.inc();
+            }
             c.retired_seen = true;
             reset_backend(self.poll.registry(), &mut c.backend);
             dirty.push(id);

@@ -2,25 +2,24 @@
 //! port 80, redis on 6379): checked downloads, uploads and redis sequences while a nemesis
 //! kills, restarts (also at once, within the detector's timeout), partitions, heals and
 //! impairs; it passes only with no failed operation (indeterminate ones only with the allowed
-//! fault as reason), zero bytes lost or corrupted, zero resets, and the live redis replicas
-//! equal on every key one connection wrote.
+//! faults as reason), zero bytes lost or corrupted, zero resets, and the live redis replicas
+//! equal per era (keys one connection wrote, and the list and counter every connection of an
+//! era shares, whose values depend on the order across connections).
 //!
-//! CI runs redis with per-connection order. With `--order total` the soak still fails: a
-//! backup that falls more than its stamp queue's bound behind the primary is told the stamps
-//! are gone, leaves its connections, and once promoted stalls the whole service for seconds
-//! (issue #12, finding 3); `soak_with_redis_in_total_order` runs that case by hand.
+//! CI runs redis in total order (`--order total`, issue #12). The soak with per-connection
+//! order (`soak_with_redis_in_per_connection_order`) runs by hand.
 
 use tests::*;
 
 #[test]
 fn soak_with_a_random_seed_fails_no_operation_and_keeps_redis_replicas_equal() {
-    soak(&["--redis-order", "none"]);
+    soak(&["--redis-order", "total"]);
 }
 
 #[test]
-#[ignore = "total order still stalls when a lagging backup is promoted (issue #12, finding 3); run by hand with --ignored"]
-fn soak_with_redis_in_total_order() {
-    soak(&["--redis-order", "total"]);
+#[ignore = "the same soak with redis in per-connection order; CI runs the total-order one. Run by hand with --ignored"]
+fn soak_with_redis_in_per_connection_order() {
+    soak(&["--redis-order", "none"]);
 }
 
 fn soak(extra: &[&str]) {
@@ -78,7 +77,9 @@ fn soak(extra: &[&str]) {
     // Every indeterminate operation names the allowed fault it overlapped.
     for l in stdout.lines().filter(|l| l.contains("indeterminate: ")) {
         assert!(
-            l.contains("impaired client") || l.contains("more not shown"),
+            l.contains("impaired client")
+                || l.contains("every replica that held it failed")
+                || l.contains("more not shown"),
             "{l}"
         );
     }

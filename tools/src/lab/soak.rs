@@ -93,6 +93,9 @@ struct Window {
     end: Option<Instant>,
     what: String,
     excuse: Option<&'static str>,
+    /// The host whose connections the fault takes away (a kill, a restart, a partition, a
+    /// backend kill): it leaves every connection it held.
+    loses: Option<u16>,
 }
 
 /// Every fault the nemesis injected, for classifying operations.
@@ -100,18 +103,36 @@ struct Window {
 struct FaultLog {
     /// When the nemesis started (operations' times are shown from it).
     t0: Option<Instant>,
+    /// Host servers in the lab (1..=replicas).
+    replicas: u16,
     windows: Vec<Window>,
 }
 
 impl FaultLog {
-    fn begin(&mut self, what: String, excuse: Option<&'static str>) -> usize {
+    fn begin(&mut self, what: String, excuse: Option<&'static str>, loses: Option<u16>) -> usize {
         self.windows.push(Window {
             start: Instant::now(),
             end: None,
             what,
             excuse,
+            loses,
         });
         self.windows.len() - 1
+    }
+
+    /// Whether every host that could hold a connection opened at `start` (those not under a
+    /// fault that takes connections away then) lost it to such a fault before `end`: no
+    /// replica was left to carry the connection on, which replication cannot hide.
+    fn every_holder_lost(&self, start: Instant, end: Instant) -> bool {
+        let lost_by = |h: u16, from: Instant, to: Instant| {
+            self.windows
+                .iter()
+                .any(|w| w.loses == Some(h) && w.start <= to && w.end.is_none_or(|e| e > from))
+        };
+        let holders: Vec<u16> = (1..=self.replicas)
+            .filter(|h| !lost_by(*h, start, start))
+            .collect();
+        !holders.is_empty() && holders.iter().all(|h| lost_by(*h, start, end))
     }
 
     fn end(&mut self, i: usize) {
@@ -122,16 +143,24 @@ impl FaultLog {
 
     /// The allowed fault an operation from `start` to `end` overlapped, if any.
     fn excuse(&self, start: Instant, end: Instant) -> Option<String> {
-        self.windows.iter().find_map(|w| {
+        let overlapped = self.windows.iter().find_map(|w| {
             let over = w.start <= end && w.end.is_none_or(|e| e + OBSERVE_GRACE >= start);
             let why = w.excuse.filter(|_| over)?;
             Some(format!("overlapped {} ({why})", w.what))
+        });
+        overlapped.or_else(|| {
+            self.every_holder_lost(start, end)
+                .then(|| format!("every replica that held it failed during it ({EVERY_HOLDER})"))
         })
     }
 }
 
 /// Why loss on the client's link may fail an operation.
 const CLIENT_LINK: &str = "loss on the client's own link, which no server side can hide";
+
+/// Why losing every replica of a connection may fail an operation.
+const EVERY_HOLDER: &str =
+    "a connection survives the loss of all but one of its replicas, not of all";
 
 /// Decides a finished operation's outcome: anything short of success fails, unless it
 /// overlapped an allowed fault (then it is indeterminate, with the reason). Lost, corrupted
@@ -760,19 +789,16 @@ fn undo(
 }
 
 /// The host a fault is about, if it takes one out of the redis view.
-/// How many total-order connections host `i` has left since it started (it fell behind
-/// what its primary keeps, or found its past differs from the primary's): the counters
-/// `hydra_order_abandoned_total` and `hydra_order_diverged_total`. `None` when the host
-/// does not answer (it is down).
+/// How many total-order connections host `i` has left since it started, for any reason (it
+/// fell behind what its primary keeps, its past differs from the primary's, its backend
+/// failed or stalled, its speaker or it had it excluded): `hydra_order_left_total`. `None`
+/// when the host does not answer (it is down).
 fn order_leaves(lab: &LabState, i: u16) -> Option<u64> {
     let sock = lab.dir().join(format!("h{i}.sock"));
     let text = control::request(&sock, "GET", "/metrics", None).ok()?;
     let sum = text
         .lines()
-        .filter(|l| {
-            l.starts_with("hydra_order_abandoned_total ")
-                || l.starts_with("hydra_order_diverged_total ")
-        })
+        .filter(|l| l.starts_with("hydra_order_left_total "))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     Some(sum)
@@ -1121,11 +1147,19 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
         })
         .collect();
     // INVARIANT (both): no code panics while holding the lock.
-    let begin = |what: String, excuse| flog.lock().expect("fault log lock").begin(what, excuse);
+    let begin = |what: String, excuse, loses| {
+        flog.lock()
+            .expect("fault log lock")
+            .begin(what, excuse, loses)
+    };
     let finish = |w: usize| flog.lock().expect("fault log lock").end(w);
 
     let start = Instant::now();
-    flog.lock().expect("fault log lock").t0 = Some(start);
+    {
+        let mut l = flog.lock().expect("fault log lock");
+        l.t0 = Some(start);
+        l.replicas = lab.replicas;
+    }
     let end = start + Duration::from_secs(a.seconds);
     let mut nem = rng(a.seed);
     let mut active: Vec<(Instant, Fault, usize)> = Vec::new();
@@ -1212,7 +1246,7 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
                 FaultKind::KillHost => {
                     let h = pick_host(&mut nem);
                     let ns = lab.ns(&Node::Host(h));
-                    let w = begin(format!("kill of h{h}"), None);
+                    let w = begin(format!("kill of h{h}"), None, Some(h));
                     net::kill_all(std::slice::from_ref(&ns))?;
                     log(&format!("killed h{h}"));
                     let back = now + Duration::from_millis(1500 + nem.below(2500));
@@ -1220,7 +1254,7 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
                 }
                 FaultKind::KillBackend => {
                     let h = pick_host(&mut nem);
-                    let w = begin(format!("kill of h{h}'s backend"), None);
+                    let w = begin(format!("kill of h{h}'s backend"), None, Some(h));
                     let killed = procs::kill_backend(&lab, h)?;
                     let what: Vec<&str> = killed.iter().map(|p| p.comm.as_str()).collect();
                     log(&format!("killed h{h}'s backend ({})", what.join(", ")));
@@ -1229,7 +1263,7 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
                 }
                 FaultKind::Partition => {
                     let h = pick_host(&mut nem);
-                    let w = begin(format!("partition of h{h}"), None);
+                    let w = begin(format!("partition of h{h}"), None, Some(h));
                     faults::partition(&lab, &format!("h{h}"), true)?;
                     log(&format!("partitioned h{h}"));
                     let back = now + Duration::from_millis(1000 + nem.below(2000));
@@ -1244,7 +1278,7 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
                     let loss = (1 + nem.below(5)) as f64;
                     let dup = nem.below(4) as f64;
                     let excuse = matches!(node, Node::Client).then_some(CLIENT_LINK);
-                    let w = begin(format!("impaired {node}"), excuse);
+                    let w = begin(format!("impaired {node}"), excuse, None);
                     faults::impair(&lab, &node_name(&node), loss, dup)?;
                     log(&format!(
                         "impaired {node}: {loss}% loss, {dup}% duplication"
@@ -1254,7 +1288,7 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
                 }
                 FaultKind::FastRestart => {
                     let h = pick_host(&mut nem);
-                    let w = begin(format!("fast restart of h{h}"), None);
+                    let w = begin(format!("fast restart of h{h}"), None, Some(h));
                     let took = daemons::restart_host(&lab, &bins, h, false)?;
                     if redis {
                         add_redis_service(&lab, h, a.total_order)?;
@@ -1523,12 +1557,14 @@ mod tests {
             end: Some(at(t0, 2000)),
             what: "kill of h1".into(),
             excuse: None,
+            loses: Some(1),
         });
         log.windows.push(Window {
             start: at(t0, 10_000),
             end: Some(at(t0, 11_000)),
             what: "impaired client".into(),
             excuse: Some(CLIENT_LINK),
+            loses: None,
         });
         let timed_out = || OpResult {
             outcome: Outcome::Indeterminate,
@@ -1559,6 +1595,47 @@ mod tests {
         let mut r = OpResult::default();
         classify(&mut r, at(t0, 10_000), at(t0, 10_500), &log);
         assert_eq!(r.outcome, Outcome::Ok);
+    }
+
+    #[test]
+    fn an_operation_whose_every_replica_failed_during_it_is_indeterminate() {
+        let t0 = Instant::now();
+        let mut log = FaultLog {
+            replicas: 3,
+            ..FaultLog::default()
+        };
+        let fault = |h: u16, from: u64, to: u64| Window {
+            start: at(t0, from),
+            end: Some(at(t0, to)),
+            what: format!("kill of h{h}"),
+            excuse: None,
+            loses: Some(h),
+        };
+        // h3 is down when the operation starts (it holds none of its connections); h1 and h2
+        // are killed one after the other while it runs.
+        log.windows.push(fault(3, 0, 3000));
+        log.windows.push(fault(1, 1000, 2000));
+        log.windows.push(fault(2, 2500, 4000));
+        let timed_out = || OpResult {
+            outcome: Outcome::Indeterminate,
+            problem: Some("read body: timed out".into()),
+            ..OpResult::default()
+        };
+        let mut r = timed_out();
+        classify(&mut r, at(t0, 500), at(t0, 3000), &log);
+        assert_eq!(r.outcome, Outcome::Indeterminate);
+        assert!(r
+            .reason
+            .unwrap()
+            .contains("every replica that held it failed"));
+        // Ended before h2's kill: h2 was left to carry it on, so it failed.
+        let mut r = timed_out();
+        classify(&mut r, at(t0, 500), at(t0, 2400), &log);
+        assert_eq!(r.outcome, Outcome::Failed);
+        // Started after h1 came back: h1 holds it and was not lost.
+        let mut r = timed_out();
+        classify(&mut r, at(t0, 2100), at(t0, 3500), &log);
+        assert_eq!(r.outcome, Outcome::Failed);
     }
 
     fn state(digest: &str, eras: &[(u64, &[(&str, &str)])]) -> RedisState {
