@@ -1438,6 +1438,19 @@ impl FtConn {
             }
         }
         let mut p = p;
+        if p.isn_s.is_none()
+            && self
+                .peers
+                .get(&from)
+                .is_some_and(|e| e.isn_s.is_some())
+        {
+            // A member never forgets isn_s once it learned it: this report was written before
+            // the ones we already have (delivered late). Taking its "no isn_s" would wipe the
+            // member's output and FIN we recorded, and hold our FIN for a report the member
+            // already sent (FT_SEED=1795980482926737). Its other fields are cumulative.
+            p.isn_s = self.peers.get(&from).and_then(|e| e.isn_s);
+            p.out = None;
+        }
         if p.isn_s.is_none() || p.isn_s != self.isn_s {
             // Its output is numbered from another isn_s than ours: not comparable with ours.
             p.out = None;
