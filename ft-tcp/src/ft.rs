@@ -1921,6 +1921,10 @@ impl FtConn {
             if self.end == OutputEnd::Open {
                 self.end = OutputEnd::Fin;
             }
+            // The speaker holds its FIN until every member reported one at the same point:
+            // report ours with the repeats of a change, not once (a lost report would leave
+            // the speaker waiting until its stall clock dropped us).
+            self.progress_dirty = true;
         }
         if seg.payload_len > 0 || seg.fin {
             if let Some(sh) = self.shadow.as_mut() {
