@@ -294,10 +294,7 @@ pub struct FtConn {
     diverged: BTreeMap<PeerId, Instant>,
     /// Members that left this connection (at most the view's size).
     departed: Vec<PeerId>,
-    /// The member that was primary when the connection opened (`None`: this replica), whose
-    /// reports carry the true `isn_s`.
-    opener: Option<PeerId>,
-    /// `isn_s` as the client's first segments suggest it, until the opener's report comes.
+    /// `isn_s` as the client's first segments suggest it, until a member's report comes.
     isn_s_guess: Option<SeqNumber>,
     /// `isn_s` values members reported, and our own ISN once our SYN-ACK left: what the
     /// client may have accepted.
@@ -444,7 +441,6 @@ impl FtConn {
             lag: BTreeMap::new(),
             diverged: BTreeMap::new(),
             departed: Vec::new(),
-            opener: members.first().copied().filter(|m| *m != me),
             isn_s_guess: None,
             isn_heard: Vec::new(),
             isn_refuted: Vec::new(),
@@ -1074,15 +1070,19 @@ impl FtConn {
             // which ISN the client saw. Only a guess: a retransmission of the client's first
             // segment has the same sequence number but may acknowledge output too (a backup
             // that lost the handshake ACK once took isn_s one segment too high and later
-            // spliced its output one segment off, FT_SEED=1795954892914097). The opener's
-            // report is the truth; the guess (the lowest such ACK) serves only once the opener
-            // is gone, or when this replica must speak.
+            // spliced its output one segment off, FT_SEED=1795954892914097). A member's report
+            // is the truth (the speaker's always carries the value it speaks with); the guess
+            // (the lowest such ACK) serves only when this replica must speak. Not merely once
+            // the opener is gone: a backup that missed the new speaker's handshake took the
+            // ACK of a resent first segment, one reply too high, while the speaker's report
+            // was on its way; its output never compared with the speaker's, whose FIN it held
+            // for ever (FT_SEED=1795980482926440).
             if self.ep.state() == TcpState::SynReceived
                 && self.client_isn.map(|c| c.plus(1)) == Some(seg.seq)
             {
                 let g = seg.ack.minus(1);
                 self.isn_s_guess = Some(self.isn_s_guess.map_or(g, |x| x.min(g)));
-                if self.opener.is_none_or(|o| !self.view_peers.contains(&o)) {
+                if self.role == Role::Primary {
                     self.adopt_isn_guess();
                 }
             }
@@ -1283,8 +1283,8 @@ impl FtConn {
         }
     }
 
-    /// Takes the client's view of `isn_s` (see `handle_client_packet`) when nobody can tell
-    /// us better.
+    /// Takes the client's view of `isn_s` (see `handle_client_packet`) when this replica must
+    /// speak and no member told it better.
     fn adopt_isn_guess(&mut self) {
         if self.isn_s.is_none() {
             if let Some(g) = self.isn_s_guess {
@@ -1590,9 +1590,6 @@ impl FtConn {
         self.progress_dirty |= self.local_rcv_nxt.is_some() && !self.retired;
         self.view = members.to_vec();
         self.view_peers.retain(|id| members.contains(id));
-        if self.opener.is_some_and(|o| !self.view_peers.contains(&o)) {
-            self.adopt_isn_guess();
-        }
         let members = &self.view_peers;
         self.peers.retain(|id, _| members.contains(id));
         self.repair.retain(|id, _| members.contains(id));
