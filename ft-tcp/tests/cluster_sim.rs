@@ -109,6 +109,15 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     (1795979163921516, Harness::Cluster),
     // A member the book excluded counted as able to carry the connection on (a harness bug).
     (1795979163921580, Harness::Cluster),
+    // A late report without isn_s wiped the FIN a member had reported; the speaker held its
+    // FIN for ever (6737). A backup took isn_s from the client's ACK of resent data, one
+    // reply too high, once the opener was gone, and never compared with the speaker (6440).
+    // A speaker with a stale view at the SYN (or promoted before any SYN-ACK left) answered
+    // without a member the authority counted, which never had the connection (6031, 5454).
+    (1795980482926737, Harness::Cluster),
+    (1795980482926440, Harness::Cluster),
+    (1795980482926031, Harness::Cluster),
+    (1795980482925454, Harness::Cluster),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
