@@ -294,10 +294,7 @@ pub struct FtConn {
     diverged: BTreeMap<PeerId, Instant>,
     /// Members that left this connection (at most the view's size).
     departed: Vec<PeerId>,
-    /// The member that was primary when the connection opened (`None`: this replica), whose
-    /// reports carry the true `isn_s`.
-    opener: Option<PeerId>,
-    /// `isn_s` as the client's first segments suggest it, until the opener's report comes.
+    /// `isn_s` as the client's first segments suggest it, until a member's report comes.
     isn_s_guess: Option<SeqNumber>,
     /// `isn_s` values members reported, and our own ISN once our SYN-ACK left: what the
     /// client may have accepted.
@@ -444,7 +441,6 @@ impl FtConn {
             lag: BTreeMap::new(),
             diverged: BTreeMap::new(),
             departed: Vec::new(),
-            opener: members.first().copied().filter(|m| *m != me),
             isn_s_guess: None,
             isn_heard: Vec::new(),
             isn_refuted: Vec::new(),
@@ -1074,15 +1070,19 @@ impl FtConn {
             // which ISN the client saw. Only a guess: a retransmission of the client's first
             // segment has the same sequence number but may acknowledge output too (a backup
             // that lost the handshake ACK once took isn_s one segment too high and later
-            // spliced its output one segment off, FT_SEED=1795954892914097). The opener's
-            // report is the truth; the guess (the lowest such ACK) serves only once the opener
-            // is gone, or when this replica must speak.
+            // spliced its output one segment off, FT_SEED=1795954892914097). A member's report
+            // is the truth (the speaker's always carries the value it speaks with); the guess
+            // (the lowest such ACK) serves only when this replica must speak. Not merely once
+            // the opener is gone: a backup that missed the new speaker's handshake took the
+            // ACK of a resent first segment, one reply too high, while the speaker's report
+            // was on its way; its output never compared with the speaker's, whose FIN it held
+            // for ever (FT_SEED=1795980482926440).
             if self.ep.state() == TcpState::SynReceived
                 && self.client_isn.map(|c| c.plus(1)) == Some(seg.seq)
             {
                 let g = seg.ack.minus(1);
                 self.isn_s_guess = Some(self.isn_s_guess.map_or(g, |x| x.min(g)));
-                if self.opener.is_none_or(|o| !self.view_peers.contains(&o)) {
+                if self.role == Role::Primary {
                     self.adopt_isn_guess();
                 }
             }
@@ -1283,8 +1283,8 @@ impl FtConn {
         }
     }
 
-    /// Takes the client's view of `isn_s` (see `handle_client_packet`) when nobody can tell
-    /// us better.
+    /// Takes the client's view of `isn_s` (see `handle_client_packet`) when this replica must
+    /// speak and no member told it better.
     fn adopt_isn_guess(&mut self) {
         if self.isn_s.is_none() {
             if let Some(g) = self.isn_s_guess {
@@ -1409,6 +1409,7 @@ impl FtConn {
             self.progress_dirty |= self.progress_repeats == 0;
             return;
         }
+        self.count_view_members();
         if !self.view_peers.contains(&from) {
             // It holds the connection, but our ACK gate never counted it (it opened the
             // connection with a stale view, or was out of the view for a while): it may lack
@@ -1438,6 +1439,14 @@ impl FtConn {
             }
         }
         let mut p = p;
+        if p.isn_s.is_none() && self.peers.get(&from).is_some_and(|e| e.isn_s.is_some()) {
+            // A member never forgets isn_s once it learned it: this report was written before
+            // the ones we already have (delivered late). Taking its "no isn_s" would wipe the
+            // member's output and FIN we recorded, and hold our FIN for a report the member
+            // already sent (FT_SEED=1795980482926737). Its other fields are cumulative.
+            p.isn_s = self.peers.get(&from).and_then(|e| e.isn_s);
+            p.out = None;
+        }
         if p.isn_s.is_none() || p.isn_s != self.isn_s {
             // Its output is numbered from another isn_s than ours: not comparable with ours.
             p.out = None;
@@ -1577,15 +1586,48 @@ impl FtConn {
         self.progress_dirty |= self.local_rcv_nxt.is_some() && !self.retired;
         self.view = members.to_vec();
         self.view_peers.retain(|id| members.contains(id));
-        if self.opener.is_some_and(|o| !self.view_peers.contains(&o)) {
-            self.adopt_isn_guess();
-        }
         let members = &self.view_peers;
         self.peers.retain(|id, _| members.contains(id));
         self.repair.retain(|id, _| members.contains(id));
         self.choose_speaker(now);
+        self.count_view_members();
         self.trim_log();
         self.maybe_repair(now);
+    }
+
+    /// A speaker the client has not acknowledged yet counts every member of its current view
+    /// that did not leave the connection, and holds its SYN-ACK for them. The client has sent
+    /// nothing but its SYN, acknowledged nothing but its SYN: a member that holds the SYN
+    /// holds everything, and the hold makes sure it does (the client resends its SYN to every
+    /// member of the authority's view), or, past `synack_hold_max`, has the authority exclude
+    /// it. Without this a speaker whose view was stale at the SYN (or that was promoted before
+    /// any SYN-ACK left) answered the client without a member the authority counted; when
+    /// the speaker left, that member, now the authority's speaker, had never had the
+    /// connection (FT_SEED=1795980482926031, 1795980482925454).
+    fn count_view_members(&mut self) {
+        if self.role != Role::Primary
+            || self.retired
+            || self.client_ack.is_some()
+            || self.synack_by_cookie
+        {
+            return;
+        }
+        let mut added = false;
+        for m in self.view.clone() {
+            if m != self.me
+                && !self.view_peers.contains(&m)
+                && !self.excluded.contains(&m)
+                && !self.departed.contains(&m)
+            {
+                self.view_peers.push(m);
+                added = true;
+            }
+        }
+        if added && !self.synack_paused {
+            // Our SYN-ACK may not have reached the client (a stale epoch is fenced): later
+            // copies wait for the new members, as at open.
+            self.synack_paused = true;
+        }
     }
 
     /// Applies the speaker rule to the current view and exclusions, and takes the role.
@@ -1642,6 +1684,7 @@ impl FtConn {
             // No SYN-ACK reached anyone yet: ours will be the one, once every member of the
             // new view holds the connection (the same hold as at open).
             self.synack_paused = true;
+            self.count_view_members();
             self.release_synack_if_ready(now);
             return;
         }
@@ -1744,7 +1787,11 @@ impl FtConn {
                     self.isn_s = self.local_isn;
                     self.init_shadow();
                 }
-                self.send_synack(p);
+                // A client that acknowledged an earlier copy (held again for members counted
+                // since, see `count_view_members`) needs no other.
+                if self.client_ack.is_none() {
+                    self.send_synack(p);
+                }
             }
             None => self.ep.pause_synack(false),
         }
@@ -1908,6 +1955,10 @@ impl FtConn {
             if self.end == OutputEnd::Open {
                 self.end = OutputEnd::Fin;
             }
+            // The speaker holds its FIN until every member reported one at the same point:
+            // report ours with the repeats of a change, not once (a lost report would leave
+            // the speaker waiting until its stall clock dropped us).
+            self.progress_dirty = true;
         }
         if seg.payload_len > 0 || seg.fin {
             if let Some(sh) = self.shadow.as_mut() {
@@ -2214,6 +2265,43 @@ mod tests {
         c.handle_client_packet(t, &first_ack(accepted.plus(1)));
         assert_eq!(c.isn_s, Some(accepted));
         assert_eq!(c.state(), TcpState::Established);
+    }
+
+    fn is_synack(p: &[u8]) -> bool {
+        rewrite::parse(p).is_some_and(|s| s.syn && s.ack_flag)
+    }
+
+    // A speaker whose view was stale at the SYN ([1] while the authority's was [1, 3]) sent
+    // its SYN-ACK, which the redirector fenced (FT_SEED=1795980482925454). Once it learns the
+    // view, and as long as the client acknowledged nothing, it counts 3 and holds further
+    // copies of its SYN-ACK until 3 reports (the client's resent SYN reaches 3 too).
+    #[test]
+    fn speaker_counts_members_of_a_newer_view_until_the_client_acknowledges() {
+        let t = Instant::from_millis(0);
+        let mut c = FtConn::new(
+            key(),
+            FtConfig::default(),
+            EndpointConfig::default(),
+            7,
+            t,
+            1,
+            &[1],
+        );
+        c.handle_client_packet(t, &syn());
+        c.poll(t);
+        assert!(c.take_to_client().iter().any(|p| is_synack(p)));
+        c.set_view(t, &[1, 3]);
+        assert_eq!(c.members(), &[3]);
+        // smoltcp resends its SYN-ACK after its RTO: held now.
+        let later = Instant::from_millis(1500);
+        c.poll(later);
+        assert!(!c.take_to_client().iter().any(|p| is_synack(p)));
+        let mut p = report(SeqNumber(1));
+        p.isn_s = None;
+        p.out = None;
+        c.handle_progress(later, 3, p);
+        c.poll(later);
+        assert!(c.take_to_client().iter().any(|p| is_synack(p)));
     }
 
     // An ACK the report's value explains (the client acknowledged some output) is no
