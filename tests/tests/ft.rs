@@ -485,10 +485,9 @@ fn a_replica_with_different_output_is_reported_and_never_takes_over() {
 /// `redis-cli DEBUG DIGEST` of the redis on `node` (port 8080 in its namespace).
 
 #[test]
-#[ignore = "flaky before issue #10's work too (1 of 4 runs on 91f9fe4): one backup's redis \
-            stops applying stamps (its DEBUG DIGEST stays at the state after the SET phase), a \
-            total-order stall of the kind issue #12 (finding 3) describes; run by hand with \
-            --ignored until that is fixed"]
+#[ignore = "flaky: the survivors' DEBUG DIGESTs differed in 1 of 3 runs on a4919a3 (1 of 4 \
+            on 91f9fe4, before issue #12's total-order fixes, which made the soak pass in \
+            total order); run by hand with --ignored until that is understood (issue #12)"]
 fn total_order_keeps_redis_replicas_identical_across_a_primary_kill() {
     if !netns_or_skip() {
         return;
