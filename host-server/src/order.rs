@@ -456,6 +456,13 @@ impl Sequencer {
             return;
         }
         self.stats.gone += 1;
+        tracing::warn!(
+            next = self.next,
+            oldest,
+            primary_next = next,
+            held = held.len(),
+            "the primary no longer keeps the stamps this replica needs: leaving every connection held"
+        );
         for &key in held {
             self.forget_conn(key, now);
         }
@@ -534,6 +541,7 @@ impl Sequencer {
         // before it was here): leave it.
         for &key in conns {
             if view(key).is_some() && self.is_foreign(key, now) && !self.abandoned.contains(&key) {
+                tracing::warn!(client = %key.client, "this connection's first stamps went by before it was here: leaving it");
                 self.forget_conn(key, now);
             }
         }
