@@ -184,6 +184,27 @@ impl SpeakerBook {
         }
     }
 
+    /// The return-path check, with one lookup: whether `sender` speaks for `key` among the
+    /// view's `members` (ids, primary first); if it does, its packet counts as
+    /// [`SpeakerBook::on_segment`] says (a reset or a close ends the record).
+    pub fn admit(
+        &mut self,
+        now: Instant,
+        key: &FlowKey,
+        mut members: impl Iterator<Item = PeerId>,
+        sender: PeerId,
+        flags: TcpFlags,
+    ) -> bool {
+        let Some(e) = self.entries.get(key) else {
+            return members.next() == Some(sender);
+        };
+        if members.find(|m| !e.excluded.contains(m)) != Some(sender) {
+            return false;
+        }
+        self.on_segment(now, key, false, flags);
+        true
+    }
+
     /// The connection ended (a reset passed): its record may go.
     pub fn forget(&mut self, key: &FlowKey) {
         self.entries.remove(key);

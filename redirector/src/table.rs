@@ -437,17 +437,13 @@ impl Table {
             if v.epoch != epoch {
                 return false;
             }
-            if self.speakers.is_empty() {
-                return v.members.first() == Some(&sender);
-            }
-            let excluded = self.speakers.excluded(&key);
-            let speaker = v.members.iter().find(|m| !excluded.contains(&m.0));
-            if speaker != Some(&sender) {
-                return false;
-            }
-            // A reset or a close ends the record (`SpeakerBook::on_segment`).
-            self.speakers.on_segment(now, &key, false, meta.flags);
-            return true;
+            return self.speakers.admit(
+                now,
+                &key,
+                v.members.iter().map(|m| m.0),
+                sender.0,
+                meta.flags,
+            );
         }
         match self.flows.get(&key) {
             Some(f) if f.host == sender => {
