@@ -4,7 +4,8 @@
 //! Heartbeat (host -> redirector): count (u16) then count entries of
 //!   service ip (4) | port (2) | mode (1) | hb ms (2) | timeout ms (2)
 //! View (redirector -> hosts; epoch and service in the header): count (u8) then entries of
-//!   node id (4) | tunnel ip (4) | port (2)          the first member is the primary
+//!   node id (4) | incarnation (8) | since (8) | tunnel ip (4) | port (2)
+//!   the first member is the primary; `since` is the epoch of the view it last joined
 //! Progress (host -> hosts): count (u16) then entries of
 //!   client ip (4) | client port (2) | service ip (4) | service port (2) |
 //!   isn_local (4) | has isn_s (1) | isn_s (4) | rcv_nxt (4) | edge (4) | hole_end (4) |
@@ -29,7 +30,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::ids::{Incarnation, ReplicaId};
+use crate::ids::{Epoch, Incarnation, ReplicaId};
 use crate::wire::WireError;
 
 /// How a port is served (`setportopt`'s mode).
@@ -175,6 +176,10 @@ pub struct Member {
     pub id: ReplicaId,
     /// Its life: a member restarted is a new one, and holds none of its old connections.
     pub incarnation: Incarnation,
+    /// The epoch of the view it last joined. It has been a member of every view since; a
+    /// member whose `since` changed was out of the view in between (a partition, a false
+    /// detection) and holds none of the connections it had (it missed their client bytes).
+    pub since: Epoch,
     /// Where it takes tunnel and ack-channel datagrams (its heartbeat's word).
     pub addr: SocketAddrV4,
 }
@@ -183,7 +188,7 @@ pub struct Member {
 /// the datagram header.
 ///
 /// ```text
-/// | count (u8) | count × ( id(4) incarnation(8) ip(4) port(2) ) |
+/// | count (u8) | count × ( id(4) incarnation(8) since(8) ip(4) port(2) ) |
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct View {
@@ -191,7 +196,7 @@ pub struct View {
     pub members: Vec<Member>,
 }
 
-const MEMBER_LEN: usize = 18;
+const MEMBER_LEN: usize = 26;
 
 impl View {
     /// Serializes into a payload (at most 255 members).
@@ -202,6 +207,7 @@ impl View {
         for m in &self.members[..n] {
             out.extend_from_slice(&m.id.0.to_be_bytes());
             out.extend_from_slice(&m.incarnation.0.to_be_bytes());
+            out.extend_from_slice(&m.since.0.to_be_bytes());
             emit_addr(&mut out, m.addr);
         }
         out
@@ -217,10 +223,9 @@ impl View {
             .chunks_exact(MEMBER_LEN)
             .map(|e| Member {
                 id: ReplicaId(be_u32(e, 0)),
-                incarnation: Incarnation(u64::from_be_bytes([
-                    e[4], e[5], e[6], e[7], e[8], e[9], e[10], e[11],
-                ])),
-                addr: addr_at(e, 12),
+                incarnation: Incarnation(be_u64(e, 4)),
+                since: Epoch(be_u64(e, 12)),
+                addr: addr_at(e, 20),
             })
             .collect();
         Ok(View { members })
@@ -245,6 +250,13 @@ fn entries(b: &[u8], len: usize) -> Result<&[u8], WireError> {
 /// The big-endian u32 at `i` of an entry whose length `entries` checked.
 fn be_u32(e: &[u8], i: usize) -> u32 {
     u32::from_be_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]])
+}
+
+/// The big-endian u64 at `i` of an entry whose length was checked.
+fn be_u64(e: &[u8], i: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&e[i..i + 8]);
+    u64::from_be_bytes(b)
 }
 
 /// One replica's cumulative progress on one ft connection.
@@ -640,13 +652,14 @@ mod tests {
         }
 
         #[test]
-        fn view_round_trips(members in proptest::collection::vec((any::<u32>(), any::<u64>(), any::<u32>(), any::<u16>()), 0..20)) {
+        fn view_round_trips(members in proptest::collection::vec((any::<u32>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<u16>()), 0..20)) {
             let v = View {
                 members: members
                     .into_iter()
-                    .map(|(id, inc, ip, port)| Member {
+                    .map(|(id, inc, since, ip, port)| Member {
                         id: ReplicaId(id),
                         incarnation: Incarnation(inc),
+                        since: Epoch(since),
                         addr: SocketAddrV4::new(Ipv4Addr::from(ip), port),
                     })
                     .collect(),

@@ -31,7 +31,7 @@ pub const MAC_LEN: usize = 16;
 /// The magic number "HN".
 pub const MAGIC: u16 = 0x484e;
 /// The only version this code speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 
 mod field {
     use std::ops::Range;
@@ -356,7 +356,7 @@ mod tests {
         assert_eq!(
             &buf[..HEADER_LEN],
             &[
-                b'H', b'N', 2, 2, 0, 0, 0, 0, // magic, version, type, flags, reserved
+                b'H', b'N', 3, 2, 0, 0, 0, 0, // magic, version, type, flags, reserved
                 0, 0, 0xc6, 0x13, 0, 0x0a, 0, 0x50, // service
                 0, 0, 0, 0, 0, 0, 0, 7, // epoch
                 0, 0, 0, 2, // sender

@@ -128,7 +128,7 @@ fn expected_header(b: &[u8]) -> Result<Header, WireError> {
     if b[..2] != *b"HN" {
         return Err(WireError::BadMagic);
     }
-    if b[2] != 2 {
+    if b[2] != 3 {
         return Err(WireError::Version(b[2]));
     }
     if b[6..8] != [0, 0] {
@@ -326,7 +326,7 @@ enum GenPayload {
         #[generator(Vec::produce().with().len(0usize..=40))] Vec<GenService>,
     ),
     /// Up to 300 members: `View::emit` keeps the first 255.
-    View(#[generator(Vec::produce().with().len(0usize..=300))] Vec<(u32, u64, GenAddr)>),
+    View(#[generator(Vec::produce().with().len(0usize..=300))] Vec<(u32, u64, u64, GenAddr)>),
     Progress(#[generator(Vec::produce().with().len(0usize..=45))] Vec<GenProgress>),
     Digests(#[generator(Vec::produce().with().len(0usize..=40))] Vec<GenDigest>),
     Order(#[generator(Vec::produce().with().len(0usize..=64))] Vec<GenOrder>),
@@ -370,9 +370,10 @@ impl Value {
             GenPayload::View(m) => Value::View(View {
                 members: m
                     .iter()
-                    .map(|(id, inc, a)| Member {
+                    .map(|(id, inc, since, a)| Member {
                         id: ReplicaId(*id),
                         incarnation: Incarnation(*inc),
+                        since: Epoch(*since),
                         addr: a.get(),
                     })
                     .collect(),
@@ -667,10 +668,11 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
     }
     .emit();
     let view = View {
-        members: (1..=3)
+        members: (1..=2)
             .map(|i| Member {
                 id: ReplicaId(i),
                 incarnation: Incarnation(1_800_000_000_000_000_000 + u64::from(i)),
+                since: Epoch(1_800_000_000_000_000 + u64::from(i)),
                 addr: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, i as u8), 7100),
             })
             .collect(),

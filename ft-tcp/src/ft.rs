@@ -342,6 +342,8 @@ pub struct FtStats {
     pub members_dropped: u64,
     /// Resets our stack made up by itself, never sent (only decided resets leave).
     pub resets_suppressed: u64,
+    /// Times this replica left the connection because it was out of the view.
+    pub left_out_of_view: u64,
 }
 
 impl std::fmt::Debug for FtConn {
@@ -1585,6 +1587,17 @@ impl FtConn {
         // a connection where nothing else moves.
         self.progress_dirty |= self.local_rcv_nxt.is_some() && !self.retired;
         self.view = members.to_vec();
+        if !members.contains(&self.me) && !self.retired {
+            // We are out of the view: the speaker stopped counting us in its ACK gate, and
+            // client bytes go on without us. Were we ever made the speaker (back in a later
+            // view, every member before us gone) we would lack bytes the client saw
+            // acknowledged. The host shows us a view without us also when it learns we were
+            // out only from our `since` (we missed that view). No request: the authority
+            // does not take one from a non-member, and no speaker waits for us.
+            tracing::info!(conn = ?self.key, "out of the view: leaving the connection for good");
+            self.stats.left_out_of_view += 1;
+            self.retire();
+        }
         self.view_peers.retain(|id| members.contains(id));
         let members = &self.view_peers;
         self.peers.retain(|id, _| members.contains(id));

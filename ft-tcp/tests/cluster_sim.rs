@@ -118,6 +118,10 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     (1795980482926440, Harness::Cluster),
     (1795980482926031, Harness::Cluster),
     (1795980482925454, Harness::Cluster),
+    // A member partitioned out of the view and back at its end was made the speaker of a
+    // connection whose other holders had gone, lacking the client bytes of its time out:
+    // views now carry each member's `since`, and a member that was out leaves.
+    (1796100000000444, Harness::Cluster),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +251,8 @@ enum Msg {
         to: u32,
         epoch: u64,
         members: Vec<u32>,
+        /// Per member, the epoch of the view it last joined.
+        since: Vec<u64>,
     },
 }
 
@@ -295,9 +301,10 @@ struct HostConn {
 struct Replica {
     alive: bool,
     partitioned: bool,
-    /// The newest view it received: epoch, members.
+    /// The newest view it received: epoch, members, and when each member last joined.
     epoch: u64,
     view: Option<Vec<u32>>,
+    since: Vec<u64>,
     conns: Vec<Option<HostConn>>,
     /// Bytes its backend moves per step at most (a slow backend makes the replica lag).
     rate: usize,
@@ -354,6 +361,8 @@ struct Sim {
     replicas: Vec<Replica>,
     /// The redirector's view.
     view: Vec<u32>,
+    /// Per member of the view, the epoch of the view it last joined.
+    since: HashMap<u32, u64>,
     epoch: u64,
     /// The redirector's speaker book: who may speak for each connection.
     book: SpeakerBook,
@@ -530,6 +539,7 @@ impl Sim {
             late,
             replicas: Vec::new(),
             view: Vec::new(),
+            since: HashMap::new(),
             epoch: 0,
             book: SpeakerBook::new(65536),
             // The harness is the I/O shell: any instant will do as the book's origin.
@@ -565,6 +575,7 @@ impl Sim {
             partitioned: false,
             epoch: 0,
             view: None,
+            since: Vec::new(),
             conns: (0..self.conns.len()).map(|_| None).collect(),
             rate,
             backend_dead: None,
@@ -576,6 +587,11 @@ impl Sim {
 
     fn new_view(&mut self) {
         self.epoch += 1;
+        let (view, epoch) = (&self.view, self.epoch);
+        self.since.retain(|m, _| view.contains(m));
+        for m in view {
+            self.since.entry(*m).or_insert(epoch);
+        }
         self.log.push(format!(
             "{} ms: view {} = {:?}",
             self.now.total_millis(),
@@ -592,6 +608,7 @@ impl Sim {
                     to,
                     epoch: self.epoch,
                     members: self.view.clone(),
+                    since: self.view.iter().map(|m| self.since[m]).collect(),
                 };
                 self.send(Link::View, m);
             }
@@ -753,14 +770,39 @@ impl Sim {
                 pkt,
             } => self.on_return_path(from, epoch, conn, pkt),
             Msg::ToReplica { to, conn, pkt } => self.on_client_packet(to as usize, conn, pkt),
-            Msg::View { to, epoch, members } => {
+            Msg::View {
+                to,
+                epoch,
+                members,
+                since,
+            } => {
                 let rep = &mut self.replicas[to as usize];
-                // The host keeps the newest view only (dataplane.rs, on_view).
+                // The host keeps the newest view only, and a member whose `since` changed
+                // was out in between: the connections see a view without it first
+                // (dataplane.rs, on_view).
                 if epoch <= rep.epoch {
                     return;
                 }
+                let held = rep.view.as_deref().unwrap_or_default();
+                let back: Vec<u32> = held
+                    .iter()
+                    .zip(&rep.since)
+                    .filter(|(m, s)| members.iter().zip(&since).any(|(n, t)| n == *m && t != *s))
+                    .map(|(m, _)| *m)
+                    .collect();
+                if !back.is_empty() {
+                    let without: Vec<u32> = members
+                        .iter()
+                        .copied()
+                        .filter(|m| !back.contains(m))
+                        .collect();
+                    for h in rep.conns.iter_mut().flatten() {
+                        h.ft.set_view(now, &without);
+                    }
+                }
                 rep.epoch = epoch;
                 rep.view = Some(members.clone());
+                rep.since = since;
                 for h in rep.conns.iter_mut().flatten() {
                     h.ft.set_view(now, &members);
                     h.dirty = true;

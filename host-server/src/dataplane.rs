@@ -538,6 +538,13 @@ impl HostMetrics {
             self.ft.exclusion_notices.get(),
         );
         e.sample(
+            "hydra_ft_left_out_of_view_total",
+            "counter",
+            "Connections this host left because it was out of the view (back in it, it never speaks for them)",
+            "",
+            self.ft.left_out_of_view.get(),
+        );
+        e.sample(
             "hydra_ft_divergent_members",
             "gauge",
             "Members (per connection) whose output differs from the primary's where it matters",
@@ -876,6 +883,9 @@ struct ServiceView {
     /// datagram stamped with an older epoch was sealed before we joined (recorded before we
     /// restarted, or a peer's message for our earlier life) and is refused.
     joined: Epoch,
+    /// The life of the authority that sent the view: members' `since` epochs compare only
+    /// within one.
+    authority: Incarnation,
 }
 
 impl ServiceView {
@@ -942,6 +952,9 @@ pub struct FtMetrics {
     pub exclusion_requests: Counter,
     /// Exclusion notices received from the view authority.
     pub exclusion_notices: Counter,
+    /// Connections this host left because it was out of the view (it missed their client
+    /// bytes while out; back in the view, it never speaks for them).
+    pub left_out_of_view: Counter,
     /// Total order (see `order.rs`): what the sequencers did and where they hit a bound.
     pub order: OrderMetrics,
 }
@@ -1354,7 +1367,13 @@ impl Dataplane {
                     Err(_) => m.dropped_malformed.inc(),
                 },
                 MsgType::View => match View::parse(payload) {
-                    Ok(v) => self.on_view(header.service.addr(), header.epoch, v, dirty),
+                    Ok(v) => self.on_view(
+                        header.service.addr(),
+                        header.epoch,
+                        header.sender_incarnation,
+                        v,
+                        dirty,
+                    ),
                     Err(_) => m.dropped_malformed.inc(),
                 },
                 // Its news (the redirector's life) was taken above.
@@ -2162,9 +2181,19 @@ impl Dataplane {
     /// Taken only if newer than the one held, and only once a view has named this host in
     /// its current life: views for an earlier life (recorded, or sent before the redirector
     /// heard that we restarted) are not ours, and we never act as the member the old life
-    /// was. A member whose life changed restarted: it leaves every connection first (it
-    /// holds none of them) and joins only the new ones.
-    fn on_view(&mut self, service: SocketAddrV4, epoch: Epoch, v: View, dirty: &mut Vec<usize>) {
+    /// was. A member whose life changed restarted, and one whose `since` changed was out of
+    /// the view in between (we may have missed the views that said so): it leaves every
+    /// connection first (it holds none of them, or missed their client bytes) and joins only
+    /// the new ones. If that member is this host, it leaves its own connections. A
+    /// restarted authority numbers `since` afresh, so then only lives are compared.
+    fn on_view(
+        &mut self,
+        service: SocketAddrV4,
+        epoch: Epoch,
+        authority: Incarnation,
+        v: View,
+        dirty: &mut Vec<usize>,
+    ) {
         let held = self.views.get(&service);
         if held.is_some_and(|h| h.epoch >= epoch) {
             return;
@@ -2178,8 +2207,10 @@ impl Dataplane {
                 h.members
                     .iter()
                     .filter(|m| {
-                        v.member(m.id)
-                            .is_some_and(|n| n.incarnation != m.incarnation)
+                        v.member(m.id).is_some_and(|n| {
+                            n.incarnation != m.incarnation
+                                || (h.authority == authority && n.since != m.since)
+                        })
                     })
                     .map(|m| m.id)
                     .collect::<Vec<_>>(),
@@ -2194,7 +2225,7 @@ impl Dataplane {
         tracing::info!(%service, epoch = epoch.0, ?members, me = %self.me, "new view");
         if !restarted.is_empty() {
             let ids: Vec<u32> = restarted.iter().map(|r| r.0).collect();
-            tracing::warn!(%service, restarted = ?ids, "members restarted: they leave every connection they held");
+            tracing::warn!(%service, members = ?ids, "members restarted or were out of the view since the last view we hold: they leave every connection they held");
             let without: Vec<u32> = v
                 .members
                 .iter()
@@ -2211,6 +2242,7 @@ impl Dataplane {
                 epoch,
                 members: v.members,
                 joined,
+                authority,
             },
         );
         let new_primary = self.primary_of(service);
@@ -2270,10 +2302,14 @@ impl Dataplane {
             if let Tcp::Ft(f) = &mut c.tcp {
                 let was = f.role();
                 let skips = f.stats.divergent_skips;
+                let out = f.stats.left_out_of_view;
                 f.set_view(now, members);
                 if f.stats.divergent_skips > skips {
                     self.shared.metrics.ft.divergent_skips.inc();
                     tracing::warn!(client = %c.key.client, "passed over a member whose output differs from the old primary's");
+                }
+                if f.stats.left_out_of_view > out {
+                    self.shared.metrics.ft.left_out_of_view.inc();
                 }
                 if was == Role::Backup && f.role() == Role::Primary {
                     self.shared.metrics.ft.promotions.inc();

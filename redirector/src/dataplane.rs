@@ -349,6 +349,7 @@ fn broadcast_view(shared: &Shared, udp: &UdpSocket, service: std::net::SocketAdd
                     SocketAddr::V4(addr) => Some(Member {
                         id: *m,
                         incarnation: h.incarnation,
+                        since: v.since.get(m).copied().unwrap_or(v.epoch),
                         addr,
                     }),
                     SocketAddr::V6(_) => None,

@@ -52,6 +52,9 @@ pub struct FtView {
     pub epoch: Epoch,
     /// Live replicas in order; the first is the primary.
     pub members: Vec<ReplicaId>,
+    /// Per member, the epoch of the view it last joined. Views carry it: a member whose
+    /// `since` changed was out in between and holds none of its old connections.
+    pub since: BTreeMap<ReplicaId, Epoch>,
     /// The detector timeout the service asked for.
     pub timeout: Duration,
 }
@@ -212,12 +215,14 @@ impl Table {
             let v = self.views.entry(ad.addr).or_insert_with(|| FtView {
                 epoch: base,
                 members: Vec::new(),
+                since: BTreeMap::new(),
                 timeout: Duration::from_millis(25),
             });
             v.timeout = Duration::from_millis(u64::from(ad.timeout_ms.max(1)));
             if !v.members.contains(&id) {
                 v.members.push(id);
                 v.epoch = Epoch(v.epoch.0 + 1);
+                v.since.insert(id, v.epoch);
                 events.push(HostEvent::ViewChanged(ad.addr, v.epoch, v.members.clone()));
             }
         }
@@ -879,6 +884,36 @@ mod tests {
             (records, stats.excluded, stats.refused_not_speaker),
             (0, 2, 1)
         );
+    }
+
+    #[test]
+    fn a_member_back_in_the_view_after_leaving_it_has_a_new_since_and_the_others_keep_theirs() {
+        let t0 = crate::dataplane::clock();
+        let mut t = Table::new(Duration::from_millis(300)).with_epoch_base(Epoch(1_000));
+        join_ft(&mut t, t0, 3);
+        let since = |t: &Table| {
+            let v = t.view(svc()).unwrap();
+            v.members
+                .iter()
+                .map(|m| (m.0, v.since[m].0))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(since(&t), vec![(1, 1_001), (2, 1_002), (3, 1_003)]);
+        let addr = |i: u32| format!("198.18.{i}.2:7000").parse().unwrap();
+        // h2 falls silent (a partition) and leaves the view; h1 and h3 stay.
+        let t1 = t0 + Duration::from_millis(30);
+        for i in [1, 3] {
+            beat(&mut t, t1, ReplicaId(i), addr(i), ft_hb());
+        }
+        t.expire(t1);
+        assert_eq!(since(&t), vec![(1, 1_001), (3, 1_003)]);
+        // It is heard again, in the same life: back at the end, a member since the new epoch.
+        beat(&mut t, t1, ReplicaId(2), addr(2), ft_hb());
+        assert_eq!(t.view(svc()).unwrap().epoch, Epoch(1_005));
+        assert_eq!(since(&t), vec![(1, 1_001), (3, 1_003), (2, 1_005)]);
+        // Heartbeats of members already in the view change nothing.
+        beat(&mut t, t1, ReplicaId(1), addr(1), ft_hb());
+        assert_eq!(since(&t), vec![(1, 1_001), (3, 1_003), (2, 1_005)]);
     }
 
     #[test]

@@ -210,6 +210,17 @@ fn partitioned_primary_is_replaced_and_fenced_after_heal() {
         "the old primary reached the client after the heal"
     );
     assert_ne!(lab.primary(), old, "the old primary took its role back");
+    // Back in the view (at its end, with a new `since`), it left the download: it missed the
+    // client's bytes of its time out, so no later view may make it the speaker.
+    assert!(
+        lab.members().contains(&old),
+        "{old} did not rejoin the view"
+    );
+    let left = metric(&lab.metrics(&old), "hydra_ft_left_out_of_view_total");
+    assert!(
+        left >= 1,
+        "{old} kept the connection it was partitioned from"
+    );
 }
 
 /// Client-visible pause at failover: a kernel-TCP client reads a paced stream and

@@ -141,6 +141,7 @@ fn datagrams_for_another_node_an_earlier_life_or_from_a_non_authority_are_refuse
         members: vec![Member {
             id: ReplicaId(2),
             incarnation: h2_old,
+            since: Epoch(before_restart.0 + 1000),
             addr: h2_addr.parse().unwrap(),
         }],
     };
