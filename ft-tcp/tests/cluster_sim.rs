@@ -122,6 +122,11 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     // connection whose other holders had gone, lacking the client bytes of its time out:
     // views now carry each member's `since`, and a member that was out leaves.
     (1796100000000444, Harness::Cluster),
+    // A speaker promoted before the client acknowledged any SYN-ACK sent one at once, without
+    // waiting for a member of its view that had missed every SYN (it joined as the client sent
+    // it); the gate then waited for that member, and once the speaker crashed nobody held the
+    // connection.
+    (1796300000000862, Harness::Cluster),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
