@@ -127,6 +127,9 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     // it); the gate then waited for that member, and once the speaker crashed nobody held the
     // connection.
     (1796300000000862, Harness::Cluster),
+    // A primary partitioned out, back after every view it missed: it learns it was out from
+    // its `since` alone and must leave (it had missed the client's FIN).
+    (1796400000001494, Harness::Cluster),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +216,8 @@ enum Msg {
     },
     ToReplica {
         to: u32,
+        /// The redirector's epoch when it sent the packet (the datagram header's).
+        epoch: u64,
         conn: usize,
         pkt: Vec<u8>,
     },
@@ -235,11 +240,7 @@ enum Msg {
         d: ft_tcp::agreement::BlockDigest,
     },
     /// A replica asks the redirector to exclude `member` from the connection.
-    Request {
-        from: u32,
-        conn: usize,
-        member: u32,
-    },
+    Request { from: u32, conn: usize, member: u32 },
     /// The redirector's notice: every member excluded from the connection.
     Notice {
         to: u32,
@@ -290,6 +291,8 @@ enum Link {
 /// the client's FIN once it said everything.
 struct HostConn {
     ft: FtConn,
+    /// The epoch of the packet that opened it here (dataplane.rs, `Conn::opened`).
+    opened: u64,
     input: Vec<u8>,
     /// How much of `input` was checked already.
     input_checked: usize,
@@ -567,6 +570,7 @@ impl Sim {
         for r in &mut sim.replicas {
             r.epoch = sim.epoch;
             r.view = Some(sim.view.clone());
+            r.since = sim.view.iter().map(|m| sim.since[m]).collect();
         }
         sim
     }
@@ -774,7 +778,12 @@ impl Sim {
                 conn,
                 pkt,
             } => self.on_return_path(from, epoch, conn, pkt),
-            Msg::ToReplica { to, conn, pkt } => self.on_client_packet(to as usize, conn, pkt),
+            Msg::ToReplica {
+                to,
+                epoch,
+                conn,
+                pkt,
+            } => self.on_client_packet(to as usize, epoch, conn, pkt),
             Msg::View {
                 to,
                 epoch,
@@ -782,26 +791,28 @@ impl Sim {
                 since,
             } => {
                 let rep = &mut self.replicas[to as usize];
-                // The host keeps the newest view only, and a member whose `since` changed
-                // was out in between: the connections see a view without it first
-                // (dataplane.rs, on_view).
+                // The host keeps the newest view only. A member whose `since` changed was
+                // out in between: a connection opened here before it came back sees a view
+                // without it first (dataplane.rs, on_view).
                 if epoch <= rep.epoch {
                     return;
                 }
                 let held = rep.view.as_deref().unwrap_or_default();
-                let back: Vec<u32> = held
+                let back: Vec<(u32, u64)> = held
                     .iter()
                     .zip(&rep.since)
-                    .filter(|(m, s)| members.iter().zip(&since).any(|(n, t)| n == *m && t != *s))
-                    .map(|(m, _)| *m)
+                    .filter_map(|(m, s)| {
+                        let (_, t) = members.iter().zip(&since).find(|(n, _)| *n == m)?;
+                        (t != s).then_some((*m, *t))
+                    })
                     .collect();
-                if !back.is_empty() {
+                for h in rep.conns.iter_mut().flatten() {
                     let without: Vec<u32> = members
                         .iter()
                         .copied()
-                        .filter(|m| !back.contains(m))
+                        .filter(|m| !back.iter().any(|(b, t)| b == m && *t > h.opened))
                         .collect();
-                    for h in rep.conns.iter_mut().flatten() {
+                    if without.len() < members.len() {
                         h.ft.set_view(now, &without);
                     }
                 }
@@ -1013,7 +1024,7 @@ impl Sim {
     }
 
     /// A client packet reaches host `r` (dataplane.rs, on_client_packet).
-    fn on_client_packet(&mut self, r: usize, c: usize, pkt: Vec<u8>) {
+    fn on_client_packet(&mut self, r: usize, epoch: u64, c: usize, pkt: Vec<u8>) {
         let now = self.now;
         let seed = self.seed;
         let rep = &mut self.replicas[r];
@@ -1080,6 +1091,7 @@ impl Sim {
             };
             let mut h = HostConn {
                 ft,
+                opened: epoch,
                 input: Vec::new(),
                 input_checked: 0,
                 pending: self.conns[c].banner.iter().copied().collect(),
@@ -1351,6 +1363,7 @@ impl Sim {
             for to in self.view.clone() {
                 let m = Msg::ToReplica {
                     to,
+                    epoch: self.epoch,
                     conn: c,
                     pkt: pkt.clone(),
                 };

@@ -795,6 +795,9 @@ impl Backend {
 
 struct Conn {
     key: FlowKey,
+    /// The epoch of the client packet that opened it here. A member back in the view since
+    /// a later epoch (it was out, or restarted) was no member of it then, or left it since.
+    opened: Epoch,
     tcp: Tcp,
     backend: Backend,
     /// Readiness of the backend socket, as the poller last reported it.
@@ -1358,7 +1361,7 @@ impl Dataplane {
             match header.msg_type {
                 MsgType::ToHost => {
                     let packet = payload.to_vec();
-                    if let Some(id) = self.on_client_packet(&packet) {
+                    if let Some(id) = self.on_client_packet(&packet, header.epoch) {
                         dirty.push(id);
                     }
                 }
@@ -1431,7 +1434,8 @@ impl Dataplane {
     }
 
     /// Delivers one client packet; returns the connection it touched.
-    fn on_client_packet(&mut self, packet: &[u8]) -> Option<usize> {
+    /// A client packet the redirector sent under view `epoch`.
+    fn on_client_packet(&mut self, packet: &[u8], epoch: Epoch) -> Option<usize> {
         let m = &self.shared.metrics;
         // Checked before anything acts on it: a damaged ACK must not move the FT layer's
         // client_ack, damaged bytes must not enter the repair log.
@@ -1484,7 +1488,7 @@ impl Dataplane {
                 self.on_syn(key, packet);
                 return None;
             }
-            None => self.on_handshake_ack(key, &meta, now)?,
+            None => self.on_handshake_ack(key, &meta, now, epoch)?,
         };
         if (meta.flags.rst || meta.is_syn()) && !self.screen_rst_syn(id, &meta) {
             return None;
@@ -1718,7 +1722,13 @@ impl Dataplane {
 
     /// A non-SYN segment of no known connection: the handshake ACK of a SYN this service
     /// answered (the cookie checks), or a stray.
-    fn on_handshake_ack(&mut self, key: FlowKey, meta: &TcpMeta, now: SInstant) -> Option<usize> {
+    fn on_handshake_ack(
+        &mut self,
+        key: FlowKey,
+        meta: &TcpMeta,
+        now: SInstant,
+        epoch: Epoch,
+    ) -> Option<usize> {
         let cookie = (meta.flags.ack && !meta.flags.rst).then(|| {
             let client_isn = SeqNumber(meta.seq.wrapping_sub(1));
             let isn_s = SeqNumber(meta.ack.wrapping_sub(1));
@@ -1729,7 +1739,7 @@ impl Dataplane {
             Some((syncookie::rebuild_syn(key, client_isn, opts), isn_s))
         });
         if let Some(Some((syn, isn_s))) = cookie {
-            return self.open(key, now, &syn, isn_s);
+            return self.open(key, now, &syn, isn_s, epoch);
         }
         if self.views.contains_key(&key.service) {
             // ft: another replica may hold it; never reset a connection we lack.
@@ -1767,7 +1777,14 @@ impl Dataplane {
     /// Builds a connection whose client completed the handshake against the cookie `isn_s`
     /// (`syn` is its SYN, rebuilt from the cookie), and connects to the backend: the first
     /// moment anything is spent on it.
-    fn open(&mut self, key: FlowKey, now: SInstant, syn: &[u8], isn_s: SeqNumber) -> Option<usize> {
+    fn open(
+        &mut self,
+        key: FlowKey,
+        now: SInstant,
+        syn: &[u8],
+        isn_s: SeqNumber,
+        epoch: Epoch,
+    ) -> Option<usize> {
         let opt = {
             // INVARIANT: no code panics while holding the lock.
             let services = self.shared.services.lock().expect("services lock");
@@ -1821,6 +1838,7 @@ impl Dataplane {
         self.shared.metrics.syn_cookies_accepted.inc();
         let mut conn = Conn {
             key,
+            opened: epoch,
             tcp,
             backend: Backend::Aborted,
             readable: false,
@@ -2201,18 +2219,17 @@ impl Dataplane {
         let named = v
             .member(self.me)
             .is_some_and(|m| m.incarnation == self.sealer.incarnation());
-        let (joined, restarted) = match held {
+        let (joined, back) = match held {
             Some(h) => (
                 h.joined,
                 h.members
                     .iter()
-                    .filter(|m| {
-                        v.member(m.id).is_some_and(|n| {
-                            n.incarnation != m.incarnation
-                                || (h.authority == authority && n.since != m.since)
-                        })
+                    .filter_map(|m| {
+                        let n = v.member(m.id)?;
+                        (n.incarnation != m.incarnation
+                            || (h.authority == authority && n.since != m.since))
+                            .then_some((m.id.0, n.since))
                     })
-                    .map(|m| m.id)
                     .collect::<Vec<_>>(),
             ),
             None if named => (epoch, Vec::new()),
@@ -2223,16 +2240,9 @@ impl Dataplane {
         };
         let members: Vec<String> = v.members.iter().map(|m| m.id.0.to_string()).collect();
         tracing::info!(%service, epoch = epoch.0, ?members, me = %self.me, "new view");
-        if !restarted.is_empty() {
-            let ids: Vec<u32> = restarted.iter().map(|r| r.0).collect();
-            tracing::warn!(%service, members = ?ids, "members restarted or were out of the view since the last view we hold: they leave every connection they held");
-            let without: Vec<u32> = v
-                .members
-                .iter()
-                .filter(|m| !restarted.contains(&m.id))
-                .map(|m| m.id.0)
-                .collect();
-            self.apply_members(service, &without, dirty);
+        if !back.is_empty() {
+            let ids: Vec<u32> = back.iter().map(|(id, _)| *id).collect();
+            tracing::warn!(%service, members = ?ids, "members restarted or were out of the view since the last view we hold: they leave every connection opened before they came back");
         }
         self.shared.metrics.ft.views.inc();
         let old_primary = self.primary_of(service);
@@ -2289,11 +2299,20 @@ impl Dataplane {
         let Some(members) = self.members_of(service) else {
             return;
         };
-        self.apply_members(service, &members, dirty);
+        self.apply_members(service, &members, &back, dirty);
     }
 
-    /// Tells every connection of `service` its members (primary first).
-    fn apply_members(&mut self, service: SocketAddrV4, members: &[u32], dirty: &mut Vec<usize>) {
+    /// Tells every connection of `service` its members (primary first). The members in
+    /// `back` (each with the epoch since which it is a member again) restarted or were out
+    /// of the view: a connection opened before that sees a view without them first, so
+    /// that it drops them for good (or leaves, if one is this host).
+    fn apply_members(
+        &mut self,
+        service: SocketAddrV4,
+        members: &[u32],
+        back: &[(u32, Epoch)],
+        dirty: &mut Vec<usize>,
+    ) {
         let now = self.stamp(Instant::now());
         for (id, c) in self.conns.iter_mut() {
             if c.key.service != service {
@@ -2303,6 +2322,15 @@ impl Dataplane {
                 let was = f.role();
                 let skips = f.stats.divergent_skips;
                 let out = f.stats.left_out_of_view;
+                let opened = c.opened;
+                let without: Vec<u32> = members
+                    .iter()
+                    .copied()
+                    .filter(|m| !back.iter().any(|(b, since)| b == m && *since > opened))
+                    .collect();
+                if without.len() < members.len() {
+                    f.set_view(now, &without);
+                }
                 f.set_view(now, members);
                 if f.stats.divergent_skips > skips {
                     self.shared.metrics.ft.divergent_skips.inc();
