@@ -86,7 +86,7 @@
 //!   different chunk has diverged (it did not answer the sync in time). It leaves every
 //!   connection it holds, as after "gone", instead of waiting for bytes that never come.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use ft_tcp::FlowKey;
@@ -232,6 +232,9 @@ pub struct Sequencer {
     stuck_told: bool,
     /// The stamp a backup waits at for its connection's bytes, and since when.
     starving: Option<(u64, Instant)>,
+    /// Connections this replica made the host leave and still holds (a primary goes on
+    /// stamping them for the other members): left once, not again at every turn.
+    left: HashSet<FlowKey>,
     stats: OrderStats,
 }
 
@@ -261,6 +264,7 @@ impl Sequencer {
             moved: None,
             stuck_told: false,
             starving: None,
+            left: HashSet::new(),
             stats: OrderStats::default(),
         }
     }
@@ -479,7 +483,7 @@ impl Sequencer {
     /// Marks `key` foreign and abandoned (the host makes this member leave it if held).
     fn forget_conn(&mut self, key: FlowKey, now: Instant) {
         self.foreign.insert(key, now);
-        if !self.abandoned.contains(&key) {
+        if self.left.insert(key) {
             self.abandoned.push(key);
             self.stats.abandoned += 1;
         }
@@ -537,10 +541,17 @@ impl Sequencer {
         conns: &[FlowKey],
         view: impl Fn(FlowKey) -> Option<ConnView>,
     ) -> Option<(FlowKey, u32)> {
+        // Connections no longer held are left for good (a 4-tuple that comes back is a new
+        // connection, foreign or not).
+        if !self.left.is_empty() {
+            let held: HashSet<&FlowKey> = conns.iter().collect();
+            self.left.retain(|k| held.contains(k));
+        }
         // A connection held and followed here that went foreign (its first chunks went by
-        // before it was here): leave it.
+        // before it was here): leave it, once (a primary's view still shows a connection it
+        // left, which it stamps on for the other members).
         for &key in conns {
-            if view(key).is_some() && self.is_foreign(key, now) && !self.abandoned.contains(&key) {
+            if view(key).is_some() && self.is_foreign(key, now) && !self.left.contains(&key) {
                 tracing::warn!(client = %key.client, "this connection's first stamps went by before it was here: leaving it");
                 self.forget_conn(key, now);
             }
@@ -904,6 +915,40 @@ mod tests {
         assert_eq!(s.take_abandoned(), vec![a]);
         let st = s.take_stats();
         assert_eq!((st.starved, st.skipped), (1, 1));
+    }
+
+    #[test]
+    fn a_connection_left_for_going_foreign_is_left_once() {
+        let t0 = Instant::now();
+        let (held, late) = (key(1), key(5));
+        let mut p = Sequencer::new(Duration::ZERO);
+        // `late`'s first stamp went by before this replica held it (it became foreign), then
+        // this replica became primary and holds it, left, and stamps it on for the others:
+        // its view still shows it.
+        p.on_stamps(
+            &[Stamp {
+                stamp: 0,
+                key: late,
+                len: 4,
+            }],
+            t0,
+        );
+        let t1 = t0 + UNKNOWN_CONN_WAIT;
+        let only_held = |k: FlowKey| if k == held { pending(0) } else { None };
+        assert_eq!(p.next_grant(t1, false, &[held], only_held), None);
+        assert_eq!(p.take_stats().skipped, 1);
+        p.on_primary_changed(true, t1);
+        let t2 = t1 + SYNC_WAIT;
+        for i in 0..3 {
+            let _ = p.next_grant(t2, true, &[held, late], |_| pending(0));
+            let left = p.take_abandoned();
+            if i == 0 {
+                assert_eq!(left, vec![late]);
+            } else {
+                assert!(left.is_empty(), "left again at turn {i}: {left:?}");
+            }
+        }
+        assert_eq!(p.take_stats().abandoned, 1);
     }
 
     #[test]
