@@ -39,7 +39,7 @@ use mio::{Events, Interest, Poll, Token};
 use serde::Serialize;
 use smoltcp::time::{Duration as SDuration, Instant as SInstant};
 
-use crate::services::Services;
+use crate::services::{FtOpts, Services};
 
 const UDP: Token = Token(0);
 /// Datagrams read per wake-up before the loop services timers again.
@@ -1019,6 +1019,13 @@ fn order_entry(s: &Stamp) -> OrderEntry {
     }
 }
 
+/// A total-order service's sequencer: its quiet time, and a backup's wait for missing
+/// client bytes kept below the speaker's stall clock (see `order.rs`).
+fn sequencer_for(ft: &FtOpts) -> Sequencer {
+    Sequencer::new(Duration::from_millis(u64::from(ft.quiet_ms)))
+        .with_stall(Duration::from_millis(u64::from(ft.stall_ms)))
+}
+
 /// The last ACK of a connection that closed in order (our next sequence number, the
 /// client's next), for its FIN when it comes again.
 fn last_ack(key: FlowKey, snd_nxt: SeqNumber, rcv_nxt: SeqNumber) -> Vec<u8> {
@@ -1821,9 +1828,9 @@ impl Dataplane {
             probes: 0,
         };
         if conn.total {
-            self.sequencers.entry(key.service).or_insert_with(|| {
-                Sequencer::new(Duration::from_millis(u64::from(ft_opts.quiet_ms)))
-            });
+            self.sequencers
+                .entry(key.service)
+                .or_insert_with(|| sequencer_for(&ft_opts));
         }
         match TcpStream::connect(SocketAddr::V4(backend)) {
             Ok(mut s) => {
@@ -2241,17 +2248,16 @@ impl Dataplane {
         // connection: a host that (re)joins hears the primary's stamps, asks for what it
         // missed and is anchored before the connections it must follow carry data.
         if !self.sequencers.contains_key(&service) {
-            let quiet = {
+            let ft = {
                 // INVARIANT: no code panics while holding the lock.
                 let services = self.shared.services.lock().expect("services lock");
                 services
                     .serving(service)
                     .filter(|p| p.mode == Mode::Ft && p.ft.total_order)
-                    .map(|p| p.ft.quiet_ms)
+                    .map(|p| p.ft)
             };
-            if let Some(q) = quiet {
-                self.sequencers
-                    .insert(service, Sequencer::new(Duration::from_millis(u64::from(q))));
+            if let Some(ft) = ft {
+                self.sequencers.insert(service, sequencer_for(&ft));
             }
         }
         let Some(members) = self.members_of(service) else {

@@ -53,13 +53,19 @@
 //!   has left it; otherwise after [`UNKNOWN_CONN_WAIT`], the SYN may be under way), and the
 //!   connection is remembered as *foreign* for [`FOREIGN_TTL`]: if it shows up here later,
 //!   its first chunks went by, so it is abandoned too.
-//! - A replica waits at most [`STARVED_MAX`] at a stamp for client bytes it lacks. They come
-//!   by repair or from the client when its connection's speaker counts it; when the speaker
-//!   does not (this replica holds a connection whose start it missed, and its exclusion is
-//!   not through yet) they never come, and every later stamp would wait behind them. Past the
-//!   bound it leaves that connection (abandoned, as above) and moves on; a new primary at a
-//!   stamp it adopted passes the stamp on as it is (the members that have the bytes deliver
-//!   them).
+//! - A replica waits a bounded time at a stamp for client bytes it lacks. They come by repair
+//!   or from the client when its connection's speaker counts it; when the speaker does not
+//!   (this replica holds a connection whose start it missed, or whose bytes it missed while
+//!   out of the view, and its exclusion is not through yet) they never come, and every later
+//!   stamp waits behind them. Past the bound it leaves that connection (abandoned, as above)
+//!   and moves on; a new primary at a stamp it adopted passes the stamp on as it is (the
+//!   members that have the bytes deliver them). A backup's bound ([`BACKUP_STARVED_MAX`], or
+//!   half the service's stall time, [`Sequencer::with_stall`]) runs from the stamp's
+//!   arrival, so connections missed together cost one wait, not one each; and it stays below
+//!   the speaker's stall clock. (The soak, after a heal: a backup held two such connections
+//!   and waited 2 s at each. Its order stood still for 4 s, so the primary's stall clock
+//!   (1 s) dropped it from every connection opened after the heal, and it fell so far behind
+//!   that the stamps it needed next were gone: it left every connection it held.)
 //! - Bounds: the queue holds stamps in `[next, next + QUEUE_MAX)` only (later ones are
 //!   refused and counted; repair fetches them when their turn comes), the history
 //!   [`HISTORY`], the foreign set [`FOREIGN_MAX`] (oldest evicted, counted). Every outcome is
@@ -108,12 +114,24 @@ pub const NEED_RETRY: Duration = Duration::from_millis(20);
 /// A stamp for a connection this replica does not hold is skipped after this long (the
 /// replica joined after it opened and cannot follow it).
 pub const UNKNOWN_CONN_WAIT: Duration = Duration::from_millis(200);
-/// How long a backup waits at a stamp for client bytes it lacks before it leaves that
-/// connection and moves on. The bytes come by repair or from the client when this replica is
-/// one its speaker counts; when it is not (it holds a connection it missed the start of, and
-/// its speaker has not had it excluded yet), they never come, and every later stamp of the
-/// service would wait behind it.
+/// How long a new primary waits at a stamp it adopted for client bytes it lacks before it
+/// leaves that connection and passes the stamp on (the client's retransmission, after the
+/// failover, brings them).
 pub const STARVED_MAX: Duration = Duration::from_secs(2);
+/// How long after a stamp arrived a backup waits for the client bytes it lacks before it
+/// leaves that connection and moves on. The bytes come by repair (milliseconds) or from the
+/// client when this replica is one its speaker counts; when it is not (it holds a connection
+/// it missed the start of, or missed bytes of while out of the view, and its speaker has not
+/// had it excluded yet), they never come, and every later stamp of the service waits behind
+/// it. The whole service's order stands still meanwhile, so the bound must stay well below
+/// the speaker's stall clock (`stall_ms`, 1 s by default), which otherwise drops this
+/// backup from every connection with output pending; [`Sequencer::with_stall`] keeps it at
+/// half that.
+pub const BACKUP_STARVED_MAX: Duration = Duration::from_millis(500);
+/// The least a backup waits at the head of its order for a stamp's bytes, however long ago
+/// the stamp arrived: bytes held back behind the wait (a full receive buffer) come by repair
+/// once it moves.
+pub const STARVED_HEAD_MIN: Duration = Duration::from_millis(100);
 /// How long a connection stays foreign (long past any SYN still in flight; shorter than
 /// a client's TIME-WAIT, so a reused 4-tuple is a new connection).
 pub const FOREIGN_TTL: Duration = Duration::from_secs(30);
@@ -185,8 +203,8 @@ pub struct OrderStats {
     pub dropped: u64,
     /// Times this backup found it delivered a stamp the primary numbers differently.
     pub diverged: u64,
-    /// Connections this backup left after waiting [`STARVED_MAX`] at one of their stamps for
-    /// client bytes that did not come.
+    /// Connections this replica left after waiting at one of their stamps for client bytes
+    /// that did not come ([`STARVED_MAX`], [`BACKUP_STARVED_MAX`]).
     pub starved: u64,
 }
 
@@ -234,8 +252,10 @@ pub struct Sequencer {
     moved: Option<(u64, Instant)>,
     /// Whether the current stay at `moved` was reported already.
     stuck_told: bool,
-    /// The stamp a backup waits at for its connection's bytes, and since when.
+    /// The stamp this replica waits at for its connection's bytes, and since when.
     starving: Option<(u64, Instant)>,
+    /// A backup's bound on that wait, from the stamp's arrival.
+    backup_starved_max: Duration,
     /// Connections this replica made the host leave and still holds (a primary goes on
     /// stamping them for the other members): left once, not again at every turn.
     left: HashSet<FlowKey>,
@@ -268,9 +288,17 @@ impl Sequencer {
             moved: None,
             stuck_told: false,
             starving: None,
+            backup_starved_max: BACKUP_STARVED_MAX,
             left: HashSet::new(),
             stats: OrderStats::default(),
         }
+    }
+
+    /// Bounds a backup's wait for a stamp's bytes by half the service's stall time (the
+    /// speaker drops a member whose output lags that long), at most [`BACKUP_STARVED_MAX`].
+    pub fn with_stall(mut self, stall: Duration) -> Self {
+        self.backup_starved_max = BACKUP_STARVED_MAX.min(stall / 2);
+        self
     }
 
     /// What holds this sequencer up, once per stay, when it has work (stamps queued or
@@ -633,10 +661,19 @@ impl Sequencer {
                             now
                         }
                     };
-                    if now < since + STARVED_MAX {
+                    // A new primary waits for the client's retransmission from when the
+                    // stamp is its turn. A backup's bytes had their time from the stamp's
+                    // arrival: a stamp that waited behind another's bytes does not wait as
+                    // long again (see the module doc).
+                    let until = if primary {
+                        since + STARVED_MAX
+                    } else {
+                        (came + self.backup_starved_max).max(since + STARVED_HEAD_MIN)
+                    };
+                    if now < until {
                         return None;
                     }
-                    tracing::warn!(client = %key.client, stamp = k, "waited {STARVED_MAX:?} for this connection's client bytes at its stamp: leaving it");
+                    tracing::warn!(client = %key.client, stamp = k, waited = ?now.saturating_duration_since(came), "no client bytes for this connection's stamp: leaving it");
                     self.starving = None;
                     self.stats.starved += 1;
                     self.forget_conn(key, now);
@@ -911,14 +948,117 @@ mod tests {
         // `a` is held here but its 52 bytes never arrive; `b`'s 7 bytes are here.
         let view = |k: FlowKey| if k == a { pending(0) } else { pending(7) };
         assert_eq!(s.next_grant(t0, false, &[a, b], view), None);
-        let later = t0 + STARVED_MAX - Duration::from_millis(1);
+        let later = t0 + BACKUP_STARVED_MAX - Duration::from_millis(1);
         assert_eq!(s.next_grant(later, false, &[a, b], view), None);
         // Past the bound: it leaves `a` (the host makes it retire) and `b` goes on.
-        let t1 = t0 + STARVED_MAX;
+        let t1 = t0 + BACKUP_STARVED_MAX;
         assert_eq!(s.next_grant(t1, false, &[a, b], view), Some((b, 7)));
         assert_eq!(s.take_abandoned(), vec![a]);
         let st = s.take_stats();
         assert_eq!((st.starved, st.skipped), (1, 1));
+    }
+
+    /// The soak after a heal: a backup holds connections whose bytes it missed while out of
+    /// the view, and the primary stamps them among the connections opened since.
+    #[test]
+    fn a_backup_missing_several_connections_bytes_leaves_them_before_the_stall_clock_runs_out() {
+        let t0 = Instant::now();
+        let stall = Duration::from_secs(1);
+        let mut s = Sequencer::new(Duration::ZERO).with_stall(stall);
+        let missed = [key(1), key(2), key(3), key(4)];
+        let fresh = key(9);
+        let stamps: Vec<Stamp> = missed
+            .iter()
+            .chain([&fresh])
+            .enumerate()
+            .map(|(i, &k)| Stamp {
+                stamp: i as u64,
+                key: k,
+                len: 20,
+            })
+            .collect();
+        s.on_stamps(&stamps, t0);
+        let conns: Vec<FlowKey> = missed.iter().copied().chain([fresh]).collect();
+        let view = |k: FlowKey| if k == fresh { pending(20) } else { pending(0) };
+        // Step the clock as the host's loop does and see when `fresh` gets its turn.
+        let mut t = t0;
+        let granted_at = loop {
+            if let Some(g) = s.next_grant(t, false, &conns, view) {
+                assert_eq!(g, (fresh, 20));
+                break t;
+            }
+            assert!(t < t0 + 10 * stall, "the order never moved");
+            t += Duration::from_millis(1);
+        };
+        // Waiting a full bound at each of them stood the order still for 4 x 2 s: the
+        // speaker's stall clock dropped this backup from `fresh` and every other live
+        // connection, and the stamps it needed next were gone.
+        assert!(
+            granted_at - t0 < stall,
+            "the order stood still {:?}, past the stall clock ({stall:?})",
+            granted_at - t0
+        );
+        let mut left = s.take_abandoned();
+        left.sort_by_key(|k| k.client.port());
+        assert_eq!(left, missed.to_vec());
+        assert_eq!(s.take_stats().starved, 4);
+    }
+
+    #[test]
+    fn a_backup_still_waits_a_little_at_a_stamp_that_arrived_long_ago() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(Duration::ZERO);
+        let (a, b) = (key(1), key(2));
+        s.on_stamps(
+            &[
+                Stamp {
+                    stamp: 0,
+                    key: a,
+                    len: 5,
+                },
+                Stamp {
+                    stamp: 1,
+                    key: b,
+                    len: 5,
+                },
+            ],
+            t0,
+        );
+        let none = |_: FlowKey| pending(0);
+        // The host's loop looks at once: the wait at `a`'s stamp starts.
+        assert_eq!(s.next_grant(t0, false, &[a, b], none), None);
+        let t1 = t0 + BACKUP_STARVED_MAX;
+        assert_eq!(s.next_grant(t1, false, &[a, b], none), None);
+        assert_eq!(s.take_abandoned(), vec![a]);
+        // `b`'s stamp is at the head now: its bytes, held back behind the wait, get a moment
+        // to come by repair.
+        let t2 = t1 + STARVED_HEAD_MIN - Duration::from_millis(1);
+        assert_eq!(s.next_grant(t2, false, &[a, b], none), None);
+        let bytes = |k: FlowKey| if k == b { pending(5) } else { pending(0) };
+        assert_eq!(s.next_grant(t2, false, &[a, b], bytes), Some((b, 5)));
+        assert!(s.take_abandoned().is_empty());
+    }
+
+    #[test]
+    fn the_stall_time_bounds_a_backups_wait_for_bytes() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(Duration::ZERO).with_stall(Duration::from_millis(200));
+        let a = key(1);
+        s.on_stamps(
+            &[Stamp {
+                stamp: 0,
+                key: a,
+                len: 5,
+            }],
+            t0,
+        );
+        let none = |_: FlowKey| pending(0);
+        assert_eq!(s.next_grant(t0, false, &[a], none), None);
+        let t1 = t0 + Duration::from_millis(99);
+        assert_eq!(s.next_grant(t1, false, &[a], none), None);
+        assert!(s.take_abandoned().is_empty());
+        let _ = s.next_grant(t0 + Duration::from_millis(100), false, &[a], none);
+        assert_eq!(s.take_abandoned(), vec![a]);
     }
 
     /// The redis-benchmark failover: the surviving backup fell behind at about 3,000 stamps
