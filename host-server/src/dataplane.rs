@@ -2563,7 +2563,10 @@ impl Dataplane {
                 .collect();
             // Connections this member left: as the primary it goes on stamping them from
             // where its own stamps ended (bytes delivered plus granted); as a backup it skips
-            // their stamps from then on and can never tell where they end.
+            // their stamps from then on and can never tell where they end. Either way a turn
+            // waiting for its backend to take granted bytes is over (`Sequencer::on_left`).
+            let seq = self.sequencers.get_mut(&service);
+            let mut left = Vec::new();
             for c in self.conns.values_mut() {
                 let Tcp::Ft(f) = &c.tcp else { continue };
                 if !c.total
@@ -2574,6 +2577,7 @@ impl Dataplane {
                 {
                     continue;
                 }
+                left.push(c.key);
                 if !primary {
                     c.order_lost = true;
                     continue;
@@ -2586,6 +2590,11 @@ impl Dataplane {
                 c.order_pos =
                     local.map(|(_, r)| SeqNumber(r.0.wrapping_sub(queued).wrapping_add(credit)));
                 c.order_lost = c.order_pos.is_none();
+            }
+            if let Some(q) = seq {
+                for key in left {
+                    q.on_left(key, now);
+                }
             }
             let (flows, conns) = (&self.flows, &self.conns);
             let view = |k: FlowKey| {

@@ -790,6 +790,19 @@ impl Sequencer {
         }
     }
 
+    /// This replica left `key` (its backend failed it, or it missed its order). Bytes a turn
+    /// granted it and its backend never took count as delivered: the stamp stands for the
+    /// members that follow the connection, and this replica's backend will get none of them.
+    /// (Otherwise the turn waited for them for ever: the soak's primary granted a new
+    /// connection 85 bytes, its backend refused the connect, and the service's order stood
+    /// still until a view made another host primary.)
+    pub fn on_left(&mut self, key: FlowKey, now: Instant) {
+        if let Some(t) = self.turn.as_mut().filter(|t| t.key == key && t.left > 0) {
+            t.left = 0;
+            t.delivered_at = Some(now);
+        }
+    }
+
     /// When the current turn's quiet time ends (to wake the loop), if one is running.
     pub fn wake_at(&self) -> Option<Instant> {
         self.turn
@@ -1302,6 +1315,29 @@ mod tests {
         let view = |k: FlowKey| (k == new).then(|| pending(7)).flatten();
         assert_eq!(b.next_grant(t0, false, &[new], view), Some((new, 7)));
         assert!(b.take_abandoned().is_empty());
+    }
+
+    #[test]
+    fn a_primary_that_leaves_a_connection_mid_turn_goes_on_with_the_others() {
+        let t0 = Instant::now();
+        let (a, b) = (key(1), key(2));
+        let mut p = Sequencer::new(Duration::from_millis(2));
+        let both = |_: FlowKey| pending(85);
+        assert_eq!(p.next_grant(t0, true, &[a, b], both), Some((a, 85)));
+        // `a`'s backend refuses the connect before it took the bytes: this primary leaves
+        // `a` and stamps it on for the other members (its view still shows it, nothing
+        // pending); `b` has bytes waiting.
+        let view = |k: FlowKey| if k == a { pending(0) } else { pending(85) };
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(
+            p.next_grant(t1, true, &[a, b], view),
+            None,
+            "the turn waits for bytes a's backend never takes"
+        );
+        p.on_left(a, t1);
+        assert_eq!(p.next_grant(t1, true, &[a, b], view), None, "quiet time");
+        let t2 = t1 + Duration::from_millis(2);
+        assert_eq!(p.next_grant(t2, true, &[a, b], view), Some((b, 85)));
     }
 
     #[test]
