@@ -467,7 +467,7 @@ impl HostMetrics {
             ),
             (
                 "starved",
-                "Connections a backup left after waiting 2 s at their stamp for client bytes",
+                "Connections this member left after waiting at their stamp for client bytes that did not come",
                 &o.starved,
             ),
             (
