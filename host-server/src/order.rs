@@ -53,7 +53,9 @@
 //!   [`UNKNOWN_CONN_WAIT`] per repair answer. (Waiting there, a host restarted in the soak
 //!   walked 750 stamps a second behind a primary stamping 2,500, while holding the
 //!   connections opened since it came back: their stamps waited behind the walk, and it got
-//!   "gone" and left them.)
+//!   "gone" and left them.) Nor are those connections marked foreign: they opened before it
+//!   was here, and a mark made during the walk, up to a minute after their stamps, outlived
+//!   them and made the client's new connection on a reused 4-tuple foreign.
 //! - A stamp for a connection this replica does not hold is skipped (at once when it was
 //!   issued before this replica last anchored, or when the replica holds the connection but
 //!   has left it; otherwise after [`UNKNOWN_CONN_WAIT`], the SYN may be under way), and the
@@ -246,6 +248,10 @@ pub struct Sequencer {
     /// Stamps below this were issued before this replica last anchored: a connection it does
     /// not hold among them is not one it can follow.
     anchored_below: u64,
+    /// Stamps below this were issued before this sequencer existed (a fresh replica walking
+    /// the primary's history): their connections opened before this replica was here and
+    /// are never marked foreign (see the module doc).
+    fresh_below: u64,
     /// The last repair request: when, and from which stamp.
     asked: Option<(Instant, u64)>,
     /// Connections not followed here, and since when.
@@ -287,6 +293,7 @@ impl Sequencer {
             rr: 0,
             heard: 0,
             anchored_below: 0,
+            fresh_below: 0,
             asked: None,
             foreign: HashMap::new(),
             abandoned: Vec::new(),
@@ -434,6 +441,7 @@ impl Sequencer {
             // replica was here (see the module doc).
             if let Some(first) = stamps.iter().map(|s| s.stamp).min() {
                 self.anchored_below = self.anchored_below.max(first);
+                self.fresh_below = first;
             }
         }
         for s in stamps {
@@ -715,7 +723,13 @@ impl Sequencer {
                     if !never && now < came + UNKNOWN_CONN_WAIT {
                         return None;
                     }
-                    if !conns.contains(&key) && !self.is_foreign(key, now) {
+                    // A connection whose stamp was issued before this replica was here
+                    // cannot show up here (its SYN went by): nothing to remember. Marking it
+                    // now, up to a minute after the stamp (a fresh replica walks the kept
+                    // history), made a client's later connection on the same 4-tuple
+                    // foreign on every replica that had walked it: all of them left it.
+                    if k >= self.fresh_below && !conns.contains(&key) && !self.is_foreign(key, now)
+                    {
                         self.foreign.insert(key, now);
                         self.bound_foreign(now);
                     }
@@ -1307,7 +1321,13 @@ mod tests {
             asked += 1;
             assert!(asked <= 3000 / NEED_MAX + 1, "the walk does not end");
         }
-        assert!(!b.busy(), "it reached the primary without waiting");
+        // The recent stamps it heard first (not below its anchor) wait for a SYN that may
+        // be under way, once.
+        assert_eq!(
+            b.next_grant(t0 + UNKNOWN_CONN_WAIT, false, &[new], |_| None),
+            None
+        );
+        assert!(!b.busy(), "it reached the primary");
         assert_eq!(b.take_stats().skipped, 3000);
         // A connection it holds from here on is followed from its first chunk.
         let g = p.next_grant(t0, true, &[new], |_| pending(7));
@@ -1339,6 +1359,50 @@ mod tests {
         assert_eq!(p.next_grant(t1, true, &[a, b], view), None, "quiet time");
         let t2 = t1 + Duration::from_millis(2);
         assert_eq!(p.next_grant(t2, true, &[a, b], view), Some((b, 85)));
+    }
+
+    /// Seed-1 soak: every host had restarted within 30 s and walked the primary's history,
+    /// marking a connection closed a minute before foreign; the client's next connection on
+    /// the same port was left by all three replicas and reset.
+    #[test]
+    fn a_fresh_replica_walking_the_history_does_not_make_a_reused_four_tuple_foreign() {
+        let t0 = Instant::now();
+        let (old, live) = (key(1), key(2));
+        // `old` had its chunks a minute ago and closed; `live` has had them since.
+        let mut p = primary_with(600, old, t0);
+        for _ in 0..600 {
+            assert_eq!(
+                p.next_grant(t0, true, &[live], |_| pending(1)),
+                Some((live, 1))
+            );
+            p.on_delivered(live, 1, t0);
+        }
+        let mut b = Sequencer::new(Duration::ZERO);
+        let t1 = t0 + Duration::from_secs(60);
+        b.on_stamps(&p.recent(), t1);
+        while let Some((from, to)) = b.poll_need(t1) {
+            b.on_stamps(&stamps_of(p.on_need(from, to)), t1);
+            assert_eq!(b.next_grant(t1, false, &[], |_| None), None);
+        }
+        // The recent stamps it heard first wait for a SYN that may be under way.
+        let t1 = t1 + UNKNOWN_CONN_WAIT;
+        assert_eq!(b.next_grant(t1, false, &[], |_| None), None);
+        assert!(!b.busy());
+        // The client opens a new connection from the same port: both replicas hold it.
+        let t2 = t1 + Duration::from_secs(1);
+        let g = p.next_grant(t2, true, &[old, live], |k| {
+            (k == old).then(|| pending(9)).flatten()
+        });
+        assert_eq!(g, Some((old, 9)));
+        b.on_stamps(&p.take_outbox().unwrap(), t2);
+        assert_eq!(
+            b.next_grant(t2, false, &[old], |_| pending(9)),
+            Some((old, 9))
+        );
+        assert!(
+            b.take_abandoned().is_empty(),
+            "it follows the new connection"
+        );
     }
 
     #[test]
