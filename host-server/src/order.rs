@@ -96,6 +96,9 @@
 //! - A backup answers a sync request only from the primary of its current view, and once it
 //!   knows that view it delivers none of the old primary's stamps: its answer covers all it
 //!   delivered.
+//! - The sync lasts [`SYNC_WAIT`] past the last answer that brought stamps the new primary
+//!   lacks, up to [`SYNC_MAX`]: a new primary far behind a member (it rejoined after a
+//!   partition) catches up, [`QUEUE_MAX`] stamps at a time, before it numbers anything.
 //! - Safety net: a backup that hears the primary stamp a number it already processed as a
 //!   different chunk has diverged (it did not answer the sync in time). It leaves every
 //!   connection it holds, as after "gone", instead of waiting for bytes that never come.
@@ -146,8 +149,15 @@ pub const STARVED_HEAD_MIN: Duration = Duration::from_millis(100);
 pub const FOREIGN_TTL: Duration = Duration::from_secs(30);
 /// Foreign connections remembered at most.
 pub const FOREIGN_MAX: usize = 8192;
-/// How long a new primary collects the stamps its members delivered before it issues any.
+/// How long a new primary collects the stamps its members delivered before it issues any;
+/// again after each answer that brought stamps it lacks, up to [`SYNC_MAX`].
 pub const SYNC_WAIT: Duration = Duration::from_millis(100);
+/// The longest a new primary goes on collecting while its members still bring stamps it
+/// lacks (it issues none meanwhile: the service pauses). A new primary that was behind (it
+/// rejoined after a partition) adopts at most [`NEED_MAX`] stamps an answer and delivers
+/// them one backend round trip each: 100 ms covered a few hundred stamps, and a backup
+/// thousands ahead then saw it number them again and left every connection it held.
+pub const SYNC_MAX: Duration = Duration::from_secs(2);
 /// The most bytes one chunk carries.
 const MAX_CHUNK: usize = 64 * 1024;
 
@@ -259,6 +269,8 @@ pub struct Sequencer {
     abandoned: Vec<FlowKey>,
     /// A new primary collects its members' stamps until then (see the module doc).
     sync_until: Option<Instant>,
+    /// When the current sync began (it lasts at most [`SYNC_MAX`]).
+    sync_began: Option<Instant>,
     /// The stamp the primary numbers differently from what this backup processed.
     diverged: bool,
     /// `next` when it last moved, and since when it has not (for [`Sequencer::stuck`]).
@@ -298,6 +310,7 @@ impl Sequencer {
             foreign: HashMap::new(),
             abandoned: Vec::new(),
             sync_until: None,
+            sync_began: None,
             diverged: false,
             moved: None,
             stuck_told: false,
@@ -374,12 +387,14 @@ impl Sequencer {
     }
 
     /// The service's primary changed. A new primary (`me_primary`) collects its members'
-    /// stamps for [`SYNC_WAIT`] before it issues any; a backup drops the old primary's stamps
+    /// stamps for [`SYNC_WAIT`] (longer while they bring more, see [`SYNC_MAX`]) before it
+    /// issues any; a backup drops the old primary's stamps
     /// it has not delivered, which the new primary decides again.
     pub fn on_primary_changed(&mut self, me_primary: bool, now: Instant) {
         self.asked = None;
         if me_primary {
             self.sync_until = Some(now + SYNC_WAIT);
+            self.sync_began = Some(now);
             return;
         }
         self.sync_until = None;
@@ -422,14 +437,24 @@ impl Sequencer {
         if !self.is_syncing(now) {
             return;
         }
+        let mut more = false;
         for s in stamps {
-            if s.stamp < self.next || s.stamp - self.next >= QUEUE_MAX {
+            if s.stamp < self.next {
+                continue;
+            }
+            // Beyond the queue's bound: there is more to collect once the queue drains.
+            more = true;
+            if s.stamp - self.next >= QUEUE_MAX {
                 continue;
             }
             if self.queue.insert(s.stamp, (s.key, s.len, now)).is_none() {
                 self.stats.adopted += 1;
             }
             self.heard = self.heard.max(s.stamp + 1);
+        }
+        if let (true, Some(until), Some(began)) = (more, self.sync_until, self.sync_began) {
+            // A member is ahead: keep collecting (see SYNC_MAX).
+            self.sync_until = Some(until.max((now + SYNC_WAIT).min(began + SYNC_MAX)));
         }
     }
 
@@ -1623,6 +1648,70 @@ mod tests {
         assert!(b2.q.take_abandoned().is_empty());
         assert_eq!(b1.q.take_stats().adopted, 1);
         assert_eq!(b2.q.take_stats().diverged, 0);
+    }
+
+    /// Seed-1 soak: the primary died while a backup healed from a partition was 2,900
+    /// stamps behind the other (here 1,500, more than a queue holds, at a stamp a
+    /// millisecond); made primary, it collected for 100 ms, stamped on from where it stood,
+    /// and the other backup, which had delivered those numbers, left every connection.
+    #[test]
+    fn a_new_primary_far_behind_a_backup_collects_until_it_caught_up() {
+        let t0 = Instant::now();
+        let (a, b) = (key(1), key(2));
+        let n = 1600usize;
+        let mut p = Replica::new();
+        let (mut b1, mut b2) = (Replica::new(), Replica::new());
+        // Backup 1's backend answers nothing: each chunk waits the quiet time, 1 ms, as a
+        // backend round trip would.
+        b1.q = Sequencer::new(Duration::from_millis(1));
+        for i in 0..n {
+            let k = if i % 2 == 0 { a } else { b };
+            for r in [&mut p, &mut b1, &mut b2] {
+                r.client_sends(k, 1);
+            }
+            p.run(t0, true);
+        }
+        let mut stamps = Vec::new();
+        while let NeedAnswer::Stamps(s) = p.q.on_need(stamps.len() as u64, n as u64) {
+            if s.is_empty() {
+                break;
+            }
+            stamps.extend(s);
+        }
+        assert_eq!(stamps.len(), n);
+        // Backup 1 got the first 100 stamps (then a partition), backup 2 all of them.
+        b1.q.on_stamps(&stamps[..100], t0);
+        for i in 0..200 {
+            b1.run(t0 + Duration::from_millis(i), false);
+        }
+        for c in stamps.chunks(QUEUE_MAX as usize / 2) {
+            b2.q.on_stamps(c, t0);
+            b2.run(t0, false);
+        }
+        assert_eq!((b1.log.len(), b2.log.len()), (100, n));
+        // The primary dies; backup 1 is the new primary.
+        let t1 = t0 + Duration::from_millis(30);
+        b1.q.on_primary_changed(true, t1);
+        b2.q.on_primary_changed(false, t1);
+        // The loop turns every millisecond: sync requests, answers, deliveries.
+        let mut t = t1;
+        while t < t1 + SYNC_MAX + SYNC_WAIT {
+            if let Some((from, to)) = b1.q.poll_sync(t) {
+                b1.q.on_member_stamps(&stamps_of(b2.q.on_need(from, to)), t);
+            }
+            b1.run(t, true);
+            t += Duration::from_millis(1);
+        }
+        assert_eq!(b1.log, b2.log, "it adopted all backup 2 delivered");
+        // Stamped on from there, backup 2 follows.
+        b1.client_sends(a, 5);
+        b2.client_sends(a, 5);
+        b1.run(t, true);
+        b2.q.on_stamps(&b1.q.take_outbox().unwrap(), t);
+        b2.run(t, false);
+        assert_eq!(b2.log, b1.log);
+        assert_eq!(b2.q.take_stats().diverged, 0);
+        assert!(b2.q.take_abandoned().is_empty());
     }
 
     #[test]
