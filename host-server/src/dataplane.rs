@@ -39,7 +39,7 @@ use mio::{Events, Interest, Poll, Token};
 use serde::Serialize;
 use smoltcp::time::{Duration as SDuration, Instant as SInstant};
 
-use crate::services::Services;
+use crate::services::{FtOpts, Services};
 
 const UDP: Token = Token(0);
 /// Datagrams read per wake-up before the loop services timers again.
@@ -467,7 +467,7 @@ impl HostMetrics {
             ),
             (
                 "starved",
-                "Connections a backup left after waiting 2 s at their stamp for client bytes",
+                "Connections this member left after waiting at their stamp for client bytes that did not come",
                 &o.starved,
             ),
             (
@@ -1033,6 +1033,13 @@ fn order_entry(s: &Stamp) -> OrderEntry {
         service: s.key.service,
         len: s.len,
     }
+}
+
+/// A total-order service's sequencer: its quiet time, and a backup's wait for missing
+/// client bytes kept below the speaker's stall clock (see `order.rs`).
+fn sequencer_for(ft: &FtOpts) -> Sequencer {
+    Sequencer::new(Duration::from_millis(u64::from(ft.quiet_ms)))
+        .with_stall(Duration::from_millis(u64::from(ft.stall_ms)))
 }
 
 /// The last ACK of a connection that closed in order (our next sequence number, the
@@ -1858,9 +1865,9 @@ impl Dataplane {
             probes: 0,
         };
         if conn.total {
-            self.sequencers.entry(key.service).or_insert_with(|| {
-                Sequencer::new(Duration::from_millis(u64::from(ft_opts.quiet_ms)))
-            });
+            self.sequencers
+                .entry(key.service)
+                .or_insert_with(|| sequencer_for(&ft_opts));
         }
         match TcpStream::connect(SocketAddr::V4(backend)) {
             Ok(mut s) => {
@@ -2283,17 +2290,16 @@ impl Dataplane {
         // connection: a host that (re)joins hears the primary's stamps, asks for what it
         // missed and is anchored before the connections it must follow carry data.
         if !self.sequencers.contains_key(&service) {
-            let quiet = {
+            let ft = {
                 // INVARIANT: no code panics while holding the lock.
                 let services = self.shared.services.lock().expect("services lock");
                 services
                     .serving(service)
                     .filter(|p| p.mode == Mode::Ft && p.ft.total_order)
-                    .map(|p| p.ft.quiet_ms)
+                    .map(|p| p.ft)
             };
-            if let Some(q) = quiet {
-                self.sequencers
-                    .insert(service, Sequencer::new(Duration::from_millis(u64::from(q))));
+            if let Some(ft) = ft {
+                self.sequencers.insert(service, sequencer_for(&ft));
             }
         }
         let Some(members) = self.members_of(service) else {
@@ -2621,7 +2627,10 @@ impl Dataplane {
                 .collect();
             // Connections this member left: as the primary it goes on stamping them from
             // where its own stamps ended (bytes delivered plus granted); as a backup it skips
-            // their stamps from then on and can never tell where they end.
+            // their stamps from then on and can never tell where they end. Either way a turn
+            // waiting for its backend to take granted bytes is over (`Sequencer::on_left`).
+            let seq = self.sequencers.get_mut(&service);
+            let mut left = Vec::new();
             for c in self.conns.values_mut() {
                 let Tcp::Ft(f) = &c.tcp else { continue };
                 if !c.total
@@ -2632,6 +2641,7 @@ impl Dataplane {
                 {
                     continue;
                 }
+                left.push(c.key);
                 if !primary {
                     c.order_lost = true;
                     continue;
@@ -2644,6 +2654,11 @@ impl Dataplane {
                 c.order_pos =
                     local.map(|(_, r)| SeqNumber(r.0.wrapping_sub(queued).wrapping_add(credit)));
                 c.order_lost = c.order_pos.is_none();
+            }
+            if let Some(q) = seq {
+                for key in left {
+                    q.on_left(key, now);
+                }
             }
             let (flows, conns) = (&self.flows, &self.conns);
             let view = |k: FlowKey| {

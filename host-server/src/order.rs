@@ -47,19 +47,33 @@
 //!   connections opened after that are followed from their first chunk: the replica was
 //!   anchored before the primary stamped them. A fresh sequencer (a restarted host) starts at
 //!   0 and goes through the same steps, so a late joiner starts at a defined point instead of
-//!   waiting.
+//!   waiting. While the primary still keeps stamp 0 (its first [`HISTORY`] stamps), the
+//!   fresh replica walks the kept history instead: it is anchored below the first stamp it
+//!   hears, so the stamps of connections it does not hold are passed at once, not after
+//!   [`UNKNOWN_CONN_WAIT`] per repair answer. (Waiting there, a host restarted in the soak
+//!   walked 750 stamps a second behind a primary stamping 2,500, while holding the
+//!   connections opened since it came back: their stamps waited behind the walk, and it got
+//!   "gone" and left them.) Nor are those connections marked foreign: they opened before it
+//!   was here, and a mark made during the walk, up to a minute after their stamps, outlived
+//!   them and made the client's new connection on a reused 4-tuple foreign.
 //! - A stamp for a connection this replica does not hold is skipped (at once when it was
 //!   issued before this replica last anchored, or when the replica holds the connection but
 //!   has left it; otherwise after [`UNKNOWN_CONN_WAIT`], the SYN may be under way), and the
 //!   connection is remembered as *foreign* for [`FOREIGN_TTL`]: if it shows up here later,
 //!   its first chunks went by, so it is abandoned too.
-//! - A replica waits at most [`STARVED_MAX`] at a stamp for client bytes it lacks. They come
-//!   by repair or from the client when its connection's speaker counts it; when the speaker
-//!   does not (this replica holds a connection whose start it missed, and its exclusion is
-//!   not through yet) they never come, and every later stamp would wait behind them. Past the
-//!   bound it leaves that connection (abandoned, as above) and moves on; a new primary at a
-//!   stamp it adopted passes the stamp on as it is (the members that have the bytes deliver
-//!   them).
+//! - A replica waits a bounded time at a stamp for client bytes it lacks. They come by repair
+//!   or from the client when its connection's speaker counts it; when the speaker does not
+//!   (this replica holds a connection whose start it missed, or whose bytes it missed while
+//!   out of the view, and its exclusion is not through yet) they never come, and every later
+//!   stamp waits behind them. Past the bound it leaves that connection (abandoned, as above)
+//!   and moves on; a new primary at a stamp it adopted passes the stamp on as it is (the
+//!   members that have the bytes deliver them). A backup's bound ([`BACKUP_STARVED_MAX`], or
+//!   half the service's stall time, [`Sequencer::with_stall`]) runs from the stamp's
+//!   arrival, so connections missed together cost one wait, not one each; and it stays below
+//!   the speaker's stall clock. (The soak, after a heal: a backup held two such connections
+//!   and waited 2 s at each. Its order stood still for 4 s, so the primary's stall clock
+//!   (1 s) dropped it from every connection opened after the heal, and it fell so far behind
+//!   that the stamps it needed next were gone: it left every connection it held.)
 //! - Bounds: the queue holds stamps in `[next, next + QUEUE_MAX)` only (later ones are
 //!   refused and counted; repair fetches them when their turn comes), the history
 //!   [`HISTORY`], the foreign set [`FOREIGN_MAX`] (oldest evicted, counted). Every outcome is
@@ -82,19 +96,27 @@
 //! - A backup answers a sync request only from the primary of its current view, and once it
 //!   knows that view it delivers none of the old primary's stamps: its answer covers all it
 //!   delivered.
+//! - The sync lasts [`SYNC_WAIT`] past the last answer that brought stamps the new primary
+//!   lacks, up to [`SYNC_MAX`]: a new primary far behind a member (it rejoined after a
+//!   partition) catches up, [`QUEUE_MAX`] stamps at a time, before it numbers anything.
 //! - Safety net: a backup that hears the primary stamp a number it already processed as a
 //!   different chunk has diverged (it did not answer the sync in time). It leaves every
 //!   connection it holds, as after "gone", instead of waiting for bytes that never come.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use ft_tcp::FlowKey;
 
 /// Stamps the primary repeats in every order datagram (loss of one is then harmless).
 pub const RESEND: usize = 16;
-/// Stamps every replica keeps to answer repair requests.
-pub const HISTORY: usize = 4096;
+/// Stamps every replica keeps to answer repair requests: about ten seconds of stamps at
+/// the rate the redis-benchmark failover test reaches (6,000 a second, 20 connections, 2
+/// cores), so that a backup held up for a while (a starving stamp, a failover, a loss burst,
+/// a busy machine not scheduling it) still finds the stamps it needs instead of "gone",
+/// which makes it leave every connection it holds. (4,096 lasted 0.7 s at that rate.) A
+/// stamp takes 24 bytes: 1.5 MB per service.
+pub const HISTORY: usize = 65536;
 /// Stamps a backup queues ahead of the next one it delivers; later ones are refused.
 pub const QUEUE_MAX: u64 = 1024;
 /// Stamps asked for in one repair request (and answered at most).
@@ -104,19 +126,38 @@ pub const NEED_RETRY: Duration = Duration::from_millis(20);
 /// A stamp for a connection this replica does not hold is skipped after this long (the
 /// replica joined after it opened and cannot follow it).
 pub const UNKNOWN_CONN_WAIT: Duration = Duration::from_millis(200);
-/// How long a backup waits at a stamp for client bytes it lacks before it leaves that
-/// connection and moves on. The bytes come by repair or from the client when this replica is
-/// one its speaker counts; when it is not (it holds a connection it missed the start of, and
-/// its speaker has not had it excluded yet), they never come, and every later stamp of the
-/// service would wait behind it.
+/// How long a new primary waits at a stamp it adopted for client bytes it lacks before it
+/// leaves that connection and passes the stamp on (the client's retransmission, after the
+/// failover, brings them).
 pub const STARVED_MAX: Duration = Duration::from_secs(2);
+/// How long after a stamp arrived a backup waits for the client bytes it lacks before it
+/// leaves that connection and moves on. The bytes come by repair (milliseconds) or from the
+/// client when this replica is one its speaker counts; when it is not (it holds a connection
+/// it missed the start of, or missed bytes of while out of the view, and its speaker has not
+/// had it excluded yet), they never come, and every later stamp of the service waits behind
+/// it. The whole service's order stands still meanwhile, so the bound must stay well below
+/// the speaker's stall clock (`stall_ms`, 1 s by default), which otherwise drops this
+/// backup from every connection with output pending; [`Sequencer::with_stall`] keeps it at
+/// half that.
+pub const BACKUP_STARVED_MAX: Duration = Duration::from_millis(500);
+/// The least a backup waits at the head of its order for a stamp's bytes, however long ago
+/// the stamp arrived: bytes held back behind the wait (a full receive buffer) come by repair
+/// once it moves.
+pub const STARVED_HEAD_MIN: Duration = Duration::from_millis(100);
 /// How long a connection stays foreign (long past any SYN still in flight; shorter than
 /// a client's TIME-WAIT, so a reused 4-tuple is a new connection).
 pub const FOREIGN_TTL: Duration = Duration::from_secs(30);
 /// Foreign connections remembered at most.
 pub const FOREIGN_MAX: usize = 8192;
-/// How long a new primary collects the stamps its members delivered before it issues any.
+/// How long a new primary collects the stamps its members delivered before it issues any;
+/// again after each answer that brought stamps it lacks, up to [`SYNC_MAX`].
 pub const SYNC_WAIT: Duration = Duration::from_millis(100);
+/// The longest a new primary goes on collecting while its members still bring stamps it
+/// lacks (it issues none meanwhile: the service pauses). A new primary that was behind (it
+/// rejoined after a partition) adopts at most [`NEED_MAX`] stamps an answer and delivers
+/// them one backend round trip each: 100 ms covered a few hundred stamps, and a backup
+/// thousands ahead then saw it number them again and left every connection it held.
+pub const SYNC_MAX: Duration = Duration::from_secs(2);
 /// The most bytes one chunk carries.
 const MAX_CHUNK: usize = 64 * 1024;
 
@@ -181,8 +222,8 @@ pub struct OrderStats {
     pub dropped: u64,
     /// Times this backup found it delivered a stamp the primary numbers differently.
     pub diverged: u64,
-    /// Connections this backup left after waiting [`STARVED_MAX`] at one of their stamps for
-    /// client bytes that did not come.
+    /// Connections this replica left after waiting at one of their stamps for client bytes
+    /// that did not come ([`STARVED_MAX`], [`BACKUP_STARVED_MAX`]).
     pub starved: u64,
 }
 
@@ -217,6 +258,10 @@ pub struct Sequencer {
     /// Stamps below this were issued before this replica last anchored: a connection it does
     /// not hold among them is not one it can follow.
     anchored_below: u64,
+    /// Stamps below this were issued before this sequencer existed (a fresh replica walking
+    /// the primary's history): their connections opened before this replica was here and
+    /// are never marked foreign (see the module doc).
+    fresh_below: u64,
     /// The last repair request: when, and from which stamp.
     asked: Option<(Instant, u64)>,
     /// Connections not followed here, and since when.
@@ -224,14 +269,21 @@ pub struct Sequencer {
     abandoned: Vec<FlowKey>,
     /// A new primary collects its members' stamps until then (see the module doc).
     sync_until: Option<Instant>,
+    /// When the current sync began (it lasts at most [`SYNC_MAX`]).
+    sync_began: Option<Instant>,
     /// The stamp the primary numbers differently from what this backup processed.
     diverged: bool,
     /// `next` when it last moved, and since when it has not (for [`Sequencer::stuck`]).
     moved: Option<(u64, Instant)>,
     /// Whether the current stay at `moved` was reported already.
     stuck_told: bool,
-    /// The stamp a backup waits at for its connection's bytes, and since when.
+    /// The stamp this replica waits at for its connection's bytes, and since when.
     starving: Option<(u64, Instant)>,
+    /// A backup's bound on that wait, from the stamp's arrival.
+    backup_starved_max: Duration,
+    /// Connections this replica made the host leave and still holds (a primary goes on
+    /// stamping them for the other members): left once, not again at every turn.
+    left: HashSet<FlowKey>,
     stats: OrderStats,
 }
 
@@ -253,16 +305,27 @@ impl Sequencer {
             rr: 0,
             heard: 0,
             anchored_below: 0,
+            fresh_below: 0,
             asked: None,
             foreign: HashMap::new(),
             abandoned: Vec::new(),
             sync_until: None,
+            sync_began: None,
             diverged: false,
             moved: None,
             stuck_told: false,
             starving: None,
+            backup_starved_max: BACKUP_STARVED_MAX,
+            left: HashSet::new(),
             stats: OrderStats::default(),
         }
+    }
+
+    /// Bounds a backup's wait for a stamp's bytes by half the service's stall time (the
+    /// speaker drops a member whose output lags that long), at most [`BACKUP_STARVED_MAX`].
+    pub fn with_stall(mut self, stall: Duration) -> Self {
+        self.backup_starved_max = BACKUP_STARVED_MAX.min(stall / 2);
+        self
     }
 
     /// What holds this sequencer up, once per stay, when it has work (stamps queued or
@@ -324,12 +387,14 @@ impl Sequencer {
     }
 
     /// The service's primary changed. A new primary (`me_primary`) collects its members'
-    /// stamps for [`SYNC_WAIT`] before it issues any; a backup drops the old primary's stamps
+    /// stamps for [`SYNC_WAIT`] (longer while they bring more, see [`SYNC_MAX`]) before it
+    /// issues any; a backup drops the old primary's stamps
     /// it has not delivered, which the new primary decides again.
     pub fn on_primary_changed(&mut self, me_primary: bool, now: Instant) {
         self.asked = None;
         if me_primary {
             self.sync_until = Some(now + SYNC_WAIT);
+            self.sync_began = Some(now);
             return;
         }
         self.sync_until = None;
@@ -372,8 +437,14 @@ impl Sequencer {
         if !self.is_syncing(now) {
             return;
         }
+        let mut more = false;
         for s in stamps {
-            if s.stamp < self.next || s.stamp - self.next >= QUEUE_MAX {
+            if s.stamp < self.next {
+                continue;
+            }
+            // Beyond the queue's bound: there is more to collect once the queue drains.
+            more = true;
+            if s.stamp - self.next >= QUEUE_MAX {
                 continue;
             }
             if self.queue.insert(s.stamp, (s.key, s.len, now)).is_none() {
@@ -381,11 +452,23 @@ impl Sequencer {
             }
             self.heard = self.heard.max(s.stamp + 1);
         }
+        if let (true, Some(until), Some(began)) = (more, self.sync_until, self.sync_began) {
+            // A member is ahead: keep collecting (see SYNC_MAX).
+            self.sync_until = Some(until.max((now + SYNC_WAIT).min(began + SYNC_MAX)));
+        }
     }
 
     /// Stamps from the primary (repeats and old ones are ignored; those too far ahead are
     /// refused and counted).
     pub fn on_stamps(&mut self, stamps: &[Stamp], now: Instant) {
+        if self.heard == 0 && self.next == 0 && self.history.is_empty() {
+            // Fresh: every stamp issued before the first one heard was issued before this
+            // replica was here (see the module doc).
+            if let Some(first) = stamps.iter().map(|s| s.stamp).min() {
+                self.anchored_below = self.anchored_below.max(first);
+                self.fresh_below = first;
+            }
+        }
         for s in stamps {
             self.heard = self.heard.max(s.stamp.saturating_add(1));
             if s.stamp < self.next {
@@ -479,7 +562,7 @@ impl Sequencer {
     /// Marks `key` foreign and abandoned (the host makes this member leave it if held).
     fn forget_conn(&mut self, key: FlowKey, now: Instant) {
         self.foreign.insert(key, now);
-        if !self.abandoned.contains(&key) {
+        if self.left.insert(key) {
             self.abandoned.push(key);
             self.stats.abandoned += 1;
         }
@@ -537,10 +620,17 @@ impl Sequencer {
         conns: &[FlowKey],
         view: impl Fn(FlowKey) -> Option<ConnView>,
     ) -> Option<(FlowKey, u32)> {
+        // Connections no longer held are left for good (a 4-tuple that comes back is a new
+        // connection, foreign or not).
+        if !self.left.is_empty() {
+            let held: HashSet<&FlowKey> = conns.iter().collect();
+            self.left.retain(|k| held.contains(k));
+        }
         // A connection held and followed here that went foreign (its first chunks went by
-        // before it was here): leave it.
+        // before it was here): leave it, once (a primary's view still shows a connection it
+        // left, which it stamps on for the other members).
         for &key in conns {
-            if view(key).is_some() && self.is_foreign(key, now) && !self.abandoned.contains(&key) {
+            if view(key).is_some() && self.is_foreign(key, now) && !self.left.contains(&key) {
                 tracing::warn!(client = %key.client, "this connection's first stamps went by before it was here: leaving it");
                 self.forget_conn(key, now);
             }
@@ -618,10 +708,19 @@ impl Sequencer {
                             now
                         }
                     };
-                    if now < since + STARVED_MAX {
+                    // A new primary waits for the client's retransmission from when the
+                    // stamp is its turn. A backup's bytes had their time from the stamp's
+                    // arrival: a stamp that waited behind another's bytes does not wait as
+                    // long again (see the module doc).
+                    let until = if primary {
+                        since + STARVED_MAX
+                    } else {
+                        (came + self.backup_starved_max).max(since + STARVED_HEAD_MIN)
+                    };
+                    if now < until {
                         return None;
                     }
-                    tracing::warn!(client = %key.client, stamp = k, "waited {STARVED_MAX:?} for this connection's client bytes at its stamp: leaving it");
+                    tracing::warn!(client = %key.client, stamp = k, waited = ?now.saturating_duration_since(came), "no client bytes for this connection's stamp: leaving it");
                     self.starving = None;
                     self.stats.starved += 1;
                     self.forget_conn(key, now);
@@ -649,7 +748,13 @@ impl Sequencer {
                     if !never && now < came + UNKNOWN_CONN_WAIT {
                         return None;
                     }
-                    if !conns.contains(&key) && !self.is_foreign(key, now) {
+                    // A connection whose stamp was issued before this replica was here
+                    // cannot show up here (its SYN went by): nothing to remember. Marking it
+                    // now, up to a minute after the stamp (a fresh replica walks the kept
+                    // history), made a client's later connection on the same 4-tuple
+                    // foreign on every replica that had walked it: all of them left it.
+                    if k >= self.fresh_below && !conns.contains(&key) && !self.is_foreign(key, now)
+                    {
                         self.foreign.insert(key, now);
                         self.bound_foreign(now);
                     }
@@ -722,6 +827,19 @@ impl Sequencer {
             if t.left == 0 && t.delivered_at.is_none() {
                 t.delivered_at = Some(now);
             }
+        }
+    }
+
+    /// This replica left `key` (its backend failed it, or it missed its order). Bytes a turn
+    /// granted it and its backend never took count as delivered: the stamp stands for the
+    /// members that follow the connection, and this replica's backend will get none of them.
+    /// (Otherwise the turn waited for them for ever: the soak's primary granted a new
+    /// connection 85 bytes, its backend refused the connect, and the service's order stood
+    /// still until a view made another host primary.)
+    pub fn on_left(&mut self, key: FlowKey, now: Instant) {
+        if let Some(t) = self.turn.as_mut().filter(|t| t.key == key && t.left > 0) {
+            t.left = 0;
+            t.delivered_at = Some(now);
         }
     }
 
@@ -896,14 +1014,171 @@ mod tests {
         // `a` is held here but its 52 bytes never arrive; `b`'s 7 bytes are here.
         let view = |k: FlowKey| if k == a { pending(0) } else { pending(7) };
         assert_eq!(s.next_grant(t0, false, &[a, b], view), None);
-        let later = t0 + STARVED_MAX - Duration::from_millis(1);
+        let later = t0 + BACKUP_STARVED_MAX - Duration::from_millis(1);
         assert_eq!(s.next_grant(later, false, &[a, b], view), None);
         // Past the bound: it leaves `a` (the host makes it retire) and `b` goes on.
-        let t1 = t0 + STARVED_MAX;
+        let t1 = t0 + BACKUP_STARVED_MAX;
         assert_eq!(s.next_grant(t1, false, &[a, b], view), Some((b, 7)));
         assert_eq!(s.take_abandoned(), vec![a]);
         let st = s.take_stats();
         assert_eq!((st.starved, st.skipped), (1, 1));
+    }
+
+    /// The soak after a heal: a backup holds connections whose bytes it missed while out of
+    /// the view, and the primary stamps them among the connections opened since.
+    #[test]
+    fn a_backup_missing_several_connections_bytes_leaves_them_before_the_stall_clock_runs_out() {
+        let t0 = Instant::now();
+        let stall = Duration::from_secs(1);
+        let mut s = Sequencer::new(Duration::ZERO).with_stall(stall);
+        let missed = [key(1), key(2), key(3), key(4)];
+        let fresh = key(9);
+        let stamps: Vec<Stamp> = missed
+            .iter()
+            .chain([&fresh])
+            .enumerate()
+            .map(|(i, &k)| Stamp {
+                stamp: i as u64,
+                key: k,
+                len: 20,
+            })
+            .collect();
+        s.on_stamps(&stamps, t0);
+        let conns: Vec<FlowKey> = missed.iter().copied().chain([fresh]).collect();
+        let view = |k: FlowKey| if k == fresh { pending(20) } else { pending(0) };
+        // Step the clock as the host's loop does and see when `fresh` gets its turn.
+        let mut t = t0;
+        let granted_at = loop {
+            if let Some(g) = s.next_grant(t, false, &conns, view) {
+                assert_eq!(g, (fresh, 20));
+                break t;
+            }
+            assert!(t < t0 + 10 * stall, "the order never moved");
+            t += Duration::from_millis(1);
+        };
+        // Waiting a full bound at each of them stood the order still for 4 x 2 s: the
+        // speaker's stall clock dropped this backup from `fresh` and every other live
+        // connection, and the stamps it needed next were gone.
+        assert!(
+            granted_at - t0 < stall,
+            "the order stood still {:?}, past the stall clock ({stall:?})",
+            granted_at - t0
+        );
+        let mut left = s.take_abandoned();
+        left.sort_by_key(|k| k.client.port());
+        assert_eq!(left, missed.to_vec());
+        assert_eq!(s.take_stats().starved, 4);
+    }
+
+    #[test]
+    fn a_backup_still_waits_a_little_at_a_stamp_that_arrived_long_ago() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(Duration::ZERO);
+        let (a, b) = (key(1), key(2));
+        s.on_stamps(
+            &[
+                Stamp {
+                    stamp: 0,
+                    key: a,
+                    len: 5,
+                },
+                Stamp {
+                    stamp: 1,
+                    key: b,
+                    len: 5,
+                },
+            ],
+            t0,
+        );
+        let none = |_: FlowKey| pending(0);
+        // The host's loop looks at once: the wait at `a`'s stamp starts.
+        assert_eq!(s.next_grant(t0, false, &[a, b], none), None);
+        let t1 = t0 + BACKUP_STARVED_MAX;
+        assert_eq!(s.next_grant(t1, false, &[a, b], none), None);
+        assert_eq!(s.take_abandoned(), vec![a]);
+        // `b`'s stamp is at the head now: its bytes, held back behind the wait, get a moment
+        // to come by repair.
+        let t2 = t1 + STARVED_HEAD_MIN - Duration::from_millis(1);
+        assert_eq!(s.next_grant(t2, false, &[a, b], none), None);
+        let bytes = |k: FlowKey| if k == b { pending(5) } else { pending(0) };
+        assert_eq!(s.next_grant(t2, false, &[a, b], bytes), Some((b, 5)));
+        assert!(s.take_abandoned().is_empty());
+    }
+
+    #[test]
+    fn the_stall_time_bounds_a_backups_wait_for_bytes() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(Duration::ZERO).with_stall(Duration::from_millis(200));
+        let a = key(1);
+        s.on_stamps(
+            &[Stamp {
+                stamp: 0,
+                key: a,
+                len: 5,
+            }],
+            t0,
+        );
+        let none = |_: FlowKey| pending(0);
+        assert_eq!(s.next_grant(t0, false, &[a], none), None);
+        let t1 = t0 + Duration::from_millis(99);
+        assert_eq!(s.next_grant(t1, false, &[a], none), None);
+        assert!(s.take_abandoned().is_empty());
+        let _ = s.next_grant(t0 + Duration::from_millis(100), false, &[a], none);
+        assert_eq!(s.take_abandoned(), vec![a]);
+    }
+
+    /// The redis-benchmark failover: the surviving backup fell behind at about 6,000 stamps
+    /// a second and got "gone", which made it leave all 20 connections.
+    #[test]
+    fn a_backup_held_up_five_seconds_at_six_thousand_stamps_a_second_still_gets_its_stamps() {
+        let t0 = Instant::now();
+        let a = key(1);
+        let p = &mut primary_with(30_000, a, t0);
+        let mut b = Sequencer::new(Duration::ZERO);
+        // It delivered the first 10 and then stood still while the primary stamped on.
+        b.on_stamps(&stamps_of(p.on_need(0, 10)), t0);
+        for _ in 0..10 {
+            let (k, n) = b.next_grant(t0, false, &[a], |_| pending(1)).unwrap();
+            b.on_delivered(k, n as usize, t0);
+        }
+        b.on_stamps(&p.recent(), t0);
+        let (from, to) = b.poll_need(t0).unwrap();
+        assert_eq!(from, 10);
+        assert_eq!(stamps_of(p.on_need(from, to)).len(), (to - from) as usize);
+    }
+
+    #[test]
+    fn a_connection_left_for_going_foreign_is_left_once() {
+        let t0 = Instant::now();
+        let (held, late) = (key(1), key(5));
+        let mut p = Sequencer::new(Duration::ZERO);
+        // `late`'s first stamp went by before this replica held it (it became foreign), then
+        // this replica became primary and holds it, left, and stamps it on for the others:
+        // its view still shows it.
+        p.on_stamps(
+            &[Stamp {
+                stamp: 0,
+                key: late,
+                len: 4,
+            }],
+            t0,
+        );
+        let t1 = t0 + UNKNOWN_CONN_WAIT;
+        let only_held = |k: FlowKey| if k == held { pending(0) } else { None };
+        assert_eq!(p.next_grant(t1, false, &[held], only_held), None);
+        assert_eq!(p.take_stats().skipped, 1);
+        p.on_primary_changed(true, t1);
+        let t2 = t1 + SYNC_WAIT;
+        for i in 0..3 {
+            let _ = p.next_grant(t2, true, &[held, late], |_| pending(0));
+            let left = p.take_abandoned();
+            if i == 0 {
+                assert_eq!(left, vec![late]);
+            } else {
+                assert!(left.is_empty(), "left again at turn {i}: {left:?}");
+            }
+        }
+        assert_eq!(p.take_stats().abandoned, 1);
     }
 
     #[test]
@@ -1053,6 +1328,106 @@ mod tests {
             Some((new, 7))
         );
         assert!(b.take_abandoned().is_empty());
+    }
+
+    #[test]
+    fn a_fresh_replica_walks_the_kept_history_without_waiting_at_connections_it_never_had() {
+        let t0 = Instant::now();
+        let (old, new) = (key(1), key(3));
+        let mut p = primary_with(3000, old, t0);
+        let mut b = Sequencer::new(Duration::ZERO);
+        b.on_stamps(&p.recent(), t0);
+        // The primary keeps stamp 0: the fresh replica fetches the history, each answer's
+        // stamps (all for `old`, which it never held) passed at once.
+        let mut asked = 0;
+        while let Some((from, to)) = b.poll_need(t0) {
+            b.on_stamps(&stamps_of(p.on_need(from, to)), t0);
+            assert_eq!(b.next_grant(t0, false, &[new], |_| None), None);
+            asked += 1;
+            assert!(asked <= 3000 / NEED_MAX + 1, "the walk does not end");
+        }
+        // The recent stamps it heard first (not below its anchor) wait for a SYN that may
+        // be under way, once.
+        assert_eq!(
+            b.next_grant(t0 + UNKNOWN_CONN_WAIT, false, &[new], |_| None),
+            None
+        );
+        assert!(!b.busy(), "it reached the primary");
+        assert_eq!(b.take_stats().skipped, 3000);
+        // A connection it holds from here on is followed from its first chunk.
+        let g = p.next_grant(t0, true, &[new], |_| pending(7));
+        assert_eq!(g, Some((new, 7)));
+        b.on_stamps(&p.take_outbox().unwrap(), t0);
+        let view = |k: FlowKey| (k == new).then(|| pending(7)).flatten();
+        assert_eq!(b.next_grant(t0, false, &[new], view), Some((new, 7)));
+        assert!(b.take_abandoned().is_empty());
+    }
+
+    #[test]
+    fn a_primary_that_leaves_a_connection_mid_turn_goes_on_with_the_others() {
+        let t0 = Instant::now();
+        let (a, b) = (key(1), key(2));
+        let mut p = Sequencer::new(Duration::from_millis(2));
+        let both = |_: FlowKey| pending(85);
+        assert_eq!(p.next_grant(t0, true, &[a, b], both), Some((a, 85)));
+        // `a`'s backend refuses the connect before it took the bytes: this primary leaves
+        // `a` and stamps it on for the other members (its view still shows it, nothing
+        // pending); `b` has bytes waiting.
+        let view = |k: FlowKey| if k == a { pending(0) } else { pending(85) };
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(
+            p.next_grant(t1, true, &[a, b], view),
+            None,
+            "the turn waits for bytes a's backend never takes"
+        );
+        p.on_left(a, t1);
+        assert_eq!(p.next_grant(t1, true, &[a, b], view), None, "quiet time");
+        let t2 = t1 + Duration::from_millis(2);
+        assert_eq!(p.next_grant(t2, true, &[a, b], view), Some((b, 85)));
+    }
+
+    /// Seed-1 soak: every host had restarted within 30 s and walked the primary's history,
+    /// marking a connection closed a minute before foreign; the client's next connection on
+    /// the same port was left by all three replicas and reset.
+    #[test]
+    fn a_fresh_replica_walking_the_history_does_not_make_a_reused_four_tuple_foreign() {
+        let t0 = Instant::now();
+        let (old, live) = (key(1), key(2));
+        // `old` had its chunks a minute ago and closed; `live` has had them since.
+        let mut p = primary_with(600, old, t0);
+        for _ in 0..600 {
+            assert_eq!(
+                p.next_grant(t0, true, &[live], |_| pending(1)),
+                Some((live, 1))
+            );
+            p.on_delivered(live, 1, t0);
+        }
+        let mut b = Sequencer::new(Duration::ZERO);
+        let t1 = t0 + Duration::from_secs(60);
+        b.on_stamps(&p.recent(), t1);
+        while let Some((from, to)) = b.poll_need(t1) {
+            b.on_stamps(&stamps_of(p.on_need(from, to)), t1);
+            assert_eq!(b.next_grant(t1, false, &[], |_| None), None);
+        }
+        // The recent stamps it heard first wait for a SYN that may be under way.
+        let t1 = t1 + UNKNOWN_CONN_WAIT;
+        assert_eq!(b.next_grant(t1, false, &[], |_| None), None);
+        assert!(!b.busy());
+        // The client opens a new connection from the same port: both replicas hold it.
+        let t2 = t1 + Duration::from_secs(1);
+        let g = p.next_grant(t2, true, &[old, live], |k| {
+            (k == old).then(|| pending(9)).flatten()
+        });
+        assert_eq!(g, Some((old, 9)));
+        b.on_stamps(&p.take_outbox().unwrap(), t2);
+        assert_eq!(
+            b.next_grant(t2, false, &[old], |_| pending(9)),
+            Some((old, 9))
+        );
+        assert!(
+            b.take_abandoned().is_empty(),
+            "it follows the new connection"
+        );
     }
 
     #[test]
@@ -1273,6 +1648,70 @@ mod tests {
         assert!(b2.q.take_abandoned().is_empty());
         assert_eq!(b1.q.take_stats().adopted, 1);
         assert_eq!(b2.q.take_stats().diverged, 0);
+    }
+
+    /// Seed-1 soak: the primary died while a backup healed from a partition was 2,900
+    /// stamps behind the other (here 1,500, more than a queue holds, at a stamp a
+    /// millisecond); made primary, it collected for 100 ms, stamped on from where it stood,
+    /// and the other backup, which had delivered those numbers, left every connection.
+    #[test]
+    fn a_new_primary_far_behind_a_backup_collects_until_it_caught_up() {
+        let t0 = Instant::now();
+        let (a, b) = (key(1), key(2));
+        let n = 1600usize;
+        let mut p = Replica::new();
+        let (mut b1, mut b2) = (Replica::new(), Replica::new());
+        // Backup 1's backend answers nothing: each chunk waits the quiet time, 1 ms, as a
+        // backend round trip would.
+        b1.q = Sequencer::new(Duration::from_millis(1));
+        for i in 0..n {
+            let k = if i % 2 == 0 { a } else { b };
+            for r in [&mut p, &mut b1, &mut b2] {
+                r.client_sends(k, 1);
+            }
+            p.run(t0, true);
+        }
+        let mut stamps = Vec::new();
+        while let NeedAnswer::Stamps(s) = p.q.on_need(stamps.len() as u64, n as u64) {
+            if s.is_empty() {
+                break;
+            }
+            stamps.extend(s);
+        }
+        assert_eq!(stamps.len(), n);
+        // Backup 1 got the first 100 stamps (then a partition), backup 2 all of them.
+        b1.q.on_stamps(&stamps[..100], t0);
+        for i in 0..200 {
+            b1.run(t0 + Duration::from_millis(i), false);
+        }
+        for c in stamps.chunks(QUEUE_MAX as usize / 2) {
+            b2.q.on_stamps(c, t0);
+            b2.run(t0, false);
+        }
+        assert_eq!((b1.log.len(), b2.log.len()), (100, n));
+        // The primary dies; backup 1 is the new primary.
+        let t1 = t0 + Duration::from_millis(30);
+        b1.q.on_primary_changed(true, t1);
+        b2.q.on_primary_changed(false, t1);
+        // The loop turns every millisecond: sync requests, answers, deliveries.
+        let mut t = t1;
+        while t < t1 + SYNC_MAX + SYNC_WAIT {
+            if let Some((from, to)) = b1.q.poll_sync(t) {
+                b1.q.on_member_stamps(&stamps_of(b2.q.on_need(from, to)), t);
+            }
+            b1.run(t, true);
+            t += Duration::from_millis(1);
+        }
+        assert_eq!(b1.log, b2.log, "it adopted all backup 2 delivered");
+        // Stamped on from there, backup 2 follows.
+        b1.client_sends(a, 5);
+        b2.client_sends(a, 5);
+        b1.run(t, true);
+        b2.q.on_stamps(&b1.q.take_outbox().unwrap(), t);
+        b2.run(t, false);
+        assert_eq!(b2.log, b1.log);
+        assert_eq!(b2.q.take_stats().diverged, 0);
+        assert!(b2.q.take_abandoned().is_empty());
     }
 
     #[test]
