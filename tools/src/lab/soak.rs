@@ -135,6 +135,17 @@ impl FaultLog {
         !holders.is_empty() && holders.iter().all(|h| lost_by(*h, start, end))
     }
 
+    /// A window that was not injected but observed: from `start` to now.
+    fn record(&mut self, what: String, start: Instant, loses: Option<u16>) {
+        self.windows.push(Window {
+            start,
+            end: Some(Instant::now()),
+            what,
+            excuse: None,
+            loses,
+        });
+    }
+
     fn end(&mut self, i: usize) {
         if let Some(w) = self.windows.get_mut(i) {
             w.end = Some(Instant::now());
@@ -794,14 +805,61 @@ fn undo(
 /// failed or stalled, its speaker or it had it excluded): `hydra_order_left_total`. `None`
 /// when the host does not answer (it is down).
 fn order_leaves(lab: &LabState, i: u16) -> Option<u64> {
+    host_counter(lab, i, "hydra_order_left_total")
+}
+
+/// Host `i`'s counter `name` (summed over its labels), `None` when the host does not answer.
+fn host_counter(lab: &LabState, i: u16, name: &str) -> Option<u64> {
     let sock = lab.dir().join(format!("h{i}.sock"));
     let text = control::request(&sock, "GET", "/metrics", None).ok()?;
     let sum = text
         .lines()
-        .filter(|l| l.starts_with("hydra_order_left_total "))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with([' ', '{']))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     Some(sum)
+}
+
+/// Notes the hosts that left connections because they were out of the view since the last
+/// look (`hydra_ft_left_out_of_view_total`): the detector dropped them, often without a fault
+/// of ours (a busy host, a restarted one catching up), and a member back in the view never
+/// speaks for a connection it held before (README, "A member that was out of the view").
+/// Such a host lost its connections as a killed one does: a window that takes them away,
+/// from the last look to now, and its redis is compared from the next era on.
+fn note_view_leaves(
+    lab: &LabState,
+    seen: &mut [u64],
+    since: Instant,
+    flog: &Mutex<FaultLog>,
+    (joined, era): (&mut [u64], u64),
+    log: &impl Fn(&str),
+) {
+    for h in 1..=lab.replicas {
+        let Some(n) = host_counter(lab, h, "hydra_ft_left_out_of_view_total") else {
+            continue;
+        };
+        let old = &mut seen[usize::from(h)];
+        // A restarted host counts from zero again.
+        let new = if n >= *old { n - *old } else { n };
+        *old = n;
+        if new == 0 {
+            continue;
+        }
+        log(&format!(
+            "h{h} left {new} connections: it was out of the view (counted in its /metrics)"
+        ));
+        // INVARIANT: no code panics while holding the lock.
+        flog.lock().expect("fault log lock").record(
+            format!("h{h} out of the view"),
+            since,
+            Some(h),
+        );
+        let e = era + 1;
+        joined[usize::from(h)] = joined[usize::from(h)].max(e);
+    }
 }
 
 /// Notes the hosts that left total-order connections since the last look (`left`): each
@@ -1138,7 +1196,9 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
     let mut joined = vec![0u64; usize::from(lab.replicas) + 1];
     // Total-order connections each host had left when last looked at (see `order_leaves`).
     let mut left = vec![0u64; usize::from(lab.replicas) + 1];
+    let mut out_of_view = vec![0u64; usize::from(lab.replicas) + 1];
     let mut next_leave_check = Instant::now();
+    let mut last_view_check = Instant::now();
     let ns = PathBuf::from("/run/netns").join(lab.ns(&Node::Client));
     let handles: Vec<_> = (0..a.workers)
         .map(|id| {
@@ -1170,6 +1230,17 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
         let now = Instant::now();
+        if now >= last_view_check + Duration::from_millis(250) {
+            note_view_leaves(
+                &lab,
+                &mut out_of_view,
+                last_view_check,
+                flog,
+                (&mut joined, era.load(Ordering::SeqCst)),
+                &log,
+            );
+            last_view_check = now;
+        }
         if redis && a.total_order && now >= next_leave_check {
             // A member that leaves total-order connections (a defined outcome of falling
             // behind, counted in its /metrics) lacks their writes, as a restarted one does:
