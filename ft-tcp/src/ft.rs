@@ -1690,15 +1690,21 @@ impl FtConn {
         }
     }
 
+    /// Holds our SYN-ACK until every member of the current view holds the connection (or
+    /// `synack_hold_max` passed), and sends it at once if they already do.
+    fn hold_synack_for_view(&mut self, now: Instant) {
+        self.synack_paused = true;
+        self.count_view_members();
+        self.release_synack_if_ready(now);
+    }
+
     fn promote(&mut self, now: Instant) {
         self.stats.promotions += 1;
         self.adopt_isn_guess();
         if self.isn_s.is_none() {
             // No SYN-ACK reached anyone yet: ours will be the one, once every member of the
             // new view holds the connection (the same hold as at open).
-            self.synack_paused = true;
-            self.count_view_members();
-            self.release_synack_if_ready(now);
+            self.hold_synack_for_view(now);
             return;
         }
         if self.client_ack.is_none() && !self.synack_by_cookie && self.synack.is_some() {
@@ -1707,9 +1713,7 @@ impl FtConn {
             // missed every SYN (it joined as the client sent it) gets the client's next one.
             // Sent at once, the client's ACK made that member one the gate waits for, though
             // it never had the connection (FT_SEED=1796300000000862).
-            self.synack_paused = true;
-            self.count_view_members();
-            self.release_synack_if_ready(now);
+            self.hold_synack_for_view(now);
         }
         // What this replica sent in an earlier term as primary says nothing about where the
         // client stands now: start at its last ACK (issue #10, defect 4).

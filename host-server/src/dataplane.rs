@@ -2207,10 +2207,11 @@ impl Dataplane {
     /// its current life: views for an earlier life (recorded, or sent before the redirector
     /// heard that we restarted) are not ours, and we never act as the member the old life
     /// was. A member whose life changed restarted, and one whose `since` changed was out of
-    /// the view in between (we may have missed the views that said so): it leaves every
-    /// connection first (it holds none of them, or missed their client bytes) and joins only
-    /// the new ones. If that member is this host, it leaves its own connections. A
-    /// restarted authority numbers `since` afresh, so then only lives are compared.
+    /// the view in between (we may have missed the views that said so): it is dropped from
+    /// the connections opened before its new `since` (it holds none of them, or missed their
+    /// client bytes) and stays a member of those opened since. If that member is this host,
+    /// it leaves those connections. A restarted authority numbers `since` afresh, so then
+    /// only lives are compared.
     fn on_view(
         &mut self,
         service: SocketAddrV4,
@@ -2328,14 +2329,16 @@ impl Dataplane {
                 let was = f.role();
                 let skips = f.stats.divergent_skips;
                 let out = f.stats.left_out_of_view;
-                let opened = c.opened;
-                let without: Vec<u32> = members
-                    .iter()
-                    .copied()
-                    .filter(|m| !back.iter().any(|(b, since)| b == m && *since > opened))
-                    .collect();
-                if without.len() < members.len() {
-                    f.set_view(now, &without);
+                if !back.is_empty() {
+                    let opened = c.opened;
+                    let without: Vec<u32> = members
+                        .iter()
+                        .copied()
+                        .filter(|m| !back.iter().any(|(b, since)| b == m && *since > opened))
+                        .collect();
+                    if without.len() < members.len() {
+                        f.set_view(now, &without);
+                    }
                 }
                 f.set_view(now, members);
                 if f.stats.divergent_skips > skips {

@@ -799,7 +799,6 @@ fn undo(
     })
 }
 
-/// The host a fault is about, if it takes one out of the redis view.
 /// How many total-order connections host `i` has left since it started, for any reason (it
 /// fell behind what its primary keeps, its past differs from the primary's, its backend
 /// failed or stalled, its speaker or it had it excluded): `hydra_order_left_total`. `None`
@@ -823,6 +822,14 @@ fn host_counter(lab: &LabState, i: u16, name: &str) -> Option<u64> {
     Some(sum)
 }
 
+/// How much a host's counter grew since `seen` (a restarted host counts from zero again);
+/// `seen` becomes `now`.
+fn counter_growth(seen: &mut u64, now: u64) -> u64 {
+    let grew = if now >= *seen { now - *seen } else { now };
+    *seen = now;
+    grew
+}
+
 /// Notes the hosts that left connections because they were out of the view since the last
 /// look (`hydra_ft_left_out_of_view_total`): the detector dropped them, often without a fault
 /// of ours (a busy host, a restarted one catching up), and a member back in the view never
@@ -841,10 +848,7 @@ fn note_view_leaves(
         let Some(n) = host_counter(lab, h, "hydra_ft_left_out_of_view_total") else {
             continue;
         };
-        let old = &mut seen[usize::from(h)];
-        // A restarted host counts from zero again.
-        let new = if n >= *old { n - *old } else { n };
-        *old = n;
+        let new = counter_growth(&mut seen[usize::from(h)], n);
         if new == 0 {
             continue;
         }
@@ -875,9 +879,7 @@ fn note_order_leaves(
         let Some(n) = order_leaves(lab, h) else {
             continue;
         };
-        let seen = &mut left[usize::from(h)];
-        // A restarted host counts from zero again.
-        let new = if n >= *seen { n - *seen } else { n };
+        let new = counter_growth(&mut left[usize::from(h)], n);
         if new > 0 {
             let e = era + 1;
             joined[usize::from(h)] = joined[usize::from(h)].max(e);
@@ -885,7 +887,6 @@ fn note_order_leaves(
                 "h{h} left {new} total-order connections (counted in its /metrics): its redis is compared from era {e} on"
             ));
         }
-        *seen = n;
     }
 }
 
@@ -1666,6 +1667,17 @@ mod tests {
         let mut r = OpResult::default();
         classify(&mut r, at(t0, 10_000), at(t0, 10_500), &log);
         assert_eq!(r.outcome, Outcome::Ok);
+    }
+
+    #[test]
+    fn a_counter_grows_by_its_difference_and_from_zero_after_a_restart() {
+        let mut seen = 0;
+        assert_eq!(counter_growth(&mut seen, 3), 3);
+        assert_eq!(counter_growth(&mut seen, 3), 0);
+        assert_eq!(counter_growth(&mut seen, 5), 2);
+        // The host restarted: its counter starts again below what we saw.
+        assert_eq!(counter_growth(&mut seen, 1), 1);
+        assert_eq!(seen, 1);
     }
 
     #[test]
