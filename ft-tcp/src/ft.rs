@@ -251,6 +251,9 @@ pub struct FtConn {
     progress_at: Instant,
     progress_repeats: u8,
     more_unsent: bool,
+    /// Output waits (in the shadow queue) until every member the gate counts reported our
+    /// `isn_s`: see [`FtConn::isn_unconfirmed`].
+    output_held: bool,
     last_reported: Option<(SeqNumber, SeqNumber)>,
     reported_hole: Option<SeqNumber>,
 
@@ -419,6 +422,7 @@ impl FtConn {
             progress_at: now,
             progress_repeats: 0,
             more_unsent: false,
+            output_held: false,
             last_reported: None,
             reported_hole: None,
             local_hole_end: None,
@@ -901,6 +905,30 @@ impl FtConn {
         })
     }
 
+    /// Whether a member the gate counts does not hold our `isn_s` yet. Until it does, our
+    /// output waits: the client would acknowledge bytes that member cannot place. Promoted
+    /// with only the client's ACKs to go by, it would take `isn_s` from an ACK that also
+    /// covers output, and send its backend's first bytes where the client expects later ones
+    /// (FT_SEED=1795995493970912: a backup cut off while the SYN-ACK and the speaker's report
+    /// went out, repaired later, promoted when the speaker crashed). A member that never
+    /// learns it leaves after `stall_after` ([`FtConn::decide`]).
+    fn isn_unconfirmed(&self) -> bool {
+        let Some(i) = self.isn_s else {
+            return true;
+        };
+        self.view_peers.iter().any(|id| {
+            !self.dropping.contains(id) && self.peers.get(id).is_none_or(|p| p.isn_s != Some(i))
+        })
+    }
+
+    /// Sends the output that waited for members to learn `isn_s`, once they all have.
+    fn release_output_if_confirmed(&mut self) {
+        if self.output_held && !self.isn_unconfirmed() {
+            self.output_held = false;
+            self.more_unsent = true;
+        }
+    }
+
     /// The speaker's decisions (issue #14). Members whose backend reset, ended before the
     /// others, or lags more than `stall_after` behind output another member produced leave
     /// the connection. If that is this replica, the connection goes to the next member in
@@ -946,6 +974,14 @@ impl FtConn {
                 continue;
             };
             let (Some(d), Some(o)) = (p.data_end(), p.out) else {
+                // It does not hold our isn_s: it has produced nothing comparable, and our
+                // output waits for it (`isn_unconfirmed`). Its clock runs as for a member
+                // that produced nothing.
+                if let Some(i) = self.isn_s.filter(|i| p.isn_s != Some(*i)) {
+                    if self.lagging(now, id, i.plus(1), target, false) {
+                        leaving.push(id);
+                    }
+                }
                 continue;
             };
             let early = match p.end {
@@ -980,6 +1016,7 @@ impl FtConn {
             self.stats.members_dropped += 1;
             self.request_exclusion(now, id);
         }
+        self.release_output_if_confirmed();
         let resign = self.end == OutputEnd::Reset
             || (self.end == OutputEnd::Fin && own_data.lt(furthest))
             || self.lagging(now, self.me, own_out, furthest, starved(own_rcv));
@@ -1480,6 +1517,7 @@ impl FtConn {
         self.trim_log();
         if self.role == Role::Primary && !self.retired {
             self.decide(now);
+            self.release_output_if_confirmed();
             self.maybe_gate_ack(now, false);
             self.maybe_repair(now);
         }
@@ -1730,6 +1768,10 @@ impl FtConn {
     fn push_unsent(&mut self, now: Instant) {
         self.more_unsent = false;
         if self.role != Role::Primary {
+            return;
+        }
+        if self.isn_unconfirmed() {
+            self.output_held = true;
             return;
         }
         let (Some(sh), Some((ack, edge)), Some(client_ack)) =
@@ -2007,6 +2049,10 @@ impl FtConn {
                 self.more_unsent = true;
                 return;
             }
+            if self.isn_unconfirmed() {
+                self.output_held = true;
+                return;
+            }
         }
         rewrite::set_seq(&mut p, &seg, s_seq);
         if seg.rst {
@@ -2169,7 +2215,12 @@ impl FtConn {
         let window = self.window_field(ack, edge);
         let client_wnd = (u32::from(self.client_wnd) << self.client_ws).max(self.mss as u32);
         let from = self.client_ack.unwrap_or(sh.base()).max(sh.base());
-        let (pkts, _) = self.shadow_segments(from, from.plus(client_wnd), segments, ack, window);
+        let mut limit = from.plus(client_wnd);
+        if self.isn_unconfirmed() {
+            // Only what the client was sent: the rest waits for members to learn isn_s.
+            limit = limit.min(self.snd_max_s.unwrap_or(from));
+        }
+        let (pkts, _) = self.shadow_segments(from, limit, segments, ack, window);
         for (seq, len, p) in pkts {
             self.stats.retransmits += 1;
             self.note_sent(now, ack, edge, seq, len, true);

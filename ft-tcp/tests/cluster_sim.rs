@@ -314,6 +314,8 @@ struct Replica {
     view: Option<Vec<u32>>,
     since: Vec<u64>,
     conns: Vec<Option<HostConn>>,
+    /// Whether it ever held each connection.
+    held: Vec<bool>,
     /// Bytes its backend moves per step at most (a slow backend makes the replica lag).
     rate: usize,
     backend_dead: Option<BackendFault>,
@@ -586,6 +588,7 @@ impl Sim {
             view: None,
             since: Vec::new(),
             conns: (0..self.conns.len()).map(|_| None).collect(),
+            held: vec![false; self.conns.len()],
             rate,
             backend_dead: None,
             left_view: None,
@@ -750,9 +753,35 @@ impl Sim {
     /// connection with a stale view, uncounted by the speaker's gate) is as gone as one that
     /// left the view; the host crash that then takes the last one loses the connection
     /// (FT_SEED=1795979163921580: 0 excluded, 2's backend failed, 1 crashed).
+    ///
+    /// So is a member that never held it and no longer can: it missed every packet that
+    /// opens it (it had no view yet when the client's SYN and first segments came), and the
+    /// client sends none of those any more. The redirector still counts it, and no speaker is
+    /// left to have it excluded (FT_SEED=1795995493970920: 3 joined, lost its first view,
+    /// 0 and 1 crashed).
     fn is_lost(&self, c: usize) -> bool {
         self.conns[c].started
-            && !(0..self.replicas.len()).any(|r| self.in_conn(r, c) && self.replicas[r].alive)
+            && !(0..self.replicas.len()).any(|r| {
+                self.in_conn(r, c)
+                    && self.replicas[r].alive
+                    && (self.replicas[r].held[c] || self.could_open(c))
+            })
+    }
+
+    /// Whether a member that lacks connection `c` may still open it from the client's
+    /// packets: the client still sends its SYN, or (SYN cookies) segments that complete the
+    /// handshake (its first byte and our first byte unacknowledged).
+    fn could_open(&self, c: usize) -> bool {
+        let cc = &self.conns[c];
+        let sock = self.client_sockets.get::<tcp::Socket>(cc.handle);
+        if sock.state() == tcp::State::SynSent {
+            return true;
+        }
+        let first = cc.client_isn.map(|i| i.plus(1));
+        self.cookies.is_some()
+            && cc.acked.is_none_or(|a| Some(a) == first)
+            && sock.recv_queue() == 0
+            && cc.got.is_empty()
     }
 
     /// The local `rcv_nxt` of replica `r` for connection `c` (every holder has the SYN).
@@ -1106,6 +1135,7 @@ impl Sim {
                 backend_fails(&mut h, how, now);
             }
             rep.conns[c] = Some(h);
+            rep.held[c] = true;
         }
         if let Some(h) = rep.conns[c].as_mut() {
             h.ft.handle_client_packet(now, &pkt);
