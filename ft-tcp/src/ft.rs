@@ -629,6 +629,15 @@ impl FtConn {
             // us as "silent since the open" and may later speak beside us.
             self.progress_repeats = 1;
         }
+        if self.progress_repeats == 0 && self.behind_a_member() {
+            // We lack client bytes a member holds, and nothing changes here: every report of
+            // ours may have been lost. The speaker repairs a member it counts and has one it
+            // does not count excluded, but only once it hears from it: until then, that member
+            // could be promoted without bytes the client saw acknowledged
+            // (FT_SEED=1796000322991061: the SYN-cookie ACK opened the connection at a backup
+            // after the speaker, whose view lacked it, had acknowledged more).
+            self.progress_repeats = 1;
+        }
         let due = self.progress_dirty || (self.progress_repeats > 0 && now >= self.progress_at);
         let rcv_nxt = self.local_rcv_nxt?;
         let out = self.out_s();
@@ -673,6 +682,15 @@ impl FtConn {
         Some(p)
     }
 
+    /// A backup that lacks client bytes another member reported holding.
+    fn behind_a_member(&self) -> bool {
+        self.role == Role::Backup
+            && !self.retired
+            && self
+                .local_rcv_nxt
+                .is_some_and(|r| self.peers.values().any(|p| r.lt(p.rcv_nxt)))
+    }
+
     /// When [`FtConn::poll`] must run next.
     pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
         if self.retired {
@@ -698,7 +716,10 @@ impl FtConn {
             .any(|id| !self.peers.contains_key(id));
         if self.local_isn.is_some()
             && self.ep.state() != TcpState::Closed
-            && (self.progress_repeats > 0 || self.progress_dirty || unheard)
+            && (self.progress_repeats > 0
+                || self.progress_dirty
+                || unheard
+                || self.behind_a_member())
         {
             merge(Some(self.progress_at));
         }

@@ -130,6 +130,18 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     // A primary partitioned out, back after every view it missed: it learns it was out from
     // its `since` alone and must leave (it had missed the client's FIN).
     (1796400000001494, Harness::Cluster),
+    // A backup cut off while the SYN-ACK and the speaker's report of isn_s went out took
+    // isn_s from a repair's ACK, which covered output; promoted, it sent its backend's first
+    // bytes where the client expected later ones. The speaker's output now waits until every
+    // member it counts holds isn_s.
+    (1795995493970912, Harness::Cluster),
+    // A member that had no view when the client's SYN came never held the connection; once
+    // the holders crashed, the harness still counted it as able to carry it on.
+    (1795995493970920, Harness::Cluster),
+    // A SYN-cookie ACK opened the connection at a backup after the speaker (whose view lacked
+    // it) had acknowledged more; every report of that backup lost, it never reported again
+    // and was never excluded. A backup behind a member now keeps reporting.
+    (1796000322991061, Harness::Cluster),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1545,7 +1545,9 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
 }
 
 /// Copies the lab's daemon logs to `/tmp/hydranet-soak-NAME/` (replacing an earlier soak's of
-/// that name) before the lab goes, for the post-mortem; returns where, if it worked.
+/// that name) before the lab goes, for the post-mortem, with each live daemon's `/metrics`
+/// at the end (`NODE.metrics`: the counters say what the logs do not, e.g. which drop a lost
+/// SYN met); returns where, if it worked.
 fn keep_logs(name: &str) -> Option<PathBuf> {
     let from = super::state_dir(name);
     let to = PathBuf::from(format!("/tmp/hydranet-soak-{name}"));
@@ -1555,6 +1557,11 @@ fn keep_logs(name: &str) -> Option<PathBuf> {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "log") {
             let _ = std::fs::copy(&p, to.join(e.file_name()));
+        }
+        if p.extension().is_some_and(|x| x == "sock") {
+            if let Ok(text) = control::request(&p, "GET", "/metrics", None) {
+                let _ = std::fs::write(to.join(e.file_name()).with_extension("metrics"), text);
+            }
         }
     }
     Some(to)
