@@ -1919,15 +1919,10 @@ fn failover_is_transparent_under_loss_duplication_reordering_and_crashes() {
 
 /// The cluster harness (20+ connections, per-replica epochs, lossy views and speaker notices,
 /// partitions, half-close, new incarnations) on `FT_SEEDS` (default 1000) fresh seeds, a new
-/// base each run. 12,000 seeds on three round bases (1796300000000000, 1796400000000000,
-/// 1796500000000000, 4,000 each) passed by hand after views began to carry each member's
-/// `since`; but a CI run's base (1795995493970318) failed 2 of 1000, both failing on 27b624b
-/// too (issue #12, not fixed): FT_SEED=1795995493970912, the client receives bytes past the
-/// new speaker's backend output (a 16 ms partition of the member that later speaks, shorter
-/// than the detector, then the primary's crash); FT_SEED=1795995493970920, a connection that
-/// never completes. So it runs by hand; the test prints every failing seed with what failed.
+/// base each run. After the fixes for the three seeds of a CI base (1795995493970912,
+/// ...920, 1796000322991061; see `REGRESSION_SEEDS`), 16,000 fresh seeds passed by hand
+/// before this ran in CI again.
 #[test]
-#[ignore = "2 of 1000 seeds of a CI base failed (issue #12), see the doc comment; run by hand with --ignored"]
 fn cluster_of_connections_keeps_every_invariant_under_faults() {
     run_fresh_seeds(Harness::Cluster);
 }
