@@ -22,7 +22,12 @@
 //! - backend crashes (reset, or a FIN of the crashed process) on every connection of a host,
 //!   which then leaves the view;
 //! - connections that the client keeps open, half-closes (FIN after its data, then reads the
-//!   reply), or closes after the whole reply; the backend closes after the client's FIN.
+//!   reply), or closes after the whole reply; the backend closes after the client's FIN;
+//! - in a quarter of the seeds (`FT_TOTAL=1` replays one) the service orders client bytes
+//!   across its connections (`--order total`): each replica runs host-server's sequencer as
+//!   the host does (`run_order`, `on_order`, `on_order_repair`, `abandon_order_losers`), its
+//!   stamps, repair requests and "gone" answers on the lossy ack channel, and a backend
+//!   takes only the bytes its sequencer granted.
 //!
 //! After every step, per connection:
 //! - at most one replica speaks: alive, at the redirector's epoch, in its view, not excluded
@@ -35,6 +40,11 @@
 //! - every backend's input is a prefix of the client's bytes (none twice, none out of order);
 //!   the client's stream is a prefix of the backend output; members agree on their output;
 //! - the client never receives a reset.
+//!
+//! With total order, at the end: every two live replicas granted their backends the same
+//! chunks in the same order on the connections both follow; without loss on the ack channel
+//! no replica found its past numbered differently by a new primary, and without any loss no
+//! replica left a connection it could not follow.
 //!
 //! At the end every connection completed both ways, closed where the client closed it, unless
 //! every member of it died or left (then no design can carry it on).
@@ -53,12 +63,14 @@ use classic::{transform, QueueDev, Rng};
 use ft_tcp::speaker::SpeakerBook;
 use ft_tcp::syncookie::{self, CookieJar, SynOpts};
 use ft_tcp::{rewrite, EndpointConfig, FlowKey, FtConfig, FtConn, Role, SeqNumber, TcpState};
+use host_server::order::{ConnView, NeedAnswer, Sequencer, Stamp};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address};
 
-/// Seeds that failed once and are fixed, replayed on every run: (seed, harness).
+/// Seeds that failed once and are fixed, replayed on every run: (seed, harness); replay a
+/// `ClusterTotal` one with `FT_TOTAL=1`.
 /// The first four are issue #12's, found with the single-connection harness; they also run
 /// as cluster seeds.
 const REGRESSION_SEEDS: &[(u64, Harness)] = &[
@@ -142,6 +154,13 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     // it) had acknowledged more; every report of that backup lost, it never reported again
     // and was never excluded. A backup behind a member now keeps reporting.
     (1796000322991061, Harness::Cluster),
+    // Total order: a primary that left a connection stamped it on from the members' rcv_nxt,
+    // which counts the client's FIN; the backups waited for a byte that never came and left
+    // (9620, 9924). The last member had missed a connection's first stamps and left it; the
+    // harness waited for it (990000).
+    (1796001808989620, Harness::ClusterTotal),
+    (1796001808989924, Harness::ClusterTotal),
+    (1796001808990000, Harness::ClusterTotal),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +169,8 @@ enum Harness {
     Classic,
     /// This file's cluster scenario.
     Cluster,
+    /// The cluster scenario with the service in total order (`FT_TOTAL=1` replays one).
+    ClusterTotal,
 }
 
 /// A member of a connection (in the view when the client opened it, in every view since)
@@ -165,6 +186,12 @@ const UNCOUNTED_HOLDERS_CHECKED_WHEN_THEY_SPEAK: bool = true;
 
 /// Hosts the cluster starts with.
 const HOSTS: usize = 3;
+/// Total order: the sequencer's quiet time (`quiet_ms`' default), how often a primary sends
+/// its recent stamps again, and after how long a sequencer that has not moved is logged
+/// (dataplane.rs).
+const ORDER_QUIET: std::time::Duration = std::time::Duration::from_millis(2);
+const ORDER_RESEND_EVERY: Duration = Duration::from_millis(20);
+const ORDER_STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 /// The redirector's detector timeout, and how often it re-sends the current view.
 const DETECT: Duration = Duration::from_millis(25);
 const VIEW_REFRESH: Duration = Duration::from_millis(50);
@@ -272,6 +299,26 @@ enum Msg {
         /// Per member, the epoch of the view it last joined.
         since: Vec<u64>,
     },
+    /// Total order: stamps from the primary, or a member's answer to a new primary's sync.
+    Order {
+        to: u32,
+        from: u32,
+        stamps: Vec<Stamp>,
+    },
+    /// Total order: "send me the stamps in [from, to)" (a backup's repair request, or a new
+    /// primary's sync).
+    OrderNeed {
+        to: u32,
+        from: u32,
+        range: (u64, u64),
+    },
+    /// Total order: the primary's "gone" (the oldest stamp it keeps, and its next).
+    OrderGone {
+        to: u32,
+        from: u32,
+        oldest: u64,
+        next: u64,
+    },
 }
 
 impl Msg {
@@ -285,7 +332,10 @@ impl Msg {
             }
             Msg::Progress { to, from, .. }
             | Msg::Repair { to, from, .. }
-            | Msg::Digest { to, from, .. } => (Some(*to), Some(*from)),
+            | Msg::Digest { to, from, .. }
+            | Msg::Order { to, from, .. }
+            | Msg::OrderNeed { to, from, .. }
+            | Msg::OrderGone { to, from, .. } => (Some(*to), Some(*from)),
         }
     }
 }
@@ -316,6 +366,15 @@ struct HostConn {
     dirty: bool,
     /// When its timers are due (as after its last run).
     next_at: Option<Instant>,
+    /// Total order (dataplane.rs, `Conn`): client bytes the sequencer granted and the backend
+    /// has not taken yet; bytes the backend wrote; the highest `rcv_nxt` a member reported;
+    /// where this replica's stamps of a connection it left end (as primary); whether it can
+    /// no longer tell.
+    credit: usize,
+    from_backend: u64,
+    peer_rcv: Option<SeqNumber>,
+    order_pos: Option<SeqNumber>,
+    order_lost: bool,
 }
 
 struct Replica {
@@ -333,6 +392,15 @@ struct Replica {
     backend_dead: Option<BackendFault>,
     /// When it last left the redirector's view.
     left_view: Option<Instant>,
+    /// The service's sequencer (total order only), and the chunks (connection, length) it
+    /// granted its backends, in order.
+    seq: Option<Sequencer>,
+    chunks: Vec<(usize, u32)>,
+    /// Times its sequencer found it had delivered a stamp the primary numbers differently
+    /// (then it leaves every connection it holds).
+    diverged: u64,
+    /// Connections its sequencer could not follow (it left them).
+    abandoned: u64,
 }
 
 /// One connection as the client holds it.
@@ -401,6 +469,12 @@ struct Sim {
     log: Vec<String>,
     /// `FT_TRACE=c`: the connection whose packets the log shows.
     trace: Option<usize>,
+    /// The service orders client bytes across its connections (`--order total`).
+    total: bool,
+    /// When the primaries send their recent stamps again.
+    order_resend_at: Instant,
+    /// Whether a partition cut a replica off (its messages were lost).
+    partitioned_once: bool,
 }
 
 fn seg_text(s: &rewrite::Seg) -> String {
@@ -432,7 +506,7 @@ fn bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
 }
 
 impl Sim {
-    fn new(seed: u64) -> Sim {
+    fn new(seed: u64, total: bool) -> Sim {
         let mut rng = Rng(seed);
         let loss = [0.0, 0.01, 0.03, 0.05][rng.range(0, 4) as usize];
         let dup = [0.0, 0.01, 0.03][rng.range(0, 3) as usize];
@@ -576,6 +650,9 @@ impl Sim {
             cookies,
             log: Vec::new(),
             trace: std::env::var("FT_TRACE").ok().and_then(|s| s.parse().ok()),
+            total,
+            order_resend_at: Instant::from_millis(0),
+            partitioned_once: false,
         };
         for _ in 0..HOSTS {
             sim.add_replica();
@@ -604,6 +681,13 @@ impl Sim {
             rate,
             backend_dead: None,
             left_view: None,
+            seq: self.total.then(|| {
+                let stall = FtConfig::default().stall_after.total_micros();
+                Sequencer::new(ORDER_QUIET).with_stall(std::time::Duration::from_micros(stall))
+            }),
+            chunks: Vec::new(),
+            diverged: 0,
+            abandoned: 0,
         });
         self.view.push(id);
         self.new_view();
@@ -689,8 +773,9 @@ impl Sim {
             ));
         }
         panic!(
-            "FT_SEED={} failed at t={} ms: {what}\nloss={} dup={} ctl_loss={} ctl_dup={} view_loss={} late={} cookies={} view={:?} epoch={}\nlast events:\n{}",
+            "FT_SEED={}{} failed at t={} ms: {what}\nloss={} dup={} ctl_loss={} ctl_dup={} view_loss={} late={} cookies={} view={:?} epoch={}\nlast events:\n{}",
             self.seed,
+            if self.total { " FT_TOTAL=1" } else { "" },
             self.now.total_millis(),
             self.loss,
             self.dup,
@@ -771,12 +856,21 @@ impl Sim {
     /// client sends none of those any more. The redirector still counts it, and no speaker is
     /// left to have it excluded (FT_SEED=1795995493970920: 3 joined, lost its first view,
     /// 0 and 1 crashed).
+    ///
+    /// So is a member whose backend is gone for the connection: a backend fault, or a total
+    /// order it could not follow (FT_SEED=1796001808990000 FT_TOTAL=1: the last member had
+    /// missed the connection's first stamps, its client packets lost, before the primary
+    /// crashed). The host then resets the connection; the harness does not, and does not
+    /// wait for it.
     fn is_lost(&self, c: usize) -> bool {
         self.conns[c].started
             && !(0..self.replicas.len()).any(|r| {
-                self.in_conn(r, c)
-                    && self.replicas[r].alive
-                    && (self.replicas[r].held[c] || self.could_open(c))
+                let rep = &self.replicas[r];
+                let holds = match rep.conns[c].as_ref() {
+                    Some(h) => !h.backend_dead,
+                    None => !rep.held[c] && self.could_open(c),
+                };
+                self.in_conn(r, c) && rep.alive && holds
             })
     }
 
@@ -857,9 +951,21 @@ impl Sim {
                         h.ft.set_view(now, &without);
                     }
                 }
+                let old_primary = rep.view.as_ref().and_then(|v| v.first().copied());
                 rep.epoch = epoch;
                 rep.view = Some(members.clone());
                 rep.since = since;
+                let new_primary = members.first().copied();
+                if let (Some(old), Some(new), Some(q)) =
+                    (old_primary, new_primary, rep.seq.as_mut())
+                {
+                    if old != new {
+                        // Total order across a failover (dataplane.rs, on_view).
+                        let t = self.book_base
+                            + std::time::Duration::from_micros(now.total_micros() as u64);
+                        q.on_primary_changed(new == to, t);
+                    }
+                }
                 for h in rep.conns.iter_mut().flatten() {
                     h.ft.set_view(now, &members);
                     h.dirty = true;
@@ -873,6 +979,7 @@ impl Sim {
                     ));
                 }
                 if let Some(h) = self.replicas[to as usize].conns[conn].as_mut() {
+                    h.peer_rcv = Some(h.peer_rcv.map_or(p.rcv_nxt, |x| x.max(p.rcv_nxt)));
                     h.ft.handle_progress(now, from, p);
                     h.dirty = true;
                 }
@@ -931,6 +1038,344 @@ impl Sim {
             Msg::NoticeAck { from, conn, count } => {
                 let k = key(self.conns[conn].port);
                 self.book.handle_ack(from, &k, count);
+            }
+            Msg::Order { to, from, stamps } => {
+                // dataplane.rs, on_order: the primary's stamps, or a member's answer to us as
+                // a new primary's sync.
+                let t = self.std_time(now);
+                let rep = &mut self.replicas[to as usize];
+                let primary = rep.view.as_ref().and_then(|v| v.first().copied());
+                let Some(q) = rep.seq.as_mut() else { return };
+                let member_answer = primary == Some(to) && from != to;
+                if member_answer {
+                    q.on_member_stamps(&stamps, t);
+                } else if primary == Some(from) {
+                    q.on_stamps(&stamps, t);
+                }
+            }
+            Msg::OrderNeed { to, from, range } => {
+                // dataplane.rs, on_order_repair: a backup's request to us as the primary, or
+                // a new primary's sync.
+                let rep = &mut self.replicas[to as usize];
+                let primary = rep.view.as_ref().and_then(|v| v.first().copied());
+                let Some(q) = rep.seq.as_mut() else { return };
+                let answer = if primary == Some(to) {
+                    Some(q.on_need(range.0, range.1))
+                } else if primary == Some(from) && from != to {
+                    match q.on_need(range.0, range.1) {
+                        a @ NeedAnswer::Stamps(_) => Some(a),
+                        NeedAnswer::Gone { .. } => None,
+                    }
+                } else {
+                    None
+                };
+                match answer {
+                    Some(NeedAnswer::Stamps(stamps)) => {
+                        let m = Msg::Order {
+                            to: from,
+                            from: to,
+                            stamps,
+                        };
+                        self.send(Link::Control, m);
+                    }
+                    Some(NeedAnswer::Gone { oldest, next }) => {
+                        let m = Msg::OrderGone {
+                            to: from,
+                            from: to,
+                            oldest,
+                            next,
+                        };
+                        self.send(Link::Control, m);
+                    }
+                    None => {}
+                }
+            }
+            Msg::OrderGone {
+                to,
+                from,
+                oldest,
+                next,
+            } => {
+                let t = self.std_time(now);
+                let ports: Vec<u16> = self.conns.iter().map(|c| c.port).collect();
+                let rep = &mut self.replicas[to as usize];
+                let primary = rep.view.as_ref().and_then(|v| v.first().copied());
+                if primary != Some(from) || from == to {
+                    return;
+                }
+                let held: Vec<FlowKey> = (0..ports.len())
+                    .filter(|&c| rep.conns[c].is_some())
+                    .map(|c| key(ports[c]))
+                    .collect();
+                if let Some(q) = rep.seq.as_mut() {
+                    q.on_gone(oldest, next, &held, t);
+                }
+                self.abandon_order_losers(to as usize);
+            }
+        }
+    }
+
+    /// Virtual time `t` on the clock the book and the sequencers see.
+    fn std_time(&self, t: Instant) -> std::time::Instant {
+        self.book_base + std::time::Duration::from_micros(t.total_micros() as u64)
+    }
+
+    /// Replica `r`'s sequencer, as the host's loop runs it (dataplane.rs, `run_order` and
+    /// `abandon_order_losers`): grants the next chunk where one may go, sends new stamps to
+    /// the members of its view, asks for missing ones, and leaves the connections it can no
+    /// longer follow.
+    fn run_order(&mut self, r: usize) {
+        let now = self.now;
+        let std_now = self.std_time(now);
+        let resend = now >= self.order_resend_at;
+        let me = r as u32;
+        let ports: Vec<u16> = self.conns.iter().map(|c| c.port).collect();
+        let rep = &mut self.replicas[r];
+        if !rep.alive || rep.seq.is_none() {
+            return;
+        }
+        let primary = rep.view.as_ref().and_then(|v| v.first()) == Some(&me);
+        let keys: Vec<FlowKey> = (0..ports.len())
+            .filter(|&c| rep.conns[c].is_some())
+            .map(|c| key(ports[c]))
+            .collect();
+        // Connections this member left: as the primary it stamps them on from where its own
+        // stamps ended; as a backup it can no longer tell where they end.
+        let mut left = Vec::new();
+        for (c, h) in rep.conns.iter_mut().enumerate() {
+            let Some(h) = h.as_mut() else { continue };
+            if !h.ft.is_retired() || h.order_pos.is_some() || h.order_lost {
+                continue;
+            }
+            left.push(key(ports[c]));
+            if !primary {
+                h.order_lost = true;
+                continue;
+            }
+            let local =
+                h.ft.member_progress()
+                    .into_iter()
+                    .find(|(m, _)| m.is_none());
+            let queued = h.ft.endpoint_ref().recv_queue() as u32;
+            let credit = h.credit as u32;
+            h.order_pos =
+                local.map(|(_, r)| SeqNumber(r.0.wrapping_sub(queued).wrapping_add(credit)));
+            h.order_lost = h.order_pos.is_none();
+        }
+        let q = rep.seq.as_mut().expect("checked above");
+        for k in left {
+            q.on_left(k, std_now);
+        }
+        let conns = &rep.conns;
+        let view = |k: FlowKey| {
+            let c = usize::from(k.client.port() - 40000);
+            let h = conns.get(c)?.as_ref()?;
+            if h.ft.is_retired() {
+                let (true, Some(pos), Some(peer)) = (primary, h.order_pos, h.peer_rcv) else {
+                    return None;
+                };
+                return Some(ConnView {
+                    pending: if pos.lt(peer) {
+                        peer.since(pos) as usize
+                    } else {
+                        0
+                    },
+                    answered: h.from_backend,
+                    fin: false,
+                });
+            }
+            if h.backend_dead || h.closed {
+                return None;
+            }
+            let fin = matches!(
+                h.ft.state(),
+                TcpState::CloseWait | TcpState::LastAck | TcpState::Closing | TcpState::TimeWait
+            );
+            Some(ConnView {
+                pending: h.ft.endpoint_ref().recv_queue().saturating_sub(h.credit),
+                answered: h.from_backend,
+                fin,
+            })
+        };
+        let grant = q.next_grant(std_now, primary, &keys, view);
+        let stuck = q.stuck(std_now, ORDER_STUCK_AFTER, primary, view);
+        let (mut stamps, mut need, mut sync) = (None, None, None);
+        if primary {
+            sync = q.poll_sync(std_now);
+            stamps = q.take_outbox();
+            if stamps.is_none() && resend {
+                let recent = q.recent();
+                stamps = (!recent.is_empty()).then_some(recent);
+            }
+        } else {
+            need = q.poll_need(std_now);
+        }
+        let st = q.take_stats();
+        rep.diverged += st.diverged;
+        rep.abandoned += st.abandoned;
+        let notable = host_server::order::OrderStats {
+            skipped: 0,
+            asked: 0,
+            served: 0,
+            forgotten: 0,
+            ..st
+        };
+        if notable != host_server::order::OrderStats::default() {
+            let line = format!(
+                "{} ms: replica {r}: total order: {notable:?}",
+                now.total_millis()
+            );
+            self.log.push(line);
+        }
+        if let Some(why) = stuck {
+            self.log.push(format!(
+                "{} ms: replica {r}: total order has not moved for 2 s: {why}",
+                now.total_millis()
+            ));
+        }
+        let rep = &mut self.replicas[r];
+        if let Some((k, len)) = grant {
+            let c = usize::from(k.client.port() - 40000);
+            if let Some(h) = rep.conns[c].as_mut() {
+                if let Some(pos) = h.order_pos.as_mut() {
+                    // A connection this primary left: stamped for the others only.
+                    *pos = pos.plus(len);
+                    if let Some(q) = rep.seq.as_mut() {
+                        q.on_delivered(k, len as usize, std_now);
+                    }
+                } else {
+                    h.credit += len as usize;
+                    h.dirty = true;
+                    rep.chunks.push((c, len));
+                }
+            }
+        }
+        self.abandon_order_losers(r);
+        let rep = &self.replicas[r];
+        let members: Vec<u32> = rep.view.iter().flatten().copied().collect();
+        let primary_id = members.first().copied();
+        if let Some(st) = stamps {
+            for &to in members.iter().filter(|m| **m != me) {
+                let m = Msg::Order {
+                    to,
+                    from: me,
+                    stamps: st.clone(),
+                };
+                self.send(Link::Control, m);
+            }
+        }
+        if let Some(range) = sync {
+            for &to in members.iter().filter(|m| **m != me) {
+                self.send(
+                    Link::Control,
+                    Msg::OrderNeed {
+                        to,
+                        from: me,
+                        range,
+                    },
+                );
+            }
+        }
+        if let (Some(range), Some(to)) = (need, primary_id) {
+            self.send(
+                Link::Control,
+                Msg::OrderNeed {
+                    to,
+                    from: me,
+                    range,
+                },
+            );
+        }
+    }
+
+    /// The connections replica `r`'s sequencer can no longer follow: it leaves them as when
+    /// its backend fails one (dataplane.rs, `abandon_order_losers`).
+    fn abandon_order_losers(&mut self, r: usize) {
+        let now = self.now;
+        let rep = &mut self.replicas[r];
+        let Some(q) = rep.seq.as_mut() else {
+            return;
+        };
+        for k in q.take_abandoned() {
+            let c = usize::from(k.client.port() - 40000);
+            let Some(h) = rep.conns[c].as_mut() else {
+                continue;
+            };
+            if !h.ft.is_retired() {
+                self.log.push(format!(
+                    "{} ms: conn {c}: replica {r} missed its total order and leaves it",
+                    now.total_millis()
+                ));
+                h.ft.on_backend_failed(now);
+            }
+            h.backend_dead = true;
+            h.pending.clear();
+            h.dirty = true;
+        }
+    }
+
+    /// Total order, at the end: every two live replicas granted their backends the same
+    /// chunks (connection, length) in the same order, on the connections both hold and
+    /// neither left; one sequence is a prefix of the other (order_sim.rs checks the
+    /// sequencers alone the same way). A crashed replica's backend is not compared.
+    fn check_total_order(&self) {
+        if !self.total {
+            return;
+        }
+        // A backup's past differs from a new primary's only when its answer to the primary's
+        // sync was lost (then it leaves every connection: the safety net). Without loss, that
+        // net must never be needed: a sequencer that orders on its own is caught here, not
+        // hidden by members leaving.
+        if self.ctl_loss == 0.0 && !self.partitioned_once {
+            if let Some(r) = (0..self.replicas.len()).find(|&r| self.replicas[r].diverged > 0) {
+                self.fail(&format!(
+                    "total order: replica {r}'s past differed from its primary's {} times without loss on the ack channel",
+                    self.replicas[r].diverged
+                ));
+            }
+        }
+        // A member leaves a connection it cannot follow: one whose first stamps went by
+        // before its client packets came (lost, late), or whose bytes never came. Without
+        // any loss, nothing is late enough for that.
+        if self.ctl_loss == 0.0 && self.loss == 0.0 && !self.partitioned_once {
+            if let Some(r) = (0..self.replicas.len()).find(|&r| self.replicas[r].abandoned > 0) {
+                self.fail(&format!(
+                    "total order: replica {r} left {} connections it could not follow, without loss",
+                    self.replicas[r].abandoned
+                ));
+            }
+        }
+        let follows = |r: usize, c: usize| {
+            self.replicas[r].conns[c]
+                .as_ref()
+                .is_some_and(|h| !h.ft.is_retired() && !h.order_lost && !h.backend_dead)
+        };
+        let live: Vec<usize> = (0..self.replicas.len())
+            .filter(|&r| self.replicas[r].alive)
+            .collect();
+        for (i, &a) in live.iter().enumerate() {
+            for &b in &live[i + 1..] {
+                let shared = |c: usize| follows(a, c) && follows(b, c);
+                let sa: Vec<(usize, u32)> = self.replicas[a]
+                    .chunks
+                    .iter()
+                    .copied()
+                    .filter(|(c, _)| shared(*c))
+                    .collect();
+                let sb: Vec<(usize, u32)> = self.replicas[b]
+                    .chunks
+                    .iter()
+                    .copied()
+                    .filter(|(c, _)| shared(*c))
+                    .collect();
+                let n = sa.len().min(sb.len());
+                if let Some(i) = (0..n).find(|&i| sa[i] != sb[i]) {
+                    self.fail(&format!(
+                        "total order: replicas {a} and {b} granted different chunks at position {i} of the connections both follow: {:?} and {:?}",
+                        &sa[i..(i + 3).min(sa.len())],
+                        &sb[i..(i + 3).min(sb.len())]
+                    ));
+                }
             }
         }
     }
@@ -1141,6 +1586,11 @@ impl Sim {
                 closed: false,
                 dirty: true,
                 next_at: None,
+                credit: 0,
+                from_backend: 0,
+                peer_rcv: None,
+                order_pos: None,
+                order_lost: false,
             };
             // A backend that is down refuses the connection: the host fails it at once.
             if let Some(how) = rep.backend_dead {
@@ -1174,18 +1624,22 @@ impl Sim {
         if !self.replicas[r].alive {
             return;
         }
+        let (total, std_now) = (self.total, self.std_time(now));
         for c in 0..self.conns.len() {
+            let k = key(self.conns[c].port);
             let rep = &mut self.replicas[r];
             let rate = rep.rate;
             let Some(h) = rep.conns[c].as_mut() else {
                 continue;
             };
-            let busy = !h.pending.is_empty() || h.ft.endpoint_ref().recv_queue() > 0;
-            if !(h.dirty || busy || h.next_at.is_some_and(|t| t <= now)) {
+            if !(h.dirty || busy(h, total) || h.next_at.is_some_and(|t| t <= now)) {
                 continue;
             }
             h.dirty = false;
-            bridge(h, rate, now);
+            let taken = bridge(h, rate, now, total);
+            if let (true, Some(q)) = (taken > 0, rep.seq.as_mut()) {
+                q.on_delivered(k, taken, std_now);
+            }
             let f = &mut h.ft;
             f.poll(now);
             let out = f.take_to_client();
@@ -1603,6 +2057,7 @@ impl Sim {
                 Event::Partition(who, d) => {
                     let Some(r) = self.pick(who) else { continue };
                     self.replicas[r].partitioned = true;
+                    self.partitioned_once = true;
                     self.log.push(format!(
                         "{} ms: partition replica {r} for {} ms",
                         now.total_millis(),
@@ -1699,7 +2154,7 @@ impl Sim {
                 if let Some(x) = h.next_at {
                     t = t.min(x);
                 }
-                if !h.pending.is_empty() || h.ft.endpoint_ref().recv_queue() > 0 {
+                if busy(h, self.total) {
                     t = t.min(now + Duration::from_micros(200));
                 }
             }
@@ -1708,6 +2163,23 @@ impl Sim {
             t = t.min(x);
         }
         t = t.min(self.next_refresh);
+        if self.total {
+            t = t.min(self.order_resend_at);
+            for r in self.replicas.iter().filter(|r| r.alive) {
+                let Some(q) = r.seq.as_ref() else { continue };
+                let at = if q.busy() {
+                    Some(now + Duration::from_millis(1))
+                } else {
+                    q.wake_at().map(|w| {
+                        let us = w.saturating_duration_since(self.book_base).as_micros() as i64;
+                        Instant::from_micros(us)
+                    })
+                };
+                if let Some(x) = at {
+                    t = t.min(x);
+                }
+            }
+        }
         if let Some(at) = self.book.poll_at() {
             let us = at.saturating_duration_since(self.book_base).as_micros() as i64;
             t = t.min(Instant::from_micros(us));
@@ -1743,14 +2215,23 @@ impl Sim {
             }
             self.run_redirector();
             for r in 0..self.replicas.len() {
+                self.run_order(r);
                 self.run_replica(r);
+            }
+            if self.now >= self.order_resend_at {
+                self.order_resend_at = self.now + ORDER_RESEND_EVERY;
             }
             self.run_client();
             self.check();
             self.checked();
             self.now = self.next_time();
         }
+        self.check_total_order();
         if std::env::var("FT_SEED").is_ok() {
+            if self.total {
+                let chunks: Vec<usize> = self.replicas.iter().map(|r| r.chunks.len()).collect();
+                println!("total order: chunks granted per replica {chunks:?}");
+            }
             let lost = (0..self.conns.len()).filter(|&c| self.is_lost(c)).count();
             println!(
                 "seed {} done at {} ms after {steps} steps: {} connections ({lost} lost with all their members)\n{}",
@@ -1765,28 +2246,41 @@ impl Sim {
 
 /// The host's bridge for one connection: client bytes to the backend, its answers back, its
 /// close after the client's FIN.
-fn bridge(h: &mut HostConn, rate: usize, now: Instant) {
+/// Whether the host's bridge has bytes to move for `h` (in total order, client bytes only as
+/// far as granted).
+fn busy(h: &HostConn, total: bool) -> bool {
+    !h.pending.is_empty() || (h.ft.endpoint_ref().recv_queue() > 0 && (!total || h.credit > 0))
+}
+
+/// In total order the backend takes only the bytes the sequencer granted (`credit`).
+/// Returns how many client bytes the backend took.
+fn bridge(h: &mut HostConn, rate: usize, now: Instant, total: bool) -> usize {
     if h.reset_on_input && h.ft.endpoint_ref().recv_queue() > 0 {
         h.reset_on_input = false;
         h.ft.on_backend_failed(now);
     }
     let rate = if h.backend_dead { 0 } else { rate };
+    let limit = if total { h.credit } else { usize::MAX };
     let input = &mut h.input;
     let pending = &mut h.pending;
-    h.ft.endpoint().recv_into(|buf| {
-        let n = buf.len().min(rate);
+    let taken = h.ft.endpoint().recv_into(|buf| {
+        let n = buf.len().min(rate).min(limit);
         input.extend_from_slice(&buf[..n]);
         pending.extend(buf[..n].iter().map(|b| transform(*b)));
         n
     });
+    if total {
+        h.credit -= taken.min(h.credit);
+    }
     if !pending.is_empty() {
-        h.ft.endpoint().send_from(|buf| {
+        let wrote = h.ft.endpoint().send_from(|buf| {
             let n = buf.len().min(pending.len()).min(rate);
             for (i, b) in pending.drain(..n).enumerate() {
                 buf[i] = b;
             }
             n
         });
+        h.from_backend += wrote as u64;
     }
     // The client's FIN reached the backend (its read returned 0) and it said everything:
     // it closes too.
@@ -1799,6 +2293,7 @@ fn bridge(h: &mut HostConn, rate: usize, now: Instant) {
         h.closed = true;
         h.ft.endpoint().close();
     }
+    taken
 }
 
 fn backend_fails(h: &mut HostConn, how: BackendFault, now: Instant) {
@@ -1820,7 +2315,8 @@ fn backend_fails(h: &mut HostConn, how: BackendFault, now: Instant) {
 fn run_seed(seed: u64, harness: Harness) {
     match harness {
         Harness::Classic => classic::run(seed),
-        Harness::Cluster => Sim::new(seed).run(),
+        Harness::Cluster => Sim::new(seed, false).run(),
+        Harness::ClusterTotal => Sim::new(seed, true).run(),
     }
 }
 
@@ -1853,6 +2349,8 @@ fn run_fresh_seeds(harness: Harness) {
         let seed: u64 = s.parse().expect("FT_SEED is a number");
         let harness = if std::env::var_os("FT_CLASSIC").is_some() {
             Harness::Classic
+        } else if std::env::var_os("FT_TOTAL").is_some() {
+            Harness::ClusterTotal
         } else {
             Harness::Cluster
         };
@@ -1889,6 +2387,11 @@ fn run_fresh_seeds(harness: Harness) {
     for seed in base..base + n {
         #[allow(clippy::disallowed_methods)]
         let t = std::time::Instant::now();
+        // A quarter of the cluster seeds run the service in total order.
+        let harness = match harness {
+            Harness::Cluster if seed % 4 == 0 => Harness::ClusterTotal,
+            h => h,
+        };
         if let Err(e) = std::panic::catch_unwind(|| run_seed(seed, harness)) {
             failures.push(panic_text(e));
         }

@@ -1035,6 +1035,14 @@ fn order_entry(s: &Stamp) -> OrderEntry {
     }
 }
 
+/// Whether a connection in TCP state `s` received the client's FIN.
+fn client_fin_in(s: TcpState) -> bool {
+    matches!(
+        s,
+        TcpState::CloseWait | TcpState::LastAck | TcpState::Closing | TcpState::TimeWait
+    )
+}
+
 /// A total-order service's sequencer: its quiet time, and a backup's wait for missing
 /// client bytes kept below the speaker's stall clock (see `order.rs`).
 fn sequencer_for(ft: &FtOpts) -> Sequencer {
@@ -2684,6 +2692,7 @@ impl Dataplane {
                             0
                         },
                         answered: c.from_backend,
+                        fin: false,
                     });
                 }
                 if !matches!(
@@ -2699,6 +2708,7 @@ impl Dataplane {
                 Some(ConnView {
                     pending: c.tcp.ep_ref().recv_queue().saturating_sub(c.credit),
                     answered: c.from_backend,
+                    fin: client_fin_in(c.tcp.ep_ref().state()),
                 })
             };
             let Some(q) = self.sequencers.get_mut(&service) else {
