@@ -523,8 +523,31 @@ fn total_order_keeps_redis_replicas_identical_across_a_primary_kill() {
     assert_eq!(survivors.len(), 2, "{survivors:?}");
     let digests: Vec<String> = survivors.iter().map(|h| lab.redis_digest(h)).collect();
     println!("DEBUG DIGEST on {survivors:?}: {digests:?}");
+    // What each survivor's sequencer did: a replica that left connections it could not
+    // follow (or whose past differed from the new primary's) has a different state for good.
+    let order: Vec<String> = survivors
+        .iter()
+        .map(|h| {
+            let text = lab.metrics(h);
+            let counts: Vec<String> = [
+                "left",
+                "abandoned",
+                "diverged",
+                "starved",
+                "gone",
+                "dropped",
+                "voided",
+                "adopted",
+            ]
+            .iter()
+            .map(|w| format!("{w}={}", metric(&text, &format!("hydra_order_{w}_total"))))
+            .collect();
+            format!("{h}: {}", counts.join(" "))
+        })
+        .collect();
+    println!("total order on the survivors: {order:?}");
     assert!(
         digests.iter().all(|d| d == &digests[0] && d.len() == 40),
-        "the surviving replicas' redis states differ: {digests:?}"
+        "the surviving replicas' redis states differ: {digests:?}; total order: {order:?}"
     );
 }
