@@ -1264,27 +1264,21 @@ impl Sim {
                 self.send(Link::Control, m);
             }
         }
-        if let Some(range) = sync {
-            for &to in members.iter().filter(|m| **m != me) {
-                self.send(
-                    Link::Control,
-                    Msg::OrderNeed {
-                        to,
-                        from: me,
-                        range,
-                    },
-                );
-            }
-        }
-        if let (Some(range), Some(to)) = (need, primary_id) {
-            self.send(
-                Link::Control,
-                Msg::OrderNeed {
+        // A new primary's sync goes to every member, a backup's request to its primary.
+        let others: Vec<u32> = members.iter().copied().filter(|m| *m != me).collect();
+        let asks = sync
+            .map(|range| (range, others))
+            .into_iter()
+            .chain(need.zip(primary_id).map(|(range, p)| (range, vec![p])));
+        for (range, tos) in asks {
+            for to in tos {
+                let m = Msg::OrderNeed {
                     to,
                     from: me,
                     range,
-                },
-            );
+                };
+                self.send(Link::Control, m);
+            }
         }
     }
 
