@@ -154,6 +154,20 @@ impl Progress {
     }
 }
 
+/// Why a speaker dropped members from a connection, counted per reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropReasons {
+    /// Its backend reset, or ended its output before the others'.
+    pub ended: u64,
+    /// It stayed more than `stall_after` behind output another member produced (or never
+    /// learned the connection's `isn_s`).
+    pub stalled: u64,
+    /// Its output differed from ours for `stall_after`.
+    pub differs: u64,
+    /// It never reported the connection within `synack_hold_max` of the open.
+    pub silent: u64,
+}
+
 /// How a member's backend ended its side of the connection.
 ///
 /// ```text
@@ -341,8 +355,11 @@ pub struct FtStats {
     /// Times this replica, as the speaker, handed the connection to another member because
     /// its own backend ended early, reset or stalled.
     pub handoffs: u64,
-    /// Members this replica, as the speaker, dropped from the connection.
+    /// Members this replica, as the speaker, dropped from the connection (the sum of the
+    /// `dropped` reasons).
     pub members_dropped: u64,
+    /// Why it dropped them.
+    pub dropped: DropReasons,
     /// Resets our stack made up by itself, never sent (only decided resets leave).
     pub resets_suppressed: u64,
     /// Times this replica left the connection because it was out of the view.
@@ -1001,6 +1018,7 @@ impl FtConn {
                 if let Some(i) = self.isn_s.filter(|i| p.isn_s != Some(*i)) {
                     if self.lagging(now, id, i.plus(1), target, false) {
                         leaving.push(id);
+                        self.stats.dropped.stalled += 1;
                     }
                 }
                 continue;
@@ -1010,8 +1028,12 @@ impl FtConn {
                 OutputEnd::Fin => d.lt(furthest),
                 OutputEnd::Open => false,
             };
-            if early || self.lagging(now, id, o, target, starved(Some(p.rcv_nxt))) {
+            if early {
                 leaving.push(id);
+                self.stats.dropped.ended += 1;
+            } else if self.lagging(now, id, o, target, starved(Some(p.rcv_nxt))) {
+                leaving.push(id);
+                self.stats.dropped.stalled += 1;
             }
         }
         // A member whose output differs from ours (what the client gets) may not take the
@@ -1028,6 +1050,7 @@ impl FtConn {
             if now - since >= self.cfg.stall_after {
                 self.diverged.remove(&id);
                 leaving.push(id);
+                self.stats.dropped.differs += 1;
             }
         }
         for id in leaving {
@@ -1917,6 +1940,8 @@ impl FtConn {
                 for id in silent {
                     tracing::debug!(conn = ?self.key, member = id, "member silent since the open: asking to exclude it");
                     self.dropping.push(id);
+                    self.stats.members_dropped += 1;
+                    self.stats.dropped.silent += 1;
                     self.request_exclusion(now, id);
                 }
             }

@@ -26,7 +26,9 @@ pub mod speaker;
 pub mod syncookie;
 
 pub use endpoint::{Endpoint, EndpointConfig, TcpState};
-pub use ft::{AgreementStatus, FtConfig, FtConn, FtStats, OutputEnd, PeerId, Progress, Role};
+pub use ft::{
+    AgreementStatus, DropReasons, FtConfig, FtConn, FtStats, OutputEnd, PeerId, Progress, Role,
+};
 pub use packet::{FlowKey, PacketError, TcpFlags, TcpMeta};
 pub use plain::PlainConn;
 pub use seq::SeqNumber;

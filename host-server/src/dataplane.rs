@@ -31,8 +31,8 @@ use control::metrics::{Counter, Exposition};
 use ft_tcp::agreement::BlockDigest;
 use ft_tcp::syncookie::{self, CookieJar, SynOpts};
 use ft_tcp::{
-    rewrite, Endpoint, EndpointConfig, FlowKey, FtConfig, FtConn, OutputEnd, PacketError,
-    PlainConn, Progress, Role, SeqNumber, TcpMeta, TcpState,
+    rewrite, DropReasons, Endpoint, EndpointConfig, FlowKey, FtConfig, FtConn, OutputEnd,
+    PacketError, PlainConn, Progress, Role, SeqNumber, TcpMeta, TcpState,
 };
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
@@ -516,13 +516,22 @@ impl HostMetrics {
             "",
             self.ft.handoffs.get(),
         );
-        e.sample(
-            "hydra_ft_members_dropped_total",
-            "counter",
-            "Members dropped from a connection by this host as its speaker (backend reset, ended early or stalled)",
-            "",
-            self.ft.members_dropped.get(),
-        );
+        for (reason, v) in [
+            ("ended", &self.ft.dropped_ended),
+            ("stalled", &self.ft.dropped_stalled),
+            ("differs", &self.ft.dropped_differs),
+            ("silent", &self.ft.dropped_silent),
+        ] {
+            e.sample(
+                "hydra_ft_members_dropped_total",
+                "counter",
+                "Members dropped from a connection by this host as its speaker, by reason: its \
+                 backend reset or ended early, it stalled, its output differed, or it never \
+                 reported the connection",
+                &format!("reason=\"{reason}\""),
+                v.get(),
+            );
+        }
         e.sample(
             "hydra_ft_exclusion_requests_total",
             "counter",
@@ -807,7 +816,7 @@ struct Conn {
     /// Output-agreement counts already added to the metrics.
     agreement_seen: (u64, u64),
     /// Handoffs and dropped members already added to the metrics.
-    handoffs_seen: (u64, u64),
+    handoffs_seen: (u64, DropReasons),
     /// This host left the connection (ft), and the health checker was asked to look.
     retired_seen: bool,
     /// The service is in total order: client bytes reach the backend only as granted.
@@ -948,9 +957,15 @@ pub struct FtMetrics {
     /// Connections this host handed to another member as their speaker, because its own
     /// backend ended early, reset or stalled (issue #14).
     pub handoffs: Counter,
-    /// Members this host, as a connection's speaker, dropped from it (their backend reset,
-    /// ended early or stalled).
-    pub members_dropped: Counter,
+    /// Members this host, as a connection's speaker, dropped from it because their backend
+    /// reset or ended early.
+    pub dropped_ended: Counter,
+    /// ... because they stalled (more than the stall time behind another member's output).
+    pub dropped_stalled: Counter,
+    /// ... because their output differed from ours for the stall time.
+    pub dropped_differs: Counter,
+    /// ... because they never reported the connection after its open.
+    pub dropped_silent: Counter,
     /// Exclusion requests sent to the view authority.
     pub exclusion_requests: Counter,
     /// Exclusion notices received from the view authority.
@@ -1860,7 +1875,7 @@ impl Dataplane {
             writable: false,
             deadline: None,
             agreement_seen: (0, 0),
-            handoffs_seen: (0, 0),
+            handoffs_seen: (0, DropReasons::default()),
             retired_seen: false,
             total: mode == Mode::Ft && ft_opts.total_order,
             credit: 0,
@@ -1989,11 +2004,17 @@ impl Dataplane {
                         members: exclude,
                     });
                 }
-                let seen = (f.stats.handoffs, f.stats.members_dropped);
+                let seen = (f.stats.handoffs, f.stats.dropped);
                 let ft = &self.shared.metrics.ft;
                 ft.handoffs.add(seen.0.saturating_sub(c.handoffs_seen.0));
-                ft.members_dropped
-                    .add(seen.1.saturating_sub(c.handoffs_seen.1));
+                let (now_d, was) = (seen.1, c.handoffs_seen.1);
+                ft.dropped_ended.add(now_d.ended.saturating_sub(was.ended));
+                ft.dropped_stalled
+                    .add(now_d.stalled.saturating_sub(was.stalled));
+                ft.dropped_differs
+                    .add(now_d.differs.saturating_sub(was.differs));
+                ft.dropped_silent
+                    .add(now_d.silent.saturating_sub(was.silent));
                 if seen.0 > c.handoffs_seen.0 {
                     tracing::warn!(client = %c.key.client, service = %c.key.service, "this host's backend ended early, reset or stalls: connection handed to the next member");
                 }

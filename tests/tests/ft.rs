@@ -542,7 +542,18 @@ fn total_order_keeps_redis_replicas_identical_across_a_primary_kill() {
             .iter()
             .map(|w| format!("{w}={}", metric(&text, &format!("hydra_order_{w}_total"))))
             .collect();
-            format!("{h}: {}", counts.join(" "))
+            let dropped: Vec<String> = ["ended", "stalled", "differs", "silent"]
+                .iter()
+                .map(|r| {
+                    let name = format!("hydra_ft_members_dropped_total{{reason=\"{r}\"}}");
+                    format!("{r}={}", metric(&text, &name))
+                })
+                .collect();
+            format!(
+                "{h}: {}; members it dropped as speaker: {}",
+                counts.join(" "),
+                dropped.join(" ")
+            )
         })
         .collect();
     println!("total order on the survivors: {order:?}");
