@@ -18,7 +18,7 @@
 //! timeout_ms = 25                   # ft detector (setportopt --timeout), optional
 //! repair = true                     # ft hop-by-hop repair (setportopt --repair), optional
 //! order = "total"                   # ft total order across connections, optional
-//! quiet_ms = 2                      # total order: longest wait for an answer, optional
+//! quiet_ms = 100                    # total order: longest wait for an answer, optional
 //! stall_ms = 1000                   # ft: a member lagging this far behind is failed, optional
 //! ```
 

@@ -81,7 +81,7 @@ impl Default for FtOpts {
         FtOpts {
             repair: true,
             total_order: false,
-            quiet_ms: 2,
+            quiet_ms: 100,
             stall_ms: 1000,
         }
     }

@@ -89,8 +89,10 @@ enum Command {
         #[arg(long, default_value = "none", value_parser = ["none", "total"])]
         order: String,
         /// Total order: the longest wait for the backend's answer before the next
-        /// connection's chunk (e.g. 2ms).
-        #[arg(long, default_value = "2ms")]
+        /// connection's chunk (e.g. 100ms). Past it the next chunk goes without the answer,
+        /// and a backend slower than that may execute two connections' chunks in another
+        /// order on some replica: keep it well above the backend's worst answer time.
+        #[arg(long, default_value = "100ms")]
         quiet: String,
         /// ft: a member whose backend lags more than this behind output the other members'
         /// backends already produced (stopped, hung, or ended early) is treated as failed for
