@@ -496,9 +496,11 @@ fn a_replica_with_different_output_is_reported_and_never_takes_over() {
 /// `redis-cli DEBUG DIGEST` of the redis on `node` (port 8080 in its namespace).
 
 #[test]
-#[ignore = "flaky: the survivors' DEBUG DIGESTs differed in 1 of 3 runs on a4919a3 (1 of 4 \
-            on 91f9fe4, before issue #12's total-order fixes, which made the soak pass in \
-            total order); run by hand with --ignored until that is understood (issue #12)"]
+#[ignore = "flaky (issue #12): with a 2 ms quiet time a survivor was dropped for differing \
+            output in 4 of 6 runs on a loaded machine; with 100 ms none was, but a backup that \
+            lags past the 1 s stall time is dropped from connections (its redis then differs: \
+            1 of 3 runs) and a lost sync answer makes one leave all (1 of 3); run by hand \
+            with --ignored"]
 fn total_order_keeps_redis_replicas_identical_across_a_primary_kill() {
     if !netns_or_skip() {
         return;
@@ -521,8 +523,22 @@ fn total_order_keeps_redis_replicas_identical_across_a_primary_kill() {
     );
     let survivors = lab.members();
     assert_eq!(survivors.len(), 2, "{survivors:?}");
-    let digests: Vec<String> = survivors.iter().map(|h| lab.redis_digest(h)).collect();
-    println!("DEBUG DIGEST on {survivors:?}: {digests:?}");
+    // The benchmark ends when the client has every reply, from the speaker; a backup may
+    // still be working through stamps it queued (it lags on a loaded machine). Its state
+    // must reach the speaker's: compare until they agree, for at most 10 s.
+    let mut digests: Vec<String> = Vec::new();
+    let compared = Instant::now();
+    for _ in 0..50 {
+        digests = survivors.iter().map(|h| lab.redis_digest(h)).collect();
+        if digests.iter().all(|d| d == &digests[0]) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "DEBUG DIGEST on {survivors:?}: {digests:?} (after {:?})",
+        compared.elapsed()
+    );
     // What each survivor's sequencer did: a replica that left connections it could not
     // follow (or whose past differed from the new primary's) has a different state for good.
     let order: Vec<String> = survivors
