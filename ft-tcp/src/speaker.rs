@@ -79,6 +79,10 @@ pub struct BookStats {
     pub notices: u64,
     /// Records that expired idle.
     pub expired: u64,
+    /// Client SYNs on the 4-tuple of a record still in use: kept (the SYN may be forged), so
+    /// the record's exclusions also fence a new connection on a reused port until the record
+    /// goes.
+    pub syn_on_open_record: u64,
 }
 
 /// One member still to acknowledge a connection's list: when to send it again, and the
@@ -170,6 +174,9 @@ impl SpeakerBook {
         if flags.rst || reused {
             self.forget(key);
             return;
+        }
+        if inbound && flags.syn && !flags.ack {
+            self.stats.syn_on_open_record += 1;
         }
         e.touched = now;
         if flags.fin {
@@ -538,6 +545,7 @@ mod tests {
         b.handle_request(t, 1, key(2), 1, VIEW).unwrap();
         b.on_segment(t, &key(2), true, flags(true, false, false, false));
         assert_eq!(b.speaker(&key(2), VIEW), Some(2));
+        assert_eq!(b.stats.syn_on_open_record, 1, "and counted");
         // ...unless the connection was idle long enough for the port to be reused.
         let later = t + SYN_REUSE_IDLE;
         b.on_segment(later, &key(2), true, flags(true, false, false, false));

@@ -289,6 +289,15 @@ impl RedirMetrics {
             "",
             sp.expired,
         );
+        e.sample(
+            "hydra_redirector_syn_on_open_record_total",
+            c,
+            "Client SYNs on the 4-tuple of a connection whose exclusion record is still in use \
+             (kept: the SYN may be forged; a client that reused its port meets the old \
+             connection's exclusions)",
+            "",
+            sp.syn_on_open_record,
+        );
         e.finish()
     }
 }
