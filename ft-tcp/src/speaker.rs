@@ -42,8 +42,13 @@ pub const MAX_EXCLUDED: usize = 32;
 /// a close still go by the connection's speaker.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// A client's SYN for a connection whose record saw no packet for this long starts a new
-/// connection on the same 4-tuple (the client reused its port); the old record goes.
-pub const SYN_REUSE_IDLE: Duration = Duration::from_secs(60);
+/// connection on the same 4-tuple (the client reused its port); the old record goes. Linux
+/// picks client ports at random: with 60 s, a soak's client reused the port of a connection
+/// whose record had not seen both FINs, and the old exclusions fenced the new connection's
+/// SYN-ACK on every retry until its connect timed out (counted by
+/// `BookStats::syn_on_open_record`). A forged SYN can end the record of a connection idle
+/// this long; its members have had the notices long since.
+pub const SYN_REUSE_IDLE: Duration = Duration::from_secs(5);
 
 /// Why the authority refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
