@@ -1355,18 +1355,11 @@ impl Sim {
         for (i, &a) in live.iter().enumerate() {
             for &b in &live[i + 1..] {
                 let shared = |c: usize| follows(a, c) && follows(b, c);
-                let sa: Vec<(usize, u32)> = self.replicas[a]
-                    .chunks
-                    .iter()
-                    .copied()
-                    .filter(|(c, _)| shared(*c))
-                    .collect();
-                let sb: Vec<(usize, u32)> = self.replicas[b]
-                    .chunks
-                    .iter()
-                    .copied()
-                    .filter(|(c, _)| shared(*c))
-                    .collect();
+                let of = |r: usize| -> Vec<(usize, u32)> {
+                    let chunks = self.replicas[r].chunks.iter().copied();
+                    chunks.filter(|(c, _)| shared(*c)).collect()
+                };
+                let (sa, sb) = (of(a), of(b));
                 let n = sa.len().min(sb.len());
                 if let Some(i) = (0..n).find(|&i| sa[i] != sb[i]) {
                     self.fail(&format!(
