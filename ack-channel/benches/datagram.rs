@@ -119,6 +119,7 @@ fn decode(c: &mut Criterion) {
             isn_local: 0x1000_0000 + i,
             isn_s: Some(0x2000_0000 + i),
             rcv_nxt: 0x3000_0000 + i,
+            client_fin: false,
             edge: 0x3001_0000 + i,
             hole_end: 0x3000_0000 + i,
             out: Some(0x4000_0000 + i),

@@ -9,7 +9,8 @@
 //! Progress (host -> hosts): count (u16) then entries of
 //!   client ip (4) | client port (2) | service ip (4) | service port (2) |
 //!   isn_local (4) | has isn_s (1) | isn_s (4) | rcv_nxt (4) | edge (4) | hole_end (4) |
-//!   output flags (1: bit 0 output known, bits 1-2 end: 0 open, 1 FIN, 2 reset) | output end (4)
+//!   flags (1: bit 0 output known, bits 1-2 end: 0 open, 1 FIN, 2 reset, bit 3 rcv_nxt
+//!   counts the client's FIN, bits 4-7 zero) | output end (4)
 //! Exclude (host -> view authority), Excluded (authority -> host), ExcludedAck (host ->
 //! authority), who speaks for a connection: count (u16) then entries of
 //!   client ip (4) | client port (2) | service ip (4) | service port (2) |
@@ -270,8 +271,10 @@ pub struct ProgressEntry {
     pub isn_local: u32,
     /// The client-visible ISN, when the reporter knows it.
     pub isn_s: Option<u32>,
-    /// Next client byte the reporter expects.
+    /// Next client byte the reporter expects (one past the client's FIN once it took it).
     pub rcv_nxt: u32,
+    /// `rcv_nxt` counts the client's FIN.
+    pub client_fin: bool,
     /// Right edge of the reporter's receive window.
     pub edge: u32,
     /// End of the reporter's hole after `rcv_nxt` (the first client byte it saw beyond
@@ -322,7 +325,7 @@ pub fn emit_progress(entries: &[ProgressEntry]) -> Vec<u8> {
             OutputEnd::Fin => 1,
             OutputEnd::Reset => 2,
         };
-        out.push(u8::from(e.out.is_some()) | end << 1);
+        out.push(u8::from(e.out.is_some()) | end << 1 | u8::from(e.client_fin) << 3);
         out.extend_from_slice(&e.out.unwrap_or(0).to_be_bytes());
     }
     out
@@ -350,10 +353,11 @@ pub fn parse_progress(b: &[u8]) -> Result<Vec<ProgressEntry>, WireError> {
                 isn_local: be_u32(e, 12),
                 isn_s: has.then(|| be_u32(e, 17)),
                 rcv_nxt: be_u32(e, 21),
+                client_fin: e[33] & 0b1000 != 0,
                 edge: be_u32(e, 25),
                 hole_end: be_u32(e, 29),
                 out: (e[33] & 1 == 1).then(|| be_u32(e, 34)),
-                end: match e[33] >> 1 {
+                end: match (e[33] & !0b1000) >> 1 {
                     0 => OutputEnd::Open,
                     1 => OutputEnd::Fin,
                     2 => OutputEnd::Reset,
@@ -668,15 +672,16 @@ mod tests {
         }
 
         #[test]
-        fn progress_round_trips(entries in proptest::collection::vec((any::<u32>(), any::<u16>(), any::<u32>(), proptest::option::of(any::<u32>()), any::<u32>(), any::<u32>(), any::<u32>(), (proptest::option::of(any::<u32>()), 0u8..3)), 0..40)) {
+        fn progress_round_trips(entries in proptest::collection::vec((any::<u32>(), any::<u16>(), any::<u32>(), proptest::option::of(any::<u32>()), any::<u32>(), any::<u32>(), any::<u32>(), (proptest::option::of(any::<u32>()), 0u8..3, any::<bool>())), 0..40)) {
             let v: Vec<ProgressEntry> = entries
                 .into_iter()
-                .map(|(ip, port, isn_local, isn_s, rcv_nxt, edge, hole_end, (out, end))| ProgressEntry {
+                .map(|(ip, port, isn_local, isn_s, rcv_nxt, edge, hole_end, (out, end, client_fin))| ProgressEntry {
                     client: SocketAddrV4::new(Ipv4Addr::from(ip), port),
                     service: SocketAddrV4::new(Ipv4Addr::from(!ip), port ^ 1),
                     isn_local,
                     isn_s,
                     rcv_nxt,
+                    client_fin,
                     edge,
                     hole_end,
                     out,

@@ -128,8 +128,11 @@ pub struct Progress {
     pub isn_local: SeqNumber,
     /// The client-visible ISN if the reporter knows it.
     pub isn_s: Option<SeqNumber>,
-    /// Next client byte expected (C).
+    /// Next client byte expected (C); one past the client's FIN once the reporter took it.
     pub rcv_nxt: SeqNumber,
+    /// `rcv_nxt` counts the client's FIN: the client bytes the reporter holds end one
+    /// before it ([`Progress::data_rcv`]).
+    pub client_fin: bool,
     /// Right edge of its receive window (C).
     pub edge: SeqNumber,
     /// End of the hole after `rcv_nxt` (C): the first client byte seen beyond it, which the
@@ -143,6 +146,19 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Where the client bytes the reporter holds end (C), the client's FIN not counted.
+    /// A primary that left a connection stamps its chunks on from here (total order):
+    /// counting the FIN as a byte, it stamped one byte nobody would ever deliver, and a
+    /// member promoted at that stamp waited for it while the whole service's order stood
+    /// still (FT_SEED=1796800000055112 FT_TOTAL=1).
+    pub fn data_rcv(&self) -> SeqNumber {
+        if self.client_fin {
+            self.rcv_nxt.minus(1)
+        } else {
+            self.rcv_nxt
+        }
+    }
+
     /// Where the reporter's output bytes end (S), its FIN not counted.
     pub fn data_end(&self) -> Option<SeqNumber> {
         let out = self.out?;
@@ -246,6 +262,8 @@ pub struct FtConn {
 
     local_snd_max: Option<SeqNumber>,
     local_rcv_nxt: Option<SeqNumber>,
+    /// Where the client's FIN sits (C), from the last client segment that carried one.
+    client_fin_at: Option<SeqNumber>,
     local_edge: Option<SeqNumber>,
     last_ack_given: Option<SeqNumber>,
     shadow: Option<ShadowQueue>,
@@ -423,6 +441,7 @@ impl FtConn {
             dupacks: 0,
             local_snd_max: None,
             local_rcv_nxt: None,
+            client_fin_at: None,
             local_edge: None,
             last_ack_given: None,
             shadow: None,
@@ -608,6 +627,22 @@ impl FtConn {
         v
     }
 
+    /// Whether this replica's `rcv_nxt` counts the client's FIN.
+    fn local_client_fin(&self, rcv_nxt: SeqNumber) -> bool {
+        self.client_fin_at.is_some_and(|f| f.plus(1) == rcv_nxt)
+    }
+
+    /// Where the client bytes this replica took end (C), the client's FIN not counted
+    /// (see [`Progress::data_rcv`]).
+    pub fn local_data_rcv(&self) -> Option<SeqNumber> {
+        let r = self.local_rcv_nxt?;
+        Some(if self.local_client_fin(r) {
+            r.minus(1)
+        } else {
+            r
+        })
+    }
+
     fn delta(&self) -> Option<u32> {
         Some(self.isn_s?.0.wrapping_sub(self.local_isn?.0))
     }
@@ -662,6 +697,7 @@ impl FtConn {
             isn_local: self.local_isn?,
             isn_s: self.isn_s,
             rcv_nxt,
+            client_fin: self.local_client_fin(rcv_nxt),
             edge: self.local_edge?,
             hole_end: self.local_hole_end.map_or(rcv_nxt, |h| h.max(rcv_nxt)),
             out,
@@ -1119,6 +1155,9 @@ impl FtConn {
         if self.retired {
             self.client_done |= seg.fin || seg.rst;
             return;
+        }
+        if seg.fin && !seg.syn && !seg.rst {
+            self.client_fin_at = Some(seg.seq.plus(seg.payload_len as u32));
         }
         if !seg.syn && !seg.rst && (seg.payload_len > 0 || seg.fin) {
             let payload = &packet[seg.payload_off..seg.payload_off + seg.payload_len];
@@ -2320,6 +2359,7 @@ mod tests {
             isn_local: isn_s,
             isn_s: Some(isn_s),
             rcv_nxt: SeqNumber(CLIENT_ISN + 1),
+            client_fin: false,
             edge: SeqNumber(CLIENT_ISN + 1 + 65535),
             hole_end: SeqNumber(CLIENT_ISN + 1),
             out: Some(isn_s.plus(1)),
@@ -2342,6 +2382,58 @@ mod tests {
         c.handle_client_packet(t, &syn());
         assert_eq!(c.state(), TcpState::SynReceived);
         c
+    }
+
+    /// A member's report says whether its `rcv_nxt` counts the client's FIN, so that the
+    /// client bytes it holds are known exactly (a primary that left the connection stamps
+    /// up to there in total order). A FIN that came before the bytes in front of it (smoltcp
+    /// drops an out-of-order FIN) is not counted until it is taken.
+    #[test]
+    fn a_report_tells_whether_rcv_nxt_counts_the_clients_fin() {
+        let t = Instant::from_millis(1);
+        let isn_s = SeqNumber(874_374_169);
+        let k = key();
+        let data = |seq: u32, payload: &[u8], fin: bool| {
+            rewrite::build(
+                k.client,
+                k.service,
+                SeqNumber(CLIENT_ISN + 1 + seq),
+                isn_s.plus(1),
+                65535,
+                payload,
+                fin,
+            )
+        };
+        let mut c = backup();
+        c.handle_progress(t, 0, report(isn_s));
+        c.handle_client_packet(t, &first_ack(isn_s.plus(1)));
+        assert_eq!(c.state(), TcpState::Established);
+        // "world" and the FIN first: out of order.
+        c.handle_client_packet(t, &data(5, b"world", true));
+        c.poll(t);
+        let p = c.take_progress(t).expect("a report is due");
+        assert_eq!(
+            (p.rcv_nxt, p.client_fin),
+            (SeqNumber(CLIENT_ISN + 1), false)
+        );
+        assert_eq!(p.data_rcv(), SeqNumber(CLIENT_ISN + 1));
+        c.handle_client_packet(t, &data(0, b"hello", false));
+        c.poll(t);
+        let p = c.take_progress(t).expect("a report is due");
+        let end = SeqNumber(CLIENT_ISN + 1 + 10);
+        assert_eq!(
+            (p.rcv_nxt, p.client_fin),
+            (end, false),
+            "the early FIN was dropped"
+        );
+        // The client's retransmitted FIN is taken: rcv_nxt counts it, the bytes end before.
+        c.handle_client_packet(t, &data(10, b"", true));
+        c.poll(t);
+        assert_eq!(c.state(), TcpState::CloseWait);
+        let p = c.take_progress(t).expect("a report is due");
+        assert_eq!((p.rcv_nxt, p.client_fin), (end.plus(1), true));
+        assert_eq!(p.data_rcv(), end);
+        assert_eq!(c.local_data_rcv(), Some(end));
     }
 
     // The opener (0) reported its ISN but its SYN-ACK never reached the client; member 1's

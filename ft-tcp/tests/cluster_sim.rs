@@ -156,10 +156,13 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     (1796000322991061, Harness::Cluster),
     // Total order: a primary that left a connection stamped it on from the members' rcv_nxt,
     // which counts the client's FIN; the backups waited for a byte that never came and left
-    // (9620, 9924). The last member had missed a connection's first stamps and left it; the
-    // harness waited for it (990000).
+    // (9620, 9924), and a new primary that adopted such a stamp, lacking the FIN (smoltcp
+    // had dropped it out of order), held the whole service's order 2 s (55112). Reports now
+    // say whether rcv_nxt counts the FIN. The last member had missed a connection's first
+    // stamps and left it; the harness waited for it (990000).
     (1796001808989620, Harness::ClusterTotal),
     (1796001808989924, Harness::ClusterTotal),
+    (1796800000055112, Harness::ClusterTotal),
     (1796001808990000, Harness::ClusterTotal),
 ];
 
@@ -467,7 +470,9 @@ struct Sim {
     /// Open by SYN cookie (the hosts' way) rather than with the SYN-ACK hold.
     cookies: Option<CookieJar>,
     log: Vec<String>,
-    /// `FT_TRACE=c`: the connection whose packets the log shows.
+    /// `FT_TRACE=c`: the connection whose packets and grants the log shows (with
+    /// `FT_TRACE_PROGRESS=1` its members' reports too; `FT_TRACE_ORDER=1` adds every stamp
+    /// a replica hears from its primary and every answer to a new primary's sync).
     trace: Option<usize>,
     /// The service orders client bytes across its connections (`--order total`).
     total: bool,
@@ -979,7 +984,8 @@ impl Sim {
                     ));
                 }
                 if let Some(h) = self.replicas[to as usize].conns[conn].as_mut() {
-                    h.peer_rcv = Some(h.peer_rcv.map_or(p.rcv_nxt, |x| x.max(p.rcv_nxt)));
+                    let r = p.data_rcv();
+                    h.peer_rcv = Some(h.peer_rcv.map_or(r, |x| x.max(r)));
                     h.ft.handle_progress(now, from, p);
                     h.dirty = true;
                 }
@@ -1048,8 +1054,24 @@ impl Sim {
                 let Some(q) = rep.seq.as_mut() else { return };
                 let member_answer = primary == Some(to) && from != to;
                 if member_answer {
+                    if std::env::var_os("FT_TRACE_ORDER").is_some() {
+                        self.log.push(format!(
+                            "{} us: replica {to} sync answer from {from}: {stamps:?}",
+                            now.total_micros()
+                        ));
+                    }
                     q.on_member_stamps(&stamps, t);
                 } else if primary == Some(from) {
+                    if std::env::var_os("FT_TRACE_ORDER").is_some() {
+                        self.log.push(format!(
+                            "{} us: replica {to} stamps from {from}: {:?}",
+                            now.total_micros(),
+                            stamps
+                                .iter()
+                                .map(|s| (s.stamp, s.key.client.port() - 40000, s.len))
+                                .collect::<Vec<_>>()
+                        ));
+                    }
                     q.on_stamps(&stamps, t);
                 }
             }
@@ -1152,14 +1174,10 @@ impl Sim {
                 h.order_lost = true;
                 continue;
             }
-            let local =
-                h.ft.member_progress()
-                    .into_iter()
-                    .find(|(m, _)| m.is_none());
+            let local = h.ft.local_data_rcv();
             let queued = h.ft.endpoint_ref().recv_queue() as u32;
             let credit = h.credit as u32;
-            h.order_pos =
-                local.map(|(_, r)| SeqNumber(r.0.wrapping_sub(queued).wrapping_add(credit)));
+            h.order_pos = local.map(|r| SeqNumber(r.0.wrapping_sub(queued).wrapping_add(credit)));
             h.order_lost = h.order_pos.is_none();
         }
         let q = rep.seq.as_mut().expect("checked above");
@@ -1181,20 +1199,14 @@ impl Sim {
                         0
                     },
                     answered: h.from_backend,
-                    fin: false,
                 });
             }
             if h.backend_dead || h.closed {
                 return None;
             }
-            let fin = matches!(
-                h.ft.state(),
-                TcpState::CloseWait | TcpState::LastAck | TcpState::Closing | TcpState::TimeWait
-            );
             Some(ConnView {
                 pending: h.ft.endpoint_ref().recv_queue().saturating_sub(h.credit),
                 answered: h.from_backend,
-                fin,
             })
         };
         let grant = q.next_grant(std_now, primary, &keys, view);
@@ -1232,6 +1244,15 @@ impl Sim {
                 "{} ms: replica {r}: total order has not moved for 2 s: {why}",
                 now.total_millis()
             ));
+        }
+        if let Some((k, len)) = grant {
+            let c = usize::from(k.client.port() - 40000);
+            if self.trace == Some(c) {
+                self.log.push(format!(
+                    "{} us: conn {c}: replica {r} grants {len} bytes (primary {primary})",
+                    now.total_micros()
+                ));
+            }
         }
         let rep = &mut self.replicas[r];
         if let Some((k, len)) = grant {

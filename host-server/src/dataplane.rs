@@ -823,7 +823,8 @@ struct Conn {
     total: bool,
     /// Client bytes the sequencer granted and the backend has not taken yet.
     credit: usize,
-    /// The highest `rcv_nxt` (C) another member reported for this connection.
+    /// The furthest client byte (C) another member reported holding for this connection,
+    /// its `rcv_nxt` without the client's FIN.
     peer_rcv: Option<SeqNumber>,
     /// Total order, at the primary, once this member left the connection: where in C its
     /// stamps end. It stamps the connection on for the members that still follow it, from
@@ -1048,14 +1049,6 @@ fn order_entry(s: &Stamp) -> OrderEntry {
         service: s.key.service,
         len: s.len,
     }
-}
-
-/// Whether a connection in TCP state `s` received the client's FIN.
-fn client_fin_in(s: TcpState) -> bool {
-    matches!(
-        s,
-        TcpState::CloseWait | TcpState::LastAck | TcpState::Closing | TcpState::TimeWait
-    )
 }
 
 /// A total-order service's sequencer: its quiet time, and a backup's wait for missing
@@ -1986,6 +1979,7 @@ impl Dataplane {
                         isn_local: p.isn_local.0,
                         isn_s: p.isn_s.map(|s| s.0),
                         rcv_nxt: p.rcv_nxt.0,
+                        client_fin: p.client_fin,
                         edge: p.edge.0,
                         hole_end: p.hole_end.0,
                         out: p.out.map(|o| o.0),
@@ -2164,25 +2158,24 @@ impl Dataplane {
                 ..
             }) = self.conns.get_mut(&id)
             {
-                let r = SeqNumber(e.rcv_nxt);
-                *peer_rcv = Some(peer_rcv.map_or(r, |p| p.max(r)));
-                f.handle_progress(
-                    now,
-                    from.0,
-                    Progress {
-                        isn_local: SeqNumber(e.isn_local),
-                        isn_s: e.isn_s.map(SeqNumber),
-                        rcv_nxt: SeqNumber(e.rcv_nxt),
-                        edge: SeqNumber(e.edge),
-                        hole_end: SeqNumber(e.hole_end),
-                        out: e.out.map(SeqNumber),
-                        end: match e.end {
-                            ack_channel::OutputEnd::Open => OutputEnd::Open,
-                            ack_channel::OutputEnd::Fin => OutputEnd::Fin,
-                            ack_channel::OutputEnd::Reset => OutputEnd::Reset,
-                        },
+                let p = Progress {
+                    isn_local: SeqNumber(e.isn_local),
+                    isn_s: e.isn_s.map(SeqNumber),
+                    rcv_nxt: SeqNumber(e.rcv_nxt),
+                    client_fin: e.client_fin,
+                    edge: SeqNumber(e.edge),
+                    hole_end: SeqNumber(e.hole_end),
+                    out: e.out.map(SeqNumber),
+                    end: match e.end {
+                        ack_channel::OutputEnd::Open => OutputEnd::Open,
+                        ack_channel::OutputEnd::Fin => OutputEnd::Fin,
+                        ack_channel::OutputEnd::Reset => OutputEnd::Reset,
                     },
-                );
+                };
+                // Client bytes only: a primary that left the connection stamps up to here.
+                let r = p.data_rcv();
+                *peer_rcv = Some(peer_rcv.map_or(r, |x| x.max(r)));
+                f.handle_progress(now, from.0, p);
                 dirty.push(id);
             }
         }
@@ -2678,13 +2671,14 @@ impl Dataplane {
                     c.order_lost = true;
                     continue;
                 }
-                // Delivered (rcv_nxt - queued) plus granted and not yet delivered (credit,
-                // which a grant for bytes that never came may put past rcv_nxt).
-                let local = f.member_progress().into_iter().find(|(m, _)| m.is_none());
+                // Delivered (client bytes taken, the FIN not counted, minus queued) plus
+                // granted and not yet delivered (credit, which a grant for bytes that never
+                // came may put past rcv_nxt).
+                let local = f.local_data_rcv();
                 let queued = c.tcp.ep_ref().recv_queue() as u32;
                 let credit = c.credit as u32;
                 c.order_pos =
-                    local.map(|(_, r)| SeqNumber(r.0.wrapping_sub(queued).wrapping_add(credit)));
+                    local.map(|r| SeqNumber(r.0.wrapping_sub(queued).wrapping_add(credit)));
                 c.order_lost = c.order_pos.is_none();
             }
             if let Some(q) = seq {
@@ -2713,7 +2707,6 @@ impl Dataplane {
                             0
                         },
                         answered: c.from_backend,
-                        fin: false,
                     });
                 }
                 if !matches!(
@@ -2729,7 +2722,6 @@ impl Dataplane {
                 Some(ConnView {
                     pending: c.tcp.ep_ref().recv_queue().saturating_sub(c.credit),
                     answered: c.from_backend,
-                    fin: client_fin_in(c.tcp.ep_ref().state()),
                 })
             };
             let Some(q) = self.sequencers.get_mut(&service) else {

@@ -179,8 +179,6 @@ pub struct ConnView {
     pub pending: usize,
     /// Bytes the backend has written back so far (an answer moves it).
     pub answered: u64,
-    /// The client's FIN arrived: no client bytes come after `pending`.
-    pub fin: bool,
 }
 
 /// The primary's answer to a repair request.
@@ -700,20 +698,6 @@ impl Sequencer {
                     self.fresh |= primary;
                     return Some(self.start_turn(key, len, v));
                 }
-                Some(v) if v.fin && v.pending + 1 == len as usize => {
-                    // A primary that had left the connection stamped it on from the members'
-                    // reports, whose `rcv_nxt` counts the client's FIN: the stamp covers every
-                    // byte there is, and the FIN. Waiting for the byte it counted too many
-                    // stalled the connection until every member left it.
-                    self.queue.pop_first();
-                    self.next += 1;
-                    self.remember(stamp);
-                    self.fresh |= primary;
-                    if v.pending == 0 {
-                        continue;
-                    }
-                    return Some(self.start_turn(key, len - 1, v));
-                }
                 Some(_) => {
                     // Without the bytes: they come (repair, the client), or this replica is
                     // not counted for the connection and they never do.
@@ -915,7 +899,6 @@ mod tests {
             ConnView {
                 pending: 10,
                 answered: 0,
-                fin: false,
             },
         );
         pend.insert(
@@ -923,7 +906,6 @@ mod tests {
             ConnView {
                 pending: 5,
                 answered: 0,
-                fin: false,
             },
         );
         let g1 = p
@@ -958,7 +940,6 @@ mod tests {
             ConnView {
                 pending: 5,
                 answered: 0,
-                fin: false,
             },
         );
         assert_eq!(s.next_grant(t0, false, &[b], |k| bp.get(&k).copied()), None);
@@ -968,7 +949,6 @@ mod tests {
             ConnView {
                 pending: 4,
                 answered: 0,
-                fin: false,
             },
         );
         assert_eq!(
@@ -1147,69 +1127,6 @@ mod tests {
         assert_eq!(s.take_abandoned(), vec![a]);
     }
 
-    /// A primary that left a connection stamps it on from the members' `rcv_nxt`, which
-    /// counts the client's FIN: the backups grant the bytes there are and pass the FIN's
-    /// count, rather than wait for a byte that never comes (FT_SEED=1796001808989620
-    /// FT_TOTAL=1 in the cluster sim).
-    #[test]
-    fn a_stamp_that_counts_the_clients_fin_grants_the_bytes_there_are() {
-        let t0 = Instant::now();
-        let (a, b) = (key(1), key(2));
-        let mut s = Sequencer::new(Duration::ZERO);
-        s.on_stamps(
-            &[
-                Stamp {
-                    stamp: 0,
-                    key: a,
-                    len: 54,
-                },
-                Stamp {
-                    stamp: 1,
-                    key: b,
-                    len: 1,
-                },
-                Stamp {
-                    stamp: 2,
-                    key: b,
-                    len: 5,
-                },
-            ],
-            t0,
-        );
-        let view = |k: FlowKey| {
-            Some(ConnView {
-                pending: if k == a { 53 } else { 0 },
-                answered: 0,
-                fin: true,
-            })
-        };
-        assert_eq!(s.next_grant(t0, false, &[a, b], view), Some((a, 53)));
-        s.on_delivered(a, 53, t0);
-        // A stamp of the FIN alone grants nothing; one for bytes that are not here still
-        // waits for them, FIN or not.
-        let after = |k: FlowKey| view(k).map(|v| ConnView { pending: 0, ..v });
-        assert_eq!(s.next_grant(t0, false, &[a, b], after), None);
-        assert!(s.take_abandoned().is_empty());
-        // Without the FIN, 53 bytes never satisfy a stamp of 54.
-        let mut s = Sequencer::new(Duration::ZERO);
-        s.on_stamps(
-            &[Stamp {
-                stamp: 0,
-                key: a,
-                len: 54,
-            }],
-            t0,
-        );
-        let open = |_: FlowKey| {
-            Some(ConnView {
-                pending: 53,
-                answered: 0,
-                fin: false,
-            })
-        };
-        assert_eq!(s.next_grant(t0, false, &[a], open), None);
-    }
-
     /// The redis-benchmark failover: the surviving backup fell behind at about 6,000 stamps
     /// a second and got "gone", which made it leave all 20 connections.
     #[test]
@@ -1299,7 +1216,6 @@ mod tests {
         Some(ConnView {
             pending: n,
             answered: 0,
-            fin: false,
         })
     }
 
@@ -1658,7 +1574,6 @@ mod tests {
                     Some(ConnView {
                         pending: rx.get(&k)? - dl.get(&k).copied().unwrap_or(0),
                         answered: 0,
-                        fin: false,
                     })
                 };
                 let Some((k, n)) = self.q.next_grant(now, primary, &conns, view) else {

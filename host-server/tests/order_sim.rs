@@ -487,7 +487,6 @@ impl Sim {
                 Some(host_server::order::ConnView {
                     pending: (h.received - h.delivered).saturating_sub(h.credit),
                     answered: h.answered,
-                    fin: false,
                 })
             };
             let grant = rep.seq.next_grant(now, primary, &keys, view);
