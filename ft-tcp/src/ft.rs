@@ -64,6 +64,13 @@ const ISN_SLACK: u32 = 1 << 20;
 /// How many distinct `isn_s` values heard from reports are kept as candidates.
 const ISN_CANDIDATES: usize = 8;
 
+/// A member that holds the connection forwards the client's handshake ACK to a member it
+/// has never heard report it, first this long after the handshake, then at twice the
+/// previous interval, at most [`HANDSHAKE_FORWARDS`] times (see
+/// [`FtConn::forward_handshake`]).
+const HANDSHAKE_FORWARD_AFTER: Duration = Duration::from_millis(100);
+const HANDSHAKE_FORWARDS: u8 = 7;
+
 /// A replica's id as the FT layer sees it (the cluster's node id).
 pub type PeerId = u32;
 
@@ -294,6 +301,10 @@ pub struct FtConn {
     repair: BTreeMap<PeerId, RepairState>,
     repair_at: Option<Instant>,
     repairs_out: Vec<(PeerId, Vec<u8>)>,
+    /// When the client's handshake ACK goes next to members never heard from, and how many
+    /// times it went.
+    handshake_forward_at: Option<Instant>,
+    handshake_forwards: u8,
     agreement: Option<Agreement>,
     /// The connection's speaker, when it is not this replica (the member whose output ours
     /// is compared with).
@@ -367,6 +378,9 @@ pub struct FtStats {
     pub repairs_sent: u64,
     /// Repair segments this replica received.
     pub repairs_received: u64,
+    /// Copies of the client's handshake ACK this replica forwarded to members it never
+    /// heard report the connection.
+    pub handshakes_forwarded: u64,
     /// Times a view's first member was passed over for this connection because its output
     /// differed from the primary's (output agreement).
     pub divergent_skips: u64,
@@ -466,6 +480,8 @@ impl FtConn {
             repair: BTreeMap::new(),
             repair_at: None,
             repairs_out: Vec::new(),
+            handshake_forward_at: None,
+            handshake_forwards: 0,
             agreement: None,
             speaker_hint: members.first().copied().filter(|m| *m != me),
             view: members.to_vec(),
@@ -652,8 +668,10 @@ impl FtConn {
         std::mem::take(&mut self.to_client)
     }
 
-    /// Repair packets for other members: client segments they lack, to be handed to their
-    /// [`FtConn::handle_repair`].
+    /// Repair packets for other members: client segments they lack, or the client's
+    /// handshake ACK for a member never heard report the connection (it may lack it), to be
+    /// handed to their [`FtConn::handle_repair`] (a host that lacks the connection takes the
+    /// ACK as the client's own).
     pub fn take_repairs(&mut self) -> Vec<(PeerId, Vec<u8>)> {
         std::mem::take(&mut self.repairs_out)
     }
@@ -763,6 +781,7 @@ impl FtConn {
             }
         };
         merge(self.rtx_at);
+        merge(self.handshake_forward_at);
         let unheard = self
             .view_peers
             .iter()
@@ -1994,6 +2013,7 @@ impl FtConn {
         self.scratch = out;
         self.release_held_ack(now);
         self.decide(now);
+        self.forward_handshake(now);
         if self.role == Role::Primary {
             if let Some(t) = self.rtx_at {
                 if now >= t {
@@ -2006,6 +2026,63 @@ impl FtConn {
                 self.maybe_repair(now);
             }
         }
+    }
+
+    /// Sends the client's handshake ACK, rebuilt, to the members of our view we never heard
+    /// report the connection. Such a member missed every client packet that opens it (with
+    /// SYN cookies it keeps nothing for a SYN). When the client speaks second (a server
+    /// banner) and that member is the speaker, nothing else would ever open it there: the
+    /// client waits for the banner, the backups that hold the connection do not speak, and
+    /// the connection hangs (FT_SEED=1796800000016665 in the cluster sim: the speaker lost
+    /// the client's ACK, a restarted backup got it). The receiver takes it like the client's
+    /// own (its cookie must check) through its repair channel, which only members of its view
+    /// may use. A member that already holds the connection takes it as an old duplicate.
+    /// Bounded: [`HANDSHAKE_FORWARDS`] times, backing off from [`HANDSHAKE_FORWARD_AFTER`];
+    /// by then the speaker has had a silent member excluded.
+    fn forward_handshake(&mut self, now: Instant) {
+        let (Some(client_isn), Some(isn_s), Some(_)) =
+            (self.client_isn, self.isn_s, self.client_ack)
+        else {
+            return;
+        };
+        if self.ep.state() == TcpState::SynReceived || self.handshake_forwards >= HANDSHAKE_FORWARDS
+        {
+            self.handshake_forward_at = None;
+            return;
+        }
+        let silent: Vec<PeerId> = self
+            .view_peers
+            .iter()
+            .copied()
+            .filter(|id| !self.peers.contains_key(id) && !self.dropping.contains(id))
+            .collect();
+        if silent.is_empty() {
+            self.handshake_forward_at = None;
+            return;
+        }
+        let at = *self
+            .handshake_forward_at
+            .get_or_insert(now + HANDSHAKE_FORWARD_AFTER);
+        if now < at {
+            return;
+        }
+        let ack = rewrite::build(
+            self.key.client,
+            self.key.service,
+            client_isn.plus(1),
+            isn_s.plus(1),
+            self.client_wnd,
+            &[],
+            false,
+        );
+        for id in silent {
+            tracing::debug!(conn = ?self.key, member = id, "member never reported the connection: forwarding the client's handshake ACK");
+            self.stats.handshakes_forwarded += 1;
+            self.repairs_out.push((id, ack.clone()));
+        }
+        self.handshake_forwards += 1;
+        self.handshake_forward_at =
+            Some(now + HANDSHAKE_FORWARD_AFTER * (1u32 << self.handshake_forwards));
     }
 
     /// The client acknowledged output this replica's stack had not produced yet: give the
@@ -2434,6 +2511,55 @@ mod tests {
         assert_eq!((p.rcv_nxt, p.client_fin), (end.plus(1), true));
         assert_eq!(p.data_rcv(), end);
         assert_eq!(c.local_data_rcv(), Some(end));
+    }
+
+    /// A backup that holds the connection while the speaker never reported it (it lost the
+    /// client's handshake ACK, and the client waits for a banner) forwards the ACK to it,
+    /// backing off, until it reports, and never to a member that reported.
+    #[test]
+    fn a_member_forwards_the_handshake_ack_to_a_member_never_heard_from() {
+        let t = |ms| Instant::from_millis(ms);
+        let isn_s = SeqNumber(874_374_169);
+        let mut c = backup();
+        c.handle_progress(t(1), 1, report(isn_s));
+        c.handle_client_packet(t(1), &first_ack(isn_s.plus(1)));
+        assert_eq!(c.state(), TcpState::Established);
+        let mut sent = Vec::new();
+        for ms in (1..=1000).step_by(5) {
+            c.poll(t(ms));
+            for (to, pkt) in c.take_repairs() {
+                sent.push((ms, to, pkt));
+            }
+        }
+        let times: Vec<i64> = sent.iter().map(|(ms, _, _)| *ms).collect();
+        assert_eq!(times, [101, 301, 701], "after 100 ms, then backing off");
+        assert!(
+            sent.iter().all(|(_, to, _)| *to == 0),
+            "only to the silent member"
+        );
+        let seg = rewrite::parse(&sent[0].2).expect("a TCP segment");
+        assert_eq!(
+            (seg.seq, seg.ack, seg.ack_flag, seg.syn, seg.payload_len),
+            (SeqNumber(CLIENT_ISN + 1), isn_s.plus(1), true, false, 0),
+            "the client's handshake ACK, which the SYN cookie checks"
+        );
+        assert_eq!(c.stats.handshakes_forwarded, 3);
+        // Once the member reports, nothing more goes to it.
+        c.handle_progress(t(1001), 0, report(isn_s));
+        for ms in (1001..=4000).step_by(5) {
+            c.poll(t(ms));
+            assert!(c.take_repairs().is_empty());
+        }
+        // Bounded when it never does.
+        let mut c = backup();
+        c.handle_progress(t(1), 1, report(isn_s));
+        c.handle_client_packet(t(1), &first_ack(isn_s.plus(1)));
+        let mut n = 0;
+        for ms in (1..=60_000).step_by(50) {
+            c.poll(t(ms));
+            n += c.take_repairs().len();
+        }
+        assert_eq!(n, usize::from(HANDSHAKE_FORWARDS));
     }
 
     // The opener (0) reported its ISN but its SYN-ACK never reached the client; member 1's

@@ -1016,6 +1016,17 @@ impl Sim {
                 if let Some(h) = rep.conns[conn].as_mut() {
                     h.ft.handle_repair(now, &pkt);
                     h.dirty = true;
+                } else if rewrite::parse(&pkt).is_some_and(|s| s.ack_flag && !s.syn) {
+                    // The client's handshake ACK, forwarded by a member that holds the
+                    // connection: taken as the client's own (its cookie must check).
+                    if self.trace == Some(conn) {
+                        self.log.push(format!(
+                            "{} us: conn {conn} at {to}: handshake ACK forwarded by {from}",
+                            now.total_micros()
+                        ));
+                    }
+                    let epoch = rep.epoch;
+                    self.on_client_packet(to as usize, epoch, conn, pkt);
                 }
             }
             Msg::Request { from, conn, member } => {

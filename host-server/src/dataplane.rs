@@ -403,6 +403,13 @@ impl HostMetrics {
             "dir=\"dropped\"",
             self.ft.repairs_dropped.get(),
         );
+        e.sample(
+            "hydra_ft_forwarded_opens_total",
+            c,
+            "Connections built from the client's handshake ACK as a member forwarded it (this host had missed the client's own)",
+            "",
+            self.ft.forwarded_opens.get(),
+        );
         let o = &self.ft.order;
         for (what, help, v) in [
             (
@@ -945,6 +952,9 @@ pub struct FtMetrics {
     pub repairs_received: Counter,
     /// Repair packets for no ft connection here, or from a node outside the view.
     pub repairs_dropped: Counter,
+    /// Connections built from the client's handshake ACK as a member forwarded it (this
+    /// host had missed the client's own).
+    pub forwarded_opens: Counter,
     /// Digest datagrams sent to peers.
     pub digests_sent: Counter,
     /// Output blocks compared with the primary's (output agreement).
@@ -1532,7 +1542,10 @@ impl Dataplane {
     }
 
     /// A repair packet from a peer: client bytes this replica missed, for a connection it
-    /// holds (never opens one). Only members of the service's view may repair.
+    /// holds; or, for one it lacks, the client's handshake ACK, which a member that holds
+    /// the connection forwards when we never reported it (`FtConn::forward_handshake`): it
+    /// opens the connection here as the client's own would, if its SYN cookie checks. Only
+    /// members of the service's view may repair.
     fn on_repair(&mut self, from: &Header, packet: &[u8]) -> Option<usize> {
         let m = &self.shared.metrics.ft;
         let Ok(meta) = TcpMeta::parse_checked(packet) else {
@@ -1540,11 +1553,30 @@ impl Dataplane {
             return None;
         };
         let key = meta.inbound_flow();
-        let member = self.views.get(&key.service).is_some_and(|v| {
+        let view = self.views.get(&key.service).filter(|v| {
             v.member(from.sender)
                 .is_some_and(|m| m.incarnation == from.sender_incarnation)
         });
+        let (member, epoch) = (view.is_some(), view.map(|v| v.epoch));
         let id = self.flows.get(&key).copied();
+        if let (None, Some(epoch), false, true, false) = (
+            id,
+            epoch,
+            meta.is_syn(),
+            meta.flags.ack,
+            self.lingering.contains_key(&key),
+        ) {
+            let id = self.on_client_packet(packet, epoch);
+            let m = &self.shared.metrics.ft;
+            match id {
+                Some(_) => {
+                    tracing::debug!(client = %key.client, member = from.sender.0, "connection opened from the client's handshake ACK a member forwarded");
+                    m.forwarded_opens.inc();
+                }
+                None => m.repairs_dropped.inc(),
+            }
+            return id;
+        }
         let (Some(id), true, false) = (id, member, meta.is_syn()) else {
             m.repairs_dropped.inc();
             return None;
