@@ -751,6 +751,14 @@ impl Sim {
         };
         if self.rng.chance(loss) {
             self.views_disturbed |= matches!(link, Link::View);
+            if let Msg::ToReplica { to, conn, .. } = &m {
+                if self.trace == Some(*conn) {
+                    self.log.push(format!(
+                        "{} us: conn {conn}: lost on the way to {to}",
+                        self.now.total_micros()
+                    ));
+                }
+            }
             return;
         }
         let copies = if self.rng.chance(dup) { 2 } else { 1 };
@@ -2225,7 +2233,12 @@ impl Sim {
     }
 
     fn run(mut self) {
-        let limit = Instant::from_secs(120);
+        // The client's retransmission timer backs off past a minute. In
+        // FT_SEED=1796800000091391 its FIN went at 3, 7, 15, 31 and 63 s and was lost on the
+        // way to the primary each time but the first (which came before the bytes under it,
+        // and smoltcp dropped it); it would go again at 127 s. A limit of 120 s judged that a
+        // hang; a kernel server behind that link would wait as long.
+        let limit = Instant::from_secs(200);
         let mut steps = 0u64;
         while !self.done() {
             steps += 1;
@@ -2236,7 +2249,7 @@ impl Sim {
                     .map(|c| self.conn_state(c))
                     .collect();
                 self.fail(&format!(
-                    "did not complete within 120 s of virtual time\n{}",
+                    "did not complete within 200 s of virtual time\n{}",
                     open.join("\n")
                 ));
             }
