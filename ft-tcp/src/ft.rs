@@ -64,7 +64,7 @@ const ISN_SLACK: u32 = 1 << 20;
 /// How many distinct `isn_s` values heard from reports are kept as candidates.
 const ISN_CANDIDATES: usize = 8;
 
-/// A member that holds the connection forwards the client's handshake ACK to a member it
+/// A backup that holds the connection forwards the client's handshake ACK to a speaker it
 /// has never heard report it, first this long after the handshake, then at twice the
 /// previous interval, at most [`HANDSHAKE_FORWARDS`] times (see
 /// [`FtConn::forward_handshake`]).
@@ -378,8 +378,8 @@ pub struct FtStats {
     pub repairs_sent: u64,
     /// Repair segments this replica received.
     pub repairs_received: u64,
-    /// Copies of the client's handshake ACK this replica forwarded to members it never
-    /// heard report the connection.
+    /// Copies of the client's handshake ACK this replica (a backup) forwarded to a speaker it
+    /// never heard report the connection.
     pub handshakes_forwarded: u64,
     /// Times a view's first member was passed over for this connection because its output
     /// differed from the primary's (output agreement).
@@ -669,7 +669,7 @@ impl FtConn {
     }
 
     /// Repair packets for other members: client segments they lack, or the client's
-    /// handshake ACK for a member never heard report the connection (it may lack it), to be
+    /// handshake ACK for a speaker never heard report the connection (it may lack it), to be
     /// handed to their [`FtConn::handle_repair`] (a host that lacks the connection takes the
     /// ACK as the client's own).
     pub fn take_repairs(&mut self) -> Vec<(PeerId, Vec<u8>)> {
@@ -2028,17 +2028,23 @@ impl FtConn {
         }
     }
 
-    /// Sends the client's handshake ACK, rebuilt, to the members of our view we never heard
-    /// report the connection. Such a member missed every client packet that opens it (with
-    /// SYN cookies it keeps nothing for a SYN). When the client speaks second (a server
-    /// banner) and that member is the speaker, nothing else would ever open it there: the
-    /// client waits for the banner, the backups that hold the connection do not speak, and
-    /// the connection hangs (FT_SEED=1796800000016665 in the cluster sim: the speaker lost
-    /// the client's ACK, a restarted backup got it). The receiver takes it like the client's
-    /// own (its cookie must check) through its repair channel, which only members of its view
-    /// may use. A member that already holds the connection takes it as an old duplicate.
-    /// Bounded: [`HANDSHAKE_FORWARDS`] times, backing off from [`HANDSHAKE_FORWARD_AFTER`];
-    /// by then the speaker has had a silent member excluded.
+    /// A backup sends the client's handshake ACK, rebuilt, to the connection's speaker when
+    /// it never heard the speaker report the connection. With SYN cookies a host keeps
+    /// nothing for a SYN: a speaker that lost the client's ACK lacks the connection. When
+    /// the client speaks second (a server banner), nothing else would ever open it there:
+    /// the client waits for the banner, the backups that hold the connection do not speak,
+    /// and the connection hangs (FT_SEED=1796800000016665 in the cluster sim: the speaker
+    /// lost the client's ACK, a restarted backup got it). The speaker takes it like the
+    /// client's own (its cookie must check) through its repair channel, which only members
+    /// of its view may use; if it holds the connection, as an old duplicate.
+    ///
+    /// To the speaker only, never to other silent members: a member that joined the view
+    /// after the client's SYN never had the connection, and opened by a forwarded ACK it
+    /// would hold it without the bytes the client saw acknowledged before it came; a later
+    /// speaker that counted it (its own view at open named it) could make it the speaker
+    /// (FT_SEED=1796800000058572 FT_TOTAL=1). The speaker is the view's first member not
+    /// excluded; members that join later come after those that held the connection.
+    /// Bounded: [`HANDSHAKE_FORWARDS`] times, backing off from [`HANDSHAKE_FORWARD_AFTER`].
     fn forward_handshake(&mut self, now: Instant) {
         let (Some(client_isn), Some(isn_s), Some(_)) =
             (self.client_isn, self.isn_s, self.client_ack)
@@ -2051,10 +2057,9 @@ impl FtConn {
             return;
         }
         let silent: Vec<PeerId> = self
-            .view_peers
-            .iter()
-            .copied()
-            .filter(|id| !self.peers.contains_key(id) && !self.dropping.contains(id))
+            .speaker_hint
+            .filter(|id| self.role == Role::Backup && !self.peers.contains_key(id))
+            .into_iter()
             .collect();
         if silent.is_empty() {
             self.handshake_forward_at = None;
@@ -2515,9 +2520,9 @@ mod tests {
 
     /// A backup that holds the connection while the speaker never reported it (it lost the
     /// client's handshake ACK, and the client waits for a banner) forwards the ACK to it,
-    /// backing off, until it reports, and never to a member that reported.
+    /// backing off, until it reports; never to another member, silent or not.
     #[test]
-    fn a_member_forwards_the_handshake_ack_to_a_member_never_heard_from() {
+    fn a_backup_forwards_the_handshake_ack_to_a_speaker_never_heard_from() {
         let t = |ms| Instant::from_millis(ms);
         let isn_s = SeqNumber(874_374_169);
         let mut c = backup();
@@ -2550,7 +2555,16 @@ mod tests {
             c.poll(t(ms));
             assert!(c.take_repairs().is_empty());
         }
-        // Bounded when it never does.
+        // Never to a silent member that is not the speaker (it may have joined the view
+        // after the client's SYN).
+        let mut c = backup();
+        c.handle_progress(t(1), 0, report(isn_s));
+        c.handle_client_packet(t(1), &first_ack(isn_s.plus(1)));
+        for ms in (1..=4000).step_by(5) {
+            c.poll(t(ms));
+            assert!(c.take_repairs().is_empty());
+        }
+        // Bounded when the speaker never reports.
         let mut c = backup();
         c.handle_progress(t(1), 1, report(isn_s));
         c.handle_client_packet(t(1), &first_ack(isn_s.plus(1)));

@@ -164,6 +164,17 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     (1796001808989924, Harness::ClusterTotal),
     (1796800000055112, Harness::ClusterTotal),
     (1796001808990000, Harness::ClusterTotal),
+    // The speaker lost the client's handshake ACK (SYN cookies) and the client waited for a
+    // banner: a backup now forwards the ACK to a speaker it never heard from (16665). The
+    // client's FIN was lost four times to the primary, due again at 127 s (91391).
+    (1796800000016665, Harness::Cluster),
+    (1796800000091391, Harness::Cluster),
+    // A replica back in the view after a partition kept the order it numbered alone as a
+    // primary, and handed its backend chunks of new connections in another order (49148).
+    // A forwarded handshake ACK opened a connection at a member that joined the view after
+    // its SYN, which then spoke without the bytes the client saw acknowledged (58572).
+    (1796800000049148, Harness::ClusterTotal),
+    (1796800000058572, Harness::ClusterTotal),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -690,10 +701,7 @@ impl Sim {
             rate,
             backend_dead: None,
             left_view: None,
-            seq: self.total.then(|| {
-                let stall = FtConfig::default().stall_after.total_micros();
-                Sequencer::new(ORDER_QUIET).with_stall(std::time::Duration::from_micros(stall))
-            }),
+            seq: self.total.then(fresh_sequencer),
             chunks: Vec::new(),
             diverged: 0,
             abandoned: 0,
@@ -777,7 +785,7 @@ impl Sim {
     }
 
     fn fail(&self, what: &str) -> ! {
-        let keep = if self.trace.is_some() { 5000 } else { 40 };
+        let keep = if self.trace.is_some() { 200_000 } else { 40 };
         let mut tail: Vec<_> = self.log.iter().rev().take(keep).rev().cloned().collect();
         for (i, r) in self.replicas.iter().enumerate() {
             tail.push(format!(
@@ -975,13 +983,21 @@ impl Sim {
                 rep.view = Some(members.clone());
                 rep.since = since;
                 let new_primary = members.first().copied();
-                if let (Some(old), Some(new), Some(q)) =
+                let t =
+                    self.book_base + std::time::Duration::from_micros(now.total_micros() as u64);
+                if back.iter().any(|(m, _)| *m == to) && rep.seq.is_some() {
+                    // This replica was out of the view: its order is not the service's
+                    // (dataplane.rs, on_view).
+                    let mut q = fresh_sequencer();
+                    if new_primary == Some(to) {
+                        q.on_primary_changed(true, t);
+                    }
+                    rep.seq = Some(q);
+                } else if let (Some(old), Some(new), Some(q)) =
                     (old_primary, new_primary, rep.seq.as_mut())
                 {
                     if old != new {
                         // Total order across a failover (dataplane.rs, on_view).
-                        let t = self.book_base
-                            + std::time::Duration::from_micros(now.total_micros() as u64);
                         q.on_primary_changed(new == to, t);
                     }
                 }
@@ -2360,6 +2376,12 @@ fn backend_fails(h: &mut HostConn, how: BackendFault, now: Instant) {
             h.ft.endpoint().close();
         }
     }
+}
+
+/// A host's sequencer for the service, as it starts (dataplane.rs, `sequencer_for`).
+fn fresh_sequencer() -> Sequencer {
+    let stall = FtConfig::default().stall_after.total_micros();
+    Sequencer::new(ORDER_QUIET).with_stall(std::time::Duration::from_micros(stall))
 }
 
 fn run_seed(seed: u64, harness: Harness) {

@@ -2318,6 +2318,18 @@ impl Dataplane {
             },
         );
         let new_primary = self.primary_of(service);
+        let order_afresh = back.iter().any(|(id, _)| *id == self.me.0)
+            && self.sequencers.remove(&service).is_some();
+        if order_afresh {
+            // We were out of the view (a partition outlasted the detector). Our order since
+            // then is not the service's: while cut off we may have numbered chunks as its
+            // primary. Kept, it numbered the new primary's stamps differently, skipped those
+            // below its own count as old, and handed its backend chunks of connections opened
+            // after we came back in another order than the other members
+            // (FT_SEED=1796800000049148 FT_TOTAL=1 in the cluster sim). The connections we
+            // held leave (`apply_members`); we start again as a fresh sequencer does (below).
+            tracing::info!(%service, "back in the view after being out: total order starts afresh here");
+        }
         if let (Some(old), Some(new), Some(q)) =
             (old_primary, new_primary, self.sequencers.get_mut(&service))
         {
@@ -2354,7 +2366,13 @@ impl Dataplane {
                     .map(|p| p.ft)
             };
             if let Some(ft) = ft {
-                self.sequencers.insert(service, sequencer_for(&ft));
+                let mut q = sequencer_for(&ft);
+                if order_afresh && new_primary == Some(self.me) {
+                    // Back as the primary (every other member went while we were out): it
+                    // collects what the members delivered, as a new primary does.
+                    q.on_primary_changed(true, Instant::now());
+                }
+                self.sequencers.insert(service, q);
             }
         }
         let Some(members) = self.members_of(service) else {
