@@ -23,6 +23,7 @@ pub mod rfc5961;
 pub mod seq;
 pub mod shadow;
 pub mod speaker;
+pub mod synack_retry;
 pub mod syncookie;
 
 pub use endpoint::{Endpoint, EndpointConfig, TcpState};

@@ -61,6 +61,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use classic::{transform, QueueDev, Rng};
 use ft_tcp::speaker::SpeakerBook;
+use ft_tcp::synack_retry::SynAckRetry;
 use ft_tcp::syncookie::{self, CookieJar, SynOpts};
 use ft_tcp::{rewrite, EndpointConfig, FlowKey, FtConfig, FtConn, Role, SeqNumber, TcpState};
 use host_server::order::{ConnView, NeedAnswer, Sequencer, Stamp};
@@ -415,6 +416,9 @@ struct Replica {
     diverged: u64,
     /// Connections its sequencer could not follow (it left them).
     abandoned: u64,
+    /// The cookie SYN-ACKs it sent whose handshake has not completed here (dataplane.rs,
+    /// on_syn): sent again after 1, 2 and 4 s.
+    synacks: SynAckRetry,
 }
 
 /// One connection as the client holds it.
@@ -705,6 +709,7 @@ impl Sim {
             chunks: Vec::new(),
             diverged: 0,
             abandoned: 0,
+            synacks: SynAckRetry::default(),
         });
         self.view.push(id);
         self.new_view();
@@ -1574,6 +1579,7 @@ impl Sim {
     fn on_client_packet(&mut self, r: usize, epoch: u64, c: usize, pkt: Vec<u8>) {
         let now = self.now;
         let seed = self.seed;
+        let std_now = self.std_time(now);
         let rep = &mut self.replicas[r];
         if rep.conns[c].is_none() {
             // No view yet: the host is no member and drops it.
@@ -1603,6 +1609,7 @@ impl Sim {
                         let isn = jar.isn(k, seg.seq, opts, COOKIE_NOW);
                         let synack =
                             syncookie::synack(k, seg.seq, isn, opts, SIM_EP.mtu, SIM_EP.rx_buffer);
+                        rep.synacks.sent(k, synack.clone(), std_now);
                         let m = Msg::ToClient {
                             from: r as u32,
                             epoch: rep.epoch,
@@ -1623,6 +1630,7 @@ impl Sim {
                         return;
                     };
                     let syn = syncookie::rebuild_syn(k, client_isn, opts);
+                    rep.synacks.opened(k);
                     FtConn::accept(
                         k,
                         FtConfig::default(),
@@ -1684,6 +1692,31 @@ impl Sim {
         let now = self.now;
         if !self.replicas[r].alive {
             return;
+        }
+        // Cookie SYN-ACKs due again (dataplane.rs, resend_synacks): only while the handshake
+        // is open here and this replica still answers SYNs (its view's first member).
+        let std_now = self.std_time(now);
+        let rep = &mut self.replicas[r];
+        let due = rep.synacks.due(std_now);
+        let first = rep.view.as_ref().and_then(|v| v.first().copied()) == Some(r as u32);
+        let epoch = rep.epoch;
+        for (k, pkt) in due {
+            let c = usize::from(k.client.port() - 40000);
+            if first && self.replicas[r].conns[c].is_none() {
+                if self.trace == Some(c) {
+                    self.log.push(format!(
+                        "{} us: conn {c}: replica {r} sends its SYN-ACK again",
+                        now.total_micros()
+                    ));
+                }
+                let m = Msg::ToClient {
+                    from: r as u32,
+                    epoch,
+                    conn: c,
+                    pkt,
+                };
+                self.send(Link::Data, m);
+            }
         }
         let (total, std_now) = (self.total, self.std_time(now));
         for c in 0..self.conns.len() {
@@ -2244,6 +2277,12 @@ impl Sim {
         if let Some(at) = self.book.poll_at() {
             let us = at.saturating_duration_since(self.book_base).as_micros() as i64;
             t = t.min(Instant::from_micros(us));
+        }
+        for r in self.replicas.iter().filter(|r| r.alive) {
+            if let Some(at) = r.synacks.wake_at() {
+                let us = at.saturating_duration_since(self.book_base).as_micros() as i64;
+                t = t.min(Instant::from_micros(us));
+            }
         }
         t.max(now + Duration::from_micros(50))
     }

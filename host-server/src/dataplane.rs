@@ -29,6 +29,7 @@ use ack_channel::{
 };
 use control::metrics::{Counter, Exposition};
 use ft_tcp::agreement::BlockDigest;
+use ft_tcp::synack_retry::SynAckRetry;
 use ft_tcp::syncookie::{self, CookieJar, SynOpts};
 use ft_tcp::{
     rewrite, DropReasons, Endpoint, EndpointConfig, FlowKey, FtConfig, FtConn, OutputEnd,
@@ -140,6 +141,10 @@ pub struct HostMetrics {
     pub syn_cookies_sent: Counter,
     /// Handshake ACKs whose cookie checked: connections built.
     pub syn_cookies_accepted: Counter,
+    /// Cookie SYN-ACKs sent again because their handshake had not completed.
+    pub synacks_resent: Counter,
+    /// Cookie SYN-ACKs not remembered for a resend: the table was full (a SYN flood).
+    pub synacks_unkept: Counter,
     /// SYNs (and handshake ACKs) refused because the host is at `max_conns`.
     pub syn_dropped_host_cap: Counter,
     /// SYNs (and handshake ACKs) refused because the service is at its `max_conns`.
@@ -335,6 +340,18 @@ impl HostMetrics {
             "result=\"accepted\"",
             self.syn_cookies_accepted.get(),
         );
+        for (result, v) in [
+            ("resent", &self.synacks_resent),
+            ("unkept", &self.synacks_unkept),
+        ] {
+            e.sample(
+                "hydra_synack_retries_total",
+                c,
+                "Cookie SYN-ACKs sent again because the handshake had not completed after 1, 2 or 4 s (resent), or not remembered for that because the table was full (unkept)",
+                &format!("result=\"{result}\""),
+                v.get(),
+            );
+        }
         for (reason, v) in [
             ("host_cap", &self.syn_dropped_host_cap),
             ("service_cap", &self.syn_dropped_service_cap),
@@ -864,6 +881,10 @@ pub struct Dataplane {
     per_service: HashMap<SocketAddrV4, u32>,
     /// Connections that closed in order, by 4-tuple.
     lingering: HashMap<FlowKey, Linger>,
+    /// The cookie SYN-ACKs sent whose handshake has not completed here, sent again after 1,
+    /// 2 and 4 s (`ft_tcp::synack_retry`: a lost handshake ACK must not hang a connection
+    /// whose server speaks first).
+    synacks: SynAckRetry,
     /// The same, oldest first (every record lives `LINGER`), for amortised expiry.
     linger_queue: VecDeque<(Instant, FlowKey)>,
     /// Challenge ACKs left this second, and when the second began.
@@ -1252,6 +1273,7 @@ impl Dataplane {
             conns: HashMap::new(),
             per_service: HashMap::new(),
             lingering: HashMap::new(),
+            synacks: SynAckRetry::default(),
             linger_queue: VecDeque::new(),
             challenges: (CHALLENGE_ACKS_PER_SEC, Instant::now()),
             next_id: 1,
@@ -1291,6 +1313,9 @@ impl Dataplane {
                 wake = wake.min(t);
             }
             if let Some(t) = self.order_wake(now) {
+                wake = wake.min(t);
+            }
+            if let Some(t) = self.synacks.wake_at() {
                 wake = wake.min(t);
             }
             let timeout = wake.saturating_duration_since(now);
@@ -1343,6 +1368,7 @@ impl Dataplane {
             }
             self.flush_progress();
             self.expire_lingers(now);
+            self.resend_synacks(now);
             if now >= next_reap {
                 self.reap_idle(now, snow);
                 next_reap = now + REAP_EVERY;
@@ -1737,7 +1763,39 @@ impl Dataplane {
         let ep = self.cfg.endpoint;
         let synack = syncookie::synack(key, seg.seq, isn, opts, ep.mtu, ep.rx_buffer);
         self.send_to_client(key.service, &synack);
+        let unkept = self.synacks.stats().full;
+        self.synacks.sent(key, synack, Instant::now());
+        if self.synacks.stats().full > unkept {
+            self.shared.metrics.synacks_unkept.inc();
+        }
         self.shared.metrics.syn_cookies_sent.inc();
+    }
+
+    /// Sends again the cookie SYN-ACKs whose handshake is still open here: the client, if it
+    /// took the first one and its ACK was lost, answers with that ACK again, which opens the
+    /// connection. Only while this host still answers the service's SYNs (in ft mode, its
+    /// view's primary) and holds no connection of the 4-tuple.
+    fn resend_synacks(&mut self, now: Instant) {
+        for (key, synack) in self.synacks.due(now) {
+            if self.flows.contains_key(&key) {
+                continue;
+            }
+            let answers = match self.views.get(&key.service) {
+                Some(v) => v.members.first().map(|m| m.id) == Some(self.me),
+                None => {
+                    // INVARIANT: no code panics while holding the lock.
+                    let services = self.shared.services.lock().expect("services lock");
+                    services
+                        .serving(key.service)
+                        .is_some_and(|p| p.mode != Mode::Ft)
+                }
+            };
+            if answers {
+                tracing::trace!(client = %key.client, "handshake not completed: SYN-ACK sent again");
+                self.send_to_client(key.service, &synack);
+                self.shared.metrics.synacks_resent.inc();
+            }
+        }
     }
 
     /// Whether `meta`, for the 4-tuple of connection `id`, lies far outside that connection's
@@ -1891,6 +1949,7 @@ impl Dataplane {
             Tcp::Plain(Box::new(p))
         };
         self.shared.metrics.syn_cookies_accepted.inc();
+        self.synacks.opened(key);
         let mut conn = Conn {
             key,
             opened: epoch,

@@ -265,3 +265,114 @@ fn forged_rst_syn_and_damaged_segments_are_handled_as_linux_does() {
         "{m}"
     );
 }
+
+/// A server that speaks first: it sends a banner on every connection and closes.
+const BANNER_PY: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"220 hydranet says hello\r\n")
+    c.close()
+"#;
+
+/// Connects from the lab's client namespace and reads the banner: what came, and when.
+fn banner_from(lab: &Lab, to: SocketAddrV4) -> (Vec<u8>, Duration) {
+    lab.in_ns("client", move || {
+        let t = Instant::now();
+        let mut s =
+            TcpStream::connect_timeout(&to.into(), Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(8)))
+            .expect("read timeout");
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        (got, t.elapsed())
+    })
+    .join()
+    .expect("banner client")
+}
+
+/// Hosts answer every SYN with a SYN cookie and keep nothing, so the client's handshake ACK
+/// alone opens the connection. When it is lost and the server speaks first (SMTP, MySQL, a
+/// streamer's banner), the client waits for bytes that would never come. Linux (cookies only
+/// when its SYN queue overflows) sends its SYN-ACK again after 1 s, and the client's answer
+/// opens the connection; HydraNet must do the same. The client namespace drops the
+/// client's handshake ACK (its second packet) to both: Linux's TCP on h1's own address, and
+/// the ft3 service.
+#[test]
+fn a_lost_handshake_ack_delays_a_server_first_banner_as_long_as_on_linux() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let script = std::env::temp_dir().join(format!("hn-banner-{}.py", std::process::id()));
+    std::fs::write(&script, BANNER_PY).expect("write the banner server");
+    let py = script.display().to_string();
+    let lab = Lab::up(
+        "syna",
+        3,
+        &format!("exec python3 {py} 127.0.0.1 8080"),
+        &["--mode", "ft"],
+    );
+    let mut linux_server = lab.spawn_sh("h1", &format!("exec python3 {py} 198.18.1.2 9092"));
+    let linux_addr = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), 9092);
+    let ft_addr = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 10), 80);
+    let rules = "sysctl -qw net.netfilter.nf_conntrack_acct=1 && \
+        nft add table inet hn_test && \
+        nft add chain inet hn_test out '{ type filter hook output priority 0; }' && \
+        nft add rule inet hn_test out ip daddr 198.18.1.2 tcp dport 9092 tcp flags == ack ct original packets 2 counter drop && \
+        nft add rule inet hn_test out ip daddr 198.19.0.10 tcp dport 80 tcp flags == ack ct original packets 2 counter drop";
+    let out = lab.sh("client", rules);
+    assert!(out.status.success(), "nft rules: {}", show(&out));
+    // The baseline server needs a moment to listen.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab
+        .sh("h1", "ss -ltn | grep -q 198.18.1.2:9092")
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the baseline banner server never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let banner = b"220 hydranet says hello\r\n".to_vec();
+    let (linux_got, linux_took) = banner_from(&lab, linux_addr);
+    let primary = lab.primary();
+    let resent_before = metric(
+        &lab.metrics(&primary),
+        "hydra_synack_retries_total{result=\"resent\"}",
+    );
+    let (ft_got, ft_took) = banner_from(&lab, ft_addr);
+    let resent = metric(
+        &lab.metrics(&primary),
+        "hydra_synack_retries_total{result=\"resent\"}",
+    ) - resent_before;
+    let counters = lab.sh("client", "nft list table inet hn_test");
+    let _ = linux_server.kill();
+    let _ = linux_server.wait();
+    let _ = std::fs::remove_file(&script);
+    let listing = String::from_utf8_lossy(&counters.stdout).to_string();
+    println!("linux: {linux_took:?}, ft3: {ft_took:?}, SYN-ACKs resent {resent}\n{listing}");
+    assert_eq!(
+        listing.matches("counter packets 1 ").count(),
+        2,
+        "each handshake ACK must have been dropped once:\n{listing}"
+    );
+    assert_eq!(
+        linux_got, banner,
+        "the baseline (Linux's TCP) sent no banner"
+    );
+    assert_eq!(ft_got, banner, "ft3 sent no banner: the connection hung");
+    assert!(resent >= 1, "the primary resent no SYN-ACK");
+    // Both wait for the SYN-ACK's 1 s timer; slack for a loaded machine.
+    assert!(
+        ft_took < linux_took + Duration::from_millis(1500),
+        "ft3 took {ft_took:?}, Linux {linux_took:?}"
+    );
+}
