@@ -1223,7 +1223,17 @@ impl Sim {
             let local = h.ft.local_data_rcv();
             let queued = h.ft.endpoint_ref().recv_queue() as u32;
             let credit = h.credit as u32;
-            h.order_pos = local.map(|r| SeqNumber(r.0.wrapping_sub(queued).wrapping_add(credit)));
+            let passed = rep
+                .seq
+                .as_ref()
+                .map_or(0, |q| q.passed_bytes(key(ports[c]))) as u32;
+            h.order_pos = local.map(|r| {
+                SeqNumber(
+                    r.0.wrapping_sub(queued)
+                        .wrapping_add(credit)
+                        .wrapping_add(passed),
+                )
+            });
             h.order_lost = h.order_pos.is_none();
         }
         let q = rep.seq.as_mut().expect("checked above");
@@ -1235,7 +1245,11 @@ impl Sim {
             let c = usize::from(k.client.port() - 40000);
             let h = conns.get(c)?.as_ref()?;
             if h.ft.is_retired() {
-                let (true, Some(pos), Some(peer)) = (primary, h.order_pos, h.peer_rcv) else {
+                let peer = match (h.peer_rcv, h.ft.local_data_rcv()) {
+                    (Some(p), Some(l)) => Some(p.max(l)),
+                    (p, l) => p.or(l),
+                };
+                let (true, Some(pos), Some(peer)) = (primary, h.order_pos, peer) else {
                     return None;
                 };
                 return Some(ConnView {

@@ -2782,12 +2782,19 @@ impl Dataplane {
                 }
                 // Delivered (client bytes taken, the FIN not counted, minus queued) plus
                 // granted and not yet delivered (credit, which a grant for bytes that never
-                // came may put past rcv_nxt).
+                // came may put past rcv_nxt), plus the stamps that went by while the
+                // connection was foreign here (`Sequencer::passed_bytes`).
                 let local = f.local_data_rcv();
                 let queued = c.tcp.ep_ref().recv_queue() as u32;
                 let credit = c.credit as u32;
-                c.order_pos =
-                    local.map(|r| SeqNumber(r.0.wrapping_sub(queued).wrapping_add(credit)));
+                let passed = seq.as_deref().map_or(0, |q| q.passed_bytes(c.key)) as u32;
+                c.order_pos = local.map(|r| {
+                    SeqNumber(
+                        r.0.wrapping_sub(queued)
+                            .wrapping_add(credit)
+                            .wrapping_add(passed),
+                    )
+                });
                 c.order_lost = c.order_pos.is_none();
             }
             if let Some(q) = seq {
@@ -2805,8 +2812,15 @@ impl Dataplane {
                     // (the soak: a host rejoined after a partition, was dropped from the
                     // connections it had missed, and stalled the service once primary). The
                     // primary stamps it on from the other members' reports: the members that
-                    // speak for it and follow it would wait for ever otherwise.
-                    let (true, Some(pos), Some(peer)) = (primary, c.order_pos, c.peer_rcv) else {
+                    // speak for it and follow it would wait for ever otherwise. Where no member
+                    // reported since we hold the connection, the client bytes we got ourselves
+                    // (the client sent them; a member that lacks them waits for them).
+                    let Tcp::Ft(f) = &c.tcp else { return None };
+                    let peer = match (c.peer_rcv, f.local_data_rcv()) {
+                        (Some(p), Some(l)) => Some(p.max(l)),
+                        (p, l) => p.or(l),
+                    };
+                    let (true, Some(pos), Some(peer)) = (primary, c.order_pos, peer) else {
                         return None;
                     };
                     return Some(ConnView {

@@ -266,6 +266,9 @@ pub struct Sequencer {
     asked: Option<(Instant, u64)>,
     /// Connections not followed here, and since when.
     foreign: HashMap<FlowKey, Instant>,
+    /// Bytes of the stamps of a foreign connection that went by here (see
+    /// [`Sequencer::passed_bytes`]); only for connections in `foreign`.
+    passed: HashMap<FlowKey, u64>,
     abandoned: Vec<FlowKey>,
     /// A new primary collects its members' stamps until then (see the module doc).
     sync_until: Option<Instant>,
@@ -308,6 +311,7 @@ impl Sequencer {
             fresh_below: 0,
             asked: None,
             foreign: HashMap::new(),
+            passed: HashMap::new(),
             abandoned: Vec::new(),
             sync_until: None,
             sync_began: None,
@@ -569,6 +573,25 @@ impl Sequencer {
         self.bound_foreign(now);
     }
 
+    /// Bytes of `key`'s stamps that went by here while it was foreign (before this replica
+    /// held it, or after it left it): where the stamps of a connection end that a primary
+    /// never followed. A primary that holds such a connection and leaves it stamps it on for
+    /// the members from there, not from the bytes its own backend got: counted from those
+    /// alone, it stamped the connection again from its start, and the members that had
+    /// delivered the first chunks waited for ever for bytes past the client's last
+    /// (FT_SEED=1796800000063244 FT_TOTAL=1 in the cluster sim).
+    pub fn passed_bytes(&self, key: FlowKey) -> u64 {
+        self.passed.get(&key).copied().unwrap_or(0)
+    }
+
+    /// A stamp of a foreign connection went by.
+    fn pass_foreign(&mut self, s: Stamp) {
+        if self.foreign.contains_key(&s.key) {
+            *self.passed.entry(s.key).or_default() += u64::from(s.len);
+        }
+        self.skip(s);
+    }
+
     fn is_foreign(&self, key: FlowKey, now: Instant) -> bool {
         self.foreign
             .get(&key)
@@ -689,7 +712,7 @@ impl Sequencer {
             }
             match view(key) {
                 // Abandoned above: its bytes are not ours to deliver.
-                Some(_) if self.is_foreign(key, now) => self.skip(stamp),
+                Some(_) if self.is_foreign(key, now) => self.pass_foreign(stamp),
                 Some(v) if v.pending >= len as usize => {
                     self.queue.pop_first();
                     self.next += 1;
@@ -756,9 +779,10 @@ impl Sequencer {
                     if k >= self.fresh_below && !conns.contains(&key) && !self.is_foreign(key, now)
                     {
                         self.foreign.insert(key, now);
+                        self.passed.remove(&key);
                         self.bound_foreign(now);
                     }
-                    self.skip(stamp);
+                    self.pass_foreign(stamp);
                 }
             }
         }
@@ -797,6 +821,8 @@ impl Sequencer {
     fn bound_foreign(&mut self, now: Instant) {
         if self.foreign.len() > FOREIGN_MAX {
             self.foreign.retain(|_, t| now < *t + FOREIGN_TTL);
+            let foreign = &self.foreign;
+            self.passed.retain(|k, _| foreign.contains_key(k));
         }
         while self.foreign.len() > FOREIGN_MAX {
             // INVARIANT: the map is not empty (it is over its bound).
@@ -806,6 +832,7 @@ impl Sequencer {
                 .min_by_key(|(_, t)| **t)
                 .expect("a full map has a minimum");
             self.foreign.remove(&oldest);
+            self.passed.remove(&oldest);
             self.stats.foreign_evicted += 1;
         }
     }
@@ -1506,6 +1533,44 @@ mod tests {
         );
         assert_eq!(b.take_abandoned(), vec![late]);
         assert_eq!(b.take_stats().abandoned, 1);
+    }
+
+    /// A replica that holds a connection whose first stamps went by knows where those stamps
+    /// end: as the primary that leaves it, it stamps the connection on for the members from
+    /// there (FT_SEED=1796800000063244 FT_TOTAL=1).
+    #[test]
+    fn the_stamps_of_a_connection_that_went_by_here_are_counted() {
+        let t0 = Instant::now();
+        let (late, other) = (key(5), key(6));
+        let mut b = Sequencer::new(Duration::ZERO);
+        let s = |stamp, key, len| Stamp { stamp, key, len };
+        b.on_stamps(&[s(0, late, 1380), s(1, other, 7), s(2, late, 5520)], t0);
+        let t = t0 + UNKNOWN_CONN_WAIT;
+        assert_eq!(
+            b.next_grant(t, false, &[other], |k| (k == other).then_some(ConnView {
+                pending: 7,
+                answered: 0
+            })),
+            Some((other, 7))
+        );
+        b.on_delivered(other, 7, t);
+        assert_eq!(
+            b.next_grant(t, false, &[other], |k| (k == other).then_some(ConnView {
+                pending: 0,
+                answered: 1
+            })),
+            None
+        );
+        assert_eq!(b.take_stats().skipped, 2);
+        assert_eq!(b.passed_bytes(late), 6900);
+        assert_eq!(b.passed_bytes(other), 0, "granted here: not passed");
+        // It shows up and is left; the count stays for the host to stamp it on from.
+        assert_eq!(
+            b.next_grant(t, false, &[other, late], |_| pending(100)),
+            None
+        );
+        assert_eq!(b.take_abandoned(), vec![late]);
+        assert_eq!(b.passed_bytes(late), 6900);
     }
 
     #[test]
