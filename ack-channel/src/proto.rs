@@ -27,6 +27,8 @@
 //!   service ip (4) | service port (2) | kind (1) | from (8) | to (8)
 //!   kind 0, need (backup -> primary): send me the stamps in [from, to) (as Order datagrams)
 //!   kind 1, gone (primary -> backup): I keep the stamps from `from` on only; my next is `to`
+//!   kind 2, synced (backup -> new primary): my answer to your sync from `from` is complete;
+//!   I delivered the stamps before `to`
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -572,6 +574,9 @@ pub enum OrderRepairKind {
     /// The primary keeps stamps from `from` on only (older ones are forgotten); its next
     /// stamp is `to`.
     Gone,
+    /// A backup's answer to a new primary's sync from `from` is complete: it delivered (or
+    /// passed) the old primary's stamps before `to`, and sent those from `from` on.
+    Synced,
 }
 
 /// Stamp repair for a total-order service: a backup's request for stamps it missed, or the
@@ -599,6 +604,7 @@ impl OrderRepair {
         out.push(match self.kind {
             OrderRepairKind::Need => 0,
             OrderRepairKind::Gone => 1,
+            OrderRepairKind::Synced => 2,
         });
         out.extend_from_slice(&self.from.to_be_bytes());
         out.extend_from_slice(&self.to.to_be_bytes());
@@ -613,6 +619,7 @@ impl OrderRepair {
         let kind = match b[6] {
             0 => OrderRepairKind::Need,
             1 => OrderRepairKind::Gone,
+            2 => OrderRepairKind::Synced,
             _ => return Err(WireError::Payload),
         };
         let u64_at = |i: usize| {
@@ -702,10 +709,10 @@ mod tests {
         }
 
         #[test]
-        fn order_repair_round_trips(ip in any::<u32>(), port in any::<u16>(), gone in any::<bool>(), from in any::<u64>(), to in any::<u64>()) {
+        fn order_repair_round_trips(ip in any::<u32>(), port in any::<u16>(), kind in 0usize..3, from in any::<u64>(), to in any::<u64>()) {
             let r = OrderRepair {
                 service: SocketAddrV4::new(Ipv4Addr::from(ip), port),
-                kind: if gone { OrderRepairKind::Gone } else { OrderRepairKind::Need },
+                kind: [OrderRepairKind::Need, OrderRepairKind::Gone, OrderRepairKind::Synced][kind],
                 from,
                 to,
             };
@@ -780,8 +787,14 @@ mod tests {
             OrderRepair::parse(&gone).map(|r| r.kind),
             Ok(OrderRepairKind::Gone)
         );
+        let mut synced = bytes;
+        synced[6] = 2;
+        assert_eq!(
+            OrderRepair::parse(&synced).map(|r| r.kind),
+            Ok(OrderRepairKind::Synced)
+        );
         let mut unknown = bytes;
-        unknown[6] = 2;
+        unknown[6] = 3;
         assert_eq!(OrderRepair::parse(&unknown), Err(WireError::Payload));
         assert_eq!(OrderRepair::parse(&bytes[..22]), Err(WireError::Payload));
         assert_eq!(

@@ -774,9 +774,14 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
         ("digests", digests.clone()),
         ("order", order.clone()),
         ("order_repair", order_repair.clone()),
-        ("order_repair_kind_2", {
+        ("order_repair_synced", {
             let mut r = order_repair.clone();
             r[6] = 2;
+            r
+        }),
+        ("order_repair_kind_3", {
+            let mut r = order_repair.clone();
+            r[6] = 3;
             r
         }),
         (
@@ -898,7 +903,7 @@ fn seed_corpora_are_what_they_claim() {
                 | "heartbeat_unknown_mode"
                 | "progress_has_isn_s_2"
                 | "progress_end_3"
-                | "order_repair_kind_2"
+                | "order_repair_kind_3"
         );
         assert_eq!(parses, !opens && !broken, "{name}");
     }

@@ -334,6 +334,9 @@ enum Msg {
         oldest: u64,
         next: u64,
     },
+    /// A backup's answer to a new primary's sync is complete: it delivered the stamps
+    /// before `end`.
+    OrderSynced { to: u32, from: u32, end: u64 },
 }
 
 impl Msg {
@@ -350,7 +353,8 @@ impl Msg {
             | Msg::Digest { to, from, .. }
             | Msg::Order { to, from, .. }
             | Msg::OrderNeed { to, from, .. }
-            | Msg::OrderGone { to, from, .. } => (Some(*to), Some(*from)),
+            | Msg::OrderGone { to, from, .. }
+            | Msg::OrderSynced { to, from, .. } => (Some(*to), Some(*from)),
         }
     }
 }
@@ -498,6 +502,9 @@ struct Sim {
     /// A view sent to a replica was lost or came late: a host that just restarted may then
     /// drop its first client packets (it does not know yet that it is a member).
     views_disturbed: bool,
+    /// New primaries' syncs that ended at their bound without every member's complete
+    /// answer.
+    sync_incomplete: u64,
 }
 
 fn seg_text(s: &rewrite::Seg) -> String {
@@ -677,6 +684,7 @@ impl Sim {
             order_resend_at: Instant::from_millis(0),
             partitioned_once: false,
             views_disturbed: false,
+            sync_incomplete: 0,
         };
         for _ in 0..HOSTS {
             sim.add_replica();
@@ -1006,6 +1014,10 @@ impl Sim {
                         q.on_primary_changed(new == to, t);
                     }
                 }
+                if let (Some(q), true) = (rep.seq.as_mut(), new_primary == Some(to)) {
+                    let others: Vec<u32> = members.iter().copied().filter(|m| *m != to).collect();
+                    q.sync_members(&others);
+                }
                 for h in rep.conns.iter_mut().flatten() {
                     h.ft.set_view(now, &members);
                     h.dirty = true;
@@ -1127,9 +1139,11 @@ impl Sim {
                 let rep = &mut self.replicas[to as usize];
                 let primary = rep.view.as_ref().and_then(|v| v.first().copied());
                 let Some(q) = rep.seq.as_mut() else { return };
+                let mut synced = None;
                 let answer = if primary == Some(to) {
                     Some(q.on_need(range.0, range.1))
                 } else if primary == Some(from) && from != to {
+                    synced = Some(q.delivered_end());
                     match q.on_need(range.0, range.1) {
                         a @ NeedAnswer::Stamps(_) => Some(a),
                         NeedAnswer::Gone { .. } => None,
@@ -1156,6 +1170,21 @@ impl Sim {
                         self.send(Link::Control, m);
                     }
                     None => {}
+                }
+                if let Some(end) = synced {
+                    let m = Msg::OrderSynced {
+                        to: from,
+                        from: to,
+                        end,
+                    };
+                    self.send(Link::Control, m);
+                }
+            }
+            Msg::OrderSynced { to, from, end } => {
+                let rep = &mut self.replicas[to as usize];
+                let primary = rep.view.as_ref().and_then(|v| v.first().copied());
+                if let (Some(q), true) = (rep.seq.as_mut(), primary == Some(to) && from != to) {
+                    q.on_member_synced(from, end);
                 }
             }
             Msg::OrderGone {
@@ -1285,6 +1314,7 @@ impl Sim {
         let st = q.take_stats();
         rep.diverged += st.diverged;
         rep.abandoned += st.abandoned;
+        self.sync_incomplete += st.sync_incomplete;
         let notable = host_server::order::OrderStats {
             skipped: 0,
             asked: 0,
@@ -1397,11 +1427,13 @@ impl Sim {
         if !self.total {
             return;
         }
-        // A backup's past differs from a new primary's only when its answer to the primary's
-        // sync was lost (then it leaves every connection: the safety net). Without loss, that
-        // net must never be needed: a sequencer that orders on its own is caught here, not
-        // hidden by members leaving.
-        if self.ctl_loss == 0.0 && !self.partitioned_once {
+        // A backup's past differs from a new primary's only when the primary's sync ended
+        // without its complete answer (then it leaves every connection: the safety net):
+        // the sync waits for every member's answer, up to its bound. Otherwise that net
+        // must never be needed, loss or not: a sequencer that orders on its own is caught
+        // here, not hidden by members leaving. (A partition that outlasts the detector cuts
+        // a member out of the view; back, it starts its order afresh.)
+        if self.sync_incomplete == 0 && !self.partitioned_once {
             if let Some(r) = (0..self.replicas.len()).find(|&r| self.replicas[r].diverged > 0) {
                 self.fail(&format!(
                     "total order: replica {r}'s past differed from its primary's {} times without loss on the ack channel",

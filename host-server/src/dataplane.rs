@@ -495,6 +495,11 @@ impl HostMetrics {
                 &o.starved,
             ),
             (
+                "sync_incomplete",
+                "New primaries' syncs that ended at their bound without every member's complete answer",
+                &o.sync_incomplete,
+            ),
+            (
                 "left",
                 "Total-order connections this host left, for any reason (its backend misses their later chunks)",
                 &o.left,
@@ -1038,6 +1043,8 @@ pub struct OrderMetrics {
     pub diverged: Counter,
     /// Connections a backup left after waiting at their stamp for bytes that did not come.
     pub starved: Counter,
+    /// New primaries' syncs that ended without every member's complete answer.
+    pub sync_incomplete: Counter,
     /// Total-order connections this host left, for any reason (its backend then misses
     /// their later chunks).
     pub left: Counter,
@@ -1058,6 +1065,7 @@ impl OrderMetrics {
         self.dropped.add(s.dropped);
         self.diverged.add(s.diverged);
         self.starved.add(s.starved);
+        self.sync_incomplete.add(s.sync_incomplete);
     }
 }
 
@@ -2434,6 +2442,19 @@ impl Dataplane {
                 self.sequencers.insert(service, q);
             }
         }
+        if new_primary == Some(self.me) {
+            // A new primary's sync waits for each member's answer (and forgets one that
+            // left the view).
+            let others: Vec<u32> = self
+                .members_of(service)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| *m != self.me.0)
+                .collect();
+            if let Some(q) = self.sequencers.get_mut(&service) {
+                q.sync_members(&others);
+            }
+        }
         let Some(members) = self.members_of(service) else {
             return;
         };
@@ -2676,14 +2697,26 @@ impl Dataplane {
                 }
             },
             // A new primary's sync: the stamps this backup delivered (it is behind if they
-            // are forgotten; then it has nothing to add).
+            // are forgotten; then it has nothing to add), then where its order stands, which
+            // tells the new primary the answer is complete (`Sequencer::on_member_synced`).
             OrderRepairKind::Need if primary == Some(from) && from != self.me => {
+                let end = q.delivered_end();
                 if let NeedAnswer::Stamps(stamps) = q.on_need(r.from, r.to) {
                     for chunk in stamps.chunks(ORDER_PER_DATAGRAM) {
                         let entries: Vec<OrderEntry> = chunk.iter().map(order_entry).collect();
                         self.send_to_member(r.service, from, MsgType::Order, &emit_order(&entries));
                     }
                 }
+                let synced = OrderRepair {
+                    service: r.service,
+                    kind: OrderRepairKind::Synced,
+                    from: r.from,
+                    to: end,
+                };
+                self.send_to_member(r.service, from, MsgType::OrderRepair, &synced.emit());
+            }
+            OrderRepairKind::Synced if primary == Some(self.me) && from != self.me => {
+                q.on_member_synced(from.0, r.to);
             }
             OrderRepairKind::Gone if primary == Some(from) && from != self.me => {
                 let held: Vec<FlowKey> = self

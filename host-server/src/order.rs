@@ -99,9 +99,18 @@
 //! - The sync lasts [`SYNC_WAIT`] past the last answer that brought stamps the new primary
 //!   lacks, up to [`SYNC_MAX`]: a new primary far behind a member (it rejoined after a
 //!   partition) catches up, [`QUEUE_MAX`] stamps at a time, before it numbers anything.
+//! - It also lasts until every member of the view answered completely: a member sends the
+//!   stamps asked for, then "synced" with the stamp it delivered up to
+//!   ([`Sequencer::on_member_synced`]); the sync waits until it holds every stamp below
+//!   that, asking again every [`NEED_RETRY`]. Ending on time alone, a new primary whose
+//!   member's answer was lost numbered that member's delivered stamps anew, and the
+//!   member's backend had already taken chunks in an order the others never would (the
+//!   redis failover test: digests differed). A member that does not answer by
+//!   [`SYNC_MAX`] is left behind, counted (`sync_incomplete`).
 //! - Safety net: a backup that hears the primary stamp a number it already processed as a
-//!   different chunk has diverged (it did not answer the sync in time). It leaves every
-//!   connection it holds, as after "gone", instead of waiting for bytes that never come.
+//!   different chunk has diverged (its answer did not reach the sync by [`SYNC_MAX`]). It
+//!   leaves every connection it holds, as after "gone", instead of waiting for bytes that
+//!   never come.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -225,6 +234,9 @@ pub struct OrderStats {
     /// Connections this replica left after waiting at one of their stamps for client bytes
     /// that did not come ([`STARVED_MAX`], [`BACKUP_STARVED_MAX`]).
     pub starved: u64,
+    /// Syncs of a new primary that ended at [`SYNC_MAX`] without every member's complete
+    /// answer (a member that does not answer may then find its past numbered differently).
+    pub sync_incomplete: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -274,6 +286,10 @@ pub struct Sequencer {
     sync_until: Option<Instant>,
     /// When the current sync began (it lasts at most [`SYNC_MAX`]).
     sync_began: Option<Instant>,
+    /// The members a new primary's sync waits for, with the stamp each said it delivered
+    /// up to (exclusive) once its answer came ([`Sequencer::sync_members`],
+    /// [`Sequencer::on_member_synced`]); `None` until the members are known.
+    sync_wait: Option<HashMap<u32, Option<u64>>>,
     /// The stamp the primary numbers differently from what this backup processed.
     diverged: bool,
     /// `next` when it last moved, and since when it has not (for [`Sequencer::stuck`]).
@@ -315,6 +331,7 @@ impl Sequencer {
             abandoned: Vec::new(),
             sync_until: None,
             sync_began: None,
+            sync_wait: None,
             diverged: false,
             moved: None,
             stuck_told: false,
@@ -399,6 +416,7 @@ impl Sequencer {
         if me_primary {
             self.sync_until = Some(now + SYNC_WAIT);
             self.sync_began = Some(now);
+            self.sync_wait = None;
             return;
         }
         self.sync_until = None;
@@ -407,12 +425,78 @@ impl Sequencer {
         self.heard = self.next;
     }
 
-    /// Whether this (new) primary is still collecting its members' stamps.
+    /// Whether this (new) primary is still collecting its members' stamps: for
+    /// [`SYNC_WAIT`] past the last answer that brought stamps, and until every member of
+    /// its view answered and every stamp a member delivered is here; never past
+    /// [`SYNC_MAX`]. Ending sooner, when a member's answer was lost, it issued again, as new
+    /// or void, stamps that member had delivered: its past then differed from the primary's
+    /// and it left every connection it held, but its backend had taken chunks in an order
+    /// the others had not (the total-order soak: redis digests differed).
     fn is_syncing(&mut self, now: Instant) -> bool {
-        if self.sync_until.is_some_and(|t| now >= t) {
+        let Some(until) = self.sync_until else {
+            return false;
+        };
+        let capped = self.sync_began.is_some_and(|b| now >= b + SYNC_MAX);
+        let complete = self.sync_complete();
+        if capped || (now >= until && complete) {
+            if !complete {
+                self.stats.sync_incomplete += 1;
+                tracing::warn!(
+                    waiting = ?self.sync_wait,
+                    "total order: a member's answer to the new primary's sync did not come in time"
+                );
+            }
             self.sync_until = None;
+            self.sync_wait = None;
+            return false;
         }
-        self.sync_until.is_some()
+        true
+    }
+
+    /// The first stamp from `next` on that is not queued here.
+    fn first_missing(&self) -> u64 {
+        let mut k = self.next;
+        while self.queue.contains_key(&k) {
+            k += 1;
+        }
+        k
+    }
+
+    /// Every member the sync waits for answered, and everything it delivered is here.
+    fn sync_complete(&self) -> bool {
+        let Some(wait) = self.sync_wait.as_ref() else {
+            // Members not known yet (a caller that never names them waits SYNC_WAIT only).
+            return true;
+        };
+        let have = self.first_missing();
+        wait.values().all(|end| end.is_some_and(|e| e <= have))
+    }
+
+    /// The members of this new primary's view (itself excluded): the sync waits for each
+    /// one's answer. Called at every view while the sync lasts: a member that left the view
+    /// is no longer waited for.
+    pub fn sync_members(&mut self, members: &[u32]) {
+        if self.sync_until.is_none() {
+            return;
+        }
+        match self.sync_wait.as_mut() {
+            None => self.sync_wait = Some(members.iter().map(|&m| (m, None)).collect()),
+            Some(w) => w.retain(|m, _| members.contains(m)),
+        }
+    }
+
+    /// A member's answer to this new primary's sync is complete: it delivered the old
+    /// primary's stamps up to `end` (exclusive), and sent those from the sync's `from` on.
+    pub fn on_member_synced(&mut self, member: u32, end: u64) {
+        if let Some(e) = self.sync_wait.as_mut().and_then(|w| w.get_mut(&member)) {
+            *e = Some(e.map_or(end, |x| x.max(end)));
+        }
+    }
+
+    /// Where this replica's order stands: the stamps before this one were delivered or
+    /// passed here (a backup's answer to a new primary's sync names it).
+    pub fn delivered_end(&self) -> u64 {
+        self.next
     }
 
     /// A new primary's request to every member: the stamps `[from, to)` from its first
@@ -421,10 +505,7 @@ impl Sequencer {
         if !self.is_syncing(now) {
             return None;
         }
-        let mut from = self.next;
-        while self.queue.contains_key(&from) {
-            from += 1;
-        }
+        let from = self.first_missing();
         if self
             .asked
             .is_some_and(|(t, f)| f == from && now < t + NEED_RETRY)
@@ -1719,6 +1800,70 @@ mod tests {
     /// stamps behind the other (here 1,500, more than a queue holds, at a stamp a
     /// millisecond); made primary, it collected for 100 ms, stamped on from where it stood,
     /// and the other backup, which had delivered those numbers, left every connection.
+    /// A new primary issues nothing until every member of its view answered its sync
+    /// completely: an answer whose stamps were lost is asked again and waited for; a member
+    /// that never answers holds it up to SYNC_MAX, counted; one that left the view is not
+    /// waited for.
+    #[test]
+    fn a_new_primary_waits_for_every_members_complete_answer() {
+        let t0 = Instant::now();
+        let k = key(1);
+        let mut old = primary_with(3, k, t0);
+        let stamps = stamps_of(old.on_need(0, 3));
+        assert_eq!(stamps.len(), 3);
+        // Backup 2 delivered the old primary's 3 stamps.
+        let mut b2 = Sequencer::new(Duration::ZERO);
+        b2.on_stamps(&stamps, t0);
+        for _ in 0..3 {
+            assert_eq!(b2.next_grant(t0, false, &[k], |_| pending(1)), Some((k, 1)));
+            b2.on_delivered(k, 1, t0);
+        }
+        assert_eq!(b2.delivered_end(), 3);
+        // Backup 1, which got none, is the primary of [1, 2, 3] now.
+        let t1 = t0 + Duration::from_millis(30);
+        let mut p = Sequencer::new(Duration::ZERO);
+        p.on_primary_changed(true, t1);
+        p.sync_members(&[2, 3]);
+        // Member 2's "synced" came, its stamps were lost; member 3 delivered nothing.
+        p.on_member_synced(2, 3);
+        p.on_member_synced(3, 0);
+        let t = t1 + SYNC_WAIT + Duration::from_millis(1);
+        assert_eq!(
+            p.poll_sync(t),
+            Some((0, NEED_MAX)),
+            "asks again from stamp 0"
+        );
+        assert_eq!(
+            p.next_grant(t, true, &[k], |_| pending(5)),
+            None,
+            "issues nothing"
+        );
+        p.on_member_stamps(&stamps, t);
+        // Complete: the adopted stamps go first, numbered as backup 2 delivered them.
+        let t = t + SYNC_WAIT + Duration::from_millis(1);
+        assert_eq!(p.poll_sync(t), None);
+        assert_eq!(p.next_grant(t, true, &[k], |_| pending(5)), Some((k, 1)));
+        assert_eq!(p.take_stats().sync_incomplete, 0);
+        // A member that never answers holds the sync up to its bound.
+        let mut p = Sequencer::new(Duration::ZERO);
+        p.on_primary_changed(true, t1);
+        p.sync_members(&[2, 3]);
+        p.on_member_synced(2, 0);
+        assert!(p
+            .poll_sync(t1 + SYNC_MAX - Duration::from_millis(1))
+            .is_some());
+        assert_eq!(p.poll_sync(t1 + SYNC_MAX), None);
+        assert_eq!(p.take_stats().sync_incomplete, 1);
+        // One that left the view is not waited for.
+        let mut p = Sequencer::new(Duration::ZERO);
+        p.on_primary_changed(true, t1);
+        p.sync_members(&[2, 3]);
+        p.on_member_synced(2, 0);
+        p.sync_members(&[2]);
+        assert_eq!(p.poll_sync(t1 + SYNC_WAIT), None);
+        assert_eq!(p.take_stats().sync_incomplete, 0);
+    }
+
     #[test]
     fn a_new_primary_far_behind_a_backup_collects_until_it_caught_up() {
         let t0 = Instant::now();
