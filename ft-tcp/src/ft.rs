@@ -276,6 +276,11 @@ pub struct FtConn {
     shadow: Option<ShadowQueue>,
 
     peers: BTreeMap<PeerId, Progress>,
+    /// Members of our view that report holding the connection but that our gate never
+    /// counted (they opened it with a stale view, or our view at open was stale), with the
+    /// furthest `rcv_nxt` each reported. Until the authority confirms their exclusion the
+    /// view may make one of them the speaker, so the gate waits for them too.
+    uncounted: BTreeMap<PeerId, SeqNumber>,
     sent_ack: Option<SeqNumber>,
     sent_edge: Option<SeqNumber>,
     snd_max_s: Option<SeqNumber>,
@@ -460,6 +465,7 @@ impl FtConn {
             last_ack_given: None,
             shadow: None,
             peers: BTreeMap::new(),
+            uncounted: BTreeMap::new(),
             sent_ack: None,
             sent_edge: None,
             snd_max_s: None,
@@ -1555,13 +1561,18 @@ impl FtConn {
             // It holds the connection, but our ACK gate never counted it (it opened the
             // connection with a stale view, or was out of the view for a while): it may lack
             // bytes the client saw acknowledged. The speaker tells it it is no member, before
-            // a view could promote it.
-            if self.role == Role::Primary
-                && !self.retired
-                && p.end != OutputEnd::Reset
-                && self.view.contains(&from)
-            {
-                self.request_exclusion(now, from);
+            // a view could promote it; until the authority confirms, our gate waits for it
+            // (a speaker promoted after hearing such a holder as a backup acknowledged bytes
+            // it lacked, and was cut off; the holder then spoke without them,
+            // FT_SEED=1797200000028465).
+            if p.end == OutputEnd::Reset || !self.view.contains(&from) {
+                self.uncounted.remove(&from);
+            } else if !self.excluded.contains(&from) {
+                let r = self.uncounted.entry(from).or_insert(p.rcv_nxt);
+                *r = (*r).max(p.rcv_nxt);
+                if self.role == Role::Primary && !self.retired {
+                    self.request_exclusion(now, from);
+                }
             }
             return;
         }
@@ -1739,6 +1750,7 @@ impl FtConn {
             self.retire();
         }
         self.view_peers.retain(|id| members.contains(id));
+        self.uncounted.retain(|id, _| members.contains(id));
         let members = &self.view_peers;
         self.peers.retain(|id, _| members.contains(id));
         self.repair.retain(|id, _| members.contains(id));
@@ -1840,6 +1852,16 @@ impl FtConn {
 
     fn promote(&mut self, now: Instant) {
         self.stats.promotions += 1;
+        let uncounted: Vec<PeerId> = self
+            .uncounted
+            .keys()
+            .copied()
+            .filter(|id| !self.excluded.contains(id))
+            .collect();
+        for id in uncounted {
+            tracing::debug!(conn = ?self.key, member = id, "a holder our gate never counted: asking to exclude it");
+            self.request_exclusion(now, id);
+        }
         self.adopt_isn_guess();
         if self.isn_s.is_none() {
             // No SYN-ACK reached anyone yet: ours will be the one, once every member of the
@@ -2291,6 +2313,11 @@ impl FtConn {
             ack = ack.min(p.rcv_nxt);
             edge = edge.min(p.edge);
         }
+        for (id, r) in &self.uncounted {
+            if !self.excluded.contains(id) {
+                ack = ack.min(*r);
+            }
+        }
         if let Some(s) = self.sent_ack {
             ack = ack.max(s);
         }
@@ -2574,6 +2601,59 @@ mod tests {
             n += c.take_repairs().len();
         }
         assert_eq!(n, usize::from(HANDSHAKE_FORWARDS));
+    }
+
+    /// A member of the view that reports holding the connection but that our gate never
+    /// counted (it opened the connection with a stale view) may be made the speaker until
+    /// the authority excludes it: a promoted speaker asks for that, and until the notice
+    /// comes acknowledges no client byte that member lacks (FT_SEED=1797200000028465).
+    #[test]
+    fn a_new_speaker_waits_for_a_holder_its_gate_never_counted_until_it_is_excluded() {
+        let t = |ms| Instant::from_millis(ms);
+        let isn_s = SeqNumber(874_374_169);
+        let k = key();
+        let mut c = backup();
+        c.handle_progress(t(1), 0, report(isn_s));
+        c.handle_progress(t(1), 1, report(isn_s));
+        c.handle_client_packet(t(1), &first_ack(isn_s.plus(1)));
+        c.set_view(t(2), &[0, 1, 2, 3]);
+        // Member 3 joined the view and holds the connection without our gate counting it.
+        c.handle_progress(t(3), 3, report(isn_s));
+        let hello = rewrite::build(
+            k.client,
+            k.service,
+            SeqNumber(CLIENT_ISN + 1),
+            isn_s.plus(1),
+            65535,
+            b"hello",
+            false,
+        );
+        c.handle_client_packet(t(4), &hello);
+        c.poll(t(4));
+        let mut with_bytes = report(isn_s);
+        with_bytes.rcv_nxt = SeqNumber(CLIENT_ISN + 6);
+        c.handle_progress(t(5), 1, with_bytes);
+        // 0 crashed: we speak, with 1 and 3 in the view.
+        c.set_view(t(6), &[2, 1, 3]);
+        assert_eq!(c.role(), Role::Primary);
+        assert_eq!(c.take_exclusion_requests(t(6)), vec![3]);
+        let acks = |c: &mut FtConn, now| {
+            c.poll(now);
+            c.take_to_client()
+                .iter()
+                .filter_map(|p| rewrite::parse(p).map(|s| s.ack))
+                .collect::<Vec<_>>()
+        };
+        let before = acks(&mut c, t(7));
+        assert!(!before.is_empty(), "a new speaker sends the gate's ACK");
+        assert!(
+            before.iter().all(|a| *a == SeqNumber(CLIENT_ISN + 1)),
+            "acknowledged bytes member 3 lacks: {before:?}"
+        );
+        // The authority's notice: 0 and 3 are excluded. Now the bytes are acknowledged.
+        c.handle_exclusions(t(8), &[0, 3]);
+        let after = acks(&mut c, t(9));
+        assert_eq!(after.last(), Some(&SeqNumber(CLIENT_ISN + 6)));
     }
 
     // The opener (0) reported its ISN but its SYN-ACK never reached the client; member 1's

@@ -179,6 +179,9 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     // its SYN, which then spoke without the bytes the client saw acknowledged (58572).
     (1796800000049148, Harness::ClusterTotal),
     (1796800000058572, Harness::ClusterTotal),
+    // A backup heard a member its gate never counted report the connection, was promoted,
+    // acknowledged bytes that member lacked and was cut off; the member spoke without them.
+    (1797200000028465, Harness::Cluster),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
