@@ -20,6 +20,6 @@ pub use proto::{
     emit_digests, emit_exclusions, emit_order, emit_progress, parse_digests, parse_exclusions,
     parse_order, parse_progress, DigestEntry, ExclusionEntry, Heartbeat, Member, Mode, OrderEntry,
     OrderRepair, OrderRepairKind, OutputEnd, ProgressEntry, ServiceAd, View, DIGESTS_PER_DATAGRAM,
-    EXCLUSIONS_PER_DATAGRAM, EXCLUSION_MEMBERS_MAX, PROGRESS_PER_DATAGRAM,
+    EXCLUSIONS_PER_DATAGRAM, EXCLUSION_MEMBERS_MAX, ORDER_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
 };
 pub use wire::{Datagram, Header, MsgType, WireError};

@@ -22,7 +22,8 @@
 //!   client ip (4) | client port (2) | service ip (4) | service port (2) |
 //!   block index (4) | block length (4) | fin (1) | digest (16)
 //! Order (primary -> hosts, total order of a service): count (u16) then entries of
-//!   stamp (8) | client ip (4) | client port (2) | service ip (4) | service port (2) | len (4)
+//!   stamp (8) | client ip (4) | client port (2) | service ip (4) | service port (2) | len (4) |
+//!   epoch (8): the view epoch of the primary that issued the stamp
 //! OrderRepair (host -> host, total order of a service):
 //!   service ip (4) | service port (2) | kind (1) | from (8) | to (8)
 //!   kind 0, need (backup -> primary): send me the stamps in [from, to) (as Order datagrams)
@@ -522,9 +523,14 @@ pub struct OrderEntry {
     pub service: SocketAddrV4,
     /// Bytes in the chunk.
     pub len: u32,
+    /// The view epoch of the primary that issued the stamp.
+    pub epoch: u64,
 }
 
-const ORDER_LEN: usize = 24;
+const ORDER_LEN: usize = 32;
+
+/// Order entries that fit in one datagram on a 1500-byte link.
+pub const ORDER_PER_DATAGRAM: usize = 42;
 
 /// Serializes order entries.
 pub fn emit_order(entries: &[OrderEntry]) -> Vec<u8> {
@@ -538,6 +544,7 @@ pub fn emit_order(entries: &[OrderEntry]) -> Vec<u8> {
         out.extend_from_slice(&e.service.ip().octets());
         out.extend_from_slice(&e.service.port().to_be_bytes());
         out.extend_from_slice(&e.len.to_be_bytes());
+        out.extend_from_slice(&e.epoch.to_be_bytes());
     }
     out
 }
@@ -561,6 +568,7 @@ pub fn parse_order(b: &[u8]) -> Result<Vec<OrderEntry>, WireError> {
                     u16::from_be_bytes([e[18], e[19]]),
                 ),
                 len: be_u32(e, 20),
+                epoch: be_u64(e, 24),
             }
         })
         .collect())
@@ -741,6 +749,7 @@ mod tests {
                     client: SocketAddrV4::new(Ipv4Addr::from(ip), port),
                     service: SocketAddrV4::new(Ipv4Addr::from(!ip), port ^ 1),
                     len,
+                    epoch: stamp.rotate_left(17),
                 })
                 .collect();
             prop_assert_eq!(parse_order(&emit_order(&v)).unwrap(), v);

@@ -317,6 +317,7 @@ struct GenOrder {
     client: GenAddr,
     service: GenAddr,
     len: u32,
+    epoch: u64,
 }
 
 /// A payload of one of the parsed message types.
@@ -415,6 +416,7 @@ impl Value {
                         client: e.client.get(),
                         service: e.service.get(),
                         len: e.len,
+                        epoch: e.epoch,
                     })
                     .collect(),
             ),
@@ -732,12 +734,14 @@ fn seed_corpora() -> [(&'static str, Corpus); 2] {
             client,
             service,
             len: 13,
+            epoch: 7,
         },
         OrderEntry {
             stamp: 42,
             client: addr("198.18.0.3:40001"),
             service,
             len: 1,
+            epoch: 7,
         },
     ]);
     let order_repair = OrderRepair {

@@ -182,6 +182,10 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     // A backup heard a member its gate never counted report the connection, was promoted,
     // acknowledged bytes that member lacked and was cut off; the member spoke without them.
     (1797200000028465, Harness::Cluster),
+    // A host restarted and got its first view late: it took the stamps of connections
+    // opened since it joined for older ones, never marked them foreign, and followed one
+    // whose first chunk it had passed. Stamps now carry the epoch they were issued under.
+    (1797200000019720, Harness::ClusterTotal),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1028,6 +1032,14 @@ impl Sim {
                 if let (Some(q), true) = (rep.seq.as_mut(), new_primary == Some(to)) {
                     let others: Vec<u32> = members.iter().copied().filter(|m| *m != to).collect();
                     q.sync_members(&others);
+                }
+                // Stamps carry their epoch (dataplane.rs, on_view: `set_epochs`).
+                let joined = members
+                    .iter()
+                    .position(|m| *m == to)
+                    .and_then(|i| rep.since.get(i));
+                if let (Some(q), Some(&joined)) = (rep.seq.as_mut(), joined) {
+                    q.set_epochs(epoch, joined);
                 }
                 for h in rep.conns.iter_mut().flatten() {
                     h.ft.set_view(now, &members);

@@ -25,7 +25,7 @@ use ack_channel::{
     parse_order, parse_progress, DigestEntry, DropReason, Epoch, ExclusionEntry, Header, Heartbeat,
     Incarnation, Member, Mode, MsgType, Opener, OrderEntry, OrderRepair, OrderRepairKind,
     ProgressEntry, Receiver, ReplicaId, Sealer, ServiceId, View, DIGESTS_PER_DATAGRAM,
-    EXCLUSIONS_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
+    EXCLUSIONS_PER_DATAGRAM, ORDER_PER_DATAGRAM, PROGRESS_PER_DATAGRAM,
 };
 use control::metrics::{Counter, Exposition};
 use ft_tcp::agreement::BlockDigest;
@@ -47,8 +47,6 @@ const UDP: Token = Token(0);
 const RECV_BATCH: usize = 256;
 /// How often the connection table snapshot for `status` is refreshed.
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
-/// Order entries per datagram in a repair answer (24 bytes each: fits a 1500-byte link).
-const ORDER_PER_DATAGRAM: usize = 56;
 /// How often a total-order primary repeats its recent stamps.
 const ORDER_RESEND_EVERY: Duration = Duration::from_millis(20);
 /// A total-order sequencer with work that has not moved for this long is logged (what holds
@@ -1087,6 +1085,7 @@ fn order_entry(s: &Stamp) -> OrderEntry {
         client: s.key.client,
         service: s.key.service,
         len: s.len,
+        epoch: s.epoch,
     }
 }
 
@@ -2442,6 +2441,16 @@ impl Dataplane {
                 self.sequencers.insert(service, q);
             }
         }
+        // Stamps carry the epoch they were issued under; one from before this host joined
+        // the view is not its business (`Sequencer::set_epochs`).
+        let joined = self
+            .views
+            .get(&service)
+            .and_then(|v| v.member(self.me))
+            .map(|m| m.since);
+        if let (Some(q), Some(joined)) = (self.sequencers.get_mut(&service), joined) {
+            q.set_epochs(epoch.0, joined.0);
+        }
         if new_primary == Some(self.me) {
             // A new primary's sync waits for each member's answer (and forgets one that
             // left the view).
@@ -2620,6 +2629,7 @@ impl Dataplane {
                     service: e.service,
                 },
                 len: e.len,
+                epoch: e.epoch,
             })
             .collect();
         if member_answer {

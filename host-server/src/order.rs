@@ -53,9 +53,13 @@
 //!   [`UNKNOWN_CONN_WAIT`] per repair answer. (Waiting there, a host restarted in the soak
 //!   walked 750 stamps a second behind a primary stamping 2,500, while holding the
 //!   connections opened since it came back: their stamps waited behind the walk, and it got
-//!   "gone" and left them.) Nor are those connections marked foreign: they opened before it
-//!   was here, and a mark made during the walk, up to a minute after their stamps, outlived
-//!   them and made the client's new connection on a reused 4-tuple foreign.
+//!   "gone" and left them.) Nor are the connections of stamps issued before it joined the
+//!   view marked foreign: they opened before it was here, and a mark made during the walk,
+//!   up to a minute after their stamps, outlived them and made the client's new connection
+//!   on a reused 4-tuple foreign. Every stamp carries the view epoch it was issued under,
+//!   and the host tells the sequencer the epoch since which it is a member
+//!   ([`Sequencer::set_epochs`]): a stamp issued since then is marked like any other, also
+//!   when it was heard late, in the walk (a restarted host whose first view came late).
 //! - A stamp for a connection this replica does not hold is skipped (at once when it was
 //!   issued before this replica last anchored, or when the replica holds the connection but
 //!   has left it; otherwise after [`UNKNOWN_CONN_WAIT`], the SYN may be under way), and the
@@ -179,6 +183,8 @@ pub struct Stamp {
     pub key: FlowKey,
     /// Bytes of the connection's client stream, following its previous chunk.
     pub len: u32,
+    /// The view epoch of the primary that issued it ([`Sequencer::set_epochs`]).
+    pub epoch: u64,
 }
 
 /// What a connection looks like to the sequencer right now.
@@ -259,7 +265,7 @@ pub struct Sequencer {
     /// Next stamp to issue (primary) or deliver (backup).
     next: u64,
     /// Stamps received, in `[next, next + QUEUE_MAX)`, with when they came.
-    queue: BTreeMap<u64, (FlowKey, u32, Instant)>,
+    queue: BTreeMap<u64, (FlowKey, u32, u64, Instant)>,
     turn: Option<Turn>,
     /// The last stamps issued or processed here, contiguous, ending at `next - 1`.
     history: VecDeque<Stamp>,
@@ -274,6 +280,10 @@ pub struct Sequencer {
     /// the primary's history): their connections opened before this replica was here and
     /// are never marked foreign (see the module doc).
     fresh_below: u64,
+    /// The view epoch this replica stamps with as the primary, and the epoch since which it
+    /// is a member of the view ([`Sequencer::set_epochs`]; `None` until the host says).
+    epoch: u64,
+    joined: Option<u64>,
     /// The last repair request: when, and from which stamp.
     asked: Option<(Instant, u64)>,
     /// Connections not followed here, and since when.
@@ -325,6 +335,8 @@ impl Sequencer {
             heard: 0,
             anchored_below: 0,
             fresh_below: 0,
+            epoch: 0,
+            joined: None,
             asked: None,
             foreign: HashMap::new(),
             passed: HashMap::new(),
@@ -377,14 +389,17 @@ impl Sequencer {
             return None;
         }
         self.stuck_told = true;
-        let head = self.queue.first_key_value().map(|(k, (key, len, came))| {
-            let v = view(*key).map(|v| (v.pending, v.answered));
-            format!(
-                "stamp {k} for {} ({len} bytes, came {:?} ago; here pending/answered {v:?})",
-                key.client,
-                now.saturating_duration_since(*came)
-            )
-        });
+        let head = self
+            .queue
+            .first_key_value()
+            .map(|(k, (key, len, _, came))| {
+                let v = view(*key).map(|v| (v.pending, v.answered));
+                format!(
+                    "stamp {k} for {} ({len} bytes, came {:?} ago; here pending/answered {v:?})",
+                    key.client,
+                    now.saturating_duration_since(*came)
+                )
+            });
         let turn = self.turn.map(|t| {
             format!(
                 "{} ({} bytes left, delivered {:?} ago, answered base {})",
@@ -532,7 +547,11 @@ impl Sequencer {
             if s.stamp - self.next >= QUEUE_MAX {
                 continue;
             }
-            if self.queue.insert(s.stamp, (s.key, s.len, now)).is_none() {
+            if self
+                .queue
+                .insert(s.stamp, (s.key, s.len, s.epoch, now))
+                .is_none()
+            {
                 self.stats.adopted += 1;
             }
             self.heard = self.heard.max(s.stamp + 1);
@@ -571,7 +590,9 @@ impl Sequencer {
                 self.stats.refused += 1;
                 continue;
             }
-            self.queue.entry(s.stamp).or_insert((s.key, s.len, now));
+            self.queue
+                .entry(s.stamp)
+                .or_insert((s.key, s.len, s.epoch, now));
         }
     }
 
@@ -652,6 +673,28 @@ impl Sequencer {
             self.stats.abandoned += 1;
         }
         self.bound_foreign(now);
+    }
+
+    /// The host's view of the service: its epoch (stamps this replica issues carry it) and
+    /// the epoch since which this replica is a member (its `since` in that view). A stamp
+    /// issued under an earlier epoch than that was issued before this replica was here: its
+    /// connection opened before, never shows up here, and is not marked foreign. Told by
+    /// the stamp's own epoch, not guessed from the first stamp heard: a host that restarted
+    /// and got its first view late heard its first stamps late too, took the connections
+    /// opened since it joined for older ones, and followed one whose first chunk it had
+    /// passed when the client's retransmission opened it there
+    /// (FT_SEED=1797200000019720 FT_TOTAL=1).
+    pub fn set_epochs(&mut self, epoch: u64, joined: u64) {
+        self.epoch = epoch;
+        self.joined = Some(joined);
+    }
+
+    /// Whether stamp `k`, issued under `epoch`, was issued before this replica was here.
+    fn issued_before_me(&self, k: u64, epoch: u64) -> bool {
+        match self.joined {
+            Some(j) => epoch < j,
+            None => k < self.fresh_below,
+        }
     }
 
     /// Bytes of `key`'s stamps that went by here while it was foreign (before this replica
@@ -761,7 +804,7 @@ impl Sequencer {
         }
         let syncing = primary && self.is_syncing(now);
         // Stamps received from a primary come first (a promoted backup finishes them).
-        while let Some((&k, &(key, len, came))) = self.queue.first_key_value() {
+        while let Some((&k, &(key, len, epoch, came))) = self.queue.first_key_value() {
             if k != self.next {
                 // A stamp is missing: a backup asks for it (`poll_need`). A new primary whose
                 // old primary's stamp never arrived moves past the gap.
@@ -777,6 +820,7 @@ impl Sequencer {
                             stamp: self.next,
                             key: void,
                             len: 0,
+                            epoch: self.epoch,
                         });
                         self.next += 1;
                         self.stats.voided += 1;
@@ -786,7 +830,12 @@ impl Sequencer {
                 }
                 return None;
             }
-            let stamp = Stamp { stamp: k, key, len };
+            let stamp = Stamp {
+                stamp: k,
+                key,
+                len,
+                epoch,
+            };
             if is_void(key) {
                 self.skip(stamp);
                 continue;
@@ -857,7 +906,9 @@ impl Sequencer {
                     // now, up to a minute after the stamp (a fresh replica walks the kept
                     // history), made a client's later connection on the same 4-tuple
                     // foreign on every replica that had walked it: all of them left it.
-                    if k >= self.fresh_below && !conns.contains(&key) && !self.is_foreign(key, now)
+                    if !self.issued_before_me(k, epoch)
+                        && !conns.contains(&key)
+                        && !self.is_foreign(key, now)
                     {
                         self.foreign.insert(key, now);
                         self.passed.remove(&key);
@@ -882,6 +933,7 @@ impl Sequencer {
                 stamp: self.next,
                 key,
                 len,
+                epoch: self.epoch,
             };
             self.next += 1;
             self.heard = self.heard.max(self.next);
@@ -1087,6 +1139,7 @@ mod tests {
                 stamp: 0,
                 key: key(9),
                 len: 3,
+                epoch: 0,
             }],
             t0,
         );
@@ -1110,11 +1163,13 @@ mod tests {
                     stamp: 0,
                     key: a,
                     len: 52,
+                    epoch: 0,
                 },
                 Stamp {
                     stamp: 1,
                     key: b,
                     len: 7,
+                    epoch: 0,
                 },
             ],
             t0,
@@ -1149,6 +1204,7 @@ mod tests {
                 stamp: i as u64,
                 key: k,
                 len: 20,
+                epoch: 0,
             })
             .collect();
         s.on_stamps(&stamps, t0);
@@ -1189,11 +1245,13 @@ mod tests {
                     stamp: 0,
                     key: a,
                     len: 5,
+                    epoch: 0,
                 },
                 Stamp {
                     stamp: 1,
                     key: b,
                     len: 5,
+                    epoch: 0,
                 },
             ],
             t0,
@@ -1223,6 +1281,7 @@ mod tests {
                 stamp: 0,
                 key: a,
                 len: 5,
+                epoch: 0,
             }],
             t0,
         );
@@ -1268,6 +1327,7 @@ mod tests {
                 stamp: 0,
                 key: late,
                 len: 4,
+                epoch: 0,
             }],
             t0,
         );
@@ -1299,6 +1359,7 @@ mod tests {
                 stamp: 0,
                 key: a,
                 len: 52,
+                epoch: 0,
             }],
             t0,
         );
@@ -1315,7 +1376,8 @@ mod tests {
             Some(vec![Stamp {
                 stamp: 0,
                 key: a,
-                len: 52
+                len: 52,
+                epoch: 0
             }])
         );
     }
@@ -1599,6 +1661,7 @@ mod tests {
                 stamp: 0,
                 key: late,
                 len: 4,
+                epoch: 0,
             }],
             t0,
         );
@@ -1616,6 +1679,39 @@ mod tests {
         assert_eq!(b.take_stats().abandoned, 1);
     }
 
+    /// A stamp says under which epoch it was issued: a replica that joined the view at
+    /// epoch 6 but heard its first stamps late (its first view came late) still marks a
+    /// connection stamped at epoch 6, which it then missed, foreign, and leaves it when the
+    /// client's retransmission opens it there; one stamped before epoch 6 opened before it
+    /// was here, and is not marked (FT_SEED=1797200000019720 FT_TOTAL=1).
+    #[test]
+    fn a_stamp_issued_after_this_replica_joined_marks_its_connection_foreign() {
+        let t0 = Instant::now();
+        let (old, missed, later) = (key(1), key(2), key(3));
+        let mut b = Sequencer::new(Duration::ZERO);
+        b.set_epochs(6, 6);
+        let s = |stamp, key, epoch| Stamp {
+            stamp,
+            key,
+            len: 10,
+            epoch,
+        };
+        // The recent stamps first, then the kept history from stamp 0 (a repair answer).
+        b.on_stamps(&[s(2, later, 6)], t0);
+        b.on_stamps(&[s(0, old, 5), s(1, missed, 6)], t0);
+        assert_eq!(b.next_grant(t0, false, &[], |_| None), None);
+        let t = t0 + UNKNOWN_CONN_WAIT;
+        assert_eq!(b.next_grant(t, false, &[], |_| None), None);
+        assert_eq!(b.take_stats().skipped, 3);
+        // Both show up (a reused 4-tuple for `old`, the client's retransmission for
+        // `missed`): only `missed` is left.
+        assert_eq!(
+            b.next_grant(t, false, &[old, missed], |_| pending(10)),
+            None
+        );
+        assert_eq!(b.take_abandoned(), vec![missed]);
+    }
+
     /// A replica that holds a connection whose first stamps went by knows where those stamps
     /// end: as the primary that leaves it, it stamps the connection on for the members from
     /// there (FT_SEED=1796800000063244 FT_TOTAL=1).
@@ -1624,7 +1720,12 @@ mod tests {
         let t0 = Instant::now();
         let (late, other) = (key(5), key(6));
         let mut b = Sequencer::new(Duration::ZERO);
-        let s = |stamp, key, len| Stamp { stamp, key, len };
+        let s = |stamp, key, len| Stamp {
+            stamp,
+            key,
+            len,
+            epoch: 0,
+        };
         b.on_stamps(&[s(0, late, 1380), s(1, other, 7), s(2, late, 5520)], t0);
         let t = t0 + UNKNOWN_CONN_WAIT;
         assert_eq!(
@@ -1669,6 +1770,7 @@ mod tests {
                     service: SocketAddrV4::new([198, 19, 0, 10].into(), 80),
                 },
                 len: 1,
+                epoch: 0,
             })
             .collect();
         for c in stamps.chunks(1000) {
