@@ -1007,13 +1007,16 @@ impl Sim {
                     }
                 }
                 let old_primary = rep.view.as_ref().and_then(|v| v.first().copied());
+                // Back in the view: its `since` changed, or the view it held did not name it.
+                let rejoined = back.iter().any(|(m, _)| *m == to)
+                    || rep.view.as_ref().is_some_and(|v| !v.contains(&to)) && members.contains(&to);
                 rep.epoch = epoch;
                 rep.view = Some(members.clone());
                 rep.since = since;
                 let new_primary = members.first().copied();
                 let t =
                     self.book_base + std::time::Duration::from_micros(now.total_micros() as u64);
-                if back.iter().any(|(m, _)| *m == to) && rep.seq.is_some() {
+                if rejoined && rep.seq.is_some() {
                     // This replica was out of the view: its order is not the service's
                     // (dataplane.rs, on_view).
                     let mut q = fresh_sequencer();

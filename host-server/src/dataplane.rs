@@ -2347,6 +2347,11 @@ impl Dataplane {
         let named = v
             .member(self.me)
             .is_some_and(|m| m.incarnation == self.sealer.incarnation());
+        // Whether the view we held named us (a first view: no view held, no order yet).
+        let was_member = held.is_none_or(|h| {
+            h.member(self.me)
+                .is_some_and(|m| m.incarnation == self.sealer.incarnation())
+        });
         let (joined, back) = match held {
             Some(h) => (
                 h.joined,
@@ -2384,8 +2389,9 @@ impl Dataplane {
             },
         );
         let new_primary = self.primary_of(service);
-        let order_afresh = back.iter().any(|(id, _)| *id == self.me.0)
-            && self.sequencers.remove(&service).is_some();
+        // Back in the view: our `since` changed, or the view we held did not name us.
+        let rejoined = back.iter().any(|(id, _)| *id == self.me.0) || (!was_member && named);
+        let order_afresh = rejoined && self.sequencers.remove(&service).is_some();
         if order_afresh {
             // We were out of the view (a partition outlasted the detector). Our order since
             // then is not the service's: while cut off we may have numbered chunks as its

@@ -677,24 +677,26 @@ impl Sequencer {
 
     /// The host's view of the service: its epoch (stamps this replica issues carry it) and
     /// the epoch since which this replica is a member (its `since` in that view). A stamp
-    /// issued under an earlier epoch than that was issued before this replica was here: its
-    /// connection opened before, never shows up here, and is not marked foreign. Told by
-    /// the stamp's own epoch, not guessed from the first stamp heard: a host that restarted
-    /// and got its first view late heard its first stamps late too, took the connections
-    /// opened since it joined for older ones, and followed one whose first chunk it had
-    /// passed when the client's retransmission opened it there
-    /// (FT_SEED=1797200000019720 FT_TOTAL=1).
+    /// heard in the walk of a fresh replica, issued under that epoch or a later one, was
+    /// issued while this replica was here: its connection is marked foreign like any other.
+    /// Guessed from the first stamp heard alone, a host that restarted and got its first
+    /// view late (it heard its first stamps late too) took the connections opened since it
+    /// joined for older ones, and followed one whose first chunk it had passed when the
+    /// client's retransmission opened it there (FT_SEED=1797200000019720 FT_TOTAL=1).
     pub fn set_epochs(&mut self, epoch: u64, joined: u64) {
         self.epoch = epoch;
         self.joined = Some(joined);
     }
 
-    /// Whether stamp `k`, issued under `epoch`, was issued before this replica was here.
+    /// Whether stamp `k`, issued under `epoch`, was issued before this replica was here:
+    /// before the first stamp it heard (a fresh replica walking the primary's history), and
+    /// under an epoch before it joined. The epoch alone does not tell: a primary whose view
+    /// is late stamps with an older epoch than a member that joined meanwhile (taking the
+    /// epoch alone, a backup followed a connection whose first chunks it had passed,
+    /// FT_SEED=1797400000005112 FT_TOTAL=1). Not marking a connection foreign that then
+    /// shows up here breaks the order; marking one that does not costs a member.
     fn issued_before_me(&self, k: u64, epoch: u64) -> bool {
-        match self.joined {
-            Some(j) => epoch < j,
-            None => k < self.fresh_below,
-        }
+        k < self.fresh_below && self.joined.is_none_or(|j| epoch < j)
     }
 
     /// Bytes of `key`'s stamps that went by here while it was foreign (before this replica
