@@ -82,14 +82,15 @@ impl SynAckRetry {
         }
     }
 
-    /// A SYN-ACK went to the client of `key`: remember it for a retry, if there is room.
-    /// A SYN-ACK for a 4-tuple already remembered (the client resent its SYN) replaces it.
-    pub fn sent(&mut self, key: FlowKey, synack: Vec<u8>, now: Instant) {
+    /// A SYN-ACK went to the client of `key`: remember it for a retry, if there is room
+    /// (returns whether it was kept). A SYN-ACK for a 4-tuple already remembered (the client
+    /// resent its SYN) replaces it.
+    pub fn sent(&mut self, key: FlowKey, synack: Vec<u8>, now: Instant) -> bool {
         if let Some(old) = self.entries.remove(&key) {
             self.queue.remove(&(old.due.0, old.due.1, key));
         } else if self.entries.len() >= self.cap {
             self.stats.full += 1;
-            return;
+            return false;
         }
         let due = (now + FIRST_RETRY, self.next_id);
         self.next_id += 1;
@@ -103,6 +104,7 @@ impl SynAckRetry {
             },
         );
         self.stats.kept += 1;
+        true
     }
 
     /// The handshake of `key` completed here (or the 4-tuple is otherwise settled): no

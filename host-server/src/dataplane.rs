@@ -1770,9 +1770,7 @@ impl Dataplane {
         let ep = self.cfg.endpoint;
         let synack = syncookie::synack(key, seg.seq, isn, opts, ep.mtu, ep.rx_buffer);
         self.send_to_client(key.service, &synack);
-        let unkept = self.synacks.stats().full;
-        self.synacks.sent(key, synack, Instant::now());
-        if self.synacks.stats().full > unkept {
+        if !self.synacks.sent(key, synack, Instant::now()) {
             self.shared.metrics.synacks_unkept.inc();
         }
         self.shared.metrics.syn_cookies_sent.inc();
