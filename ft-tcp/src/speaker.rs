@@ -30,7 +30,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::ft::PeerId;
-use crate::packet::{FlowKey, TcpFlags};
+use crate::packet::{FlowKey, TcpMeta};
+use crate::seq::SeqNumber;
 
 /// First wait before a notice is sent again to a member that did not acknowledge it.
 const NOTICE_RETRY: Duration = Duration::from_millis(20);
@@ -47,7 +48,8 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// whose record had not seen both FINs, and the old exclusions fenced the new connection's
 /// SYN-ACK on every retry until its connect timed out (counted by
 /// `BookStats::syn_on_open_record`). A forged SYN can end the record of a connection idle
-/// this long; its members have had the notices long since.
+/// this long; its members have had the notices long since. A reused port on a record in
+/// use meets [`SpeakerBook::admit`]'s handshake rule instead.
 pub const SYN_REUSE_IDLE: Duration = Duration::from_secs(5);
 
 /// Why the authority refused a request.
@@ -84,10 +86,21 @@ pub struct BookStats {
     pub notices: u64,
     /// Records that expired idle.
     pub expired: u64,
-    /// Client SYNs on the 4-tuple of a record still in use: kept (the SYN may be forged), so
-    /// the record's exclusions also fence a new connection on a reused port until the record
-    /// goes.
+    /// Client SYNs on the 4-tuple of a record still in use: kept (the SYN may be forged)
+    /// until the handshake it starts completes (see `reused_ports`).
     pub syn_on_open_record: u64,
+    /// Records that went because a new connection's handshake on their 4-tuple completed:
+    /// the view's primary answered the client's SYN, and the client acknowledged that answer.
+    pub reused_ports: u64,
+}
+
+/// A client's SYN on the 4-tuple of a record in use, and the view primary's SYN-ACK to it.
+#[derive(Debug, Clone, Copy)]
+struct Reuse {
+    /// The SYN's sequence number.
+    syn: SeqNumber,
+    /// The SYN-ACK's sequence number (the new connection's ISN), once one passed.
+    isn: Option<SeqNumber>,
 }
 
 /// One member still to acknowledge a connection's list: when to send it again, and the
@@ -112,6 +125,8 @@ struct Entry {
     fin_out: bool,
     /// When both had (the record goes [`CLOSE_LINGER`] later).
     closed_at: Option<Instant>,
+    /// A new connection starting on the 4-tuple (the client reused its port).
+    reuse: Option<Reuse>,
 }
 
 /// The authority's record of exclusions, per connection.
@@ -166,22 +181,43 @@ impl SpeakerBook {
     /// way ends it at once; FINs both ways end it after [`CLOSE_LINGER`]; a client's SYN on a
     /// record that saw both FINs, or no packet for [`SYN_REUSE_IDLE`], is a new connection
     /// on a reused port and the old record goes (its exclusions would fence the new
-    /// connection's speaker). A SYN for a connection in use changes nothing: it may be forged.
-    pub fn on_segment(&mut self, now: Instant, key: &FlowKey, inbound: bool, flags: TcpFlags) {
+    /// connection's speaker). A SYN for a connection in use ends nothing (it may be forged):
+    /// it is remembered, and the record goes only once the client acknowledges the view
+    /// primary's answer to it ([`SpeakerBook::admit`]), which an attacker off the path
+    /// cannot do: it never sees the answer's sequence number.
+    pub fn on_segment(&mut self, now: Instant, key: &FlowKey, inbound: bool, seg: &TcpMeta) {
         let Some(e) = self.entries.get_mut(key) else {
             return;
         };
-        let reused = inbound
-            && flags.syn
-            && !flags.ack
+        let flags = seg.flags;
+        let syn = inbound && flags.syn && !flags.ack;
+        let reused = syn
             && (e.closed_at.is_some()
                 || now.saturating_duration_since(e.touched) >= SYN_REUSE_IDLE);
-        if flags.rst || reused {
+        let handshake_done = inbound
+            && !flags.syn
+            && flags.ack
+            && e.reuse.is_some_and(|r| {
+                r.isn.is_some_and(|isn| SeqNumber(seg.ack) == isn.plus(1))
+                    && SeqNumber(seg.seq) == r.syn.plus(1)
+            });
+        if handshake_done {
+            self.stats.reused_ports += 1;
+        }
+        if flags.rst || reused || handshake_done {
             self.forget(key);
             return;
         }
-        if inbound && flags.syn && !flags.ack {
+        if syn {
+            // Not a packet of the connection: it does not keep the record in use.
             self.stats.syn_on_open_record += 1;
+            if e.reuse.is_none_or(|r| r.syn != SeqNumber(seg.seq)) {
+                e.reuse = Some(Reuse {
+                    syn: SeqNumber(seg.seq),
+                    isn: None,
+                });
+            }
+            return;
         }
         e.touched = now;
         if flags.fin {
@@ -199,21 +235,40 @@ impl SpeakerBook {
     /// The return-path check, with one lookup: whether `sender` speaks for `key` among the
     /// view's `members` (ids, primary first); if it does, its packet counts as
     /// [`SpeakerBook::on_segment`] says (a reset or a close ends the record).
+    ///
+    /// One more packet passes: the view primary's SYN-ACK to a client SYN that came while
+    /// the record was in use. The primary answers a SYN only when it holds no connection of
+    /// the 4-tuple it could speak for, so the client reused its port; the old record's
+    /// exclusions must not fence the new connection's handshake. The record stays until the
+    /// client acknowledges that SYN-ACK ([`SpeakerBook::on_segment`]).
     pub fn admit(
         &mut self,
         now: Instant,
         key: &FlowKey,
-        mut members: impl Iterator<Item = PeerId>,
+        members: impl Iterator<Item = PeerId>,
         sender: PeerId,
-        flags: TcpFlags,
+        seg: &TcpMeta,
     ) -> bool {
-        let Some(e) = self.entries.get(key) else {
+        let mut members = members.peekable();
+        let Some(e) = self.entries.get_mut(key) else {
             return members.next() == Some(sender);
         };
+        let first = members.peek().copied();
+        if let (Some(r), true, true, true) = (
+            e.reuse.as_mut(),
+            first == Some(sender),
+            seg.flags.syn && seg.flags.ack,
+            !seg.flags.rst,
+        ) {
+            if SeqNumber(seg.ack) == r.syn.plus(1) {
+                r.isn = Some(SeqNumber(seg.seq));
+                return true;
+            }
+        }
         if members.find(|m| !e.excluded.contains(m)) != Some(sender) {
             return false;
         }
-        self.on_segment(now, key, false, flags);
+        self.on_segment(now, key, false, seg);
         true
     }
 
@@ -278,6 +333,7 @@ impl SpeakerBook {
             fin_in: false,
             fin_out: false,
             closed_at: None,
+            reuse: None,
         });
         if e.excluded.len() >= MAX_EXCLUDED {
             return Err(Refused::TooMany);
@@ -509,7 +565,7 @@ mod tests {
             t + Duration::from_secs(5),
             &key(2),
             true,
-            TcpFlags::default(),
+            &seg(false, false, false, false),
         );
         b.expire(t + Duration::from_secs(8), Duration::from_secs(6));
         assert_eq!(b.len(), 1);
@@ -520,8 +576,21 @@ mod tests {
         assert!(b.excluded(&key(3)).is_empty());
     }
 
-    fn flags(syn: bool, ack: bool, fin: bool, rst: bool) -> TcpFlags {
-        TcpFlags { syn, ack, fin, rst }
+    /// A segment of connection `key(1)` (the addresses do not matter to the book).
+    fn seg(syn: bool, ack: bool, fin: bool, rst: bool) -> TcpMeta {
+        numbered(syn, ack, fin, rst, 1000, 5000)
+    }
+
+    fn numbered(syn: bool, ack: bool, fin: bool, rst: bool, seq: u32, ackn: u32) -> TcpMeta {
+        let k = key(1);
+        TcpMeta {
+            src: k.client,
+            dst: k.service,
+            flags: crate::packet::TcpFlags { syn, ack, fin, rst },
+            payload_len: 0,
+            seq,
+            ack: ackn,
+        }
     }
 
     #[test]
@@ -530,30 +599,88 @@ mod tests {
         let t = t0();
         // A reset either way ends it.
         b.handle_request(t, 1, key(1), 1, VIEW).unwrap();
-        b.on_segment(t, &key(1), true, flags(false, true, false, true));
+        b.on_segment(t, &key(1), true, &seg(false, true, false, true));
         assert_eq!(b.speaker(&key(1), VIEW), Some(1));
         // FINs both ways end it after the linger; until then the speaker is still 2.
         b.handle_request(t, 1, key(1), 1, VIEW).unwrap();
-        b.on_segment(t, &key(1), true, flags(false, true, true, false));
-        b.on_segment(t, &key(1), false, flags(false, true, true, false));
+        b.on_segment(t, &key(1), true, &seg(false, true, true, false));
+        b.on_segment(t, &key(1), false, &seg(false, true, true, false));
         b.expire(t + CLOSE_LINGER / 2, Duration::from_secs(3600));
         assert_eq!(b.speaker(&key(1), VIEW), Some(2));
         b.expire(t + CLOSE_LINGER, Duration::from_secs(3600));
         assert_eq!(b.speaker(&key(1), VIEW), Some(1));
         // A client SYN on a closed record is a new connection on a reused port.
         b.handle_request(t, 1, key(1), 1, VIEW).unwrap();
-        b.on_segment(t, &key(1), true, flags(false, true, true, false));
-        b.on_segment(t, &key(1), false, flags(false, true, true, false));
-        b.on_segment(t, &key(1), true, flags(true, false, false, false));
+        b.on_segment(t, &key(1), true, &seg(false, true, true, false));
+        b.on_segment(t, &key(1), false, &seg(false, true, true, false));
+        b.on_segment(t, &key(1), true, &seg(true, false, false, false));
         assert_eq!(b.speaker(&key(1), VIEW), Some(1));
         // A SYN on a connection in use is ignored (it may be forged)...
         b.handle_request(t, 1, key(2), 1, VIEW).unwrap();
-        b.on_segment(t, &key(2), true, flags(true, false, false, false));
+        b.on_segment(t, &key(2), true, &seg(true, false, false, false));
         assert_eq!(b.speaker(&key(2), VIEW), Some(2));
         assert_eq!(b.stats.syn_on_open_record, 1, "and counted");
         // ...unless the connection was idle long enough for the port to be reused.
         let later = t + SYN_REUSE_IDLE;
-        b.on_segment(later, &key(2), true, flags(true, false, false, false));
+        b.on_segment(later, &key(2), true, &seg(true, false, false, false));
         assert_eq!(b.speaker(&key(2), VIEW), Some(1));
+    }
+
+    #[test]
+    fn a_reused_port_gets_its_handshake_through_an_old_record_in_use() {
+        let mut b = SpeakerBook::new(16);
+        let t = t0();
+        // Member 1 (the view's primary) was excluded from the old connection; 2 speaks.
+        b.handle_request(t, 1, key(1), 1, VIEW).unwrap();
+        b.on_segment(t, &key(1), true, &seg(false, true, false, false));
+        // The client reused its port: a SYN, and the primary's SYN-ACK to it.
+        let syn = numbered(true, false, false, false, 7000, 0);
+        b.on_segment(t, &key(1), true, &syn);
+        assert_eq!(b.stats.syn_on_open_record, 1);
+        let vm = || VIEW.iter().copied();
+        // Only the view's primary's SYN-ACK to that very SYN passes.
+        let wrong_ack = numbered(true, true, false, false, 90_000, 7002);
+        assert!(!b.admit(t, &key(1), vm(), 1, &wrong_ack));
+        let synack = numbered(true, true, false, false, 90_000, 7001);
+        assert!(!b.admit(t, &key(1), vm(), 3, &synack), "not from a backup");
+        assert!(b.admit(t, &key(1), vm(), 1, &synack));
+        // Its data does not pass yet: the client has not acknowledged the SYN-ACK, and the
+        // old connection's speaker is still 2.
+        let data = numbered(false, true, false, false, 90_001, 7001);
+        assert!(!b.admit(t, &key(1), vm(), 1, &data));
+        assert_eq!(b.speaker(&key(1), VIEW), Some(2));
+        // An ACK that does not acknowledge the SYN-ACK (the old connection's, or a guess)
+        // ends nothing.
+        let old_ack = numbered(false, true, false, false, 1000, 5000);
+        b.on_segment(t, &key(1), true, &old_ack);
+        assert_eq!(b.speaker(&key(1), VIEW), Some(2));
+        // The client's handshake ACK: the new connection is on, the old record goes.
+        let ack = numbered(false, true, false, false, 7001, 90_001);
+        b.on_segment(t, &key(1), true, &ack);
+        assert_eq!(b.speaker(&key(1), VIEW), Some(1));
+        assert!(b.admit(t, &key(1), vm(), 1, &data));
+        assert_eq!(b.stats.reused_ports, 1);
+    }
+
+    #[test]
+    fn a_forged_syn_on_a_record_in_use_ends_nothing_without_the_handshake_ack() {
+        let mut b = SpeakerBook::new(16);
+        let t = t0();
+        b.handle_request(t, 1, key(1), 1, VIEW).unwrap();
+        let syn = numbered(true, false, false, false, 7000, 0);
+        b.on_segment(t, &key(1), true, &syn);
+        // Only the view's primary answers a new connection's SYN: a SYN-ACK from another
+        // member is no handshake of one.
+        let synack = numbered(true, true, false, false, 90_000, 7001);
+        assert!(!b.admit(t, &key(1), VIEW.iter().copied(), 3, &synack));
+        // Repeated SYNs do not keep the record in use (the connection's packets do)...
+        for i in 1..4 {
+            b.on_segment(t + Duration::from_secs(i), &key(1), true, &syn);
+        }
+        assert_eq!(b.speaker(&key(1), VIEW), Some(2));
+        assert_eq!(b.stats.reused_ports, 0);
+        // ...so a SYN once the record's connection was idle long enough ends it.
+        b.on_segment(t + SYN_REUSE_IDLE, &key(1), true, &syn);
+        assert_eq!(b.speaker(&key(1), VIEW), Some(1));
     }
 }

@@ -1534,6 +1534,18 @@ impl Dataplane {
                 // port.
                 self.remove(id);
                 existing = None;
+            } else if meta.is_syn() && self.is_retired(id) {
+                // A new SYN on the 4-tuple of a connection this member left: it never speaks
+                // for that one again, and the client's FIN or RST that would have ended it
+                // here may never come (we were out of the view when the client closed). Kept,
+                // it swallowed the SYN (a member that left has no challenge ACK to send): when
+                // this member was the view's primary, nobody answered, and the client's
+                // connect timed out (the soak, seed 961789355045568426, 12 s after a
+                // partition). A forged SYN costs nothing here: we left that connection.
+                tracing::debug!(client = %key.client, "SYN on the 4-tuple of a connection this member left: it goes, the SYN is a new connection");
+                self.shared.metrics.conns_superseded.inc();
+                self.remove(id);
+                existing = None;
             } else if self.completes_a_newer_handshake(id, key, &meta) {
                 // The client reused the 4-tuple of a connection we still hold: another member
                 // already reset it (replicas reap idle connections in their own order), the
@@ -1592,14 +1604,19 @@ impl Dataplane {
         });
         let (member, epoch) = (view.is_some(), view.map(|v| v.epoch));
         let id = self.flows.get(&key).copied();
+        // A connection this member left on the 4-tuple does not stand in the way: the
+        // handshake ACK completes a newer one (`completes_a_newer_handshake`).
+        let open_here = id.filter(|&id| !self.is_retired(id));
         if let (None, Some(epoch), false, true, false) = (
-            id,
+            open_here,
             epoch,
             meta.is_syn(),
             meta.flags.ack,
             self.lingering.contains_key(&key),
         ) {
-            let id = self.on_client_packet(packet, epoch);
+            let id = self
+                .on_client_packet(packet, epoch)
+                .filter(|&id| !self.is_retired(id));
             let m = &self.shared.metrics.ft;
             match id {
                 Some(_) => {
@@ -1801,6 +1818,13 @@ impl Dataplane {
                 self.shared.metrics.synacks_resent.inc();
             }
         }
+    }
+
+    /// Whether connection `id` is one this member left (ft): it never speaks for it again.
+    fn is_retired(&self, id: usize) -> bool {
+        self.conns
+            .get(&id)
+            .is_some_and(|c| matches!(&c.tcp, Tcp::Ft(f) if f.is_retired()))
     }
 
     /// Whether `meta`, for the 4-tuple of connection `id`, lies far outside that connection's

@@ -293,10 +293,18 @@ impl RedirMetrics {
             "hydra_redirector_syn_on_open_record_total",
             c,
             "Client SYNs on the 4-tuple of a connection whose exclusion record is still in use \
-             (kept: the SYN may be forged; a client that reused its port meets the old \
-             connection's exclusions)",
+             (kept until the client acknowledges the view primary's SYN-ACK: the SYN may be \
+             forged)",
             "",
             sp.syn_on_open_record,
+        );
+        e.sample(
+            "hydra_redirector_reused_ports_total",
+            c,
+            "Exclusion records that went because a client reused their 4-tuple: it acknowledged \
+             the view primary's SYN-ACK to its new SYN",
+            "",
+            sp.reused_ports,
         );
         e.finish()
     }

@@ -382,7 +382,7 @@ impl Table {
         let key = meta.inbound_flow();
         if let Some(v) = self.views.get(&key.service) {
             if !self.speakers.is_empty() {
-                self.speakers.on_segment(now, &key, true, meta.flags);
+                self.speakers.on_segment(now, &key, true, meta);
             }
             if !v.members.is_empty() {
                 let addrs = v
@@ -442,13 +442,9 @@ impl Table {
             if v.epoch != epoch {
                 return false;
             }
-            return self.speakers.admit(
-                now,
-                &key,
-                v.members.iter().map(|m| m.0),
-                sender.0,
-                meta.flags,
-            );
+            return self
+                .speakers
+                .admit(now, &key, v.members.iter().map(|m| m.0), sender.0, meta);
         }
         match self.flows.get(&key) {
             Some(f) if f.host == sender => {

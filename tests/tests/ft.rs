@@ -579,3 +579,120 @@ fn total_order_keeps_redis_replicas_identical_across_a_primary_kill() {
         "the surviving replicas' redis states differ: {digests:?}; total order: {order:?}"
     );
 }
+
+/// A kernel-TCP connection from the client's port `port` to the service, its connect
+/// bounded by `wait` (SO_SNDTIMEO bounds connect on Linux). SO_REUSEADDR lets the port be
+/// bound again once its last connection was reset.
+fn connect_from(port: u16, wait: Duration) -> std::io::Result<std::net::TcpStream> {
+    use nix::sys::socket::{
+        bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    setsockopt(
+        &fd,
+        sockopt::SendTimeout,
+        &nix::sys::time::TimeVal::new(wait.as_secs() as i64, 0),
+    )?;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, port))?;
+    connect(fd.as_raw_fd(), &SockaddrIn::new(198, 19, 0, 10, 80))?;
+    let s = std::net::TcpStream::from(fd);
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(s)
+}
+
+/// PING on `s`; whether PONG came back.
+fn pong(s: &mut std::net::TcpStream) -> bool {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// Closes `s` with a reset (SO_LINGER 0): the client keeps no TIME-WAIT, its port is free
+/// at once.
+fn reset(s: std::net::TcpStream) {
+    let off = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &off).expect("linger");
+}
+
+/// A client reuses the port of a connection the view's primary left while it was cut off:
+/// the primary never heard the client's reset, so it still holds the connection it left.
+/// The client's new SYN on that 4-tuple must be answered (as Linux answers it), not
+/// swallowed by the left connection; the soak timed out such a connect (seed
+/// 961789355045568426).
+#[test]
+fn a_port_reused_after_the_primary_left_its_connection_connects() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let lab = Lab::up("ftreuse", 3, REDIS_BACKEND, &["--mode", "ft"]);
+    const PORT: u16 = 41_234;
+    let first = lab.in_ns("client", || {
+        let mut s = connect_from(PORT, Duration::from_secs(5)).expect("first connect");
+        assert!(pong(&mut s), "no PONG on the first connection");
+        s
+    });
+    let mut s = first.join().expect("client thread");
+    let old = lab.primary();
+    let others: Vec<String> = lab.members().into_iter().filter(|m| *m != old).collect();
+    lab.ctl("partition", &old, &[]);
+    lab.wait_until_out_of_view(&old);
+    // The connection lives on at the others; the client resets it while the old primary is
+    // cut off.
+    let s = lab
+        .in_ns("client", move || {
+            assert!(pong(&mut s), "no PONG after the primary was cut off");
+            reset(s);
+        })
+        .join();
+    assert!(s.is_ok(), "client thread failed");
+    lab.ctl("heal", &old, &[]);
+    // Back at the end of the view, the old primary leaves the connection; with the others
+    // gone it is the primary again.
+    for _ in 0..300 {
+        if lab.members().contains(&old) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for h in &others {
+        lab.ctl("kill", h, &[]);
+        lab.wait_until_out_of_view(h);
+    }
+    assert_eq!(lab.members(), vec![old.clone()]);
+    assert!(
+        metric(&lab.metrics(&old), "hydra_ft_left_out_of_view_total") >= 1,
+        "{old} did not leave the connection it was cut off from"
+    );
+    let again = lab
+        .in_ns("client", || {
+            let t = Instant::now();
+            let mut s = connect_from(PORT, Duration::from_secs(8))
+                .map_err(|e| format!("connect again from port {PORT}: {e}"))?;
+            let took = t.elapsed();
+            if !pong(&mut s) {
+                return Err("no PONG on the new connection".to_string());
+            }
+            Ok(took)
+        })
+        .join()
+        .expect("client thread");
+    let took = again.unwrap_or_else(|e| panic!("{e}"));
+    // Linux answers such a SYN at once; the first SYN must do here too (a retransmitted one
+    // would take 1 s).
+    assert!(took < Duration::from_millis(900), "connect took {took:?}");
+    assert!(
+        metric(&lab.metrics(&old), "hydra_conns_superseded_total") >= 1,
+        "{old} did not count the connection the new SYN superseded"
+    );
+}
