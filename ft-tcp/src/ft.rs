@@ -64,11 +64,14 @@ const ISN_SLACK: u32 = 1 << 20;
 /// How many distinct `isn_s` values heard from reports are kept as candidates.
 const ISN_CANDIDATES: usize = 8;
 
-/// A backup that holds the connection forwards the client's handshake ACK to a speaker it
-/// has never heard report it, first this long after the handshake, then at twice the
-/// previous interval, at most [`HANDSHAKE_FORWARDS`] times (see
+/// A member that holds the connection forwards the client's handshake ACK to members that
+/// should hold it and never reported it, first this long after the handshake, then at twice
+/// the previous interval, at most [`HANDSHAKE_FORWARDS`] times (see
 /// [`FtConn::forward_handshake`]).
 const HANDSHAKE_FORWARD_AFTER: Duration = Duration::from_millis(100);
+/// The speaker's first wait: a member it counts reports within a round trip of the client's
+/// ACK, and until it does the speaker may send the client nothing.
+const HANDSHAKE_FORWARD_AFTER_SPEAKER: Duration = Duration::from_millis(20);
 const HANDSHAKE_FORWARDS: u8 = 7;
 
 /// A replica's id as the FT layer sees it (the cluster's node id).
@@ -310,6 +313,9 @@ pub struct FtConn {
     /// times it went.
     handshake_forward_at: Option<Instant>,
     handshake_forwards: u8,
+    /// The view this replica holds is older than the client packet that opened the
+    /// connection here ([`FtConn::set_view_stale`]).
+    view_stale: bool,
     agreement: Option<Agreement>,
     /// The connection's speaker, when it is not this replica (the member whose output ours
     /// is compared with).
@@ -488,6 +494,7 @@ impl FtConn {
             repairs_out: Vec::new(),
             handshake_forward_at: None,
             handshake_forwards: 0,
+            view_stale: false,
             agreement: None,
             speaker_hint: members.first().copied().filter(|m| *m != me),
             view: members.to_vec(),
@@ -1795,6 +1802,17 @@ impl FtConn {
         }
     }
 
+    /// Whether the view this replica holds (the last [`FtConn::set_view`]) is older than the
+    /// client packet that opened the connection here. Its first member may then be one the
+    /// authority no longer counts first, or one that joined after the client's SYN: the
+    /// client's handshake ACK is not forwarded to it ([`FtConn::forward_handshake`]) until a
+    /// view at least as new comes. A replica that missed views forwarded it to such a
+    /// member, which then held the connection without the bytes the client saw
+    /// acknowledged and became its speaker (FT_SEED=1797500000010065 in the cluster sim).
+    pub fn set_view_stale(&mut self, stale: bool) {
+        self.view_stale = stale;
+    }
+
     /// Applies the speaker rule to the current view and exclusions, and takes the role.
     fn choose_speaker(&mut self, now: Instant) {
         let chosen = speaker_of(&self.view, &self.excluded);
@@ -2050,44 +2068,71 @@ impl FtConn {
         }
     }
 
-    /// A backup sends the client's handshake ACK, rebuilt, to the connection's speaker when
-    /// it never heard the speaker report the connection. With SYN cookies a host keeps
-    /// nothing for a SYN: a speaker that lost the client's ACK lacks the connection. When
-    /// the client speaks second (a server banner), nothing else would ever open it there:
-    /// the client waits for the banner, the backups that hold the connection do not speak,
-    /// and the connection hangs (FT_SEED=1796800000016665 in the cluster sim: the speaker
-    /// lost the client's ACK, a restarted backup got it). The speaker takes it like the
-    /// client's own (its cookie must check) through its repair channel, which only members
-    /// of its view may use; if it holds the connection, as an old duplicate.
+    /// A member that holds the connection sends the client's handshake ACK, rebuilt, to
+    /// members that should hold it and never reported it. With SYN cookies a host keeps
+    /// nothing for a SYN: a member that lost the client's ACK lacks the connection, and when
+    /// the client speaks second (a server banner), nothing else would ever open it there.
+    /// The receiver takes it like the client's own (its cookie must check) through its
+    /// repair channel, which only members of its view may use; if it holds the connection,
+    /// as an old duplicate.
     ///
-    /// To the speaker only, never to other silent members: a member that joined the view
-    /// after the client's SYN never had the connection, and opened by a forwarded ACK it
-    /// would hold it without the bytes the client saw acknowledged before it came; a later
-    /// speaker that counted it (its own view at open named it) could make it the speaker
-    /// (FT_SEED=1796800000058572 FT_TOTAL=1). The speaker is the view's first member not
-    /// excluded; members that join later come after those that held the connection.
-    /// Bounded: [`HANDSHAKE_FORWARDS`] times, backing off from [`HANDSHAKE_FORWARD_AFTER`].
+    /// - A backup sends it to the speaker it never heard from: the backups that hold the
+    ///   connection do not speak, and the client waits for the banner
+    ///   (FT_SEED=1796800000016665 in the cluster sim: the speaker lost the client's ACK, a
+    ///   restarted backup got it).
+    /// - The speaker sends it to the members its ACK gate counts that never reported: the gate
+    ///   waits for them, so the client has had nothing acknowledged they lack, and the repair
+    ///   that follows brings them the rest. Without it, a promoted speaker waited for a backup
+    ///   that had lost the ACK until the stall timeout; cut off meanwhile, it left the
+    ///   connection with no holder (FT_SEED=1797500000002967).
+    ///
+    /// Never to a member nobody counts: one that joined the view after the client's SYN
+    /// never had the connection, and opened by a forwarded ACK it would hold it without the
+    /// bytes the client saw acknowledged before it came; a later speaker that counted it
+    /// could make it the speaker (FT_SEED=1796800000058572 FT_TOTAL=1). A backup's speaker
+    /// is the view's first member not excluded, and members that join later come after
+    /// those that held the connection, unless the view it holds is older than the connection
+    /// ([`FtConn::set_view_stale`]): then nothing is forwarded.
+    /// Bounded: [`HANDSHAKE_FORWARDS`] rounds, backing off from [`HANDSHAKE_FORWARD_AFTER`]
+    /// ([`HANDSHAKE_FORWARD_AFTER_SPEAKER`] at the speaker).
     fn forward_handshake(&mut self, now: Instant) {
         let (Some(client_isn), Some(isn_s), Some(_)) =
             (self.client_isn, self.isn_s, self.client_ack)
         else {
             return;
         };
-        if self.ep.state() == TcpState::SynReceived || self.handshake_forwards >= HANDSHAKE_FORWARDS
+        if self.ep.state() == TcpState::SynReceived
+            || self.handshake_forwards >= HANDSHAKE_FORWARDS
+            || self.retired
+            || self.view_stale
         {
             self.handshake_forward_at = None;
             return;
         }
-        let Some(speaker) = self
-            .speaker_hint
-            .filter(|id| self.role == Role::Backup && !self.peers.contains_key(id))
-        else {
+        let silent = |id: &PeerId| !self.peers.contains_key(id);
+        let to: Vec<PeerId> = match self.role {
+            Role::Backup => self.speaker_hint.filter(silent).into_iter().collect(),
+            Role::Primary => self
+                .view_peers
+                .iter()
+                .filter(|id| {
+                    silent(id)
+                        && !self.departed.contains(id)
+                        && !self.dropping.contains(id)
+                        && !self.excluded.contains(id)
+                })
+                .copied()
+                .collect(),
+        };
+        if to.is_empty() {
             self.handshake_forward_at = None;
             return;
+        }
+        let first_wait = match self.role {
+            Role::Backup => HANDSHAKE_FORWARD_AFTER,
+            Role::Primary => HANDSHAKE_FORWARD_AFTER_SPEAKER,
         };
-        let at = *self
-            .handshake_forward_at
-            .get_or_insert(now + HANDSHAKE_FORWARD_AFTER);
+        let at = *self.handshake_forward_at.get_or_insert(now + first_wait);
         if now < at {
             return;
         }
@@ -2100,12 +2145,13 @@ impl FtConn {
             &[],
             false,
         );
-        tracing::debug!(conn = ?self.key, member = speaker, "speaker never reported the connection: forwarding the client's handshake ACK");
+        tracing::debug!(conn = ?self.key, members = ?to, "members never reported the connection: forwarding the client's handshake ACK");
         self.stats.handshakes_forwarded += 1;
-        self.repairs_out.push((speaker, ack));
+        for id in to {
+            self.repairs_out.push((id, ack.clone()));
+        }
         self.handshake_forwards += 1;
-        self.handshake_forward_at =
-            Some(now + HANDSHAKE_FORWARD_AFTER * (1u32 << self.handshake_forwards));
+        self.handshake_forward_at = Some(now + first_wait * (1u32 << self.handshake_forwards));
     }
 
     /// The client acknowledged output this replica's stack had not produced yet: give the

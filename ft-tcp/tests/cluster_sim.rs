@@ -183,6 +183,17 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     // opened since it joined for older ones, never marked them foreign, and followed one
     // whose first chunk it had passed. Stamps now carry the epoch they were issued under.
     (1797200000019720, Harness::ClusterTotal),
+    // A backup that had missed two views (its view still named a member cut off before the
+    // client's SYN) forwarded the client's handshake ACK to that member after it came back,
+    // long after the connection closed; the member held it without a byte of the request
+    // and, the others gone, became its speaker. A view older than the opening packet now
+    // holds the forward back.
+    (1797500000010065, Harness::Cluster),
+    // The primary crashed after the client's handshake ACK, which a backup had lost; the
+    // promoted speaker waited for that backup's report (a server banner, the client silent)
+    // and was cut off before the stall timeout: nobody held the connection. The speaker now
+    // forwards the ACK to the members it counts that never reported.
+    (1797500000002967, Harness::Cluster),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1038,6 +1049,7 @@ impl Sim {
                 }
                 for h in rep.conns.iter_mut().flatten() {
                     h.ft.set_view(now, &members);
+                    h.ft.set_view_stale(epoch < h.opened);
                     h.dirty = true;
                 }
             }
@@ -1725,6 +1737,8 @@ impl Sim {
                 order_pos: None,
                 order_lost: false,
             };
+            // dataplane.rs, open: a view older than the opening packet.
+            h.ft.set_view_stale(rep.epoch < epoch);
             // A backend that is down refuses the connection: the host fails it at once.
             if let Some(how) = rep.backend_dead {
                 backend_fails(&mut h, how, now);

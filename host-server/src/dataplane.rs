@@ -1949,7 +1949,10 @@ impl Dataplane {
         self.next_id += 1;
         let seed = self.seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let tcp = if mode == Mode::Ft {
-            let Some(members) = self.members_of(key.service) else {
+            let (Some(members), Some(view_epoch)) = (
+                self.members_of(key.service),
+                self.views.get(&key.service).map(|v| v.epoch),
+            ) else {
                 // No view yet: the redirector does not count this host as a member.
                 self.shared.metrics.ft.ft_unknown_flow.inc();
                 return None;
@@ -1959,7 +1962,7 @@ impl Dataplane {
                 stall_after: SDuration::from_millis(u64::from(ft_opts.stall_ms)),
                 ..FtConfig::default()
             };
-            Tcp::Ft(Box::new(FtConn::accept(
+            let mut f = FtConn::accept(
                 key,
                 ft_cfg,
                 self.cfg.endpoint,
@@ -1969,7 +1972,9 @@ impl Dataplane {
                 &members,
                 syn,
                 isn_s,
-            )))
+            );
+            f.set_view_stale(view_epoch < epoch);
+            Tcp::Ft(Box::new(f))
         } else {
             let Some(p) = PlainConn::accept(key, self.cfg.endpoint, seed, now, syn, isn_s) else {
                 tracing::warn!(client = %key.client, "local stack did not answer a rebuilt SYN");
@@ -2495,7 +2500,7 @@ impl Dataplane {
         let Some(members) = self.members_of(service) else {
             return;
         };
-        self.apply_members(service, &members, &back, dirty);
+        self.apply_members(service, epoch, &members, &back, dirty);
     }
 
     /// Tells every connection of `service` its members (primary first). The members in
@@ -2505,6 +2510,7 @@ impl Dataplane {
     fn apply_members(
         &mut self,
         service: SocketAddrV4,
+        epoch: Epoch,
         members: &[u32],
         back: &[(u32, Epoch)],
         dirty: &mut Vec<usize>,
@@ -2530,6 +2536,7 @@ impl Dataplane {
                     }
                 }
                 f.set_view(now, members);
+                f.set_view_stale(epoch < c.opened);
                 if f.stats.divergent_skips > skips {
                     self.shared.metrics.ft.divergent_skips.inc();
                     tracing::warn!(client = %c.key.client, "passed over a member whose output differs from the old primary's");
