@@ -194,6 +194,12 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     // and was cut off before the stall timeout: nobody held the connection. The speaker now
     // forwards the ACK to the members it counts that never reported.
     (1797500000002967, Harness::Cluster),
+    // A primary cut off and back, every newer view lost to it, still numbered chunks as the
+    // primary while another member did: its backend took the connections' chunks in its own
+    // order. A primary whose view is behind the client's packets now numbers nothing.
+    (1797400000013768, Harness::ClusterTotal),
+    (1797500000019020, Harness::ClusterTotal),
+    (1797500000025604, Harness::ClusterTotal),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -420,6 +426,9 @@ struct Replica {
     /// The newest view it received: epoch, members, and when each member last joined.
     epoch: u64,
     view: Option<Vec<u32>>,
+    /// The newest epoch a client packet from the redirector carried (dataplane.rs,
+    /// `ServiceView::heard`).
+    heard: u64,
     since: Vec<u64>,
     conns: Vec<Option<HostConn>>,
     /// Whether it ever held each connection.
@@ -725,6 +734,7 @@ impl Sim {
             partitioned: false,
             epoch: 0,
             view: None,
+            heard: 0,
             since: Vec::new(),
             conns: (0..self.conns.len()).map(|_| None).collect(),
             held: vec![false; self.conns.len()],
@@ -1262,6 +1272,11 @@ impl Sim {
             return;
         }
         let primary = rep.view.as_ref().and_then(|v| v.first()) == Some(&me);
+        if primary && rep.heard > rep.epoch {
+            // dataplane.rs, run_order: a primary whose view is behind the client's packets
+            // numbers nothing until the newer view comes.
+            return;
+        }
         let keys: Vec<FlowKey> = (0..ports.len())
             .filter(|&c| rep.conns[c].is_some())
             .map(|c| key(ports[c]))
@@ -1657,6 +1672,7 @@ impl Sim {
         let seed = self.seed;
         let std_now = self.std_time(now);
         let rep = &mut self.replicas[r];
+        rep.heard = rep.heard.max(epoch);
         if rep.conns[c].is_none() {
             // No view yet: the host is no member and drops it.
             let Some(members) = rep.view.clone() else {
