@@ -41,10 +41,13 @@
 //!   the client's stream is a prefix of the backend output; members agree on their output;
 //! - the client never receives a reset.
 //!
-//! With total order, at the end: every two live replicas granted their backends the same
-//! chunks in the same order on the connections both follow; without loss on the ack channel
-//! no replica found its past numbered differently by a new primary, and without any loss no
-//! replica left a connection it could not follow.
+//! With total order, whenever a replica granted a chunk (at most every millisecond of virtual
+//! time) and at the end: every two live replicas in the view granted their backends the same
+//! chunks in the same order on the connections both follow (one sequence a prefix of the
+//! other). At the end: unless a new primary's sync ended without a member's complete answer
+//! (or a partition cut one out), no replica found its past numbered differently by a new
+//! primary; without any loss (lost or late views included) no replica left a connection it
+//! could not follow.
 //!
 //! At the end every connection completed both ways, closed where the client closed it, unless
 //! every member of it died or left (then no design can carry it on).
@@ -200,6 +203,12 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     (1797400000013768, Harness::ClusterTotal),
     (1797500000019020, Harness::ClusterTotal),
     (1797500000025604, Harness::ClusterTotal),
+    // The same for a backup: back from a partition with its newer views lost, it followed
+    // the old order for connections opened since, then at the view that said it had been
+    // out started its order afresh and granted their chunks again. A replica whose view is
+    // behind the client's packets now grants nothing (the chunk check runs during the run
+    // now, and found it).
+    (1798000000003376, Harness::ClusterTotal),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +240,8 @@ const HOSTS: usize = 3;
 const ORDER_QUIET: std::time::Duration = std::time::Duration::from_millis(2);
 const ORDER_RESEND_EVERY: Duration = Duration::from_millis(20);
 const ORDER_STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often, at most, the chunk sequences of the replicas are compared during a run.
+const CHUNK_CHECK_EVERY: Duration = Duration::from_millis(1);
 /// The redirector's detector timeout, and how often it re-sends the current view.
 const DETECT: Duration = Duration::from_millis(25);
 const VIEW_REFRESH: Duration = Duration::from_millis(50);
@@ -532,6 +543,8 @@ struct Sim {
     /// New primaries' syncs that ended at their bound without every member's complete
     /// answer.
     sync_incomplete: u64,
+    /// The chunks granted (over all replicas) at the last chunk-sequence check, and when.
+    chunks_checked: (usize, Instant),
 }
 
 fn seg_text(s: &rewrite::Seg) -> String {
@@ -712,6 +725,7 @@ impl Sim {
             partitioned_once: false,
             views_disturbed: false,
             sync_incomplete: 0,
+            chunks_checked: (0, Instant::ZERO),
         };
         for _ in 0..HOSTS {
             sim.add_replica();
@@ -1272,9 +1286,9 @@ impl Sim {
             return;
         }
         let primary = rep.view.as_ref().and_then(|v| v.first()) == Some(&me);
-        if primary && rep.heard > rep.epoch {
-            // dataplane.rs, run_order: a primary whose view is behind the client's packets
-            // numbers nothing until the newer view comes.
+        if rep.heard > rep.epoch {
+            // dataplane.rs, run_order: a replica whose view is behind the client's packets
+            // grants nothing until the newer view comes.
             return;
         }
         let keys: Vec<FlowKey> = (0..ports.len())
@@ -1504,10 +1518,24 @@ impl Sim {
                 ));
             }
         }
+        self.check_chunk_sequences();
+    }
+
+    /// Total order, during the run: every two live replicas in the view granted their
+    /// backends the same chunks (connection, length) in the same order, on the connections
+    /// both hold and neither left; one sequence is a prefix of the other. Run whenever a
+    /// replica granted a chunk, at most every [`CHUNK_CHECK_EVERY`] of virtual time, and
+    /// at the end.
+    fn check_chunk_sequences(&self) {
+        // A member of the connection (in the view from the client's SYN on) that still
+        // follows it. A replica out of the view since leaves the connection as soon as it
+        // hears (a partition healed a moment ago): its chunks from when it was cut off, or
+        // the old primary's last one its backups never got, are no longer the service's.
         let follows = |r: usize, c: usize| {
-            self.replicas[r].conns[c]
-                .as_ref()
-                .is_some_and(|h| !h.ft.is_retired() && !h.order_lost && !h.backend_dead)
+            self.is_member(r, c)
+                && self.replicas[r].conns[c]
+                    .as_ref()
+                    .is_some_and(|h| !h.ft.is_retired() && !h.order_lost && !h.backend_dead)
         };
         // A replica cut off from the view (a partition that outlasted the detector) follows
         // nothing any more: it leaves every connection as soon as it hears.
@@ -2423,6 +2451,15 @@ impl Sim {
             self.run_client();
             self.check();
             self.checked();
+            if self.total {
+                let granted: usize = self.replicas.iter().map(|r| r.chunks.len()).sum();
+                if granted != self.chunks_checked.0
+                    && self.now >= self.chunks_checked.1 + CHUNK_CHECK_EVERY
+                {
+                    self.check_chunk_sequences();
+                    self.chunks_checked = (granted, self.now);
+                }
+            }
             self.now = self.next_time();
         }
         self.check_total_order();

@@ -99,7 +99,7 @@ pub fn handle(shared: &Arc<Shared>, node: ReplicaId, method: &str, url: &str, bo
                 .and_then(|()| s.set_limits(addr, req.max_conns, req.idle_timeout_s, req.keepalive_s))
             {
                 Ok(()) => {
-                    tracing::info!(service = %addr, mode = mode.as_str(), ?backend, repair = ft.repair, stall_ms = ft.stall_ms, max_conns = ?req.max_conns, idle_timeout_s = ?req.idle_timeout_s, keepalive_s = ?req.keepalive_s, "setportopt");
+                    tracing::info!(service = %addr, mode = mode.as_str(), ?backend, repair = ft.repair, total_order = ft.total_order, quiet_ms = ft.quiet_ms, stall_ms = ft.stall_ms, max_conns = ?req.max_conns, idle_timeout_s = ?req.idle_timeout_s, keepalive_s = ?req.keepalive_s, "setportopt");
                     Reply::json(&json!({ "ok": true }))
                 }
                 Err(e) => Reply::error(400, e.to_string()),

@@ -502,6 +502,16 @@ impl HostMetrics {
                 "Total-order connections this host left, for any reason (its backend misses their later chunks)",
                 &o.left,
             ),
+            (
+                "sync_answers",
+                "Answers this member sent to a new primary's sync",
+                &o.sync_answers,
+            ),
+            (
+                "repair_ignored",
+                "Stamp-repair messages ignored: not from or to the primary of this host's view, or no sequencer for the service here",
+                &o.repair_ignored,
+            ),
         ] {
             e.sample(&format!("hydra_order_{what}_total"), c, help, "", v.get());
         }
@@ -1049,6 +1059,11 @@ pub struct OrderMetrics {
     /// Total-order connections this host left, for any reason (its backend then misses
     /// their later chunks).
     pub left: Counter,
+    /// Answers this member sent to a new primary's sync (`Synced`).
+    pub sync_answers: Counter,
+    /// Stamp-repair messages ignored: not from the primary of our view (or, a request, not
+    /// to it), or for a service without a sequencer here.
+    pub repair_ignored: Counter,
 }
 
 impl OrderMetrics {
@@ -2738,7 +2753,10 @@ impl Dataplane {
     /// primary; or the primary's "gone", acted on when it comes from the primary.
     fn on_order_repair(&mut self, from: ReplicaId, r: OrderRepair, dirty: &mut Vec<usize>) {
         let primary = self.primary_of(r.service);
+        let m = &self.shared.metrics.ft.order;
         let Some(q) = self.sequencers.get_mut(&r.service) else {
+            m.repair_ignored.inc();
+            tracing::debug!(service = %r.service, from = %from, kind = ?r.kind, "stamp repair for a service without a sequencer here ignored");
             return;
         };
         match r.kind {
@@ -2777,6 +2795,7 @@ impl Dataplane {
                     to: end,
                 };
                 self.send_to_member(r.service, from, MsgType::OrderRepair, &synced.emit());
+                self.shared.metrics.ft.order.sync_answers.inc();
             }
             OrderRepairKind::Synced if primary == Some(self.me) && from != self.me => {
                 q.on_member_synced(from.0, r.to);
@@ -2791,7 +2810,10 @@ impl Dataplane {
                 q.on_gone(r.from, r.to, &held, Instant::now());
                 self.abandon_order_losers(r.service, dirty);
             }
-            _ => {}
+            _ => {
+                m.repair_ignored.inc();
+                tracing::debug!(service = %r.service, from = %from, kind = ?r.kind, ?primary, "stamp repair not from or to the primary of our view ignored");
+            }
         }
     }
 
@@ -2853,13 +2875,16 @@ impl Dataplane {
                     .get(&service)
                     .is_some_and(|&heard| heard > v.epoch)
             });
-            if primary && behind {
+            if behind {
                 // The client's packets carry a newer epoch than our view: another member may
                 // be the primary by now, numbering chunks of the same connections. Numbering
-                // them too, we handed our backend chunks in our own order (a primary cut off
-                // and back, whose newer views were lost: FT_SEED=1797400000013768 FT_TOTAL=1
-                // in the cluster sim). Nothing is numbered until the newer view comes (views
-                // are sent again every 50 ms).
+                // them too, a primary cut off and back, whose newer views were lost, handed
+                // its backend chunks in its own order (FT_SEED=1797400000013768 FT_TOTAL=1 in
+                // the cluster sim). A backup in the same place followed the old order for
+                // connections opened since, then, at the view that said it had been out,
+                // started its order afresh and granted their chunks again
+                // (FT_SEED=1798000000003376 FT_TOTAL=1). Nothing is granted until the newer
+                // view comes (views are sent again every 50 ms).
                 tracing::trace!(%service, "total order held: the view is behind the client's packets");
                 continue;
             }
