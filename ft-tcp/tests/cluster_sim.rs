@@ -209,6 +209,12 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     // behind the client's packets now grants nothing (the chunk check runs during the run
     // now, and found it).
     (1798000000003376, Harness::ClusterTotal),
+    // A backup opened a connection with an older view (a new member missing from it) and
+    // never counted that member; promoted, it acknowledged client bytes the member lacked
+    // (the member had the connection only from the old speaker's forwarded handshake ACK),
+    // and the member, last one left, spoke without them. Members since before the open are
+    // now counted at every view.
+    (1798100000023626, Harness::Cluster),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1072,6 +1078,14 @@ impl Sim {
                     q.set_epochs(epoch, joined);
                 }
                 for h in rep.conns.iter_mut().flatten() {
+                    // dataplane.rs, apply_members: the members since before the open count.
+                    let at_open: Vec<u32> = members
+                        .iter()
+                        .zip(&rep.since)
+                        .filter(|(_, s)| **s <= h.opened)
+                        .map(|(m, _)| *m)
+                        .collect();
+                    h.ft.count_members_at_open(&at_open);
                     h.ft.set_view(now, &members);
                     h.ft.set_view_stale(epoch < h.opened);
                     h.dirty = true;
