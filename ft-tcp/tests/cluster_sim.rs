@@ -2678,19 +2678,12 @@ fn failover_is_transparent_under_loss_duplication_reordering_and_crashes() {
 
 /// The cluster harness (20+ connections, per-replica epochs, lossy views and speaker notices,
 /// partitions, half-close, new incarnations, total order in a quarter of the seeds) on
-/// `FT_SEEDS` (default 1000) fresh seeds, a new base each run. 100,000 seeds from base
-/// 1796800000000000 had 25 failures (issue #12); the fixes since (see `REGRESSION_SEEDS`)
-/// leave 1 of them failing (FT_SEED=1796800000063244 FT_TOTAL=1: a replica that left a
-/// connection as a backup became the primary and never stamps it). Then 30,000 seeds from
-/// base 1797500000000000 (21.5 min on both cores) had 4 failures (issue #12, not fixed):
-/// FT_SEED=1797500000010065, a member that joined the view after the connection opened
-/// became first in the view, so the authority's speaker, without the bytes the client saw
-/// acknowledged (the authority does not know who held the connection from its SYN);
-/// FT_SEED=1797500000002967, a connection that never completes; FT_SEED=1797500000019020
-/// and FT_SEED=1797500000025604 FT_TOTAL=1, two live replicas that granted different chunk
-/// sequences. At that rate 1000 seeds fail about one CI run in eight, so it runs by hand.
+/// `FT_SEEDS` (default 1000) fresh seeds, a new base each run: CI explores new seeds every
+/// time. History (issue #12): 100,000 seeds from base 1796800000000000 had 25 failures;
+/// 30,000 from 1797500000000000 had 4; after the fixes since, 100,000 seeds from base
+/// 1798100000000000 (on 3f52738, 71 min on both cores) had 1, FT_SEED=1798100000023626,
+/// fixed since. Every failure found is in `REGRESSION_SEEDS`.
 #[test]
-#[ignore = "4 of 30,000 seeds failed (issue #12), see the doc comment; run by hand with --ignored"]
 fn cluster_of_connections_keeps_every_invariant_under_faults() {
     run_fresh_seeds(Harness::Cluster);
 }
