@@ -1802,34 +1802,6 @@ impl FtConn {
         }
     }
 
-    /// The members of the next view that were members when the client opened the connection
-    /// (their `since` is not after the epoch of the packet that opened it here): the client's
-    /// SYN and first segments went to them as to us, and the authority may make any of them
-    /// the speaker. A replica whose view was stale at the open did not count them; from now
-    /// on its ACK gate does (it waits for them, repairs them, or has them excluded). Call it
-    /// before [`FtConn::set_view`]. Without it a backup that had opened the connection with
-    /// an older view was promoted and acknowledged client bytes a member it never counted
-    /// lacked; that member, the last one left, spoke without them (FT_SEED=1798100000023626
-    /// in the cluster sim). Members that left or were excluded stay out.
-    pub fn count_members_at_open(&mut self, members: &[PeerId]) {
-        if self.retired {
-            return;
-        }
-        for &m in members {
-            if m != self.me
-                && !self.view_peers.contains(&m)
-                && !self.excluded.contains(&m)
-                && !self.departed.contains(&m)
-                && !self.dropping.contains(&m)
-            {
-                tracing::debug!(conn = ?self.key, member = m, "a member since before the open, not counted yet: counted");
-                self.view_peers.push(m);
-                self.uncounted.remove(&m);
-                self.progress_dirty = true;
-            }
-        }
-    }
-
     /// Whether the view this replica holds (the last [`FtConn::set_view`]) is older than the
     /// client packet that opened the connection here. Its first member may then be one the
     /// authority no longer counts first, or one that joined after the client's SYN: the
