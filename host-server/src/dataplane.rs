@@ -1446,12 +1446,13 @@ impl Dataplane {
             match header.msg_type {
                 MsgType::ToHost => {
                     let service = header.service.addr();
-                    // Epochs compare within one life of the redirector.
-                    let same_life = self
-                        .views
-                        .get(&service)
-                        .is_some_and(|v| v.authority == header.sender_incarnation);
-                    if from_authority && same_life {
+                    // Only an epoch past our view's matters (views only grow), and epochs
+                    // compare within one life of the redirector: on the common packet, one
+                    // lookup and no write.
+                    let ahead = self.views.get(&service).is_some_and(|v| {
+                        header.epoch > v.epoch && v.authority == header.sender_incarnation
+                    });
+                    if from_authority && ahead {
                         let heard = self.heard_epochs.entry(service).or_insert(header.epoch);
                         *heard = (*heard).max(header.epoch);
                     }
