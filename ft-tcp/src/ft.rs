@@ -1802,6 +1802,34 @@ impl FtConn {
         }
     }
 
+    /// The members of the next view that were members when the client opened the connection
+    /// (their `since` is not after the epoch of the packet that opened it here): the client's
+    /// SYN and first segments went to them as to us, and the authority may make any of them
+    /// the speaker. A replica whose view was stale at the open did not count them; from now
+    /// on its ACK gate does (it waits for them, repairs them, or has them excluded). Call it
+    /// before [`FtConn::set_view`]. Without it a backup that had opened the connection with
+    /// an older view was promoted and acknowledged client bytes a member it never counted
+    /// lacked; that member, the last one left, spoke without them (FT_SEED=1798100000023626
+    /// in the cluster sim). Members that left or were excluded stay out.
+    pub fn count_members_at_open(&mut self, members: &[PeerId]) {
+        if self.retired {
+            return;
+        }
+        for &m in members {
+            if m != self.me
+                && !self.view_peers.contains(&m)
+                && !self.excluded.contains(&m)
+                && !self.departed.contains(&m)
+                && !self.dropping.contains(&m)
+            {
+                tracing::debug!(conn = ?self.key, member = m, "a member since before the open, not counted yet: counted");
+                self.view_peers.push(m);
+                self.uncounted.remove(&m);
+                self.progress_dirty = true;
+            }
+        }
+    }
+
     /// Whether the view this replica holds (the last [`FtConn::set_view`]) is older than the
     /// client packet that opened the connection here. Its first member may then be one the
     /// authority no longer counts first, or one that joined after the client's SYN: the
@@ -1809,6 +1837,8 @@ impl FtConn {
     /// view at least as new comes. A replica that missed views forwarded it to such a
     /// member, which then held the connection without the bytes the client saw
     /// acknowledged and became its speaker (FT_SEED=1797500000010065 in the cluster sim).
+    /// Nor does its ACK gate acknowledge new client bytes meanwhile: a member it does not
+    /// count yet may lack them (FT_SEED=1798200000011610 and 1798200000019314).
     pub fn set_view_stale(&mut self, stale: bool) {
         self.view_stale = stale;
     }
@@ -2358,6 +2388,15 @@ impl FtConn {
         for (id, r) in &self.uncounted {
             if !self.excluded.contains(id) {
                 ack = ack.min(*r);
+            }
+        }
+        if self.view_stale {
+            // Our view is older than the packet that opened the connection: members that
+            // held it from the client's SYN may be missing from the count. Acknowledge no
+            // new client byte until a view that new comes and counts them
+            // (`FtConn::count_members_at_open`).
+            if let Some(held) = self.sent_ack.or(self.client_isn.map(|c| c.plus(1))) {
+                ack = ack.min(held);
             }
         }
         if let Some(s) = self.sent_ack {

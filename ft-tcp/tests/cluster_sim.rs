@@ -210,6 +210,17 @@ const REGRESSION_SEEDS: &[(u64, Harness)] = &[
     // behind the client's packets now grants nothing (the chunk check runs during the run
     // now, and found it).
     (1798000000003376, Harness::ClusterTotal),
+    // A backup opened a connection with an older view (a new member missing from it) and
+    // never counted that member; promoted, it acknowledged client bytes the member lacked
+    // (the member had the connection only from the old speaker's forwarded handshake ACK),
+    // and the member, last one left, spoke without them. Members since before the open are
+    // now counted at every view.
+    (1798100000023626, Harness::Cluster),
+    // Counting those members alone was not enough: a speaker whose view was stale at the
+    // open had acknowledged client bytes before the newer view came, and the member it then
+    // counted lacked them. A stale view now holds the ACK gate where it is.
+    (1798200000011610, Harness::Cluster),
+    (1798200000019314, Harness::Cluster),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1073,6 +1084,14 @@ impl Sim {
                     q.set_epochs(epoch, joined);
                 }
                 for h in rep.conns.iter_mut().flatten() {
+                    // dataplane.rs, apply_members: the members since before the open count.
+                    let at_open: Vec<u32> = members
+                        .iter()
+                        .zip(&rep.since)
+                        .filter(|(_, s)| **s <= h.opened)
+                        .map(|(m, _)| *m)
+                        .collect();
+                    h.ft.count_members_at_open(&at_open);
                     h.ft.set_view(now, &members);
                     h.ft.set_view_stale(epoch < h.opened);
                     h.dirty = true;
@@ -2675,12 +2694,8 @@ fn failover_is_transparent_under_loss_duplication_reordering_and_crashes() {
 /// `FT_SEEDS` (default 300) fresh seeds, a new base each run: CI explores new seeds every
 /// time. History (issue #12): 100,000 seeds from base 1796800000000000 had 25 failures;
 /// 30,000 from 1797500000000000 had 4; after the fixes since, 100,000 seeds from base
-/// 1798100000000000 (on 3f52738, 71 min on both cores) had 1, FT_SEED=1798100000023626 (not
-/// fixed: a promoted backup that opened the connection with an older view acknowledged
-/// client bytes a member it never counted lacked). Counting such members at every view
-/// fixed it but let 2 of 20,000 other seeds fail the same way (the speaker acknowledged
-/// before the newer view came), so it was reverted. Every other failure found is in
-/// `REGRESSION_SEEDS`.
+/// 1798100000000000 (on 3f52738, 71 min on both cores) had 1, FT_SEED=1798100000023626,
+/// fixed since. Every failure found is in `REGRESSION_SEEDS`.
 #[test]
 fn cluster_of_connections_keeps_every_invariant_under_faults() {
     run_fresh_seeds(Harness::Cluster);

@@ -2550,6 +2550,11 @@ impl Dataplane {
         dirty: &mut Vec<usize>,
     ) {
         let now = self.stamp(Instant::now());
+        let since: Vec<(u32, Epoch)> = self
+            .views
+            .get(&service)
+            .map(|v| v.members.iter().map(|m| (m.id.0, m.since)).collect())
+            .unwrap_or_default();
         for (id, c) in self.conns.iter_mut() {
             if c.key.service != service {
                 continue;
@@ -2569,6 +2574,14 @@ impl Dataplane {
                         f.set_view(now, &without);
                     }
                 }
+                // Members since before the open got the client's SYN as we did: counted,
+                // also where our view at the open was stale (`FtConn::count_members_at_open`).
+                let at_open: Vec<u32> = since
+                    .iter()
+                    .filter(|(_, s)| *s <= c.opened)
+                    .map(|(m, _)| *m)
+                    .collect();
+                f.count_members_at_open(&at_open);
                 f.set_view(now, members);
                 f.set_view_stale(epoch < c.opened);
                 if f.stats.divergent_skips > skips {
