@@ -1,7 +1,18 @@
 //! The cluster key, sealing (header + MAC) and opening (parse, verify, replay check).
+//!
+//! The MAC is AES-128-GMAC (AES-GCM with the whole datagram as associated data and nothing
+//! encrypted), about ten times cheaper than the keyed BLAKE3 of wire version 3 with AES-NI.
+//! GCM must never see one nonce twice under one key, and every daemon of a cluster shares the
+//! cluster key, so each sender life seals with a key of its own, derived from the cluster
+//! key, its id and its incarnation ([`ClusterKey::life_key`]); the nonce is the datagram's
+//! counter, which that life never repeats. A restarted daemon is a new incarnation, so a new
+//! key, and its counter starting at 1 again repeats no nonce.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::Path;
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
 
 use crate::ids::{Epoch, Incarnation, ReplicaId, ServiceId};
 use crate::wire::{Datagram, Header, MsgType, WireError, HEADER_LEN, MAC_LEN};
@@ -9,7 +20,8 @@ use crate::wire::{Datagram, Header, MsgType, WireError, HEADER_LEN, MAC_LEN};
 /// Bytes in a cluster key.
 pub const KEY_LEN: usize = 32;
 
-/// The secret every daemon of one cluster shares; it keys the datagram MAC (keyed BLAKE3).
+/// The secret every daemon of one cluster shares; each sender life's datagram MAC key is
+/// derived from it ([`ClusterKey::life_key`]).
 #[derive(Clone)]
 pub struct ClusterKey([u8; KEY_LEN]);
 
@@ -87,11 +99,49 @@ impl ClusterKey {
         Self::from_hex(&text).ok_or(KeyError::Format { path: shown })
     }
 
-    fn mac(&self, data: &[u8]) -> [u8; MAC_LEN] {
-        let full = blake3::keyed_hash(&self.0, data);
+    /// The MAC key of one sender life: AES-128 keyed with the first 16 bytes of BLAKE3's
+    /// key derivation over the cluster key, the sender's id and its incarnation.
+    fn life_key(&self, sender: ReplicaId, life: Incarnation) -> LifeKey {
+        let mut material = [0u8; KEY_LEN + 12];
+        material[..KEY_LEN].copy_from_slice(&self.0);
+        material[KEY_LEN..KEY_LEN + 4].copy_from_slice(&sender.0.to_be_bytes());
+        material[KEY_LEN + 4..].copy_from_slice(&life.0.to_be_bytes());
+        let derived = blake3::derive_key(LIFE_KEY_CONTEXT, &material);
+        // INVARIANT: 16 bytes is the key length AES-128-GCM takes.
+        let key = UnboundKey::new(&AES_128_GCM, &derived[..16]).expect("a 16-byte AES key");
+        LifeKey(LessSafeKey::new(key))
+    }
+}
+
+/// The BLAKE3 key-derivation context of the per-life MAC keys (wire version 4).
+const LIFE_KEY_CONTEXT: &str = "hydranet 2026-11 datagram mac key, wire version 4";
+
+/// One sender life's MAC key (see the module documentation).
+struct LifeKey(LessSafeKey);
+
+impl LifeKey {
+    /// The GMAC tag of `data` (header and payload) under the datagram's `counter` as nonce.
+    fn mac(&self, counter: u64, data: &[u8]) -> [u8; MAC_LEN] {
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&counter.to_be_bytes());
         let mut out = [0u8; MAC_LEN];
-        out.copy_from_slice(&full.as_bytes()[..MAC_LEN]);
+        // Nothing is encrypted, so sealing fails only for more than 64 GiB of input (the
+        // GCM bound), which no datagram comes near; the tag then stays zero and the
+        // datagram is refused by its receiver.
+        if let Ok(tag) = self.0.seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(data),
+            &mut [],
+        ) {
+            out.copy_from_slice(tag.as_ref());
+        }
         out
+    }
+}
+
+impl std::fmt::Debug for LifeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LifeKey(..)")
     }
 }
 
@@ -121,7 +171,7 @@ impl Receiver {
 /// increasing counter.
 #[derive(Debug)]
 pub struct Sealer {
-    key: ClusterKey,
+    key: LifeKey,
     sender: ReplicaId,
     incarnation: Incarnation,
     next_counter: std::sync::atomic::AtomicU64,
@@ -134,7 +184,7 @@ impl Sealer {
     /// restarted daemon is a newer one (receivers refuse datagrams from older lives).
     pub fn new(key: ClusterKey, sender: ReplicaId, incarnation: Incarnation) -> Self {
         Sealer {
-            key,
+            key: key.life_key(sender, incarnation),
             sender,
             incarnation,
             next_counter: std::sync::atomic::AtomicU64::new(1),
@@ -176,6 +226,10 @@ impl Sealer {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) {
+        // The counter is the GCM nonce: each datagram of this life takes a new one.
+        let counter = self
+            .next_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let header = Header {
             msg_type,
             flags: 0,
@@ -185,15 +239,13 @@ impl Sealer {
             receiver: to.id,
             sender_incarnation: self.incarnation,
             receiver_incarnation: to.incarnation,
-            counter: self
-                .next_counter
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            counter,
         };
         out.clear();
         out.resize(Header::buffer_len(payload.len()), 0);
         header.emit(&mut out[..HEADER_LEN]);
         out[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
-        let mac = self.key.mac(&out[..HEADER_LEN + payload.len()]);
+        let mac = self.key.mac(counter, &out[..HEADER_LEN + payload.len()]);
         let n = out.len();
         out[n - MAC_LEN..].copy_from_slice(&mac);
     }
@@ -254,7 +306,25 @@ pub struct Opener {
     key: ClusterKey,
     me: ReplicaId,
     incarnation: Incarnation,
-    windows: HashMap<ReplicaId, (Incarnation, ReplayWindow)>,
+    senders: HashMap<ReplicaId, SenderLife>,
+}
+
+/// The newest life of one sender whose datagram opened: its MAC key and replay window.
+#[derive(Debug)]
+struct SenderLife {
+    life: Incarnation,
+    key: LifeKey,
+    window: ReplayWindow,
+}
+
+impl SenderLife {
+    fn new(life: Incarnation, key: LifeKey) -> Self {
+        SenderLife {
+            life,
+            key,
+            window: ReplayWindow::default(),
+        }
+    }
 }
 
 impl Opener {
@@ -264,7 +334,7 @@ impl Opener {
             key,
             me,
             incarnation,
-            windows: HashMap::new(),
+            senders: HashMap::new(),
         }
     }
 
@@ -281,7 +351,15 @@ impl Opener {
     pub fn open<'a>(&mut self, bytes: &'a [u8]) -> Result<(Header, &'a [u8]), DropReason> {
         let d = Datagram::new_checked(bytes).map_err(DropReason::Malformed)?;
         let header = Header::parse(&d).map_err(DropReason::Malformed)?;
-        let expected = self.key.mac(d.authenticated());
+        // The key of the sender life the header names: kept for its newest life that opened,
+        // derived afresh for any other (kept only once a datagram of it opens, so forged
+        // headers cannot fill the table).
+        let mut fresh = None;
+        let key = match self.senders.get(&header.sender) {
+            Some(s) if s.life == header.sender_incarnation => &s.key,
+            _ => fresh.insert(self.key.life_key(header.sender, header.sender_incarnation)),
+        };
+        let expected = key.mac(header.counter, d.authenticated());
         // Compare without an early exit so timing does not reveal how many bytes matched.
         let diff = expected
             .iter()
@@ -304,18 +382,20 @@ impl Opener {
                 return Err(DropReason::Stale);
             }
         }
-        let (life, window) = self
-            .windows
-            .entry(header.sender)
-            .or_insert_with(|| (header.sender_incarnation, ReplayWindow::default()));
-        if header.sender_incarnation < *life {
-            return Err(DropReason::Stale);
-        }
-        if header.sender_incarnation > *life {
-            *life = header.sender_incarnation;
-            *window = ReplayWindow::default();
-        }
-        if !window.check_and_update(header.counter) {
+        let life = header.sender_incarnation;
+        let entry = match (self.senders.entry(header.sender), fresh) {
+            (Entry::Occupied(o), None) => o.into_mut(),
+            (Entry::Occupied(o), Some(_)) if life < o.get().life => return Err(DropReason::Stale),
+            (Entry::Occupied(mut o), Some(key)) => {
+                // A newer life of the sender: a new key and a new replay window.
+                o.insert(SenderLife::new(life, key));
+                o.into_mut()
+            }
+            (Entry::Vacant(v), Some(key)) => v.insert(SenderLife::new(life, key)),
+            // Not reached: only a kept sender's datagram is checked with its kept key.
+            (Entry::Vacant(_), None) => return Err(DropReason::BadMac),
+        };
+        if !entry.window.check_and_update(header.counter) {
             return Err(DropReason::Replay);
         }
         let payload = &bytes[HEADER_LEN..bytes.len() - MAC_LEN];
@@ -477,6 +557,41 @@ mod tests {
         assert!(o.open(&seal(&new)).is_ok());
         assert_eq!(o.open(&seal(&old)).unwrap_err(), DropReason::Stale);
         assert_eq!(o.open(&recorded).unwrap_err(), DropReason::Stale);
+    }
+
+    /// GCM must never see one nonce (the counter) twice under one key. Each sender life has a
+    /// key of its own, so two lives (a restart) or two senders sealing the same bytes with
+    /// the same counter give different MACs, and a datagram whose sender or incarnation is
+    /// rewritten does not open.
+    #[test]
+    fn each_sender_life_has_its_own_mac_key() {
+        let seal = |sender: u32, life: u64| {
+            Sealer::new(key(1), ReplicaId(sender), Incarnation(life)).seal(
+                MsgType::Progress,
+                ServiceId(9),
+                Epoch(1),
+                Receiver::GROUP,
+                b"same bytes",
+            )
+        };
+        let (a, restarted, other) = (seal(3, 100), seal(3, 101), seal(4, 100));
+        let mac = |d: &[u8]| d[d.len() - MAC_LEN..].to_vec();
+        assert_ne!(mac(&a), mac(&restarted));
+        assert_ne!(mac(&a), mac(&other));
+        assert_ne!(mac(&restarted), mac(&other));
+        // The same life seals the same bytes alike (the counter is in the header too).
+        assert_eq!(a, seal(3, 100));
+        let mut o = opener();
+        let mut renamed = a.clone();
+        renamed[27] = 4; // sender 3 -> 4
+        assert_eq!(o.open(&renamed).unwrap_err(), DropReason::BadMac);
+        let mut relived = a.clone();
+        relived[39] = 101; // incarnation 100 -> 101
+        assert_eq!(o.open(&relived).unwrap_err(), DropReason::BadMac);
+        // A forged header naming a new life keeps nothing: the real life still opens.
+        assert!(o.open(&a).is_ok());
+        assert!(o.open(&restarted).is_ok());
+        assert!(o.open(&other).is_ok());
     }
 
     #[test]

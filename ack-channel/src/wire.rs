@@ -4,7 +4,7 @@
 //!  0       2     3      4       6       8               16              24
 //! +-------+-----+------+-------+-------+---------------+---------------+
 //! | magic | ver | type | flags | rsvd  | service (u64) | epoch (u64)   |
-//! | "HN"  |  2  |      |       |   0   |               |               |
+//! | "HN"  |  4  |      |       |   0   |               |               |
 //! +-------+-----+------+-------+-------+---------------+---------------+
 //! 24         28           32                    40                    48              56
 //! +----------+------------+---------------------+---------------------+---------------+---------+---------+
@@ -17,10 +17,18 @@
 //! style: [`Datagram`] is a checked view over a byte slice, [`Header`] the parsed
 //! representation with `parse`/`emit`.
 //!
-//! Version 2 (this one) added the receiver and both incarnations: a datagram names whom it
-//! is for (one daemon, in one of its lives, or [`ReplicaId::ANY`] for the members of a
-//! service's view), so one sealed for h1 is refused by h2, and one sealed for an earlier life
-//! of its receiver is refused after a restart. Version 1 had neither.
+//! Versions:
+//! - 4 (this one): the MAC is AES-128-GMAC under a key per sender life, derived from the
+//!   cluster key, the sender id and its incarnation, with the counter as nonce (see
+//!   `auth.rs`). The header is that of version 3.
+//! - 3: views list each member's `since` (payload only); MAC keyed BLAKE3, truncated.
+//! - 2: added the receiver and both incarnations: a datagram names whom it is for (one
+//!   daemon, in one of its lives, or [`ReplicaId::ANY`] for the members of a service's
+//!   view), so one sealed for h1 is refused by h2, and one sealed for an earlier life of its
+//!   receiver is refused after a restart. Version 1 had neither.
+//!
+//! A daemon speaks one version and drops the others (`malformed`): every node of a cluster
+//! is upgraded together.
 
 use crate::ids::{Epoch, Incarnation, ReplicaId, ServiceId};
 
@@ -31,7 +39,7 @@ pub const MAC_LEN: usize = 16;
 /// The magic number "HN".
 pub const MAGIC: u16 = 0x484e;
 /// The only version this code speaks.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 
 mod field {
     use std::ops::Range;
@@ -356,7 +364,7 @@ mod tests {
         assert_eq!(
             &buf[..HEADER_LEN],
             &[
-                b'H', b'N', 3, 2, 0, 0, 0, 0, // magic, version, type, flags, reserved
+                b'H', b'N', 4, 2, 0, 0, 0, 0, // magic, version, type, flags, reserved
                 0, 0, 0xc6, 0x13, 0, 0x0a, 0, 0x50, // service
                 0, 0, 0, 0, 0, 0, 0, 7, // epoch
                 0, 0, 0, 2, // sender

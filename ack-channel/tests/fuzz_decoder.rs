@@ -128,7 +128,7 @@ fn expected_header(b: &[u8]) -> Result<Header, WireError> {
     if b[..2] != *b"HN" {
         return Err(WireError::BadMagic);
     }
-    if b[2] != 3 {
+    if b[2] != 4 {
         return Err(WireError::Version(b[2]));
     }
     if b[6..8] != [0, 0] {
