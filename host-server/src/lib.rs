@@ -11,7 +11,8 @@
 //! ```
 //!
 //! [`dataplane`] is the single-threaded packet loop, [`services`] the table the admin API
-//! edits (vhosts and port options), [`config`] the TOML file.
+//! edits (vhosts and port options), [`config`] the TOML file, [`sys`] the one home of
+//! `unsafe`.
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -19,3 +20,4 @@ pub mod config;
 pub mod dataplane;
 pub mod order;
 pub mod services;
+pub mod sys;

@@ -27,7 +27,16 @@ struct Args {
 const HEALTH_EVERY: Duration = Duration::from_millis(250);
 
 fn main() {
+    // First, before any thread or allocation that matters: socket buffers cost only the
+    // pages a connection touches (see `sys::map_large_allocations`).
+    let mapped = host_server::sys::map_large_allocations();
     control::init_logging();
+    if !mapped {
+        tracing::warn!(
+            "cannot fix the allocator's mapping threshold: every connection's socket buffers \
+             will cost their full size in memory (not glibc?)"
+        );
+    }
     if let Err(e) = run() {
         eprintln!("hydra-host: {e:#}");
         std::process::exit(1);

@@ -191,3 +191,67 @@ fn ten_thousand_short_connections_keep_host_memory_flat() {
         );
     }
 }
+
+/// Idle connections cost what they touch (issue #11): 1,000 ft3 connections held open after
+/// one PING each must leave every host at or under 128 MiB resident. Each connection's two
+/// 256 KiB socket buffers used to be cleared memory from the SYN on (280 MiB per host for
+/// these 1,000); mapped on their own (`host_server::sys::map_large_allocations`), a buffer
+/// costs only the pages its connection used.
+#[test]
+fn a_thousand_idle_ft3_connections_fit_in_128_mib_per_host() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    const HELD: usize = 1000;
+    const BOUND_KIB: u64 = 128 * 1024;
+    // The client holds all of them at once: more than the usual soft limit of open files.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise the open-files limit");
+    let lab = Lab::up("idle", 3, REDIS_BACKEND, &["--mode", "ft"]);
+    let hosts = lab.members();
+    let held: Vec<TcpStream> = lab
+        .in_ns("client", || {
+            (0..HELD)
+                .map(|i| {
+                    let addr = SERVICE.parse().expect("addr");
+                    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                        .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                    s.set_read_timeout(Some(Duration::from_secs(5)))
+                        .expect("timeout");
+                    let mut buf = [0u8; 7];
+                    s.write_all(b"PING\r\n").expect("PING");
+                    s.read_exact(&mut buf).expect("PONG");
+                    assert_eq!(&buf, b"+PONG\r\n", "connection {i}");
+                    s
+                })
+                .collect()
+        })
+        .join()
+        .expect("client thread");
+    let rss: Vec<u64> = hosts.iter().map(|h| lab.host_rss_kib(h)).collect();
+    let open: Vec<u64> = hosts
+        .iter()
+        .map(|h| metric(&lab.metrics(h), "hydra_connections_active"))
+        .collect();
+    println!("{HELD} idle ft3 connections: host RSS KiB {rss:?}, active {open:?}");
+    assert!(
+        open.iter().all(|&n| n >= HELD as u64),
+        "every host holds every connection: {open:?}"
+    );
+    // The connections are real and still served.
+    for (i, s) in held.iter().enumerate().step_by(100) {
+        let mut s = s;
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").expect("PING");
+        s.read_exact(&mut buf).expect("PONG");
+        assert_eq!(&buf, b"+PONG\r\n", "connection {i}");
+    }
+    for (h, kib) in hosts.iter().zip(&rss) {
+        assert!(
+            *kib <= BOUND_KIB,
+            "{h} holds {kib} KiB resident with {HELD} idle connections (bound {BOUND_KIB} KiB)"
+        );
+    }
+}
