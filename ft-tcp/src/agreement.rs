@@ -1,4 +1,4 @@
-//! Output agreement (DESIGN.md, "Output agreement"): every replica digests its own output to
+//! Output agreement (README.md, "Output agreement"): every replica digests its own output to
 //! the client in fixed blocks of the client's sequence space `S`, tells the other members,
 //! and compares what they tell it with the output of the connection's current primary (the
 //! bytes the client actually gets).

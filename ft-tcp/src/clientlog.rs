@@ -1,5 +1,5 @@
 //! The client log: client bytes (sequence space `C`) that some member of the connection may
-//! still lack, kept for hop-by-hop repair (DESIGN.md, "Repair"). The primary answers a
+//! still lack, kept for hop-by-hop repair (README.md, "How ft mode works"). The primary answers a
 //! backup's hole from here at once instead of waiting for the client's retransmission timer.
 //!
 //! Segments are kept as they arrived (in order or not) and trimmed below the lowest

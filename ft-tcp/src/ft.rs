@@ -1,4 +1,4 @@
-//! The FT layer of one connection (DESIGN.md, "The FT layer of one connection").
+//! The FT layer of one connection (README.md, "How ft mode works").
 //!
 //! It sits between the wire and the replica's own smoltcp [`Endpoint`]:
 //!
@@ -1367,7 +1367,7 @@ impl FtConn {
     }
 
     /// Clamps an ACK (local space) into what smoltcp accepts: not above what it produced, not
-    /// below what it was already given (SMOLTCP-NOTES.md, "ACK acceptance").
+    /// below what it was already given (docs/smoltcp-notes.md, "ACK acceptance").
     fn clamp_ack(&mut self, local: SeqNumber) -> SeqNumber {
         let mut a = local;
         if let Some(hi) = self.local_snd_max {
@@ -2185,7 +2185,8 @@ impl FtConn {
     }
 
     /// The client acknowledged output this replica's stack had not produced yet: give the
-    /// stack that ACK now that it has caught up (SMOLTCP-NOTES.md: clamp, then release).
+    /// stack that ACK now that it has caught up (docs/smoltcp-notes.md, "ACK acceptance":
+    /// clamp, then release).
     fn release_held_ack(&mut self, now: Instant) {
         for _ in 0..4 {
             let (Some(delta), Some(client_ack), Some(given), Some(max), Some(rcv)) = (

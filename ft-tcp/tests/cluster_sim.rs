@@ -930,7 +930,7 @@ impl Sim {
     }
 
     /// Replica `r` still counts for connection `c`: it was in the view when the client opened
-    /// the connection and has not left the view since (DESIGN.md: a replica that leaves the
+    /// the connection and has not left the view since (README.md, "How ft mode works": a replica that leaves the
     /// view never returns for a connection; one that joins later never had it).
     fn is_member(&self, r: usize, c: usize) -> bool {
         let cc = &self.conns[c];
@@ -1640,7 +1640,7 @@ impl Sim {
         if self.dup_ack_idles_client_fin(c, &seg) {
             // The client stands in for a kernel TCP, which retransmits a lost FIN on its
             // timer whatever duplicate ACKs arrive. smoltcp's client idles its timer for good
-            // after three duplicate ACKs while only its FIN is outstanding (SMOLTCP-NOTES.md,
+            // after three duplicate ACKs while only its FIN is outstanding (docs/smoltcp-notes.md,
             // "Timers"): its network keeps such duplicates (network copies, a new speaker's
             // first ACK) from it, so that its FIN is resent as a kernel's would be.
             if self.trace == Some(c) {

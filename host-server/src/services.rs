@@ -97,7 +97,7 @@ pub struct Detector {
 }
 
 impl Default for Detector {
-    /// 5 ms heartbeats, 25 ms timeout (DESIGN.md).
+    /// 5 ms heartbeats, 25 ms timeout (README.md, "What it guarantees").
     fn default() -> Self {
         Detector {
             hb_ms: 5,

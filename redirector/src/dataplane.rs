@@ -702,7 +702,7 @@ fn housekeeping(shared: &Shared, udp: &UdpSocket) {
         let now = clock();
         // Heartbeats may be sitting unread while the receiving thread is starved (a flood of
         // return packets on 2 busy cores): silence is only evidence once the queue was
-        // drained, or after BACKLOG_DEFER_MAX. Overload is not a failure (DESIGN.md).
+        // drained, or after BACKLOG_DEFER_MAX. Overload is not a failure.
         behind_since = if backlogged(udp) {
             Some(behind_since.unwrap_or(now))
         } else {

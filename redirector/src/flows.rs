@@ -2,7 +2,7 @@
 //! forgotten in O(1) work per entry. Pure: every method takes `now`.
 //!
 //! A SYN flood from random source addresses (issue #10) asks for one entry per SYN. Three
-//! rules keep that harmless (DESIGN.md, "Hostile input and bounds"):
+//! rules keep that harmless (README.md, "Hostile clients: SYN cookies and bounds"):
 //!
 //! - The table holds at most `max` entries. When it is full, a new pin first takes the place
 //!   of an entry already past its idle time, then of the oldest half-open entry (one that

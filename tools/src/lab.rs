@@ -1,7 +1,7 @@
 //! `hydractl lab`: a whole HydraNet deployment on one machine, in network namespaces.
 //!
 //! A lab named `NAME` is a client namespace, a redirector namespace and N host namespaces,
-//! joined by veth pairs that all end in the redirector's namespace (DESIGN.md, "The lab"):
+//! joined by veth pairs that all end in the redirector's namespace (README.md, "The lab"):
 //!
 //! ```text
 //!   hn-NAME-client            hn-NAME-redir                 hn-NAME-h{i}
