@@ -177,8 +177,13 @@ pub fn request(
     .map_err(io)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(io)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    // Split and dechunk as bytes: a chunk boundary may fall inside a UTF-8 character.
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n");
+    let (head, rest) = match split {
+        Some(i) => (&raw[..i], &raw[i + 4..]),
+        None => (&raw[..], &[][..]),
+    };
+    let head = String::from_utf8_lossy(head);
     let status: u16 = head
         .split_whitespace()
         .nth(1)
@@ -191,8 +196,9 @@ pub fn request(
     {
         dechunk(rest)
     } else {
-        rest.to_string()
+        rest.to_vec()
     };
+    let body = String::from_utf8_lossy(&body).into_owned();
     if (200..300).contains(&status) {
         Ok(body)
     } else {
@@ -204,15 +210,23 @@ pub fn request(
     }
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+/// The body of a chunked HTTP answer (RFC 9112 §7.1), as bytes; stops at the last chunk or
+/// at anything malformed.
+fn dechunk(mut s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&s[..eol]);
+        // A chunk size may carry extensions after ';'.
+        let size = size.split(';').next().unwrap_or("").trim();
+        let Ok(n) = usize::from_str_radix(size, 16) else {
+            break;
+        };
+        let rest = &s[eol + 2..];
         if n == 0 || rest.len() < n {
             break;
         }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
+        out.extend_from_slice(&rest[..n]);
+        s = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
     }
     out
 }
@@ -258,6 +272,21 @@ mod tests {
 
     #[test]
     fn dechunk_joins_chunks() {
-        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), "abcde");
+        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), b"abcde");
+    }
+
+    /// A chunk boundary inside a UTF-8 character (the old `&str` slicing panicked there).
+    #[test]
+    fn dechunk_splits_inside_a_character_without_panicking() {
+        let body = "é".as_bytes(); // two bytes, one per chunk
+        let mut chunked = b"1\r\n".to_vec();
+        chunked.extend_from_slice(&body[..1]);
+        chunked.extend_from_slice(b"\r\n1;ext=1\r\n");
+        chunked.extend_from_slice(&body[1..]);
+        chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+        assert_eq!(dechunk(&chunked), body);
+        // Malformed or truncated input stops, never panics.
+        assert_eq!(dechunk(b"zz\r\nabc"), b"");
+        assert_eq!(dechunk(b"10\r\nabc"), b"");
     }
 }

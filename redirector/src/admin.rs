@@ -38,12 +38,16 @@ pub fn handle(shared: &Arc<Shared>, method: &str, url: &str) -> Reply {
                     })
                 })
                 .collect();
-            let mut services = std::collections::BTreeMap::<String, Vec<u32>>::new();
+            // Per service: the modes its hosts advertise (one, unless they are configured
+            // differently) and the live hosts offering it.
+            type Offer = (std::collections::BTreeSet<&'static str>, Vec<u32>);
+            let mut services = std::collections::BTreeMap::<String, Offer>::new();
             for (id, h) in table.hosts() {
                 for s in &h.services {
                     let entry = services.entry(s.addr.to_string()).or_default();
+                    entry.0.insert(s.mode.as_str());
                     if table.host_live(now, id) {
-                        entry.push(id.0);
+                        entry.1.push(id.0);
                     }
                 }
             }
@@ -64,7 +68,11 @@ pub fn handle(shared: &Arc<Shared>, method: &str, url: &str) -> Reply {
                 "incarnation": shared.sealer.incarnation().to_string(),
                 "views": views,
                 "hosts": hosts,
-                "services": services.into_iter().map(|(s, live)| json!({"service": s, "mode": "redirect", "live_hosts": live})).collect::<Vec<_>>(),
+                "services": services.into_iter().map(|(s, (modes, live))| {
+                    // Hosts that disagree show every mode they advertise ("ft,redirect").
+                    let mode = modes.into_iter().collect::<Vec<_>>().join(",");
+                    json!({"service": s, "mode": mode, "live_hosts": live})
+                }).collect::<Vec<_>>(),
                 "connections": table.flow_count(),
             }))
         }

@@ -209,7 +209,7 @@ fn a_thousand_idle_ft3_connections_fit_in_128_mib_per_host() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise the open-files limit");
-    let lab = Lab::up("idle", 3, REDIS_BACKEND, &["--mode", "ft"]);
+    let lab = Lab::up("idle1k", 3, REDIS_BACKEND, &["--mode", "ft"]);
     let hosts = lab.members();
     let held: Vec<TcpStream> = lab
         .in_ns("client", || {

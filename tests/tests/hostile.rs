@@ -175,6 +175,9 @@ fn flood_leaves_the_service_up(prefix: &str, mode: &str, replicas: u32) {
             .is_some_and(|h| h.len() == replicas as usize && h.iter().all(|h| h["live"] == true)),
         "a host is not live at the redirector after the flood: {redir}"
     );
+    // The redirector names the service's mode as its hosts advertise it (it printed
+    // "redirect" for ft services once).
+    assert_eq!(redir["services"][0]["mode"], mode, "{redir}");
     for h in &hosts {
         let st = lab.status(h);
         assert!(
