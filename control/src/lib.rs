@@ -231,14 +231,56 @@ fn dechunk(mut s: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Sets up `tracing` for a daemon: `RUST_LOG` filter (default info), to stderr.
-pub fn init_logging() {
+/// How a daemon writes its log lines to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event; ANSI colours only when `ansi`.
+    Text {
+        /// Colour the level and fields.
+        ansi: bool,
+    },
+    /// One JSON object per line (for journald, Loki, Elasticsearch and the like).
+    Json,
+}
+
+/// The log format a daemon uses: `HYDRA_LOG_FORMAT` (`format`) is `text` (the default) or
+/// `json`. Text is coloured only on a terminal and without `NO_COLOR` (no-color.org), so
+/// journald and log files get no escape codes.
+pub fn log_format(
+    format: Option<&str>,
+    no_color: bool,
+    terminal: bool,
+) -> Result<LogFormat, String> {
+    match format.map(str::trim) {
+        None | Some("") | Some("text") => Ok(LogFormat::Text {
+            ansi: terminal && !no_color,
+        }),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => Err(format!(
+            "HYDRA_LOG_FORMAT={other:?} is not a log format: set it to `text` (the default) or `json`"
+        )),
+    }
+}
+
+/// Sets up `tracing` for a daemon: `RUST_LOG` filter (default info), to stderr, in the
+/// format [`log_format`] picks from the environment. An unknown `HYDRA_LOG_FORMAT` is an
+/// error the daemon reports before it starts.
+pub fn init_logging() -> Result<(), String> {
+    use std::io::IsTerminal;
+    let format = std::env::var("HYDRA_LOG_FORMAT").ok();
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let format = log_format(format.as_deref(), no_color, std::io::stderr().is_terminal())?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // A second call (tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text { ansi } => builder.with_ansi(ansi).try_init(),
+    };
+    Ok(())
 }
 
 #[cfg(test)]
@@ -268,6 +310,18 @@ mod tests {
             Err(AdminError::NotRunning { .. })
         ));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        let text = |ansi| Ok(LogFormat::Text { ansi });
+        assert_eq!(log_format(None, false, true), text(true));
+        assert_eq!(log_format(None, false, false), text(false));
+        assert_eq!(log_format(Some("text"), true, true), text(false));
+        assert_eq!(log_format(Some(""), false, true), text(true));
+        assert_eq!(log_format(Some("json"), false, true), Ok(LogFormat::Json));
+        let err = log_format(Some("xml"), false, true).unwrap_err();
+        assert!(err.contains("`text`") && err.contains("`json`"), "{err}");
     }
 
     #[test]

@@ -20,6 +20,10 @@ struct Args {
     /// TOML config file (see host-server/src/config.rs for every key).
     #[arg(long, short)]
     config: PathBuf,
+    /// Check the config file and the cluster key it names, print what would run, and exit:
+    /// 0 if both are usable, 1 with the error otherwise (as `nginx -t`). Starts nothing.
+    #[arg(long)]
+    check: bool,
 }
 
 /// How often every backend is probed with a TCP connect; a backend that does not accept is
@@ -30,7 +34,10 @@ fn main() {
     // First, before any thread or allocation that matters: socket buffers cost only the
     // pages a connection touches (see `sys::map_large_allocations`).
     let mapped = host_server::sys::map_large_allocations();
-    control::init_logging();
+    if let Err(e) = control::init_logging() {
+        eprintln!("hydra-host: {e}");
+        std::process::exit(1);
+    }
     if !mapped {
         tracing::warn!(
             "cannot fix the allocator's mapping threshold: every connection's socket buffers \
@@ -58,9 +65,22 @@ fn raise_fd_limit() {
 
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    raise_fd_limit();
     let cfg = HostConfig::load(&args.config)?;
     let key = ClusterKey::load(&cfg.key_file)?;
+    if args.check {
+        println!(
+            "{}: config OK: node {}, listen {}, redirector {} (node {}), key {}, admin {}",
+            args.config.display(),
+            cfg.node_id,
+            cfg.listen,
+            cfg.redirector,
+            cfg.redirector_id,
+            cfg.key_file.display(),
+            cfg.admin_socket.display()
+        );
+        return Ok(());
+    }
+    raise_fd_limit();
     let node = ReplicaId(cfg.node_id);
     let wall = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

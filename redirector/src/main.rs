@@ -23,10 +23,17 @@ struct Args {
     /// TOML config file (see redirector/src/config.rs for every key).
     #[arg(long, short)]
     config: PathBuf,
+    /// Check the config file and the cluster key it names, print what would run, and exit:
+    /// 0 if both are usable, 1 with the error otherwise (as `nginx -t`). Starts nothing.
+    #[arg(long)]
+    check: bool,
 }
 
 fn main() {
-    control::init_logging();
+    if let Err(e) = control::init_logging() {
+        eprintln!("hydra-redirector: {e}");
+        std::process::exit(1);
+    }
     if let Err(e) = run() {
         eprintln!("hydra-redirector: {e:#}");
         std::process::exit(1);
@@ -38,6 +45,19 @@ fn run() -> anyhow::Result<()> {
     let cfg = RedirConfig::load(&args.config)?;
     let key = ClusterKey::load(&cfg.key_file)?;
     let (addr, prefix) = cfg.tun_prefix()?;
+    if args.check {
+        println!(
+            "{}: config OK: node {}, tunnel {} (key {}), TUN {} {addr}/{prefix} mtu {}, admin {}",
+            args.config.display(),
+            cfg.node_id,
+            cfg.listen,
+            cfg.key_file.display(),
+            cfg.tun_name,
+            cfg.mtu,
+            cfg.admin_socket.display()
+        );
+        return Ok(());
+    }
     let tun = tun_rs::DeviceBuilder::new()
         .name(cfg.tun_name.clone())
         .ipv4(addr, prefix, None)

@@ -157,6 +157,144 @@ fn daemon_without_key(bin_name: &str, config: &str) {
     assert!(err.contains("hydractl keygen --out"), "{bin_name}: {err}");
 }
 
+/// Logs for journald and log shippers: no colour codes off a terminal, JSON lines on request,
+/// and a misspelt format refused before the daemon starts.
+#[test]
+fn daemons_log_json_on_request_and_refuse_an_unknown_log_format() {
+    for bin_name in ["hydra-host", "hydra-redirector"] {
+        let run = |format: &str| {
+            Command::new(bin(bin_name))
+                .args(["--config", "/nonexistent/hydranet.toml"])
+                .env("HYDRA_LOG_FORMAT", format)
+                .env_remove("NO_COLOR")
+                .output()
+                .unwrap()
+        };
+        let out = run("xml");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{bin_name} started with HYDRA_LOG_FORMAT=xml"
+        );
+        assert!(
+            err.contains("HYDRA_LOG_FORMAT") && err.contains("`json`"),
+            "{bin_name}: {err}"
+        );
+        // The missing config is reported; nothing the daemon wrote carries an escape code.
+        for format in ["json", "text"] {
+            let out = run(format);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{bin_name}: {err}");
+            assert!(
+                err.contains("/nonexistent/hydranet.toml"),
+                "{bin_name}: {err}"
+            );
+            assert!(
+                !err.contains('\u{1b}'),
+                "{bin_name} coloured its stderr: {err:?}"
+            );
+        }
+    }
+    // A host server on loopback (no redirector answers at 127.0.0.1:9): its first log line
+    // is one JSON object.
+    let dir = std::env::temp_dir().join(format!("hn-jsonlog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("cluster.key");
+    let made = Command::new(bin("hydractl"))
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "keygen: {made:?}");
+    let cfg = dir.join("h.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "node_id = 1\nlisten = \"127.0.0.1:0\"\nredirector = \"127.0.0.1:9\"\nkey_file = \"{}\"\nadmin_socket = \"{}\"\n",
+            key.display(),
+            dir.join("a.sock").display()
+        ),
+    )
+    .unwrap();
+    let mut host = Command::new(bin("hydra-host"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("HYDRA_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = host.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stderr).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(std::time::Duration::from_secs(10));
+    let _ = host.kill();
+    let _ = host.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let line = line.expect("hydra-host logged nothing in 10 s");
+    let v: serde_json::Value = serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line:?}"));
+    assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+}
+
+/// `--check` (as `nginx -t`): a usable config and key print one OK line and exit 0 without
+/// starting anything; a missing key exits 1 and says how to make one.
+#[test]
+fn daemons_check_their_config_without_starting() {
+    let dir = std::env::temp_dir().join(format!("hn-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("cluster.key");
+    let made = Command::new(bin("hydractl"))
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "keygen: {made:?}");
+    let configs = [
+        (
+            "hydra-host",
+            "node_id = 1\nlisten = \"127.0.0.1:0\"\nredirector = \"127.0.0.1:9\"\nkey_file = \"KEY\"\nadmin_socket = \"DIR/h.sock\"\n",
+        ),
+        (
+            "hydra-redirector",
+            "listen = \"127.0.0.1:0\"\nkey_file = \"KEY\"\nadmin_socket = \"DIR/r.sock\"\ntun_addr = \"198.19.255.254/16\"\n",
+        ),
+    ];
+    for (bin_name, config) in configs {
+        let check = |key_file: &std::path::Path| {
+            let cfg = dir.join(format!("{bin_name}.toml"));
+            let text = config
+                .replace("KEY", &key_file.display().to_string())
+                .replace("DIR", &dir.display().to_string());
+            std::fs::write(&cfg, text).unwrap();
+            Command::new(bin(bin_name))
+                .arg("--check")
+                .arg("--config")
+                .arg(&cfg)
+                .output()
+                .unwrap()
+        };
+        let ok = check(&key);
+        let text = String::from_utf8_lossy(&ok.stdout);
+        assert!(ok.status.success(), "{bin_name} --check: {ok:?}");
+        assert!(text.contains("config OK"), "{bin_name}: {text}");
+        // Nothing started: no admin socket was bound.
+        assert!(!dir.join("h.sock").exists() && !dir.join("r.sock").exists());
+        let bad = check(&dir.join("missing.key"));
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(
+            !bad.status.success(),
+            "{bin_name} --check passed without a key"
+        );
+        assert!(err.contains("hydractl keygen --out"), "{bin_name}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn daemons_refuse_to_start_without_a_key_and_say_how_to_make_one() {
     daemon_without_key(
