@@ -144,6 +144,60 @@ where
     Ok(handle)
 }
 
+/// Serves `GET /metrics` over plain HTTP on `addr` for Prometheus (the daemons'
+/// `metrics_listen`), from `render`; anything else gets 404 (the admin API, which can change
+/// the service, stays on the 0600 Unix socket). Returns the bound address (port 0 picks
+/// one) and the server's thread.
+pub fn serve_metrics<F>(
+    addr: std::net::SocketAddr,
+    render: F,
+) -> Result<(std::net::SocketAddr, std::thread::JoinHandle<()>), AdminError>
+where
+    F: Fn() -> String + Send + 'static,
+{
+    let shown = addr.to_string();
+    let server = tiny_http::Server::http(addr).map_err(|err| AdminError::Bind {
+        path: shown.clone(),
+        err,
+    })?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| AdminError::Bind {
+            path: shown.clone(),
+            err: "not an IP listener".into(),
+        })?;
+    let handle = std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for req in server.incoming_requests() {
+                let is_metrics = req.method() == &tiny_http::Method::Get
+                    && req.url().split('?').next() == Some("/metrics");
+                let reply = if is_metrics {
+                    Reply::metrics(render())
+                } else {
+                    Reply::error(
+                        404,
+                        "this listener serves GET /metrics only; the admin API is on the daemon's admin_socket",
+                    )
+                };
+                let header = tiny_http::Header::from_bytes("Content-Type", reply.content_type)
+                    .unwrap_or_else(|()| unreachable_header());
+                let resp = tiny_http::Response::from_string(reply.body)
+                    .with_status_code(reply.status)
+                    .with_header(header);
+                if let Err(e) = req.respond(resp) {
+                    tracing::debug!(error = %e, "metrics client went away");
+                }
+            }
+        })
+        .map_err(|e| AdminError::Bind {
+            path: shown,
+            err: Box::new(e),
+        })?;
+    Ok((bound, handle))
+}
+
 fn unreachable_header() -> tiny_http::Header {
     // INVARIANT: "Content-Type" and our fixed content types are valid header bytes.
     tiny_http::Header::from_bytes("Content-Type", "text/plain").expect("static header is valid")
@@ -322,6 +376,32 @@ mod tests {
         assert_eq!(log_format(Some("json"), false, true), Ok(LogFormat::Json));
         let err = log_format(Some("xml"), false, true).unwrap_err();
         assert!(err.contains("`text`") && err.contains("`json`"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listener_serves_metrics_only() {
+        use std::io::{Read, Write};
+        let (addr, _) = serve_metrics("127.0.0.1:0".parse().unwrap(), || {
+            "hydra_x_total 7\n".to_string()
+        })
+        .unwrap();
+        let get = |path: &str| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            text
+        };
+        let ok = get("/metrics");
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(ok.contains("hydra_x_total 7"), "{ok}");
+        let other = get("/status");
+        assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+        assert!(other.contains("admin_socket"), "{other}");
     }
 
     #[test]

@@ -44,6 +44,18 @@ impl Exposition {
         }
     }
 
+    /// `hydra_build_info{daemon, version, wire}` = 1: which build answers (a Prometheus
+    /// convention; alerts and dashboards join on it).
+    pub fn build_info(&mut self, daemon: &str, version: &str, wire: u8) {
+        self.sample(
+            "hydra_build_info",
+            "gauge",
+            "The daemon's build: name, version and datagram wire version; always 1",
+            &format!(r#"daemon="{daemon}",version="{version}",wire="{wire}""#),
+            1,
+        );
+    }
+
     /// The text.
     pub fn finish(self) -> String {
         self.0

@@ -51,6 +51,10 @@ pub struct HostConfig {
     /// The admin API's Unix socket.
     #[serde(default = "default_admin_socket")]
     pub admin_socket: PathBuf,
+    /// Where to serve `GET /metrics` over plain HTTP for Prometheus (e.g. "0.0.0.0:9100");
+    /// none by default (then `/metrics` is on the admin socket only).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Heartbeat interval to the redirector, milliseconds.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,

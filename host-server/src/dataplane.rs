@@ -166,6 +166,11 @@ impl HostMetrics {
     /// Prometheus text.
     pub fn render(&self) -> String {
         let mut e = Exposition::default();
+        e.build_info(
+            "hydra-host",
+            env!("CARGO_PKG_VERSION"),
+            ack_channel::wire::VERSION,
+        );
         let c = "counter";
         e.sample(
             "hydra_datagrams_received_total",

@@ -123,6 +123,11 @@ fn run() -> anyhow::Result<()> {
     control::serve(&cfg.admin_socket, move |m, u, b| {
         host_server::admin::handle(&admin_shared, node, m, u, b)
     })?;
+    if let Some(addr) = cfg.metrics_listen {
+        let metrics_shared = shared.clone();
+        let (bound, _) = control::serve_metrics(addr, move || metrics_shared.metrics.render())?;
+        tracing::info!(%bound, "serving GET /metrics for Prometheus");
+    }
     let health_shared = shared.clone();
     std::thread::Builder::new()
         .name("health".into())

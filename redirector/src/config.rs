@@ -33,6 +33,10 @@ pub struct RedirConfig {
     /// The admin API's Unix socket.
     #[serde(default = "default_admin_socket")]
     pub admin_socket: PathBuf,
+    /// Where to serve `GET /metrics` over plain HTTP for Prometheus (e.g. "0.0.0.0:9100");
+    /// none by default (then `/metrics` is on the admin socket only).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// TUN device name.
     #[serde(default = "default_tun_name")]
     pub tun_name: String,

@@ -79,6 +79,11 @@ impl RedirMetrics {
     /// Prometheus text (plus table gauges).
     pub fn render(&self, table: &Table, now: Instant) -> String {
         let mut e = Exposition::default();
+        e.build_info(
+            "hydra-redirector",
+            env!("CARGO_PKG_VERSION"),
+            ack_channel::wire::VERSION,
+        );
         let c = "counter";
         e.sample(
             "hydra_tun_packets_total",

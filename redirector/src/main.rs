@@ -102,6 +102,13 @@ fn run() -> anyhow::Result<()> {
     control::serve(&cfg.admin_socket, move |m, u, _| {
         redirector::admin::handle(&admin_shared, m, u)
     })?;
+    if let Some(addr) = cfg.metrics_listen {
+        let metrics_shared = shared.clone();
+        let (bound, _) = control::serve_metrics(addr, move || {
+            redirector::admin::handle(&metrics_shared, "GET", "/metrics").body
+        })?;
+        tracing::info!(%bound, "serving GET /metrics for Prometheus");
+    }
     dataplane::start(
         Arc::new(tun),
         udp,

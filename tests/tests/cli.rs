@@ -492,3 +492,39 @@ fn lab_flood_sends_syns_at_the_rate_and_they_reach_the_redirector() {
         "the redirector read {got} TCP packets from its TUN for {sent} SYNs sent"
     );
 }
+
+/// Prometheus can scrape both daemons over TCP (`metrics_listen`; the lab sets it): the
+/// redirector from the client's side, a host from the redirector's, each with
+/// `hydra_build_info`. Anything but `GET /metrics` there is refused: the admin API stays on
+/// the Unix socket.
+#[test]
+fn prometheus_scrapes_both_daemons_over_tcp() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let lab = Lab::up("prom", 2, REDIS_BACKEND, &["--mode", "ft"]);
+    let scrape = |from: &str, url: &str| {
+        let out = lab.sh(
+            from,
+            &format!("curl -sS --max-time 5 -w '\\n%{{http_code}}' {url}"),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let redir = scrape("client", "http://198.18.0.1:9100/metrics");
+    assert!(redir.ends_with("\n200"), "{redir}");
+    assert!(
+        redir.contains("hydra_build_info{daemon=\"hydra-redirector\""),
+        "{redir}"
+    );
+    assert!(redir.contains("hydra_tun_packets_total"), "{redir}");
+    let host = scrape("redir", "http://198.18.1.2:9100/metrics");
+    assert!(host.ends_with("\n200"), "{host}");
+    assert!(
+        host.contains("hydra_build_info{daemon=\"hydra-host\""),
+        "{host}"
+    );
+    assert!(host.contains("wire=\"4\""), "{host}");
+    let status = scrape("redir", "http://198.18.1.2:9100/status");
+    assert!(status.ends_with("\n404"), "{status}");
+}

@@ -314,6 +314,7 @@ fn redirector_config(lab: &LabState) -> String {
          listen = \"0.0.0.0:7000\"\n\
          key_file = \"{dir}/cluster.key\"\n\
          admin_socket = \"{dir}/redir.sock\"\n\
+         metrics_listen = \"198.18.0.1:9100\"\n\
          tun_name = \"hydra0\"\n\
          tun_addr = \"198.19.255.254/16\"\n"
     )
@@ -331,6 +332,7 @@ fn host_config(lab: &LabState, i: u16) -> String {
          redirector = \"198.18.{i}.1:7000\"\n\
          key_file = \"{dir}/cluster.key\"\n\
          admin_socket = \"{dir}/h{i}.sock\"\n\
+         metrics_listen = \"198.18.{i}.2:9100\"\n\
          vhosts = [\"{SERVICE_IP}\"]\n\
          \n\
          [[service]]\n\
@@ -880,6 +882,7 @@ mod tests {
              redirector = \"198.18.2.1:7000\"\n\
              key_file = \"/run/hydranet/lab-t1/cluster.key\"\n\
              admin_socket = \"/run/hydranet/lab-t1/h2.sock\"\n\
+             metrics_listen = \"198.18.2.2:9100\"\n\
              vhosts = [\"198.19.0.10\"]\n\
              \n\
              [[service]]\n\
