@@ -528,3 +528,31 @@ fn prometheus_scrapes_both_daemons_over_tcp() {
     let status = scrape("redir", "http://198.18.1.2:9100/status");
     assert!(status.ends_with("\n404"), "{status}");
 }
+
+/// The systemd units in `deploy/systemd` load: `systemd-analyze verify` on each, with the
+/// binaries pointed at this build (scripts/packages.txt installs systemd).
+#[test]
+fn the_systemd_units_verify() {
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    let dir = std::env::temp_dir().join(format!("hn-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bins = bin_dir();
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&units).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace("/usr/local/bin/", &format!("{}/", bins.display()));
+        std::fs::write(dir.join(&name), text).unwrap();
+        names.push(dir.join(&name));
+    }
+    assert_eq!(names.len(), 2, "{names:?}");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&names)
+        .output()
+        .expect("systemd-analyze (Debian package systemd, in scripts/packages.txt)");
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+}
