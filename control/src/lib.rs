@@ -127,14 +127,7 @@ where
                 } else {
                     handler(req.method().as_str(), req.url(), &body)
                 };
-                let header = tiny_http::Header::from_bytes("Content-Type", reply.content_type)
-                    .unwrap_or_else(|()| unreachable_header());
-                let resp = tiny_http::Response::from_string(reply.body)
-                    .with_status_code(reply.status)
-                    .with_header(header);
-                if let Err(e) = req.respond(resp) {
-                    tracing::debug!(error = %e, "admin client went away");
-                }
+                respond(req, reply);
             }
         })
         .map_err(|e| AdminError::Bind {
@@ -181,14 +174,7 @@ where
                         "this listener serves GET /metrics only; the admin API is on the daemon's admin_socket",
                     )
                 };
-                let header = tiny_http::Header::from_bytes("Content-Type", reply.content_type)
-                    .unwrap_or_else(|()| unreachable_header());
-                let resp = tiny_http::Response::from_string(reply.body)
-                    .with_status_code(reply.status)
-                    .with_header(header);
-                if let Err(e) = req.respond(resp) {
-                    tracing::debug!(error = %e, "metrics client went away");
-                }
+                respond(req, reply);
             }
         })
         .map_err(|e| AdminError::Bind {
@@ -196,6 +182,18 @@ where
             err: Box::new(e),
         })?;
     Ok((bound, handle))
+}
+
+/// Sends `reply` as the answer to `req` (admin socket and metrics listener alike).
+fn respond(req: tiny_http::Request, reply: Reply) {
+    let header = tiny_http::Header::from_bytes("Content-Type", reply.content_type)
+        .unwrap_or_else(|()| unreachable_header());
+    let resp = tiny_http::Response::from_string(reply.body)
+        .with_status_code(reply.status)
+        .with_header(header);
+    if let Err(e) = req.respond(resp) {
+        tracing::debug!(error = %e, "admin or metrics client went away");
+    }
 }
 
 fn unreachable_header() -> tiny_http::Header {

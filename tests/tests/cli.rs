@@ -157,6 +157,18 @@ fn daemon_without_key(bin_name: &str, config: &str) {
     assert!(err.contains("hydractl keygen --out"), "{bin_name}: {err}");
 }
 
+/// A new cluster key made by `hydractl keygen` in `dir`.
+fn keygen_in(dir: &std::path::Path) -> std::path::PathBuf {
+    let key = dir.join("cluster.key");
+    let made = Command::new(bin("hydractl"))
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "keygen: {made:?}");
+    key
+}
+
 /// Logs for journald and log shippers: no colour codes off a terminal, JSON lines on request,
 /// and a misspelt format refused before the daemon starts.
 #[test]
@@ -199,13 +211,7 @@ fn daemons_log_json_on_request_and_refuse_an_unknown_log_format() {
     // is one JSON object.
     let dir = std::env::temp_dir().join(format!("hn-jsonlog-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let key = dir.join("cluster.key");
-    let made = Command::new(bin("hydractl"))
-        .args(["keygen", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "keygen: {made:?}");
+    let key = keygen_in(&dir);
     let cfg = dir.join("h.toml");
     std::fs::write(
         &cfg,
@@ -247,13 +253,7 @@ fn daemons_log_json_on_request_and_refuse_an_unknown_log_format() {
 fn daemons_check_their_config_without_starting() {
     let dir = std::env::temp_dir().join(format!("hn-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let key = dir.join("cluster.key");
-    let made = Command::new(bin("hydractl"))
-        .args(["keygen", "--out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "keygen: {made:?}");
+    let key = keygen_in(&dir);
     let configs = [
         (
             "hydra-host",
