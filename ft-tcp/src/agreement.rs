@@ -54,13 +54,17 @@ pub struct BlockDigest {
 pub struct Agreement {
     /// `S` of the first byte (ISN_S + 1).
     base: SeqNumber,
-    hasher: blake3::Hasher,
-    /// Bytes hashed so far.
+    /// The current block's bytes so far. A block is hashed whole when it is complete:
+    /// BLAKE3 hashes a 16 KiB input several 1 KiB chunks at a time (SIMD), but a segment's
+    /// worth at a time one 64-byte block after another, several times slower.
+    block: Vec<u8>,
+    /// Bytes taken so far (hashed, or waiting in `block`).
     hashed: u64,
     done: bool,
     own: BTreeMap<u32, BlockDigest>,
-    /// Own blocks already compared with the primary's.
-    own_checked: BTreeSet<u32>,
+    /// Own blocks not compared with the primary's yet: a comparison visits only these, not
+    /// every digest kept.
+    own_unchecked: BTreeSet<u32>,
     outbox: Vec<BlockDigest>,
     peers: BTreeMap<u32, BTreeMap<u32, BlockDigest>>,
     /// Per member: blocks that differed from the primary's (index, end in `S`).
@@ -80,11 +84,11 @@ impl Agreement {
     pub fn new(base: SeqNumber) -> Self {
         Agreement {
             base,
-            hasher: blake3::Hasher::new(),
+            block: Vec::new(),
             hashed: 0,
             done: false,
             own: BTreeMap::new(),
-            own_checked: BTreeSet::new(),
+            own_unchecked: BTreeSet::new(),
             outbox: Vec::new(),
             peers: BTreeMap::new(),
             mismatches: BTreeMap::new(),
@@ -118,7 +122,7 @@ impl Agreement {
         while !rest.is_empty() {
             let in_block = (self.hashed % u64::from(BLOCK)) as usize;
             let n = rest.len().min(BLOCK as usize - in_block);
-            self.hasher.update(&rest[..n]);
+            self.block.extend_from_slice(&rest[..n]);
             self.hashed += n as u64;
             rest = &rest[n..];
             if self.hashed.is_multiple_of(u64::from(BLOCK)) {
@@ -135,8 +139,8 @@ impl Agreement {
 
     fn seal_block(&mut self, len: u32, fin: bool) {
         let mut digest = [0u8; 16];
-        digest.copy_from_slice(&self.hasher.finalize().as_bytes()[..16]);
-        self.hasher.reset();
+        digest.copy_from_slice(&blake3::hash(&self.block).as_bytes()[..16]);
+        self.block.clear();
         let index = if fin {
             (self.hashed / u64::from(BLOCK)) as u32
         } else {
@@ -149,9 +153,8 @@ impl Agreement {
             digest,
         };
         self.own.insert(index, d);
-        if self.own.len() > KEEP {
-            self.own.pop_first();
-        }
+        self.own_unchecked.insert(index);
+        self.forget_own();
         self.outbox.push(d);
     }
 
@@ -169,85 +172,87 @@ impl Agreement {
         }
     }
 
+    /// Bounds the own digests kept (and so the unchecked ones).
+    fn forget_own(&mut self) {
+        while self.own.len() > KEEP {
+            if let Some((idx, _)) = self.own.pop_first() {
+                self.own_unchecked.remove(&idx);
+            }
+        }
+    }
+
     /// Compares every member's digests with `primary`'s (`me` is this replica, whose
     /// digests are its own) and records matches and mismatches; forgets compared blocks.
+    ///
+    /// Runs for every digest that arrives, so it visits only what is new: a peer's digests
+    /// go once compared, and of our own only those not compared yet are visited (ours stay:
+    /// other members compare against them later).
     pub fn compare(&mut self, me: u32, primary: u32) {
-        let reference: BTreeMap<u32, BlockDigest> = if primary == me {
-            self.own.clone()
+        // The reference is lent out of `self` (it is not changed below) rather than copied.
+        let reference = if primary == me {
+            std::mem::take(&mut self.own)
         } else {
-            match self.peers.get(&primary) {
-                Some(m) => m.clone(),
+            match self.peers.get_mut(&primary) {
+                Some(m) => std::mem::take(m),
                 None => return,
             }
         };
-        let mut members: Vec<u32> = self.peers.keys().copied().collect();
-        if primary != me {
-            members.push(me);
-        }
-        for m in members {
+        let mut results = Vec::new();
+        for (&m, theirs) in self.peers.iter_mut() {
             if m == primary {
                 continue;
             }
-            let theirs = if m == me {
-                &mut self.own
-            } else {
-                match self.peers.get_mut(&m) {
-                    Some(x) => x,
-                    None => continue,
-                }
-            };
-            let mut results = Vec::new();
-            let checked = &mut self.own_checked;
             theirs.retain(|idx, d| {
                 let Some(r) = reference.get(idx) else {
                     return true;
                 };
-                // The speaker's output ended inside this block and ours goes on: the client
-                // got a prefix of the block, which a digest of the whole cannot vouch for
-                // either way. The speaker ended early (issue #14); that is not our fault.
-                let ended_before_us = r.fin && (!d.fin || d.len > r.len);
-                if ended_before_us {
-                    if m == me {
-                        checked.insert(*idx);
-                        return true;
-                    }
-                    return false;
+                // The speaker's output ended inside this block and theirs goes on: the
+                // client got a prefix of the block, which a digest of the whole cannot vouch
+                // for either way. The speaker ended early (issue #14); that is no fault.
+                if !ended_before(r, d) {
+                    results.push((m, *d, r == d));
                 }
-                if m != me {
-                    results.push((*d, r == d));
-                    return false;
-                }
-                // Our own digests stay: other members compare against them later.
-                if checked.insert(*idx) {
-                    results.push((*d, r == d));
-                }
-                true
+                false
             });
-            while self.own_checked.len() > KEEP {
-                self.own_checked.pop_first();
-            }
-            for (d, same) in results {
-                let end = self.end_of(&d);
-                self.compared += 1;
-                let l = self.latest.entry(m).or_insert((d.index, same));
-                if d.index >= l.0 {
-                    *l = (d.index, same);
-                }
-                if same {
-                    let a = self.attested.entry(m).or_insert(end);
-                    *a = (*a).max(end);
-                } else {
-                    self.mismatched += 1;
-                    let v = self.mismatches.entry(m).or_default();
-                    if !v.iter().any(|x| x.0 == d.index) {
-                        v.push((d.index, end, d.fin));
-                    }
-                }
-            }
         }
-        // Our own digests compared above are kept for others; bound them anyway.
-        while self.own.len() > KEEP {
-            self.own.pop_first();
+        if primary != me {
+            let own = &self.own;
+            self.own_unchecked.retain(|idx| {
+                let (Some(r), Some(d)) = (reference.get(idx), own.get(idx)) else {
+                    return true;
+                };
+                if !ended_before(r, d) {
+                    results.push((me, *d, r == d));
+                }
+                false
+            });
+        }
+        if primary == me {
+            self.own = reference;
+        } else if let Some(m) = self.peers.get_mut(&primary) {
+            *m = reference;
+        }
+        for (m, d, same) in results {
+            self.record(m, &d, same);
+        }
+    }
+
+    fn record(&mut self, m: u32, d: &BlockDigest, same: bool) {
+        let end = self.end_of(d);
+        self.compared += 1;
+        let l = self.latest.entry(m).or_insert((d.index, same));
+        if d.index >= l.0 {
+            *l = (d.index, same);
+        }
+        if same {
+            let a = self.attested.entry(m).or_insert(end);
+            *a = (*a).max(end);
+        } else {
+            self.mismatched += 1;
+            let v = self.mismatches.entry(m).or_default();
+            if !v.iter().any(|x| x.0 == d.index) {
+                v.push((d.index, end, d.fin));
+            }
         }
     }
 
@@ -282,6 +287,12 @@ impl Agreement {
             .map(|(m, e)| (*m, u64::from(e.since(self.base))))
             .collect()
     }
+}
+
+/// Whether the reference output `r` (the speaker's) ended inside the block `d` covers while
+/// `d`'s output goes on past it.
+fn ended_before(r: &BlockDigest, d: &BlockDigest) -> bool {
+    r.fin && (!d.fin || d.len > r.len)
 }
 
 #[cfg(test)]
@@ -374,5 +385,36 @@ mod tests {
         assert!(p.divergent(2, Some(SeqNumber(100))), "not acknowledged yet");
         assert!(!p.divergent(2, Some(SeqNumber(1 + BLOCK))));
         assert_eq!(p.attested(), vec![(2, 2 * u64::from(BLOCK))]);
+    }
+
+    #[test]
+    fn comparing_as_digests_trickle_in_counts_each_block_once_on_both_sides() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        let (mut p, mut b) = (Agreement::new(SeqNumber(1)), Agreement::new(SeqNumber(1)));
+        // The backup runs ahead of the primary, then behind; both compare after every piece.
+        for (k, piece) in data.chunks(7_000).enumerate() {
+            let at = SeqNumber(1 + (k * 7_000) as u32);
+            let last = (k + 1) * 7_000 >= data.len();
+            b.output(at, piece, last);
+            exchange(&mut p, 1, &mut b, 2);
+            p.compare(1, 1);
+            b.compare(2, 1);
+            p.output(at, piece, last);
+            exchange(&mut p, 1, &mut b, 2);
+            p.compare(1, 1);
+            b.compare(2, 1);
+        }
+        let blocks = data.len().div_ceil(BLOCK as usize) as u64;
+        assert_eq!(
+            p.compared, blocks,
+            "the primary compared each backup block once"
+        );
+        assert_eq!(
+            b.compared, blocks,
+            "the backup compared each own block once"
+        );
+        assert_eq!(p.attested(), vec![(2, 300_001)]);
+        assert_eq!(b.attested(), vec![(2, 300_001)]);
+        assert!(!p.divergent(2, None) && !b.divergent(2, None));
     }
 }
