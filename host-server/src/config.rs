@@ -65,6 +65,11 @@ pub struct HostConfig {
     /// Per-connection socket buffer bytes (each direction).
     #[serde(default = "default_socket_buffer")]
     pub socket_buffer: usize,
+    /// Send runs of datagrams to the redirector with one system call each (UDP GSO, Linux
+    /// 4.18 and later). Turns itself off if the kernel refuses it; `false` sends every
+    /// datagram with its own `sendto`.
+    #[serde(default = "default_true")]
+    pub udp_gso: bool,
     /// Most client connections on this host at once, all services together. Each
     /// established connection holds two `socket_buffer`s; past the cap new clients' SYNs get
     /// no answer and are counted (`hydra_syn_dropped_total{reason="host_cap"}`).
@@ -127,6 +132,9 @@ fn default_heartbeat_ms() -> u64 {
 }
 fn default_mtu() -> usize {
     1400
+}
+fn default_true() -> bool {
+    true
 }
 fn default_socket_buffer() -> usize {
     256 * 1024

@@ -81,6 +81,8 @@ pub struct HostMetrics {
     pub conns_superseded: Counter,
     /// Datagrams received.
     pub datagrams_in: Counter,
+    /// System calls that received datagrams (one per run with UDP GRO).
+    pub recv_calls: Counter,
     /// Datagrams dropped: malformed.
     pub dropped_malformed: Counter,
     /// Datagrams dropped: bad MAC.
@@ -108,6 +110,9 @@ pub struct HostMetrics {
     pub datagrams_out: Counter,
     /// Datagrams the kernel refused to send.
     pub send_errors: Counter,
+    /// System calls that sent datagrams (one per run to the redirector with UDP GSO:
+    /// `tunnel_io::Batcher`).
+    pub send_calls: Counter,
     /// Open connections.
     pub conns_active: Counter,
     /// Connections reset because nothing moved for the service's idle timeout.
@@ -179,6 +184,13 @@ impl HostMetrics {
             "",
             self.datagrams_in.get(),
         );
+        e.sample(
+            "hydra_recv_calls_total",
+            c,
+            "System calls that received datagrams (one per run of datagrams with UDP GRO)",
+            "",
+            self.recv_calls.get(),
+        );
         for (reason, v) in [
             ("malformed", &self.dropped_malformed),
             ("bad_mac", &self.dropped_bad_mac),
@@ -223,6 +235,13 @@ impl HostMetrics {
             "UDP sends the kernel refused",
             "",
             self.send_errors.get(),
+        );
+        e.sample(
+            "hydra_send_calls_total",
+            c,
+            "System calls that sent datagrams (one per run of datagrams to the redirector with UDP GSO)",
+            "",
+            self.send_calls.get(),
         );
         e.sample(
             "hydra_conns_superseded_total",
@@ -752,6 +771,8 @@ pub struct DataplaneConfig {
     pub endpoint: EndpointConfig,
     /// Most connections on this host at once.
     pub max_conns: u32,
+    /// Send runs of datagrams to the redirector with UDP GSO.
+    pub udp_gso: bool,
     /// Makes and checks SYN cookies (secret derived from the cluster key).
     pub cookies: CookieJar,
 }
@@ -913,6 +934,8 @@ pub struct Dataplane {
     seed: u64,
     out: Vec<Vec<u8>>,
     sealed: Vec<u8>,
+    /// Datagrams to the redirector, sent in runs (UDP GSO) at the end of each loop iteration.
+    to_authority: tunnel_io::Batcher,
     me: ReplicaId,
     /// The latest view of each ft service.
     views: HashMap<SocketAddrV4, ServiceView>,
@@ -1290,6 +1313,11 @@ impl Dataplane {
         }
         let mut udp = UdpSocket::from_std(std_udp);
         resize_socket_buffers(&udp);
+        // Runs of datagrams the redirector sends with GSO arrive as one buffer.
+        if !tunnel_io::enable_gro(&udp) {
+            tracing::info!("UDP GRO not available: datagrams are received one by one");
+        }
+        let udp_gso = cfg.udp_gso;
         poll.registry()
             .register(&mut udp, UDP, Interest::READABLE)?;
         Ok(Dataplane {
@@ -1312,6 +1340,7 @@ impl Dataplane {
             seed,
             out: Vec::new(),
             sealed: Vec::new(),
+            to_authority: tunnel_io::Batcher::new(udp_gso),
             me,
             views: HashMap::new(),
             heard_epochs: HashMap::new(),
@@ -1408,27 +1437,48 @@ impl Dataplane {
                 self.snapshot();
                 next_snapshot = now + SNAPSHOT_EVERY;
             }
+            self.flush_tunnel();
         }
     }
 
     fn drain_udp(&mut self, buf: &mut [u8], dirty: &mut Vec<usize>) {
         for _ in 0..RECV_BATCH {
-            let n = match self.udp.recv_from(buf) {
-                Ok((n, _from)) => n,
+            // One datagram, or a run of them from a GSO send (tunnel-io).
+            let got = match tunnel_io::recv(&self.udp, buf) {
+                Ok(got) => got,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    self.shared.metrics.dropped_malformed.inc();
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "udp receive error");
                     continue;
                 }
             };
+            self.shared.metrics.recv_calls.inc();
+            for datagram in got.datagrams(buf) {
+                self.on_datagram(datagram, dirty);
+            }
+        }
+        // More may be waiting: mio is edge-triggered, so come back at once.
+        let _ = self
+            .poll
+            .registry()
+            .reregister(&mut self.udp, UDP, Interest::READABLE);
+    }
+
+    /// One datagram from the redirector or a peer (opened here first).
+    fn on_datagram(&mut self, datagram: &[u8], dirty: &mut Vec<usize>) {
+        {
             self.shared.metrics.datagrams_in.inc();
             let m = &self.shared.metrics;
-            let (header, payload) = match self.opener.open(&buf[..n]) {
+            let (header, payload) = match self.opener.open(datagram) {
                 Ok(v) => v,
                 Err(reason) => {
                     m.on_drop(reason);
                     tracing::trace!(%reason, "datagram dropped");
-                    continue;
+                    return;
                 }
             };
             let from_authority = header.sender == self.cfg.redirector_id;
@@ -1439,14 +1489,14 @@ impl Dataplane {
                 if !from_authority {
                     m.dropped_not_authority.inc();
                     tracing::debug!(sender = %header.sender, "view, welcome or exclusion notice from a node that is not the redirector dropped");
-                    continue;
+                    return;
                 }
                 self.shared.heard_redirector(header.sender_incarnation);
             }
             if header.receiver == ReplicaId::ANY && !self.is_fresh_group(&header) {
                 m.dropped_stale.inc();
                 tracing::trace!(sender = %header.sender, epoch = header.epoch.0, "group datagram from before we joined, or from a peer's other life, dropped");
-                continue;
+                return;
             }
             match header.msg_type {
                 MsgType::ToHost => {
@@ -1509,11 +1559,6 @@ impl Dataplane {
                 | MsgType::ExcludedAck => m.dropped_unexpected.inc(),
             }
         }
-        // More may be waiting: mio is edge-triggered, so come back at once.
-        let _ = self
-            .poll
-            .registry()
-            .reregister(&mut self.udp, UDP, Interest::READABLE);
     }
 
     /// Whether a datagram for the members of a service's view is fresh: its epoch is not
@@ -2286,13 +2331,26 @@ impl Dataplane {
             payload,
             &mut self.sealed,
         );
-        match self.udp.send_to(&self.sealed, self.cfg.redirector) {
-            Ok(_) => self.shared.metrics.datagrams_out.inc(),
-            Err(e) => {
-                // A full socket buffer loses the packet; TCP retransmits it.
-                self.shared.metrics.send_errors.inc();
-                tracing::trace!(error = %e, "udp send failed");
-            }
+        let sent = self
+            .to_authority
+            .push(&self.udp, self.cfg.redirector, &self.sealed);
+        self.count_sent(sent);
+    }
+
+    /// Sends the datagrams still collected for the redirector (before the loop waits).
+    fn flush_tunnel(&mut self) {
+        let sent = self.to_authority.flush(&self.udp);
+        self.count_sent(sent);
+    }
+
+    fn count_sent(&self, sent: tunnel_io::Sent) {
+        let m = &self.shared.metrics;
+        m.datagrams_out.add(sent.datagrams);
+        m.send_calls.add(sent.syscalls);
+        if sent.failed > 0 {
+            // A full socket buffer loses the packets; TCP retransmits them.
+            m.send_errors.add(sent.failed);
+            tracing::trace!(lost = sent.failed, "udp send failed");
         }
     }
 
@@ -2681,8 +2739,12 @@ impl Dataplane {
             if m.id == self.me {
                 continue;
             }
+            self.shared.metrics.send_calls.inc();
             match self.udp.send_to(&self.sealed, SocketAddr::V4(m.addr)) {
-                Ok(_) => sent += 1,
+                Ok(_) => {
+                    self.shared.metrics.datagrams_out.inc();
+                    sent += 1;
+                }
                 Err(_) => self.shared.metrics.send_errors.inc(),
             }
         }
@@ -2750,11 +2812,14 @@ impl Dataplane {
             payload,
             &mut self.sealed,
         );
+        self.shared.metrics.send_calls.inc();
         let sent = self
             .udp
             .send_to(&self.sealed, SocketAddr::V4(peer.addr))
             .is_ok();
-        if !sent {
+        if sent {
+            self.shared.metrics.datagrams_out.inc();
+        } else {
             self.shared.metrics.send_errors.inc();
         }
         sent
@@ -3350,6 +3415,7 @@ fn heartbeat_loop(
             &mut sealed,
         );
         let redirector = to.addr;
+        shared.metrics.send_calls.inc();
         match udp.send_to(&sealed, redirector) {
             Ok(_) => shared.metrics.datagrams_out.inc(),
             Err(e) => {

@@ -144,6 +144,7 @@ fn run() -> anyhow::Result<()> {
             advertise,
             heartbeat: Duration::from_millis(cfg.heartbeat_ms),
             max_conns: cfg.max_conns,
+            udp_gso: cfg.udp_gso,
             cookies,
             endpoint: EndpointConfig {
                 mtu: cfg.mtu,

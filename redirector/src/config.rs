@@ -45,6 +45,16 @@ pub struct RedirConfig {
     /// TUN MTU; must leave room for 100 bytes of tunnel overhead on the host links.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// Offload on the TUN (virtio-net header, TSO and checksum offload): the client's
+    /// kernel hands over TCP super-segments of up to 64 KiB in one read, and consecutive
+    /// segments to a client leave in one write. Falls back to plain reads and writes if the
+    /// kernel refuses it.
+    #[serde(default = "default_true")]
+    pub tun_offload: bool,
+    /// Send runs of datagrams to a host with one system call each (UDP GSO, Linux 4.18 and
+    /// later). Turns itself off if the kernel refuses it.
+    #[serde(default = "default_true")]
+    pub udp_gso: bool,
     /// Heartbeat silence after which a host gets no new connections, milliseconds.
     #[serde(default = "default_timeout")]
     pub host_timeout_ms: u64,
@@ -60,6 +70,9 @@ fn default_admin_socket() -> PathBuf {
 }
 fn default_tun_name() -> String {
     "hydra0".into()
+}
+fn default_true() -> bool {
+    true
 }
 fn default_mtu() -> u16 {
     1500

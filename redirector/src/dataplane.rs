@@ -13,7 +13,8 @@ use ack_channel::{
 };
 use control::metrics::{Counter, Exposition};
 use ft_tcp::{FlowKey, TcpMeta};
-use tun_rs::SyncDevice;
+use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tunnel_io::Sent;
 
 use crate::table::{HostEvent, Route, Table};
 
@@ -22,8 +23,12 @@ use crate::table::{HostEvent, Route, Table};
 pub struct RedirMetrics {
     /// Packets read from the TUN.
     pub tun_in: Counter,
-    /// Packets written to the TUN.
+    /// Packets written to the TUN (before coalescing).
     pub tun_out: Counter,
+    /// TUN reads (one may carry a client's TCP super-segment with offload).
+    pub tun_reads: Counter,
+    /// TUN reads that failed (a malformed super-segment, or the device).
+    pub tun_read_errors: Counter,
     /// Client packets that are not IPv4/TCP.
     pub not_tcp: Counter,
     /// Client packets for a service no host offers.
@@ -32,6 +37,8 @@ pub struct RedirMetrics {
     pub no_live_host: Counter,
     /// Datagrams received.
     pub datagrams_in: Counter,
+    /// System calls that received datagrams (one per run with UDP GRO).
+    pub recv_calls: Counter,
     /// Datagrams dropped: malformed.
     pub dropped_malformed: Counter,
     /// Datagrams dropped: bad MAC.
@@ -56,6 +63,8 @@ pub struct RedirMetrics {
     pub bad_server_packet: Counter,
     /// Datagrams sent to hosts.
     pub datagrams_out: Counter,
+    /// System calls that sent datagrams (one per run with UDP GSO).
+    pub send_calls: Counter,
     /// Sends or TUN writes the kernel refused.
     pub send_errors: Counter,
     /// Packets passed to clients, per sending host (who actually spoke).
@@ -65,6 +74,21 @@ pub struct RedirMetrics {
 }
 
 impl RedirMetrics {
+    /// Counts one datagram sent with its own system call; returns whether it left.
+    fn sent_one(&self, r: std::io::Result<usize>) -> bool {
+        self.send_calls.inc();
+        match r {
+            Ok(_) => {
+                self.datagrams_out.inc();
+                true
+            }
+            Err(_) => {
+                self.send_errors.inc();
+                false
+            }
+        }
+    }
+
     /// Counts a datagram the opener refused.
     fn on_drop(&self, reason: DropReason) {
         match reason {
@@ -105,6 +129,34 @@ impl RedirMetrics {
             "UDP datagrams received",
             "",
             self.datagrams_in.get(),
+        );
+        e.sample(
+            "hydra_tun_reads_total",
+            c,
+            "TUN reads (with offload one read may carry a client's TCP super-segment, cut here into segments)",
+            "",
+            self.tun_reads.get(),
+        );
+        e.sample(
+            "hydra_tun_read_errors_total",
+            c,
+            "TUN reads that failed: a malformed super-segment or a device error",
+            "",
+            self.tun_read_errors.get(),
+        );
+        e.sample(
+            "hydra_send_calls_total",
+            c,
+            "System calls that sent datagrams to hosts (one per run of datagrams with UDP GSO)",
+            "",
+            self.send_calls.get(),
+        );
+        e.sample(
+            "hydra_recv_calls_total",
+            c,
+            "System calls that received datagrams from hosts (one per run of datagrams with UDP GRO)",
+            "",
+            self.recv_calls.get(),
         );
         e.sample(
             "hydra_datagrams_sent_total",
@@ -339,13 +391,14 @@ pub fn start(
     udp: UdpSocket,
     mut opener: Opener,
     shared: Arc<Shared>,
+    opts: DataOpts,
 ) -> std::io::Result<()> {
     let udp_rx = udp.try_clone()?;
     let udp_hk = udp.try_clone()?;
     let (t1, s1) = (tun.clone(), shared.clone());
     std::thread::Builder::new()
         .name("tun-to-hosts".into())
-        .spawn(move || to_hosts(&t1, &udp, &s1))?;
+        .spawn(move || to_hosts(&t1, &udp, &s1, opts))?;
     let (t2, s2) = (tun, shared.clone());
     std::thread::Builder::new()
         .name("hosts-to-tun".into())
@@ -392,10 +445,7 @@ fn broadcast_view(shared: &Shared, udp: &UdpSocket, service: std::net::SocketAdd
             &payload,
             &mut out,
         );
-        match udp.send_to(&out, addr) {
-            Ok(_) => shared.metrics.datagrams_out.inc(),
-            Err(_) => shared.metrics.send_errors.inc(),
-        }
+        shared.metrics.sent_one(udp.send_to(&out, addr));
     }
 }
 
@@ -427,188 +477,276 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Table> {
     shared.table.lock().expect("table lock")
 }
 
-fn to_hosts(tun: &SyncDevice, udp: &UdpSocket, shared: &Shared) {
+/// Room in front of each packet buffer for the virtio-net header of an offloading TUN.
+const HEADROOM: usize = VIRTIO_NET_HDR_LEN;
+
+/// What the packet threads need from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct DataOpts {
+    /// The TUN's MTU: the largest packet one TUN read yields after splitting.
+    pub mtu: usize,
+    /// Send runs of datagrams to a host with UDP GSO.
+    pub udp_gso: bool,
+}
+
+/// Datagrams collected per host during one TUN read, sent in runs (UDP GSO).
+#[derive(Debug, Default)]
+struct PerHost(Vec<(SocketAddr, tunnel_io::Batcher)>);
+
+impl PerHost {
+    fn push(&mut self, udp: &UdpSocket, to: SocketAddr, datagram: &[u8], gso: bool) -> Sent {
+        let i = match self.0.iter().position(|(a, _)| *a == to) {
+            Some(i) => i,
+            None => {
+                self.0.push((to, tunnel_io::Batcher::new(gso)));
+                self.0.len() - 1
+            }
+        };
+        self.0[i].1.push(udp, to, datagram)
+    }
+
+    fn flush(&mut self, udp: &UdpSocket) -> Sent {
+        let mut sent = Sent::default();
+        for (_, b) in &mut self.0 {
+            sent += b.flush(udp);
+        }
+        // A host that left keeps no batcher.
+        if self.0.len() > 16 {
+            self.0.clear();
+        }
+        sent
+    }
+}
+
+fn count_sent(m: &RedirMetrics, sent: Sent) {
+    m.datagrams_out.add(sent.datagrams);
+    m.send_calls.add(sent.syscalls);
+    if sent.failed > 0 {
+        m.send_errors.add(sent.failed);
+        tracing::trace!(lost = sent.failed, "tunnel send failed");
+    }
+}
+
+/// Client packets from the TUN to the hosts. With offload, one read may be a TCP
+/// super-segment of up to 64 KiB from the client's kernel, cut here into segments of its MSS;
+/// each goes to its hosts in its own sealed datagram, and the datagrams for one host leave in
+/// one run.
+fn to_hosts(tun: &SyncDevice, udp: &UdpSocket, shared: &Shared, opts: DataOpts) {
     let sealer = &shared.sealer;
     let m = &shared.metrics;
-    let mut buf = vec![0u8; 65536];
+    let mut original = vec![0u8; HEADROOM + 65535];
+    let mut bufs = vec![vec![0u8; HEADROOM + opts.mtu.max(1500)]; tun_rs::IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; tun_rs::IDEAL_BATCH_SIZE];
     let mut out = Vec::with_capacity(2048);
+    let mut per_host = PerHost::default();
     loop {
-        let n = match tun.recv(&mut buf) {
+        let n = match tun.recv_multiple(&mut original, &mut bufs, &mut sizes, HEADROOM) {
             Ok(n) => n,
             Err(e) => {
-                tracing::warn!(error = %e, "tun read failed");
-                std::thread::sleep(Duration::from_millis(10));
+                // A malformed super-segment is refused whole; anything else is the device.
+                m.tun_read_errors.inc();
+                tracing::debug!(error = %e, "tun read failed");
                 continue;
             }
         };
-        m.tun_in.inc();
-        let packet = &buf[..n];
-        let Ok(meta) = TcpMeta::parse(packet) else {
-            m.not_tcp.inc();
-            continue;
-        };
-        let route = lock(shared).route_inbound(clock(), &meta);
-        match route {
-            Route::Host(id, incarnation, addr) => {
-                sealer.seal_into(
-                    MsgType::ToHost,
-                    ServiceId::from_addr(meta.dst),
-                    Epoch(0),
-                    Receiver::node(id, incarnation),
-                    packet,
-                    &mut out,
-                );
-                match udp.send_to(&out, addr) {
-                    Ok(_) => m.datagrams_out.inc(),
-                    Err(e) => {
-                        m.send_errors.inc();
-                        tracing::trace!(error = %e, %addr, "tunnel send failed");
+        m.tun_reads.inc();
+        for (buf, &len) in bufs.iter().zip(&sizes).take(n) {
+            m.tun_in.inc();
+            let packet = &buf[HEADROOM..HEADROOM + len];
+            let Ok(meta) = TcpMeta::parse(packet) else {
+                m.not_tcp.inc();
+                continue;
+            };
+            let route = lock(shared).route_inbound(clock(), &meta);
+            match route {
+                Route::Host(id, incarnation, addr) => {
+                    sealer.seal_into(
+                        MsgType::ToHost,
+                        ServiceId::from_addr(meta.dst),
+                        Epoch(0),
+                        Receiver::node(id, incarnation),
+                        packet,
+                        &mut out,
+                    );
+                    count_sent(m, per_host.push(udp, addr, &out, opts.udp_gso));
+                }
+                Route::Members(epoch, addrs) => {
+                    // One seal for all members: each host keeps its own replay window, and
+                    // takes a group datagram only with an epoch of a view that names it.
+                    sealer.seal_into(
+                        MsgType::ToHost,
+                        ServiceId::from_addr(meta.dst),
+                        epoch,
+                        Receiver::GROUP,
+                        packet,
+                        &mut out,
+                    );
+                    for addr in addrs {
+                        count_sent(m, per_host.push(udp, addr, &out, opts.udp_gso));
                     }
                 }
+                Route::NoService => m.no_service.inc(),
+                Route::NoLiveHost => m.no_live_host.inc(),
             }
-            Route::Members(epoch, addrs) => {
-                // One seal for all members: each host keeps its own replay window, and
-                // takes a group datagram only with an epoch of a view that names it.
-                sealer.seal_into(
-                    MsgType::ToHost,
-                    ServiceId::from_addr(meta.dst),
-                    epoch,
-                    Receiver::GROUP,
-                    packet,
-                    &mut out,
-                );
-                for addr in addrs {
-                    match udp.send_to(&out, addr) {
-                        Ok(_) => m.datagrams_out.inc(),
-                        Err(e) => {
-                            m.send_errors.inc();
-                            tracing::trace!(error = %e, %addr, "tunnel send failed");
-                        }
-                    }
-                }
-            }
-            Route::NoService => m.no_service.inc(),
-            Route::NoLiveHost => m.no_live_host.inc(),
         }
+        count_sent(m, per_host.flush(udp));
+    }
+}
+
+/// Writes the packets collected for clients; with offload, consecutive segments of one
+/// connection go to the kernel as one super-segment (tun-rs's GRO table).
+fn write_tun(tun: &SyncDevice, gro: &mut GROTable, bufs: &mut [Vec<u8>], m: &RedirMetrics) {
+    if bufs.is_empty() {
+        return;
+    }
+    m.tun_out.add(bufs.len() as u64);
+    if let Err(e) = tun.send_multiple(gro, bufs, HEADROOM) {
+        m.send_errors.inc();
+        tracing::trace!(error = %e, "tun write failed");
     }
 }
 
 fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &Shared) {
     let m = &shared.metrics;
+    // Runs of datagrams from a host's GSO send arrive as one buffer (tunnel-io).
+    if !tunnel_io::enable_gro(udp) {
+        tracing::info!("UDP GRO not available: datagrams from hosts are received one by one");
+    }
     let mut buf = vec![0u8; 65536];
+    let mut gro = GROTable::default();
+    // Client packets from this receive, each behind HEADROOM bytes.
+    let mut to_tun: Vec<Vec<u8>> = Vec::new();
     loop {
-        let (n, from): (usize, SocketAddr) = match udp.recv_from(&mut buf) {
+        let got = match tunnel_io::recv(udp, &mut buf) {
             Ok(v) => v,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                m.dropped_malformed.inc();
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "udp receive failed");
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
-        m.datagrams_in.inc();
-        let (header, payload) = match opener.open(&buf[..n]) {
-            Ok(v) => v,
-            Err(reason) => {
-                m.on_drop(reason);
-                tracing::trace!(%reason, %from, "datagram dropped");
-                continue;
+        m.recv_calls.inc();
+        let mut n = 0;
+        for datagram in got.datagrams(&buf) {
+            if let Some(packet) = on_datagram(udp, opener, shared, datagram, got.from) {
+                if n == to_tun.len() {
+                    to_tun.push(Vec::with_capacity(HEADROOM + 1500));
+                }
+                let b = &mut to_tun[n];
+                b.clear();
+                b.resize(HEADROOM, 0);
+                b.extend_from_slice(packet);
+                n += 1;
             }
-        };
-        match header.msg_type {
-            MsgType::Heartbeat => match Heartbeat::parse(payload) {
-                Ok(hb) if header.receiver_incarnation != shared.sealer.incarnation() => {
-                    // The host does not know this life of ours yet (we or it just started):
-                    // tell it who we are. Only a heartbeat that names our life counts, so
-                    // one recorded before we restarted cannot keep a dead host in a view.
-                    let mut out = Vec::new();
-                    shared.sealer.seal_into(
-                        MsgType::Welcome,
-                        ServiceId(0),
-                        Epoch(0),
-                        Receiver::node(header.sender, header.sender_incarnation),
-                        &[],
-                        &mut out,
-                    );
-                    match udp.send_to(&out, SocketAddr::V4(hb.addr)) {
-                        Ok(_) => {
-                            m.datagrams_out.inc();
-                            m.welcomes_sent.inc();
-                        }
-                        Err(_) => m.send_errors.inc(),
-                    }
-                }
-                Ok(hb) => {
-                    let now = clock();
-                    // INVARIANT: no code panics while holding this lock.
-                    shared
-                        .heard
-                        .lock()
-                        .expect("heard lock")
-                        .insert(header.sender, now);
-                    let events = lock(shared).on_heartbeat(
-                        now,
-                        header.sender,
-                        header.sender_incarnation,
-                        hb,
-                    );
-                    for ev in events {
-                        log_event(&ev);
-                        if let HostEvent::ViewChanged(svc, ..) = ev {
-                            broadcast_view(shared, udp, svc);
-                        }
-                    }
-                }
-                Err(_) => m.dropped_bad_heartbeat.inc(),
-            },
-            MsgType::ToClient => {
-                let Ok(meta) = TcpMeta::parse(payload) else {
-                    m.bad_server_packet.inc();
-                    continue;
-                };
-                let accepted = {
-                    let mut t = lock(shared);
-                    let now = clock();
-                    t.on_traffic(now, header.sender, header.sender_incarnation);
-                    t.accept_outbound(
-                        now,
-                        header.sender,
-                        header.sender_incarnation,
-                        header.epoch,
-                        &meta,
-                    )
-                };
-                if !accepted {
-                    m.fenced.inc();
-                    continue;
-                }
-                if let Ok(mut per) = m.to_client_by_host.lock() {
-                    *per.entry(header.sender.0).or_default() += 1;
-                }
-                match tun.send(payload) {
-                    Ok(_) => m.tun_out.inc(),
-                    Err(e) => {
-                        m.send_errors.inc();
-                        tracing::trace!(error = %e, "tun write failed");
-                    }
-                }
-            }
-            MsgType::Exclude | MsgType::ExcludedAck => match parse_exclusions(payload) {
-                Ok(entries) => {
-                    on_exclusions(shared, udp, &header, &entries);
-                }
-                Err(_) => m.dropped_malformed.inc(),
-            },
-            MsgType::ToHost
-            | MsgType::Progress
-            | MsgType::View
-            | MsgType::Repair
-            | MsgType::Digest
-            | MsgType::Order
-            | MsgType::Welcome
-            | MsgType::Excluded
-            | MsgType::OrderRepair => m.dropped_unexpected.inc(),
         }
+        write_tun(tun, &mut gro, &mut to_tun[..n], m);
     }
+}
+
+/// One datagram from a host (or anyone: it is opened first). Returns the packet to pass to
+/// the client, if it is one the table admits.
+fn on_datagram<'a>(
+    udp: &UdpSocket,
+    opener: &mut Opener,
+    shared: &Shared,
+    datagram: &'a [u8],
+    from: Option<SocketAddr>,
+) -> Option<&'a [u8]> {
+    let m = &shared.metrics;
+    m.datagrams_in.inc();
+    let (header, payload) = match opener.open(datagram) {
+        Ok(v) => v,
+        Err(reason) => {
+            m.on_drop(reason);
+            tracing::trace!(%reason, ?from, "datagram dropped");
+            return None;
+        }
+    };
+    match header.msg_type {
+        MsgType::Heartbeat => match Heartbeat::parse(payload) {
+            Ok(hb) if header.receiver_incarnation != shared.sealer.incarnation() => {
+                // The host does not know this life of ours yet (we or it just started):
+                // tell it who we are. Only a heartbeat that names our life counts, so
+                // one recorded before we restarted cannot keep a dead host in a view.
+                let mut out = Vec::new();
+                shared.sealer.seal_into(
+                    MsgType::Welcome,
+                    ServiceId(0),
+                    Epoch(0),
+                    Receiver::node(header.sender, header.sender_incarnation),
+                    &[],
+                    &mut out,
+                );
+                if m.sent_one(udp.send_to(&out, SocketAddr::V4(hb.addr))) {
+                    m.welcomes_sent.inc();
+                }
+            }
+            Ok(hb) => {
+                let now = clock();
+                // INVARIANT: no code panics while holding this lock.
+                shared
+                    .heard
+                    .lock()
+                    .expect("heard lock")
+                    .insert(header.sender, now);
+                let events =
+                    lock(shared).on_heartbeat(now, header.sender, header.sender_incarnation, hb);
+                for ev in events {
+                    log_event(&ev);
+                    if let HostEvent::ViewChanged(svc, ..) = ev {
+                        broadcast_view(shared, udp, svc);
+                    }
+                }
+            }
+            Err(_) => m.dropped_bad_heartbeat.inc(),
+        },
+        MsgType::ToClient => {
+            let Ok(meta) = TcpMeta::parse(payload) else {
+                m.bad_server_packet.inc();
+                return None;
+            };
+            let accepted = {
+                let mut t = lock(shared);
+                let now = clock();
+                t.on_traffic(now, header.sender, header.sender_incarnation);
+                t.accept_outbound(
+                    now,
+                    header.sender,
+                    header.sender_incarnation,
+                    header.epoch,
+                    &meta,
+                )
+            };
+            if !accepted {
+                m.fenced.inc();
+                return None;
+            }
+            if let Ok(mut per) = m.to_client_by_host.lock() {
+                *per.entry(header.sender.0).or_default() += 1;
+            }
+            return Some(payload);
+        }
+        MsgType::Exclude | MsgType::ExcludedAck => match parse_exclusions(payload) {
+            Ok(entries) => {
+                on_exclusions(shared, udp, &header, &entries);
+            }
+            Err(_) => m.dropped_malformed.inc(),
+        },
+        MsgType::ToHost
+        | MsgType::Progress
+        | MsgType::View
+        | MsgType::Repair
+        | MsgType::Digest
+        | MsgType::Order
+        | MsgType::Welcome
+        | MsgType::Excluded
+        | MsgType::OrderRepair => m.dropped_unexpected.inc(),
+    }
+    None
 }
 
 /// A host's exclusion requests or acknowledgements (who speaks for a connection is decided
@@ -672,12 +810,8 @@ fn send_notices(shared: &Shared, udp: &UdpSocket, now: Instant) {
             &payload,
             &mut out,
         );
-        match udp.send_to(&out, n.addr) {
-            Ok(_) => {
-                shared.metrics.datagrams_out.inc();
-                shared.metrics.exclusion_notices.inc();
-            }
-            Err(_) => shared.metrics.send_errors.inc(),
+        if shared.metrics.sent_one(udp.send_to(&out, n.addr)) {
+            shared.metrics.exclusion_notices.inc();
         }
     }
 }

@@ -58,17 +58,28 @@ fn run() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let tun = tun_rs::DeviceBuilder::new()
-        .name(cfg.tun_name.clone())
-        .ipv4(addr, prefix, None)
-        .mtu(cfg.mtu)
-        .build_sync()
-        .with_context(|| {
-            format!(
-                "cannot create TUN device {}: run as root (CAP_NET_ADMIN) with /dev/net/tun present",
-                cfg.tun_name
-            )
-        })?;
+    let build = |offload: bool| {
+        tun_rs::DeviceBuilder::new()
+            .name(cfg.tun_name.clone())
+            .ipv4(addr, prefix, None)
+            .mtu(cfg.mtu)
+            .offload(offload)
+            .build_sync()
+    };
+    let tun = match build(cfg.tun_offload) {
+        Err(e) if cfg.tun_offload => {
+            tracing::warn!(error = %e, "TUN offload refused by the kernel; reading and writing one packet at a time");
+            build(false)
+        }
+        r => r,
+    }
+    .with_context(|| {
+        format!(
+            "cannot create TUN device {}: run as root (CAP_NET_ADMIN) with /dev/net/tun present",
+            cfg.tun_name
+        )
+    })?;
+    tracing::info!(offload = tun.tcp_gso(), "TUN device ready");
     let udp = UdpSocket::bind(cfg.listen)
         .with_context(|| format!("cannot bind the tunnel socket {}", cfg.listen))?;
     {
@@ -114,6 +125,10 @@ fn run() -> anyhow::Result<()> {
         udp,
         Opener::new(key, me, incarnation),
         shared,
+        dataplane::DataOpts {
+            mtu: usize::from(cfg.mtu),
+            udp_gso: cfg.udp_gso,
+        },
     )
     .context("starting the packet threads")?;
     tracing::info!(listen = %cfg.listen, tun = %cfg.tun_name, prefix = %cfg.tun_addr, admin = %cfg.admin_socket.display(), "hydra-redirector running");

@@ -214,6 +214,11 @@ struct UpArgs {
     /// it must listen on 127.0.0.1:BACKEND_PORT.
     #[arg(long, value_name = "CMD")]
     backend_cmd: String,
+    /// Turn off the batched data path (the redirector's TUN offload and UDP GSO at every
+    /// daemon): one system call per packet, as on kernels without them. For comparison and
+    /// for testing the fallback.
+    #[arg(long)]
+    plain_io: bool,
     /// For debugging the topology: start only the backends, no HydraNet daemons, and do not
     /// wait for the service.
     #[arg(long, hide = true)]
@@ -298,6 +303,9 @@ struct LabState {
     port: u16,
     backend_port: u16,
     backend_cmd: String,
+    /// `--plain-io`: no TUN offload, no UDP GSO.
+    #[serde(default)]
+    plain_io: bool,
 }
 
 impl LabState {
@@ -535,6 +543,7 @@ fn up(a: UpArgs) -> Result<()> {
         port: a.port,
         backend_port: a.backend_port,
         backend_cmd: a.backend_cmd,
+        plain_io: a.plain_io,
     };
     let dir = lab.dir();
 
@@ -861,6 +870,7 @@ mod tests {
             port: 80,
             backend_port: 8080,
             backend_cmd: "exec srv".into(),
+            plain_io: false,
         }
     }
 

@@ -316,7 +316,10 @@ fn redirector_config(lab: &LabState) -> String {
          admin_socket = \"{dir}/redir.sock\"\n\
          metrics_listen = \"198.18.0.1:9100\"\n\
          tun_name = \"hydra0\"\n\
-         tun_addr = \"198.19.255.254/16\"\n"
+         tun_addr = \"198.19.255.254/16\"\n\
+         tun_offload = {batched}\n\
+         udp_gso = {batched}\n",
+        batched = !lab.plain_io
     )
 }
 
@@ -333,12 +336,14 @@ fn host_config(lab: &LabState, i: u16) -> String {
          key_file = \"{dir}/cluster.key\"\n\
          admin_socket = \"{dir}/h{i}.sock\"\n\
          metrics_listen = \"198.18.{i}.2:9100\"\n\
+         udp_gso = {batched}\n\
          vhosts = [\"{SERVICE_IP}\"]\n\
          \n\
          [[service]]\n\
          addr = \"{service}\"\n\
          mode = \"{mode}\"\n\
-         backend = \"127.0.0.1:{backend_port}\"\n"
+         backend = \"127.0.0.1:{backend_port}\"\n",
+        batched = !lab.plain_io
     )
 }
 
@@ -828,6 +833,7 @@ mod tests {
             port: 80,
             backend_port: 8080,
             backend_cmd: String::new(),
+            plain_io: false,
         };
         let body = r#"{"kind":"redirector","hosts":[
             {"id":1,"addr":"198.18.1.2:7000","live":true,"services":["198.19.0.10:80"]},
@@ -874,6 +880,7 @@ mod tests {
             port: 80,
             backend_port: 8080,
             backend_cmd: String::new(),
+            plain_io: false,
         };
         assert_eq!(
             host_config(&lab, 2),
@@ -883,6 +890,7 @@ mod tests {
              key_file = \"/run/hydranet/lab-t1/cluster.key\"\n\
              admin_socket = \"/run/hydranet/lab-t1/h2.sock\"\n\
              metrics_listen = \"198.18.2.2:9100\"\n\
+             udp_gso = true\n\
              vhosts = [\"198.19.0.10\"]\n\
              \n\
              [[service]]\n\

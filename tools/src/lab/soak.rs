@@ -1134,6 +1134,7 @@ pub(super) fn soak(a: SoakArgs) -> Result<bool> {
         port: 80,
         backend_port: 8080,
         backend_cmd: backend,
+        plain_io: false,
         no_daemons: false,
     })?;
     let guard = DownGuard::new(&a.name);
