@@ -634,7 +634,10 @@ fn to_clients(tun: &SyncDevice, udp: &UdpSocket, opener: &mut Opener, shared: &S
         for datagram in got.datagrams(&buf) {
             if let Some(packet) = on_datagram(udp, opener, shared, datagram, got.from) {
                 if n == to_tun.len() {
-                    to_tun.push(Vec::with_capacity(HEADROOM + 1500));
+                    // Room for a whole super-segment: the GRO table appends the segments
+                    // that follow onto the first one's buffer, and only where it has the
+                    // capacity already.
+                    to_tun.push(Vec::with_capacity(2 * HEADROOM + 65535));
                 }
                 let b = &mut to_tun[n];
                 b.clear();

@@ -47,8 +47,22 @@ fn transfer_both_ways(lab: &Lab, www: &WebRoot, up: usize) {
     );
 }
 
+/// Writes into the redirector's TUN, as the kernel counts them (each write is one packet
+/// to the kernel, however many segments it carries).
+fn tun_writes(lab: &Lab) -> u64 {
+    let out = lab.exec("redir", &["ip", "-j", "-s", "link", "show", "hydra0"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no rx packets in {v}"))
+}
+
 fn check_batching(lab: &Lab, hosts: &[&str]) {
     let r = lab.metrics("redir");
+    // Downloads: the segments taken from hosts reach the client's kernel coalesced.
+    let coalesced =
+        metric(&r, "hydra_tun_packets_total{dir=\"out\"}") as f64 / tun_writes(lab).max(1) as f64;
     // Uploads: the client's kernel hands the TUN super-segments, cut into many packets.
     let tun = per_call(
         &r,
@@ -62,8 +76,12 @@ fn check_batching(lab: &Lab, hosts: &[&str]) {
         "hydra_datagrams_received_total",
         "hydra_recv_calls_total",
     );
-    eprintln!("redirector: {tun:.1} packets per TUN read, {sent:.1} datagrams per send, {recv:.1} per receive");
+    eprintln!("redirector: {tun:.1} packets per TUN read, {coalesced:.1} per TUN write, {sent:.1} datagrams per send, {recv:.1} per receive");
     assert!(tun >= 2.0, "TUN offload unused: {tun:.2} packets per read");
+    assert!(
+        coalesced >= 2.0,
+        "return segments not coalesced: {coalesced:.2} packets per TUN write"
+    );
     assert!(sent >= 2.0, "UDP GSO unused at the redirector: {sent:.2}");
     assert!(recv >= 2.0, "UDP GRO unused at the redirector: {recv:.2}");
     assert_eq!(metric(&r, "hydra_tun_read_errors_total"), 0);
@@ -134,6 +152,12 @@ fn without_offload_every_packet_is_its_own_call_and_transfers_stay_exact() {
         &lab.metrics("h1"),
         "hydra_datagrams_sent_total",
         "hydra_send_calls_total",
+    );
+    let coalesced =
+        metric(&r, "hydra_tun_packets_total{dir=\"out\"}") as f64 / tun_writes(&lab).max(1) as f64;
+    assert!(
+        coalesced <= 1.0,
+        "{coalesced} packets per TUN write without offload"
     );
     // At most one per call (a failed send counts a call and no datagram).
     assert!(
