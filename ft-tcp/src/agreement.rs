@@ -184,9 +184,10 @@ impl Agreement {
     /// Compares every member's digests with `primary`'s (`me` is this replica, whose
     /// digests are its own) and records matches and mismatches; forgets compared blocks.
     ///
-    /// Runs for every digest that arrives, so it visits only what is new: a peer's digests
-    /// go once compared, and of our own only those not compared yet are visited (ours stay:
-    /// other members compare against them later).
+    /// Runs for every digest that arrives, so it visits only what can be new: a peer's
+    /// digests go once compared, of our own only those not compared yet are visited (ours
+    /// stay: other members compare against them later), and only within the reference's
+    /// window.
     pub fn compare(&mut self, me: u32, primary: u32) {
         // The reference is lent out of `self` (it is not changed below) rather than copied.
         let reference = if primary == me {
@@ -197,35 +198,48 @@ impl Agreement {
                 None => return,
             }
         };
+        // Only blocks the reference holds can be compared now, and it holds a window of the
+        // newest (`KEEP`): a member that lagged past it left digests below the window that
+        // no comparison can use, so the walk covers the window alone.
         let mut results = Vec::new();
-        for (&m, theirs) in self.peers.iter_mut() {
-            if m == primary {
-                continue;
+        if let (Some(&lo), Some(&hi)) = (reference.keys().next(), reference.keys().next_back()) {
+            for (&m, theirs) in self.peers.iter_mut() {
+                if m == primary {
+                    continue;
+                }
+                let hits: Vec<u32> = theirs
+                    .range(lo..=hi)
+                    .map(|(idx, _)| *idx)
+                    .filter(|idx| reference.contains_key(idx))
+                    .collect();
+                for idx in hits {
+                    if let (Some(d), Some(r)) = (theirs.remove(&idx), reference.get(&idx)) {
+                        // The speaker's output ended inside this block and theirs goes on:
+                        // the client got a prefix of the block, which a digest of the whole
+                        // cannot vouch for either way. The speaker ended early (issue #14);
+                        // that is no fault.
+                        if !ended_before(r, &d) {
+                            results.push((m, d, *r == d));
+                        }
+                    }
+                }
             }
-            theirs.retain(|idx, d| {
-                let Some(r) = reference.get(idx) else {
-                    return true;
-                };
-                // The speaker's output ended inside this block and theirs goes on: the
-                // client got a prefix of the block, which a digest of the whole cannot vouch
-                // for either way. The speaker ended early (issue #14); that is no fault.
-                if !ended_before(r, d) {
-                    results.push((m, *d, r == d));
+            if primary != me {
+                let hits: Vec<u32> = self
+                    .own_unchecked
+                    .range(lo..=hi)
+                    .copied()
+                    .filter(|idx| reference.contains_key(idx))
+                    .collect();
+                for idx in hits {
+                    self.own_unchecked.remove(&idx);
+                    if let (Some(d), Some(r)) = (self.own.get(&idx), reference.get(&idx)) {
+                        if !ended_before(r, d) {
+                            results.push((me, *d, r == d));
+                        }
+                    }
                 }
-                false
-            });
-        }
-        if primary != me {
-            let own = &self.own;
-            self.own_unchecked.retain(|idx| {
-                let (Some(r), Some(d)) = (reference.get(idx), own.get(idx)) else {
-                    return true;
-                };
-                if !ended_before(r, d) {
-                    results.push((me, *d, r == d));
-                }
-                false
-            });
+            }
         }
         if primary == me {
             self.own = reference;
@@ -416,5 +430,36 @@ mod tests {
         assert_eq!(p.attested(), vec![(2, 300_001)]);
         assert_eq!(b.attested(), vec![(2, 300_001)]);
         assert!(!p.divergent(2, None) && !b.divergent(2, None));
+    }
+
+    #[test]
+    fn a_member_that_lagged_past_the_window_is_compared_again_once_it_catches_up() {
+        let blocks = KEEP + 50;
+        let data: Vec<u8> = (0..blocks * BLOCK as usize)
+            .map(|i| (i % 239) as u8)
+            .collect();
+        let (mut p, mut b) = (Agreement::new(SeqNumber(1)), Agreement::new(SeqNumber(1)));
+        let mut watcher = Agreement::new(SeqNumber(1));
+        // The primary's digests of every block reach the watcher first...
+        stream(&mut p, &data, false);
+        for d in p.take_outbox() {
+            watcher.peer_digest(1, d);
+        }
+        watcher.compare(3, 1);
+        // ...then the backup's, far behind: its first 50 blocks fell out of the window.
+        stream(&mut b, &data, false);
+        for d in b.take_outbox() {
+            watcher.peer_digest(2, d);
+            watcher.compare(3, 1);
+        }
+        assert_eq!(
+            watcher.compared, KEEP as u64,
+            "the blocks inside the window, once each"
+        );
+        assert_eq!(
+            watcher.attested(),
+            vec![(2, (blocks as u64) * u64::from(BLOCK))]
+        );
+        assert!(watcher.mismatches().is_empty());
     }
 }
