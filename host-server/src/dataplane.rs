@@ -1426,6 +1426,9 @@ impl Dataplane {
             for id in self.run_order() {
                 self.service(id, snow);
             }
+            // The connections' packets first: progress reports to the members below cost a
+            // system call each, and a reply to the client should not wait for them.
+            self.flush_tunnel();
             self.flush_progress();
             self.expire_lingers(now);
             self.resend_synacks(now);

@@ -600,6 +600,20 @@ fn write_tun(tun: &SyncDevice, gro: &mut GROTable, bufs: &mut [Vec<u8>], m: &Red
         return;
     }
     m.tun_out.add(bufs.len() as u64);
+    if let [one] = bufs {
+        // Nothing to coalesce: skip the GRO table. With offload the zeroed headroom is the
+        // virtio-net header (no segmentation, checksum complete); without, it is not sent.
+        let packet = if tun.tcp_gso() {
+            &one[..]
+        } else {
+            &one[HEADROOM..]
+        };
+        if let Err(e) = tun.send(packet) {
+            m.send_errors.inc();
+            tracing::trace!(error = %e, "tun write failed");
+        }
+        return;
+    }
     if let Err(e) = tun.send_multiple(gro, bufs, HEADROOM) {
         m.send_errors.inc();
         tracing::trace!(error = %e, "tun write failed");
