@@ -252,8 +252,6 @@ const HOSTS: usize = 3;
 const ORDER_QUIET: std::time::Duration = std::time::Duration::from_millis(2);
 const ORDER_RESEND_EVERY: Duration = Duration::from_millis(20);
 const ORDER_STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
-/// How often, at most, the chunk sequences of the replicas are compared during a run.
-const CHUNK_CHECK_EVERY: Duration = Duration::from_millis(1);
 /// The redirector's detector timeout, and how often it re-sends the current view.
 const DETECT: Duration = Duration::from_millis(25);
 const VIEW_REFRESH: Duration = Duration::from_millis(50);
@@ -555,8 +553,8 @@ struct Sim {
     /// New primaries' syncs that ended at their bound without every member's complete
     /// answer.
     sync_incomplete: u64,
-    /// The chunks granted (over all replicas) at the last chunk-sequence check, and when.
-    chunks_checked: (usize, Instant),
+    /// The chunks granted (over all replicas) at the last chunk-sequence check.
+    chunks_checked: usize,
 }
 
 fn seg_text(s: &rewrite::Seg) -> String {
@@ -737,7 +735,7 @@ impl Sim {
             partitioned_once: false,
             views_disturbed: false,
             sync_incomplete: 0,
-            chunks_checked: (0, Instant::ZERO),
+            chunks_checked: 0,
         };
         for _ in 0..HOSTS {
             sim.add_replica();
@@ -1543,8 +1541,8 @@ impl Sim {
 
     /// Total order, during the run: every two live replicas in the view granted their
     /// backends the same chunks (connection, length) in the same order, on the connections
-    /// both hold and neither left; one sequence is a prefix of the other. Run whenever a
-    /// replica granted a chunk, at most every [`CHUNK_CHECK_EVERY`] of virtual time, and
+    /// both hold and neither left; one sequence is a prefix of the other. Run after every
+    /// step in which a replica granted a chunk (the sequences change at no other step), and
     /// at the end.
     fn check_chunk_sequences(&self) {
         // A member of the connection (in the view from the client's SYN on) that still
@@ -2473,11 +2471,9 @@ impl Sim {
             self.checked();
             if self.total {
                 let granted: usize = self.replicas.iter().map(|r| r.chunks.len()).sum();
-                if granted != self.chunks_checked.0
-                    && self.now >= self.chunks_checked.1 + CHUNK_CHECK_EVERY
-                {
+                if granted != self.chunks_checked {
                     self.check_chunk_sequences();
-                    self.chunks_checked = (granted, self.now);
+                    self.chunks_checked = granted;
                 }
             }
             self.now = self.next_time();
