@@ -525,6 +525,9 @@ fn count_sent(m: &RedirMetrics, sent: Sent) {
         m.send_errors.add(sent.failed);
         tracing::trace!(lost = sent.failed, "tunnel send failed");
     }
+    if sent.gso_turned_off {
+        tracing::warn!("the kernel refused UDP GSO to a host; sending one datagram per system call to it from now on");
+    }
 }
 
 /// Client packets from the TUN to the hosts. With offload, one read may be a TCP
@@ -543,9 +546,15 @@ fn to_hosts(tun: &SyncDevice, udp: &UdpSocket, shared: &Shared, opts: DataOpts) 
         let n = match tun.recv_multiple(&mut original, &mut bufs, &mut sizes, HEADROOM) {
             Ok(n) => n,
             Err(e) => {
-                // A malformed super-segment is refused whole; anything else is the device.
+                // A malformed super-segment is refused whole; an error of the device itself
+                // (it has an OS error code) may repeat, so do not spin on it.
                 m.tun_read_errors.inc();
-                tracing::debug!(error = %e, "tun read failed");
+                if e.raw_os_error().is_some() {
+                    tracing::warn!(error = %e, "tun read failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                } else {
+                    tracing::debug!(error = %e, "malformed packet from the tun refused");
+                }
                 continue;
             }
         };
