@@ -216,7 +216,8 @@ struct UpArgs {
     backend_cmd: String,
     /// Turn off the batched data path (the redirector's TUN offload and UDP GSO at every
     /// daemon): one system call per packet, as on kernels without them. For comparison and
-    /// for testing the fallback.
+    /// for testing the fallback. HYDRA_LAB_PLAIN_IO=1 turns it on for every lab made,
+    /// the soak's and the bench's included (to run the whole test suite that way).
     #[arg(long)]
     plain_io: bool,
     /// For debugging the topology: start only the backends, no HydraNet daemons, and do not
@@ -292,6 +293,16 @@ impl Mode {
             Mode::Ft => "ft",
         }
     }
+}
+
+/// `HYDRA_LAB_PLAIN_IO` set to anything but empty, 0, false, no or off.
+fn plain_io_from_env() -> bool {
+    std::env::var("HYDRA_LAB_PLAIN_IO").is_ok_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no" | "off"
+        )
+    })
 }
 
 /// What `lab up` records in `lab.json`, read back by every other subcommand.
@@ -543,7 +554,7 @@ fn up(a: UpArgs) -> Result<()> {
         port: a.port,
         backend_port: a.backend_port,
         backend_cmd: a.backend_cmd,
-        plain_io: a.plain_io,
+        plain_io: a.plain_io || plain_io_from_env(),
     };
     let dir = lab.dir();
 
