@@ -91,6 +91,19 @@ impl Batching {
 }
 
 fn check_batching(lab: &Lab, hosts: &[&str]) {
+    // As `hydractl lab up` reads it.
+    let plain = std::env::var("HYDRA_LAB_PLAIN_IO").is_ok_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no" | "off"
+        )
+    });
+    if plain {
+        // The whole suite runs with the batching off (issue #11: every test passes that way
+        // too); the transfers above were checked, the ratios cannot hold.
+        eprintln!("HYDRA_LAB_PLAIN_IO set: batching is off in every lab, ratios not checked");
+        return;
+    }
     let b = Batching::at_redirector(lab);
     eprintln!(
         "redirector: {:.1} packets per TUN read, {:.1} per TUN write, {:.1} datagrams per send, {:.1} per receive",
