@@ -2355,9 +2355,6 @@ impl Dataplane {
             m.send_errors.add(sent.failed);
             tracing::trace!(lost = sent.failed, "udp send failed");
         }
-        if sent.gso_turned_off {
-            tracing::warn!("the kernel refused UDP GSO on the tunnel; sending one datagram per system call from now on");
-        }
     }
 
     /// Progress reports from a peer replica.

@@ -525,9 +525,6 @@ fn count_sent(m: &RedirMetrics, sent: Sent) {
         m.send_errors.add(sent.failed);
         tracing::trace!(lost = sent.failed, "tunnel send failed");
     }
-    if sent.gso_turned_off {
-        tracing::warn!("the kernel refused UDP GSO to a host; sending one datagram per system call to it from now on");
-    }
 }
 
 /// Client packets from the TUN to the hosts. With offload, one read may be a TCP

@@ -153,28 +153,28 @@ fn check_batching(lab: &Lab, hosts: &[&str]) {
     );
 }
 
-#[test]
-fn redirect_bulk_both_ways_is_exact_and_moves_in_batches() {
+/// 32 MiB each way through a lab of `replicas` hosts, exact and batched.
+fn bulk_both_ways_in_batches(prefix: &str, seed: u64, replicas: u32, extra: &[&str]) {
     if !netns_or_skip() {
         return;
     }
     let _one_at_a_time = serial();
-    let www = WebRoot::new("bat", 32 << 20, 0x5eed_0b01);
-    let lab = Lab::up("bat", 1, &www.backend_cmd(), &[]);
+    let www = WebRoot::new(prefix, 32 << 20, seed);
+    let lab = Lab::up(prefix, replicas, &www.backend_cmd(), extra);
     transfer_both_ways(&lab, &www, 32 << 20);
-    check_batching(&lab, &["h1"]);
+    let hosts: Vec<String> = (1..=replicas).map(|i| format!("h{i}")).collect();
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    check_batching(&lab, &hosts);
+}
+
+#[test]
+fn redirect_bulk_both_ways_is_exact_and_moves_in_batches() {
+    bulk_both_ways_in_batches("bat", 0x5eed_0b01, 1, &[]);
 }
 
 #[test]
 fn ft3_bulk_both_ways_is_exact_and_moves_in_batches() {
-    if !netns_or_skip() {
-        return;
-    }
-    let _one_at_a_time = serial();
-    let www = WebRoot::new("batft", 32 << 20, 0x5eed_0b02);
-    let lab = Lab::up("batft", 3, &www.backend_cmd(), &["--mode", "ft"]);
-    transfer_both_ways(&lab, &www, 32 << 20);
-    check_batching(&lab, &["h1", "h2", "h3"]);
+    bulk_both_ways_in_batches("batft", 0x5eed_0b02, 3, &["--mode", "ft"]);
 }
 
 /// `lab up --plain-io` turns the batching off (TUN offload, UDP GSO): the same transfers are

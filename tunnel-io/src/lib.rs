@@ -48,9 +48,6 @@ pub struct Sent {
     pub failed: u64,
     /// System calls made.
     pub syscalls: u64,
-    /// The kernel refused GSO for good during this call: the batcher sends one datagram per
-    /// system call from now on (worth a warning in the caller's log).
-    pub gso_turned_off: bool,
 }
 
 impl std::ops::AddAssign for Sent {
@@ -58,7 +55,6 @@ impl std::ops::AddAssign for Sent {
         self.datagrams += o.datagrams;
         self.failed += o.failed;
         self.syscalls += o.syscalls;
-        self.gso_turned_off |= o.gso_turned_off;
     }
 }
 
@@ -177,7 +173,6 @@ impl Batcher {
                 datagrams: n,
                 failed: 0,
                 syscalls: 1,
-                ..Sent::default()
             },
             // A full buffer or a dead route loses the run, as it would lose the datagrams
             // one by one; the protocols above retransmit.
@@ -186,20 +181,18 @@ impl Batcher {
                     datagrams: 0,
                     failed: n,
                     syscalls: 1,
-                    ..Sent::default()
                 }
             }
             // The kernel or the device refuses GSO (EIO: no checksum offload on the route;
             // EINVAL: a segment larger than the path MTU, or no UDP_SEGMENT at all): send them
             // one by one, and stop trying where it can never work.
             Err(e) => {
-                let off = matches!(e, Errno::EIO | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP);
-                if off {
+                if matches!(e, Errno::EIO | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) {
                     self.gso = false;
+                    tracing::warn!(%dest, error = %e, "the kernel refused UDP GSO; sending one datagram per system call to this destination from now on");
                 }
                 let mut sent = Sent {
                     syscalls: 1,
-                    gso_turned_off: off,
                     ..Sent::default()
                 };
                 for d in self.buf.chunks(self.stride) {
@@ -218,7 +211,6 @@ fn send_one(sock: &impl AsFd, dest: SocketAddr, datagram: &[u8]) -> Sent {
         datagrams: u64::from(ok),
         failed: u64::from(!ok),
         syscalls: 1,
-        ..Sent::default()
     }
 }
 
