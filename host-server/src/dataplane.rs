@@ -2723,11 +2723,26 @@ impl Dataplane {
     }
 
     /// Sends one ack-channel message to every other member of the service's view; returns
-    /// how many datagrams left.
+    /// how many datagrams left. A type that may go to a group is sealed once for all; any
+    /// other is sealed for each member, naming it: receivers drop a group datagram of such a
+    /// type as misaddressed (a new primary's sync request sent to the group was dropped so
+    /// by every member, and every total-order failover waited `SYNC_MAX` in vain).
     fn send_to_members(&mut self, service: SocketAddrV4, t: MsgType, payload: &[u8]) -> u64 {
         let Some(v) = self.views.get(&service) else {
             return 0;
         };
+        if !t.may_be_group() {
+            let others: Vec<ReplicaId> = v
+                .members
+                .iter()
+                .map(|m| m.id)
+                .filter(|&id| id != self.me)
+                .collect();
+            return others
+                .into_iter()
+                .map(|to| u64::from(self.send_to_member(service, to, t, payload)))
+                .sum();
+        }
         // One seal for all: each peer checks the epoch against its own view.
         self.sealer.seal_into(
             t,
@@ -2882,9 +2897,11 @@ impl Dataplane {
                     to: end,
                 };
                 self.send_to_member(r.service, from, MsgType::OrderRepair, &synced.emit());
+                tracing::debug!(service = %r.service, primary = %from, delivered_end = end, "answered the new primary's sync");
                 self.shared.metrics.ft.order.sync_answers.inc();
             }
             OrderRepairKind::Synced if primary == Some(self.me) && from != self.me => {
+                tracing::debug!(service = %r.service, member = %from, delivered_end = r.to, "a member answered our sync");
                 q.on_member_synced(from.0, r.to);
             }
             OrderRepairKind::Gone if primary == Some(from) && from != self.me => {
