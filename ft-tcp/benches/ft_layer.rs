@@ -90,7 +90,7 @@ impl Set {
             payload: (0..MSS).map(|i| (i * 7) as u8).collect(),
             segments: Vec::new(),
         };
-        s.to_all(&syn());
+        s.send_to_all(&syn());
         let mut synack = None;
         for _ in 0..ROUNDS_MAX {
             s.exchange(|seg, _| {
@@ -113,7 +113,7 @@ impl Set {
     }
 
     /// A client segment, as the redirector sends it: to every replica.
-    fn to_all(&mut self, packet: &[u8]) {
+    fn send_to_all(&mut self, packet: &[u8]) {
         for c in &mut self.conns {
             c.handle_client_packet(self.now, packet);
         }
@@ -131,7 +131,7 @@ impl Set {
             &[],
             false,
         );
-        self.to_all(&a);
+        self.send_to_all(&a);
     }
 
     /// One round: each replica polls, its reports, digests and repairs reach the others,
@@ -212,7 +212,7 @@ impl Set {
         for (p, seg) in &mut segments {
             rewrite::set_seq(p, seg, self.snd_nxt);
             rewrite::set_ack(p, seg, self.rcv_nxt);
-            self.to_all(p);
+            self.send_to_all(p);
             self.snd_nxt = self.snd_nxt.plus(seg.payload_len as u32);
         }
         self.segments = segments;
