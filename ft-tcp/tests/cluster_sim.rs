@@ -4,7 +4,7 @@
 //! views and fences by epoch, and an ack channel between the replicas, all on a virtual clock.
 //! A seed drives every choice; `FT_SEED=s` replays one.
 //!
-//! What the seed varies, as the hosts and the redirector behave (host-server's `dataplane.rs`,
+//! What the seed varies, as the hosts and the redirector behave (host-server's `dataplane`,
 //! redirector's `table.rs`):
 //! - loss, duplication and delay on every link; on the ack channel (progress, digests,
 //!   repairs), for the speaker protocol (exclusion requests to the redirector, its notices,
@@ -248,7 +248,7 @@ const UNCOUNTED_HOLDERS_CHECKED_WHEN_THEY_SPEAK: bool = true;
 const HOSTS: usize = 3;
 /// Total order: the sequencer's quiet time (`quiet_ms`' default), how often a primary sends
 /// its recent stamps again, and after how long a sequencer that has not moved is logged
-/// (dataplane.rs).
+/// (dataplane/mod.rs and dataplane/total_order.rs).
 const ORDER_QUIET: std::time::Duration = std::time::Duration::from_millis(2);
 const ORDER_RESEND_EVERY: Duration = Duration::from_millis(20);
 const ORDER_STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
@@ -417,7 +417,7 @@ enum Link {
 /// the client's FIN once it said everything.
 struct HostConn {
     ft: FtConn,
-    /// The epoch of the packet that opened it here (dataplane.rs, `Conn::opened`).
+    /// The epoch of the packet that opened it here (dataplane/mod.rs, `Conn::opened`).
     opened: u64,
     input: Vec<u8>,
     /// How much of `input` was checked already.
@@ -430,7 +430,7 @@ struct HostConn {
     dirty: bool,
     /// When its timers are due (as after its last run).
     next_at: Option<Instant>,
-    /// Total order (dataplane.rs, `Conn`): client bytes the sequencer granted and the backend
+    /// Total order (dataplane/mod.rs, `Conn`): client bytes the sequencer granted and the backend
     /// has not taken yet; bytes the backend wrote; the highest `rcv_nxt` a member reported;
     /// where this replica's stamps of a connection it left end (as primary); whether it can
     /// no longer tell.
@@ -447,7 +447,7 @@ struct Replica {
     /// The newest view it received: epoch, members, and when each member last joined.
     epoch: u64,
     view: Option<Vec<u32>>,
-    /// The newest epoch a client packet from the redirector carried (dataplane.rs,
+    /// The newest epoch a client packet from the redirector carried (dataplane/mod.rs,
     /// `ServiceView::heard`).
     heard: u64,
     since: Vec<u64>,
@@ -468,7 +468,7 @@ struct Replica {
     diverged: u64,
     /// Connections its sequencer could not follow (it left them).
     abandoned: u64,
-    /// The cookie SYN-ACKs it sent whose handshake has not completed here (dataplane.rs,
+    /// The cookie SYN-ACKs it sent whose handshake has not completed here (dataplane/mod.rs,
     /// on_syn): sent again after 1, 2 and 4 s.
     synacks: SynAckRetry,
 }
@@ -1020,7 +1020,7 @@ impl Sim {
                 let rep = &mut self.replicas[to as usize];
                 // The host keeps the newest view only. A member whose `since` changed was
                 // out in between: a connection opened here before it came back sees a view
-                // without it first (dataplane.rs, on_view).
+                // without it first (dataplane/views.rs, on_view).
                 if epoch <= rep.epoch {
                     return;
                 }
@@ -1055,7 +1055,7 @@ impl Sim {
                     self.book_base + std::time::Duration::from_micros(now.total_micros() as u64);
                 if rejoined && rep.seq.is_some() {
                     // This replica was out of the view: its order is not the service's
-                    // (dataplane.rs, on_view).
+                    // (dataplane/views.rs, on_view).
                     let mut q = fresh_sequencer();
                     if new_primary == Some(to) {
                         q.on_primary_changed(true, t);
@@ -1065,7 +1065,7 @@ impl Sim {
                     (old_primary, new_primary, rep.seq.as_mut())
                 {
                     if old != new {
-                        // Total order across a failover (dataplane.rs, on_view).
+                        // Total order across a failover (dataplane/views.rs, on_view).
                         q.on_primary_changed(new == to, t);
                     }
                 }
@@ -1073,7 +1073,7 @@ impl Sim {
                     let others: Vec<u32> = members.iter().copied().filter(|m| *m != to).collect();
                     q.sync_members(&others);
                 }
-                // Stamps carry their epoch (dataplane.rs, on_view: `set_epochs`).
+                // Stamps carry their epoch (dataplane/views.rs, on_view: `set_epochs`).
                 let joined = members
                     .iter()
                     .position(|m| *m == to)
@@ -1082,7 +1082,7 @@ impl Sim {
                     q.set_epochs(epoch, joined);
                 }
                 for h in rep.conns.iter_mut().flatten() {
-                    // dataplane.rs, apply_members: the members since before the open count.
+                    // dataplane/views.rs, apply_members: the members since before the open count.
                     let at_open: Vec<u32> = members
                         .iter()
                         .zip(&rep.since)
@@ -1121,7 +1121,7 @@ impl Sim {
                 conn,
                 pkt,
             } => {
-                // Only members of the receiver's view may repair (dataplane.rs, on_repair).
+                // Only members of the receiver's view may repair (dataplane/channel.rs, on_repair).
                 let rep = &mut self.replicas[to as usize];
                 if !rep.view.as_ref().is_some_and(|v| v.contains(&from)) {
                     return;
@@ -1176,7 +1176,7 @@ impl Sim {
                 self.book.handle_ack(from, &k, count);
             }
             Msg::Order { to, from, stamps } => {
-                // dataplane.rs, on_order: the primary's stamps, or a member's answer to us as
+                // dataplane/total_order.rs, on_order: the primary's stamps, or a member's answer to us as
                 // a new primary's sync.
                 let t = self.std_time(now);
                 let rep = &mut self.replicas[to as usize];
@@ -1206,7 +1206,7 @@ impl Sim {
                 }
             }
             Msg::OrderNeed { to, from, range } => {
-                // dataplane.rs, on_order_repair: a backup's request to us as the primary, or
+                // dataplane/total_order.rs, on_order_repair: a backup's request to us as the primary, or
                 // a new primary's sync.
                 let rep = &mut self.replicas[to as usize];
                 let primary = rep.view.as_ref().and_then(|v| v.first().copied());
@@ -1289,7 +1289,7 @@ impl Sim {
         self.book_base + std::time::Duration::from_micros(t.total_micros() as u64)
     }
 
-    /// Replica `r`'s sequencer, as the host's loop runs it (dataplane.rs, `run_order` and
+    /// Replica `r`'s sequencer, as the host's loop runs it (dataplane/total_order.rs, `run_order` and
     /// `abandon_order_losers`): grants the next chunk where one may go, sends new stamps to
     /// the members of its view, asks for missing ones, and leaves the connections it can no
     /// longer follow.
@@ -1305,7 +1305,7 @@ impl Sim {
         }
         let primary = rep.view.as_ref().and_then(|v| v.first()) == Some(&me);
         if rep.heard > rep.epoch {
-            // dataplane.rs, run_order: a replica whose view is behind the client's packets
+            // dataplane/total_order.rs, run_order: a replica whose view is behind the client's packets
             // grants nothing until the newer view comes.
             return;
         }
@@ -1471,7 +1471,7 @@ impl Sim {
     }
 
     /// The connections replica `r`'s sequencer can no longer follow: it leaves them as when
-    /// its backend fails one (dataplane.rs, `abandon_order_losers`).
+    /// its backend fails one (dataplane/total_order.rs, `abandon_order_losers`).
     fn abandon_order_losers(&mut self, r: usize) {
         let now = self.now;
         let rep = &mut self.replicas[r];
@@ -1712,7 +1712,7 @@ impl Sim {
             && seg.ack.le(fin)
     }
 
-    /// A client packet reaches host `r` (dataplane.rs, on_client_packet).
+    /// A client packet reaches host `r` (dataplane/mod.rs, on_client_packet).
     fn on_client_packet(&mut self, r: usize, epoch: u64, c: usize, pkt: Vec<u8>) {
         let now = self.now;
         let seed = self.seed;
@@ -1799,7 +1799,7 @@ impl Sim {
                 order_pos: None,
                 order_lost: false,
             };
-            // dataplane.rs, open: a view older than the opening packet.
+            // dataplane/mod.rs, open: a view older than the opening packet.
             h.ft.set_view_stale(rep.epoch < epoch);
             // A backend that is down refuses the connection: the host fails it at once.
             if let Some(how) = rep.backend_dead {
@@ -1833,7 +1833,7 @@ impl Sim {
         if !self.replicas[r].alive {
             return;
         }
-        // Cookie SYN-ACKs due again (dataplane.rs, resend_synacks): only while the handshake
+        // Cookie SYN-ACKs due again (dataplane/mod.rs, resend_synacks): only while the handshake
         // is open here and this replica still answers SYNs (its view's first member).
         let std_now = self.std_time(now);
         let rep = &mut self.replicas[r];
@@ -2564,7 +2564,7 @@ fn backend_fails(h: &mut HostConn, how: BackendFault, now: Instant) {
     }
 }
 
-/// A host's sequencer for the service, as it starts (dataplane.rs, `sequencer_for`).
+/// A host's sequencer for the service, as it starts (dataplane/total_order.rs, `sequencer_for`).
 fn fresh_sequencer() -> Sequencer {
     let stall = FtConfig::default().stall_after.total_micros();
     Sequencer::new(ORDER_QUIET).with_stall(std::time::Duration::from_micros(stall))

@@ -3,7 +3,7 @@
 //! duplicating, late links, with primary crashes, restarts as new members, and client bytes
 //! that reach each replica late or after retransmission.
 //!
-//! The model of the host around each sequencer follows `dataplane.rs` (`run_order`,
+//! The model of the host around each sequencer follows `dataplane/total_order.rs` (`run_order`,
 //! `on_order`, `on_order_repair`, `abandon_order_losers`): a granted chunk becomes credit
 //! that the backend takes as the client's bytes arrive, the backend answers a chunk a little
 //! later, a connection this replica left is no longer shown to its sequencer. Views reach
@@ -371,7 +371,7 @@ impl Sim {
             }
             match m {
                 Msg::View { epoch, members } => {
-                    // A host keeps the newest view only (dataplane.rs, on_view).
+                    // A host keeps the newest view only (dataplane/views.rs, on_view).
                     if epoch <= self.reps[to].epoch {
                         continue;
                     }
@@ -380,7 +380,7 @@ impl Sim {
                     self.reps[to].view = Some(members.clone());
                     let new = members.first().copied();
                     if old.is_some() && old != new {
-                        // dataplane.rs, on_view: total order across a failover.
+                        // dataplane/views.rs, on_view: total order across a failover.
                         self.reps[to].seq.on_primary_changed(new == Some(to), now);
                     }
                     if new == Some(to) {
@@ -448,7 +448,7 @@ impl Sim {
         }
     }
 
-    /// dataplane.rs, abandon_order_losers: the replica leaves what its sequencer cannot follow.
+    /// dataplane/total_order.rs, abandon_order_losers: the replica leaves what its sequencer cannot follow.
     fn abandon(&mut self, r: usize) {
         for key in self.reps[r].seq.take_abandoned() {
             let c = (key.client.port() - 40000) as usize;
