@@ -75,6 +75,12 @@ pub struct HostConfig {
     /// no answer and are counted (`hydra_syn_dropped_total{reason="host_cap"}`).
     #[serde(default = "default_max_conns")]
     pub max_conns: u32,
+    /// After SIGTERM (or SIGINT), how long the host drains before it exits anyway, seconds:
+    /// it withdraws every service at once (the redirector places no new connection here and
+    /// takes it out of every ft view), hands each ft connection to the next member, and
+    /// waits for its redirect-mode connections to end. A second signal exits at once.
+    #[serde(default = "default_drain_timeout_s")]
+    pub drain_timeout_s: u64,
     /// Virtual hosts to create at start.
     #[serde(default)]
     pub vhosts: Vec<Ipv4Addr>,
@@ -141,6 +147,9 @@ fn default_socket_buffer() -> usize {
 }
 fn default_max_conns() -> u32 {
     10_000
+}
+fn default_drain_timeout_s() -> u64 {
+    30
 }
 
 impl HostConfig {

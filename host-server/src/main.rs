@@ -11,6 +11,7 @@ use clap::Parser;
 use ft_tcp::EndpointConfig;
 use host_server::config::HostConfig;
 use host_server::dataplane::{Dataplane, DataplaneConfig, Shared};
+use nix::sys::signal::{SigSet, Signal};
 
 /// HydraNet host server: terminates client connections that the redirector tunnels here and
 /// bridges each to the local backend program.
@@ -34,6 +35,13 @@ fn main() {
     // First, before any thread or allocation that matters: socket buffers cost only the
     // pages a connection touches (see `sys::map_large_allocations`).
     let mapped = host_server::sys::map_large_allocations();
+    // Before any thread starts (each inherits the mask): SIGTERM and SIGINT are taken only
+    // by the thread that waits for them (`drain_on_signals`), never delivered at random.
+    let signals = drain_signals();
+    if let Err(e) = signals.thread_block() {
+        eprintln!("hydra-host: cannot block SIGTERM and SIGINT to drain on them: {e}");
+        std::process::exit(1);
+    }
     if let Err(e) = control::init_logging() {
         eprintln!("hydra-host: {e}");
         std::process::exit(1);
@@ -44,9 +52,43 @@ fn main() {
              will cost their full size in memory (not glibc?)"
         );
     }
-    if let Err(e) = run() {
+    if let Err(e) = run(signals) {
         eprintln!("hydra-host: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// The signals that start a drain.
+fn drain_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set
+}
+
+/// Waits for SIGTERM or SIGINT: the first starts the drain (the packet loop ends once it is
+/// done, and the process exits 0), a second one exits at once.
+fn drain_on_signals(set: SigSet, shared: &Shared) {
+    loop {
+        match set.wait() {
+            Ok(sig) if shared.start_drain() => {
+                tracing::warn!(
+                    signal = sig.as_str(),
+                    "draining; a second signal exits at once"
+                );
+            }
+            Ok(sig) => {
+                tracing::warn!(
+                    signal = sig.as_str(),
+                    "second signal while draining: exiting now"
+                );
+                std::process::exit(1);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot wait for signals: SIGTERM will not drain");
+                return;
+            }
+        }
     }
 }
 
@@ -63,7 +105,7 @@ fn raise_fd_limit() {
     }
 }
 
-fn run() -> anyhow::Result<()> {
+fn run(signals: SigSet) -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = HostConfig::load(&args.config)?;
     let key = ClusterKey::load(&cfg.key_file)?;
@@ -128,6 +170,11 @@ fn run() -> anyhow::Result<()> {
         let (bound, _) = control::serve_metrics(addr, move || metrics_shared.metrics.render())?;
         tracing::info!(%bound, "serving GET /metrics for Prometheus");
     }
+    let signal_shared = shared.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || drain_on_signals(signals, &signal_shared))
+        .context("starting the signal thread")?;
     let health_shared = shared.clone();
     std::thread::Builder::new()
         .name("health".into())
@@ -146,6 +193,7 @@ fn run() -> anyhow::Result<()> {
             max_conns: cfg.max_conns,
             udp_gso: cfg.udp_gso,
             cookies,
+            drain_timeout: Duration::from_secs(cfg.drain_timeout_s),
             endpoint: EndpointConfig {
                 mtu: cfg.mtu,
                 rx_buffer: cfg.socket_buffer,
@@ -159,7 +207,10 @@ fn run() -> anyhow::Result<()> {
     )
     .with_context(|| format!("cannot bind the tunnel socket {}", cfg.listen))?;
     tracing::info!(node = cfg.node_id, listen = %cfg.listen, redirector = %cfg.redirector, admin = %cfg.admin_socket.display(), "hydra-host running");
-    dp.run().context("dataplane failed")
+    dp.run().context("dataplane failed")?;
+    // Drained (the loop ends only so): the admin socket goes with us.
+    let _ = std::fs::remove_file(&cfg.admin_socket);
+    Ok(())
 }
 
 /// Failed checks in a row before a backend that answered is marked down (HAProxy's `fall`):

@@ -82,6 +82,13 @@ enum LabCommand {
     /// port and the redirector lists the host with the service again. It refuses while any of
     /// the backend still runs (or is paused), or when hydra-host is down.
     Restart(ProcArgs),
+    /// Stop a host the planned way: SIGTERM to its hydra-host, which drains and exits.
+    ///
+    /// The host withdraws every service (no new connections, out of every ft view), hands its
+    /// ft connections to the next member and serves its redirect-mode ones to their end
+    /// (at most its `drain_timeout_s`). Returns once hydra-host has exited, or fails after
+    /// --wait seconds. Its backend keeps running; `lab restart` brings the host back.
+    Stop(StopArgs),
     /// Stall a node: SIGSTOP every process in its namespace (with --backend, a host's backend).
     ///
     /// Undo with `lab resume`.
@@ -259,6 +266,18 @@ struct ProcArgs {
     /// ones included; hydra-host and commands run with `lab exec` are left alone.
     #[arg(long)]
     backend: bool,
+}
+
+#[derive(Args)]
+struct StopArgs {
+    /// The lab's name.
+    #[arg(long)]
+    name: String,
+    /// The host: h1..hN.
+    node: String,
+    /// Seconds to wait for hydra-host to finish its drain and exit.
+    #[arg(long, default_value_t = 40)]
+    wait: u64,
 }
 
 #[derive(Args)]
@@ -454,6 +473,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabCommand::Up(a) => up(a),
         LabCommand::Exec(a) => exec(a),
         LabCommand::Kill(a) => kill(a),
+        LabCommand::Stop(a) => stop(a),
         LabCommand::Restart(a) => restart(a),
         LabCommand::Pause(a) => pause(a, true),
         LabCommand::Resume(a) => pause(a, false),
@@ -705,6 +725,46 @@ fn kill(a: ProcArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn stop(a: StopArgs) -> Result<()> {
+    let lab = checked_lab(&a.name)?;
+    let Node::Host(i) = lab.parse_node(&a.node)? else {
+        bail!(
+            "{} is not a host: lab stop drains a hydra-host ({})",
+            a.node,
+            lab.host_list()
+        );
+    };
+    let host = procs::host_procs(&lab, i)?.host;
+    if host.is_empty() {
+        bail!("hydra-host on h{i} is not running: nothing to stop");
+    }
+    let began = std::time::Instant::now();
+    for p in &host {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .with_context(|| format!("sending SIGTERM to hydra-host on h{i} ({p})"))?;
+    }
+    report(&format!("sent SIGTERM to hydra-host on h{i}"), &host);
+    let deadline = began + std::time::Duration::from_secs(a.wait);
+    while std::time::Instant::now() < deadline {
+        if procs::host_procs(&lab, i)?.host.is_empty() {
+            eprintln!(
+                "hydra-host on h{i} exited {} ms after SIGTERM (its log says how the drain went)",
+                began.elapsed().as_millis()
+            );
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    bail!(
+        "hydra-host on h{i} still runs {} s after SIGTERM (its log: {})",
+        a.wait,
+        lab.dir().join(format!("h{i}.log")).display()
+    )
 }
 
 /// Why `lab restart --backend` must not start host `i`'s backend now, if it must not.

@@ -65,6 +65,12 @@ pub(super) fn heartbeat_loop(
             Err(std::sync::TryLockError::WouldBlock) => shared.metrics.heartbeat_ads_reused.inc(),
             Err(std::sync::TryLockError::Poisoned(_)) => {}
         }
+        if shared.is_draining() {
+            // Draining (SIGTERM): offer nothing. The redirector places no new connection
+            // here and takes us out of every ft view, as when every backend is down; the
+            // heartbeats go on, so we stay a live host while open connections finish.
+            ads.clear();
+        }
         let hb = Heartbeat {
             addr: to.me,
             services: ads.clone(),

@@ -26,6 +26,7 @@
 //! | `metrics` | the counters behind `/metrics` |
 //! | `status` | the snapshots behind `status`, and what the admin thread shares with the loop |
 //! | `heartbeat` | the heartbeat thread |
+//! | `drain` | the drain after SIGTERM: hand over, finish, exit |
 //!
 //! Datagrams to the redirector leave in runs and arrive in runs through the `tunnel-io` crate
 //! (UDP GSO and GRO); datagrams to members are sent one at a time (`tunnel`), heartbeats
@@ -62,6 +63,7 @@ use crate::services::{FtOpts, Services};
 
 mod bridge;
 mod dispatch;
+mod drain;
 mod heartbeat;
 mod metrics;
 mod order;
@@ -71,6 +73,7 @@ mod views;
 
 use bridge::{bridge, reset_backend, Backend};
 use dispatch::digest_entry;
+use drain::DRAIN_TICK;
 pub use heartbeat::realtime_priority;
 use heartbeat::{heartbeat_loop, HeartbeatTo};
 use metrics::note_agreement;
@@ -81,6 +84,8 @@ use tunnel::resize_socket_buffers;
 use views::ServiceView;
 
 const UDP: Token = Token(0);
+/// Wakes the loop from another thread (the drain's signal); no connection has this token.
+const WAKE: Token = Token(usize::MAX);
 /// Datagrams read per wake-up before the loop services timers again.
 const RECV_BATCH: usize = 256;
 /// How often the connection table snapshot for `status` is refreshed.
@@ -131,6 +136,8 @@ pub struct DataplaneConfig {
     pub udp_gso: bool,
     /// Makes and checks SYN cookies (secret derived from the cluster key).
     pub cookies: CookieJar,
+    /// The longest drain after SIGTERM before the loop ends anyway.
+    pub drain_timeout: Duration,
 }
 
 /// A connection's TCP side: plain (redirect mode) or with the FT layer (ft mode).
@@ -278,6 +285,8 @@ pub struct Dataplane {
     sequencers: HashMap<SocketAddrV4, Sequencer>,
     /// When the primary repeats its recent stamps next (the last datagram may be lost).
     order_resend_at: Instant,
+    /// When the drain after SIGTERM began here (`drain.rs`).
+    drain_began: Option<Instant>,
 }
 
 /// The last ACK of a connection that closed in order (our next sequence number, the
@@ -326,7 +335,11 @@ impl Dataplane {
         let udp_gso = cfg.udp_gso;
         poll.registry()
             .register(&mut udp, UDP, Interest::READABLE)?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
+        // INVARIANT: no code panics while holding the lock.
+        *shared.waker.lock().expect("waker lock") = Some(waker);
         Ok(Dataplane {
+            drain_began: None,
             poll,
             udp,
             cfg,
@@ -384,6 +397,9 @@ impl Dataplane {
             if let Some(t) = self.synacks.wake_at() {
                 wake = wake.min(t);
             }
+            if self.drain_began.is_some() {
+                wake = wake.min(now + DRAIN_TICK);
+            }
             let timeout = wake.saturating_duration_since(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -396,6 +412,9 @@ impl Dataplane {
             for ev in events.iter() {
                 if ev.token() == UDP {
                     udp_ready = true;
+                    continue;
+                }
+                if ev.token() == WAKE {
                     continue;
                 }
                 let id = ev.token().0;
@@ -445,6 +464,11 @@ impl Dataplane {
             if now >= next_snapshot {
                 self.snapshot();
                 next_snapshot = now + SNAPSHOT_EVERY;
+            }
+            if self.shared.is_draining() && self.drain(now, snow) {
+                self.flush_tunnel();
+                self.flush_progress();
+                return Ok(());
             }
             self.flush_tunnel();
         }

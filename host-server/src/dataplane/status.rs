@@ -88,6 +88,10 @@ pub struct Shared {
     /// The redirector's life as last heard (0: not yet), named in heartbeats and in
     /// packets for clients.
     pub redirector_incarnation: std::sync::atomic::AtomicU64,
+    /// Set by SIGTERM or SIGINT: the host drains and then exits (see `drain_timeout_s`).
+    pub draining: std::sync::atomic::AtomicBool,
+    /// Wakes the packet loop (set once the loop exists).
+    pub waker: Mutex<Option<Arc<mio::Waker>>>,
 }
 
 impl Shared {
@@ -107,6 +111,23 @@ impl Shared {
                     .load(std::sync::atomic::Ordering::Relaxed),
             ),
         )
+    }
+
+    /// Starts the drain and wakes the packet loop; `false` if it had started already.
+    pub fn start_drain(&self) -> bool {
+        let first = !self
+            .draining
+            .swap(true, std::sync::atomic::Ordering::SeqCst);
+        // INVARIANT: no code panics while holding the lock.
+        if let Some(w) = self.waker.lock().expect("waker lock").as_ref() {
+            let _ = w.wake();
+        }
+        first
+    }
+
+    /// Whether the host drains.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Asks the health checker to probe `service`'s backend now.
