@@ -25,8 +25,11 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
+use ack_channel::Mode;
 use anyhow::{bail, Context};
 use serde::Deserialize;
+
+use crate::services::{Detector, FtOpts, Services};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -90,7 +93,7 @@ pub struct HostConfig {
 }
 
 /// One `[[service]]` table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// Service `ip:port`.
@@ -239,5 +242,226 @@ key_file = "/etc/hydranet/cluster.key"
             cfg.advertised().unwrap(),
             "198.18.1.2:7000".parse().unwrap()
         );
+    }
+}
+
+/// What applying a config's vhosts and services changed (`apply`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Services set that were not set by the previous config.
+    pub added: Vec<SocketAddrV4>,
+    /// Services whose entry differs from the previous config's.
+    pub changed: Vec<SocketAddrV4>,
+    /// Services the previous config set and this one does not: turned off (their open
+    /// connections run to their end).
+    pub withdrawn: Vec<SocketAddrV4>,
+    /// Virtual hosts the previous config named and this one does not: recalled, with their
+    /// services (set by the config or at run time).
+    pub vhosts_removed: Vec<Ipv4Addr>,
+}
+
+impl HostConfig {
+    /// Sets this config's vhosts and services on `services`, at start (`previous` `None`) or
+    /// at a reload (SIGHUP): then only what differs from `previous` is touched, so services
+    /// set at run time with `hydractl` and unchanged ones (their health, their limits) stay as
+    /// they are. All or nothing: checked first on an empty table, an error leaves `services`
+    /// unchanged.
+    pub fn apply(
+        &self,
+        services: &mut Services,
+        previous: Option<&HostConfig>,
+    ) -> anyhow::Result<Applied> {
+        let mut check = Services::default();
+        self.apply_unchecked(&mut check, None)?;
+        self.apply_unchecked(services, previous)
+    }
+
+    fn apply_unchecked(
+        &self,
+        services: &mut Services,
+        previous: Option<&HostConfig>,
+    ) -> anyhow::Result<Applied> {
+        let mut out = Applied::default();
+        let before =
+            |addr: SocketAddrV4| previous.and_then(|p| p.services.iter().find(|s| s.addr == addr));
+        for v in &self.vhosts {
+            services.add_vhost(*v);
+        }
+        for svc in &self.services {
+            match before(svc.addr) {
+                Some(old) if old == svc => continue,
+                Some(_) => out.changed.push(svc.addr),
+                None => out.added.push(svc.addr),
+            }
+            svc.set_on(services)
+                .with_context(|| format!("config service {}", svc.addr))?;
+        }
+        if let Some(p) = previous {
+            for old in &p.services {
+                if self.services.iter().any(|s| s.addr == old.addr) {
+                    continue;
+                }
+                if services.serving(old.addr).is_some() {
+                    services
+                        .set_port_opt(
+                            old.addr,
+                            Mode::Off,
+                            None,
+                            Detector::default(),
+                            FtOpts::from_request(None, None, None, None)?,
+                        )
+                        .with_context(|| format!("withdrawing service {}", old.addr))?;
+                }
+                out.withdrawn.push(old.addr);
+            }
+            for v in &p.vhosts {
+                if !self.vhosts.contains(v) && services.del_vhost(*v).is_ok() {
+                    out.vhosts_removed.push(*v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The settings that only a restart changes, named where `other` differs.
+    pub fn needs_restart(&self, other: &HostConfig) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let mut differs = |name, d: bool| {
+            if d {
+                v.push(name);
+            }
+        };
+        differs("node_id", self.node_id != other.node_id);
+        differs("listen", self.listen != other.listen);
+        differs("advertise", self.advertise != other.advertise);
+        differs("redirector", self.redirector != other.redirector);
+        differs("redirector_id", self.redirector_id != other.redirector_id);
+        differs("key_file", self.key_file != other.key_file);
+        differs("admin_socket", self.admin_socket != other.admin_socket);
+        differs(
+            "metrics_listen",
+            self.metrics_listen != other.metrics_listen,
+        );
+        differs("heartbeat_ms", self.heartbeat_ms != other.heartbeat_ms);
+        differs("mtu", self.mtu != other.mtu);
+        differs("socket_buffer", self.socket_buffer != other.socket_buffer);
+        differs("udp_gso", self.udp_gso != other.udp_gso);
+        differs("max_conns", self.max_conns != other.max_conns);
+        differs(
+            "drain_timeout_s",
+            self.drain_timeout_s != other.drain_timeout_s,
+        );
+        v
+    }
+}
+
+impl ServiceConfig {
+    /// `setportopt` with this entry's options.
+    fn set_on(&self, services: &mut Services) -> anyhow::Result<()> {
+        let mode: Mode = self.mode.parse().map_err(anyhow::Error::msg)?;
+        let d = Detector::default();
+        let detector = Detector {
+            hb_ms: self.hb_ms.unwrap_or(d.hb_ms),
+            timeout_ms: self.timeout_ms.unwrap_or(d.timeout_ms),
+        };
+        let ft = FtOpts::from_request(
+            self.repair,
+            self.order.as_deref(),
+            self.quiet_ms,
+            self.stall_ms,
+        )?;
+        services.set_port_opt(self.addr, mode, self.backend, detector, ft)?;
+        services.set_limits(
+            self.addr,
+            self.max_conns,
+            self.idle_timeout_s,
+            self.keepalive_s,
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    fn cfg(text: &str) -> HostConfig {
+        let head = "node_id = 1\nlisten = \"198.18.1.2:7000\"\nredirector = \"198.18.1.1:7000\"\n\
+                    key_file = \"/k\"\n";
+        toml::from_str(&format!("{head}{text}")).expect("a valid test config")
+    }
+
+    fn served(s: &Services) -> Vec<(SocketAddrV4, Mode)> {
+        s.ports()
+            .filter(|(a, _)| s.serving(*a).is_some())
+            .map(|(a, p)| (a, p.mode))
+            .collect()
+    }
+
+    const ONE: &str = "vhosts = [\"198.19.0.10\"]\n\
+        [[service]]\naddr = \"198.19.0.10:80\"\nmode = \"ft\"\nbackend = \"127.0.0.1:8080\"\n";
+
+    #[test]
+    fn a_reload_adds_changes_and_withdraws_services_and_leaves_runtime_ones() {
+        let a = |s: &str| s.parse::<SocketAddrV4>().unwrap();
+        let old = cfg(ONE);
+        let mut s = Services::default();
+        let applied = old.apply(&mut s, None).unwrap();
+        assert_eq!(applied.added, vec![a("198.19.0.10:80")]);
+        // Set at run time (hydractl setportopt): a reload leaves it alone.
+        s.set_port_opt(
+            a("198.19.0.10:443"),
+            Mode::Redirect,
+            Some(a("127.0.0.1:8443")),
+            Detector::default(),
+            FtOpts::from_request(None, None, None, None).unwrap(),
+        )
+        .unwrap();
+        let new = cfg("vhosts = [\"198.19.0.10\"]\n\
+            [[service]]\naddr = \"198.19.0.10:81\"\nmode = \"redirect\"\nbackend = \"127.0.0.1:8081\"\n");
+        let applied = new.apply(&mut s, Some(&old)).unwrap();
+        assert_eq!(
+            applied,
+            Applied {
+                added: vec![a("198.19.0.10:81")],
+                changed: vec![],
+                withdrawn: vec![a("198.19.0.10:80")],
+                vhosts_removed: vec![],
+            }
+        );
+        assert_eq!(
+            served(&s),
+            vec![
+                (a("198.19.0.10:81"), Mode::Redirect),
+                (a("198.19.0.10:443"), Mode::Redirect)
+            ]
+        );
+        // The same config again changes nothing.
+        assert_eq!(new.apply(&mut s, Some(&new)).unwrap(), Applied::default());
+    }
+
+    #[test]
+    fn a_broken_reload_changes_nothing() {
+        let old = cfg(ONE);
+        let mut s = Services::default();
+        old.apply(&mut s, None).unwrap();
+        let before = served(&s);
+        // A second service is fine, the third names a vhost the config does not create.
+        let bad = cfg("vhosts = [\"198.19.0.10\"]\n\
+            [[service]]\naddr = \"198.19.0.10:81\"\nmode = \"redirect\"\nbackend = \"127.0.0.1:8081\"\n\
+            [[service]]\naddr = \"198.19.0.11:80\"\nmode = \"redirect\"\nbackend = \"127.0.0.1:8081\"\n");
+        let err = bad.apply(&mut s, Some(&old)).unwrap_err();
+        assert!(format!("{err:#}").contains("198.19.0.11:80"), "{err:#}");
+        assert_eq!(served(&s), before);
+    }
+
+    #[test]
+    fn settings_only_a_restart_changes_are_named() {
+        let a = cfg(ONE);
+        let mut b = cfg(ONE);
+        assert!(a.needs_restart(&b).is_empty());
+        b.mtu = 9000;
+        b.heartbeat_ms = 10;
+        assert_eq!(a.needs_restart(&b), vec!["heartbeat_ms", "mtu"]);
     }
 }

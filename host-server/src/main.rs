@@ -1,11 +1,11 @@
 //! `hydra-host`: the HydraNet host server daemon.
 
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ack_channel::{ClusterKey, Incarnation, Mode, Opener, ReplicaId, Sealer};
+use ack_channel::{ClusterKey, Incarnation, Opener, ReplicaId, Sealer};
 use anyhow::Context;
 use clap::Parser;
 use ft_tcp::EndpointConfig;
@@ -58,19 +58,26 @@ fn main() {
     }
 }
 
-/// The signals that start a drain.
+/// The signals the signal thread takes: SIGTERM and SIGINT drain, SIGHUP reloads.
 fn drain_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
     set
 }
 
-/// Waits for SIGTERM or SIGINT: the first starts the drain (the packet loop ends once it is
-/// done, and the process exits 0), a second one exits at once.
-fn drain_on_signals(set: SigSet, shared: &Shared) {
+/// Waits for signals. SIGHUP reloads the config file (`reload`). SIGTERM or SIGINT: the
+/// first starts the drain (the packet loop ends once it is done, and the process exits 0),
+/// a second one exits at once.
+fn drain_on_signals(set: SigSet, shared: &Shared, path: &Path, mut cfg: HostConfig) {
     loop {
         match set.wait() {
+            Ok(Signal::SIGHUP) => {
+                if let Some(new) = reload(shared, path, &cfg) {
+                    cfg = new;
+                }
+            }
             Ok(sig) if shared.start_drain() => {
                 tracing::warn!(
                     signal = sig.as_str(),
@@ -88,6 +95,49 @@ fn drain_on_signals(set: SigSet, shared: &Shared) {
                 tracing::error!(error = %e, "cannot wait for signals: SIGTERM will not drain");
                 return;
             }
+        }
+    }
+}
+
+/// SIGHUP: reads the config file again and applies what changed in its vhosts and services
+/// (`HostConfig::apply`); settings only a restart changes are named in a warning. A config
+/// that does not load or apply changes nothing. Returns the config now in force.
+fn reload(shared: &Shared, path: &Path, old: &HostConfig) -> Option<HostConfig> {
+    let new = match HostConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(config = %path.display(), "SIGHUP: reload refused, the running config stays: {e:#}");
+            return None;
+        }
+    };
+    let applied = {
+        // INVARIANT: no code panics while holding the lock.
+        let mut s = shared.services.lock().expect("services lock");
+        new.apply(&mut s, Some(old))
+    };
+    match applied {
+        Ok(a) => {
+            let restart = new.needs_restart(old);
+            if !restart.is_empty() {
+                tracing::warn!(settings = ?restart, "SIGHUP: these settings changed in the config and take effect at the next restart");
+            }
+            tracing::info!(
+                config = %path.display(),
+                added = ?a.added,
+                changed = ?a.changed,
+                withdrawn = ?a.withdrawn,
+                vhosts_removed = ?a.vhosts_removed,
+                "SIGHUP: config reloaded"
+            );
+            // New backends are probed now, not at the next round.
+            for addr in a.added.iter().chain(&a.changed) {
+                shared.poke_health(*addr);
+            }
+            Some(new)
+        }
+        Err(e) => {
+            tracing::error!(config = %path.display(), "SIGHUP: reload refused, the running config stays: {e:#}");
+            None
         }
     }
 }
@@ -137,29 +187,7 @@ fn run(signals: SigSet) -> anyhow::Result<()> {
     {
         // INVARIANT: no code panics while holding the lock.
         let mut s = shared.services.lock().expect("services lock");
-        for v in &cfg.vhosts {
-            s.add_vhost(*v);
-        }
-        for svc in &cfg.services {
-            let mode: Mode = svc.mode.parse().map_err(anyhow::Error::msg)?;
-            let d = host_server::services::Detector::default();
-            let detector = host_server::services::Detector {
-                hb_ms: svc.hb_ms.unwrap_or(d.hb_ms),
-                timeout_ms: svc.timeout_ms.unwrap_or(d.timeout_ms),
-            };
-            let ft = host_server::services::FtOpts::from_request(
-                svc.repair,
-                svc.order.as_deref(),
-                svc.quiet_ms,
-                svc.stall_ms,
-            )
-            .with_context(|| format!("config service {}", svc.addr))?;
-            s.set_port_opt(svc.addr, mode, svc.backend, detector, ft)
-                .and_then(|()| {
-                    s.set_limits(svc.addr, svc.max_conns, svc.idle_timeout_s, svc.keepalive_s)
-                })
-                .with_context(|| format!("config service {}", svc.addr))?;
-        }
+        cfg.apply(&mut s, None)?;
     }
     let admin_shared = shared.clone();
     control::serve(&cfg.admin_socket, move |m, u, b| {
@@ -171,9 +199,10 @@ fn run(signals: SigSet) -> anyhow::Result<()> {
         tracing::info!(%bound, "serving GET /metrics for Prometheus");
     }
     let signal_shared = shared.clone();
+    let (signal_path, signal_cfg) = (args.config.clone(), cfg.clone());
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || drain_on_signals(signals, &signal_shared))
+        .spawn(move || drain_on_signals(signals, &signal_shared, &signal_path, signal_cfg))
         .context("starting the signal thread")?;
     let health_shared = shared.clone();
     std::thread::Builder::new()

@@ -89,6 +89,13 @@ enum LabCommand {
     /// (at most its `drain_timeout_s`). Returns once hydra-host has exited, or fails after
     /// --wait seconds. Its backend keeps running; `lab restart` brings the host back.
     Stop(StopArgs),
+    /// Reload a host's config: SIGHUP to its hydra-host.
+    ///
+    /// The host reads its TOML again (in the lab's state directory, `hK.toml`) and applies
+    /// what changed in its vhosts and services: new ones are served, removed ones withdrawn,
+    /// unchanged ones and those set with `hydractl setportopt` left alone. Its log says what
+    /// changed, or why the reload was refused (then nothing changed).
+    Reload(HostArgs),
     /// Stall a node: SIGSTOP every process in its namespace (with --backend, a host's backend).
     ///
     /// Undo with `lab resume`.
@@ -266,6 +273,15 @@ struct ProcArgs {
     /// ones included; hydra-host and commands run with `lab exec` are left alone.
     #[arg(long)]
     backend: bool,
+}
+
+#[derive(Args)]
+struct HostArgs {
+    /// The lab's name.
+    #[arg(long)]
+    name: String,
+    /// The host: h1..hN.
+    node: String,
 }
 
 #[derive(Args)]
@@ -474,6 +490,15 @@ pub fn run(args: LabArgs) -> Result<()> {
         LabCommand::Exec(a) => exec(a),
         LabCommand::Kill(a) => kill(a),
         LabCommand::Stop(a) => stop(a),
+        LabCommand::Reload(a) => {
+            let lab = checked_lab(&a.name)?;
+            let i = signal_host(&lab, &a.node, nix::sys::signal::Signal::SIGHUP, "reload")?;
+            eprintln!(
+                "hydra-host on h{i} reloads {} (its log says what changed)",
+                lab.dir().join(format!("h{i}.toml")).display()
+            );
+            Ok(())
+        }
         LabCommand::Restart(a) => restart(a),
         LabCommand::Pause(a) => pause(a, true),
         LabCommand::Resume(a) => pause(a, false),
@@ -727,28 +752,35 @@ fn kill(a: ProcArgs) -> Result<()> {
     Ok(())
 }
 
-fn stop(a: StopArgs) -> Result<()> {
-    let lab = checked_lab(&a.name)?;
-    let Node::Host(i) = lab.parse_node(&a.node)? else {
+/// Sends `sig` to host `node`'s hydra-host (for `lab {verb}`); returns the host's number.
+fn signal_host(
+    lab: &LabState,
+    node: &str,
+    sig: nix::sys::signal::Signal,
+    verb: &str,
+) -> Result<u16> {
+    let Node::Host(i) = lab.parse_node(node)? else {
         bail!(
-            "{} is not a host: lab stop drains a hydra-host ({})",
-            a.node,
+            "{node} is not a host: lab {verb} signals a hydra-host ({})",
             lab.host_list()
         );
     };
-    let host = procs::host_procs(&lab, i)?.host;
+    let host = procs::host_procs(lab, i)?.host;
     if host.is_empty() {
-        bail!("hydra-host on h{i} is not running: nothing to stop");
+        bail!("hydra-host on h{i} is not running: nothing to {verb}");
     }
-    let began = std::time::Instant::now();
     for p in &host {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p.pid),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .with_context(|| format!("sending SIGTERM to hydra-host on h{i} ({p})"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), sig)
+            .with_context(|| format!("sending {sig} to hydra-host on h{i} ({p})"))?;
     }
-    report(&format!("sent SIGTERM to hydra-host on h{i}"), &host);
+    report(&format!("sent {sig} to hydra-host on h{i}"), &host);
+    Ok(i)
+}
+
+fn stop(a: StopArgs) -> Result<()> {
+    let lab = checked_lab(&a.name)?;
+    let began = std::time::Instant::now();
+    let i = signal_host(&lab, &a.node, nix::sys::signal::Signal::SIGTERM, "stop")?;
     let deadline = began + std::time::Duration::from_secs(a.wait);
     while std::time::Instant::now() < deadline {
         if procs::host_procs(&lab, i)?.host.is_empty() {

@@ -1,6 +1,7 @@
-//! SIGTERM on a host is a planned departure (issue #16): the host withdraws every service,
-//! hands its ft connections to the next member, serves its redirect-mode connections to
-//! their end, and exits 0. `hydractl lab stop` sends it and waits for the exit.
+//! Signals to hydra-host (issue #16). SIGTERM is a planned departure: the host withdraws
+//! every service, hands its ft connections to the next member, serves its redirect-mode
+//! connections to their end, and exits 0 (`hydractl lab stop` sends it and waits for the
+//! exit). SIGHUP reloads its config (`hydractl lab reload`).
 
 use std::time::{Duration, Instant};
 
@@ -133,4 +134,76 @@ fn sigterm_on_a_redirect_host_finishes_its_downloads_and_places_new_ones_elsewhe
         took >= Duration::from_secs(1),
         "{victim} exited after {took:?}, before its downloads could end"
     );
+}
+
+/// `curl` of the data file on `port` of the service, at most `secs`: whether it came whole.
+fn fetch(lab: &Lab, port: u16, secs: u32, sha: &str) -> bool {
+    let out = lab.sh(
+        "client",
+        &format!(
+            "curl -sS --fail --max-time {secs} http://198.19.0.10:{port}/data.bin | sha256sum"
+        ),
+    );
+    String::from_utf8_lossy(&out.stdout).starts_with(sha)
+}
+
+/// SIGHUP after a service was added to every host's TOML: the hosts serve it, without a
+/// restart and without touching the service they already served. A TOML that does not load
+/// is refused with a logged error, and nothing changes.
+#[test]
+fn sighup_serves_a_service_added_to_the_config_and_refuses_a_broken_one() {
+    if !netns_or_skip() {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let www = WebRoot::new("rld", 1 << 20, 0xd7a1_0003);
+    let lab = Lab::up("rld", 2, &www.backend_cmd(), &[]);
+    assert!(fetch(&lab, 80, 10, &www.sha256), "the lab's own service");
+    assert!(
+        !fetch(&lab, 81, 2, &www.sha256),
+        "port 81 served before the reload"
+    );
+    let incarnations: Vec<_> = ["h1", "h2"]
+        .iter()
+        .map(|h| lab.status(h)["incarnation"].clone())
+        .collect();
+    let config = |h: &str| format!("/run/hydranet/lab-{}/{h}.toml", lab.name);
+    for h in ["h1", "h2"] {
+        let mut text = std::fs::read_to_string(config(h)).expect("read the host's config");
+        text.push_str(
+            "\n[[service]]\naddr = \"198.19.0.10:81\"\nmode = \"redirect\"\n\
+             backend = \"127.0.0.1:8080\"\n",
+        );
+        std::fs::write(config(h), text).expect("write the host's config");
+        lab.ctl("reload", h, &[]);
+    }
+    let reloaded = Instant::now();
+    let mut served = false;
+    while !served && reloaded.elapsed() < Duration::from_secs(5) {
+        served = fetch(&lab, 81, 2, &www.sha256);
+    }
+    assert!(served, "port 81 not served 5 s after the reload");
+    println!("port 81 served {:?} after the reload", reloaded.elapsed());
+    for (h, before) in ["h1", "h2"].iter().zip(&incarnations) {
+        assert_eq!(
+            &lab.status(h)["incarnation"],
+            before,
+            "{h} restarted instead of reloading"
+        );
+        assert!(
+            host_log(&lab, h).contains("SIGHUP: config reloaded"),
+            "{h}'s log: {}",
+            host_log(&lab, h)
+        );
+    }
+    // A broken config: refused, and both services are still served.
+    std::fs::write(config("h1"), "node_id = \"one\"\n").expect("write");
+    lab.ctl("reload", "h1", &[]);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !host_log(&lab, "h1").contains("reload refused") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = host_log(&lab, "h1");
+    assert!(log.contains("reload refused"), "h1's log: {log}");
+    assert!(fetch(&lab, 80, 10, &www.sha256) && fetch(&lab, 81, 10, &www.sha256));
 }
