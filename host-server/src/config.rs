@@ -98,8 +98,9 @@ pub struct HostConfig {
 pub struct ServiceConfig {
     /// Service `ip:port`.
     pub addr: SocketAddrV4,
-    /// `redirect`, `ft` or `off`.
-    pub mode: String,
+    /// `redirect`, `ft` or `off` (checked while parsing: an error names its line).
+    #[serde(deserialize_with = "mode_word")]
+    pub mode: Mode,
     /// The local backend.
     pub backend: Option<SocketAddrV4>,
     /// ft detector heartbeat interval, milliseconds (default 5).
@@ -109,8 +110,8 @@ pub struct ServiceConfig {
     /// ft hop-by-hop repair (default on).
     #[serde(default)]
     pub repair: Option<bool>,
-    /// ft order across connections: `none` (default) or `total`.
-    #[serde(default)]
+    /// ft order across connections: `none` (default) or `total` (checked while parsing).
+    #[serde(default, deserialize_with = "order_word")]
     pub order: Option<String>,
     /// Total order: longest wait for the backend's answer, milliseconds (default 2).
     #[serde(default)]
@@ -131,6 +132,23 @@ pub struct ServiceConfig {
     /// reset after 3 unanswered probes (default 0: off).
     #[serde(default)]
     pub keepalive_s: Option<u32>,
+}
+
+/// A mode word, refused while parsing (so that the error carries its line and column).
+fn mode_word<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
+    let word = String::deserialize(d)?;
+    word.parse().map_err(serde::de::Error::custom)
+}
+
+/// An order word (`none` or `total`), refused while parsing.
+fn order_word<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let word = String::deserialize(d)?;
+    match word.as_str() {
+        "none" | "total" => Ok(Some(word)),
+        other => Err(serde::de::Error::custom(format!(
+            "unknown order `{other}`: use none or total"
+        ))),
+    }
 }
 
 fn default_admin_socket() -> PathBuf {
@@ -358,7 +376,7 @@ impl HostConfig {
 impl ServiceConfig {
     /// `setportopt` with this entry's options.
     fn set_on(&self, services: &mut Services) -> anyhow::Result<()> {
-        let mode: Mode = self.mode.parse().map_err(anyhow::Error::msg)?;
+        let mode = self.mode;
         let d = Detector::default();
         let detector = Detector {
             hb_ms: self.hb_ms.unwrap_or(d.hb_ms),

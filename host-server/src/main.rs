@@ -22,7 +22,8 @@ struct Args {
     #[arg(long, short)]
     config: PathBuf,
     /// Check the config file and the cluster key it names, print what would run, and exit:
-    /// 0 if both are usable, 1 with the error otherwise (as `nginx -t`). Starts nothing.
+    /// 0 if both are usable, 2 with the error otherwise (its line and column, for an error
+    /// in the file). Starts nothing, as `nginx -t`.
     #[arg(long)]
     check: bool,
 }
@@ -52,9 +53,12 @@ fn main() {
              will cost their full size in memory (not glibc?)"
         );
     }
-    if let Err(e) = run(signals) {
+    let args = Args::parse();
+    let check = args.check;
+    if let Err(e) = run(args, signals) {
         eprintln!("hydra-host: {e:#}");
-        std::process::exit(1);
+        // 2: the config (or its key) is unusable, what `--check` is asked; 1: it failed.
+        std::process::exit(if check { 2 } else { 1 });
     }
 }
 
@@ -155,8 +159,7 @@ fn raise_fd_limit() {
     }
 }
 
-fn run(signals: SigSet) -> anyhow::Result<()> {
-    let args = Args::parse();
+fn run(args: Args, signals: SigSet) -> anyhow::Result<()> {
     let cfg = HostConfig::load(&args.config)?;
     let key = ClusterKey::load(&cfg.key_file)?;
     if args.check {

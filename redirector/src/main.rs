@@ -24,7 +24,8 @@ struct Args {
     #[arg(long, short)]
     config: PathBuf,
     /// Check the config file and the cluster key it names, print what would run, and exit:
-    /// 0 if both are usable, 1 with the error otherwise (as `nginx -t`). Starts nothing.
+    /// 0 if both are usable, 2 with the error otherwise (its line and column, for an error
+    /// in the file). Starts nothing, as `nginx -t`.
     #[arg(long)]
     check: bool,
 }
@@ -34,14 +35,16 @@ fn main() {
         eprintln!("hydra-redirector: {e}");
         std::process::exit(1);
     }
-    if let Err(e) = run() {
+    let args = Args::parse();
+    let check = args.check;
+    if let Err(e) = run(args) {
         eprintln!("hydra-redirector: {e:#}");
-        std::process::exit(1);
+        // 2: the config (or its key) is unusable, what `--check` is asked; 1: it failed.
+        std::process::exit(if check { 2 } else { 1 });
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn run(args: Args) -> anyhow::Result<()> {
     let cfg = RedirConfig::load(&args.config)?;
     let key = ClusterKey::load(&cfg.key_file)?;
     let (addr, prefix) = cfg.tun_prefix()?;

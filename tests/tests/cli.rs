@@ -248,7 +248,8 @@ fn daemons_log_json_on_request_and_refuse_an_unknown_log_format() {
 }
 
 /// `--check` (as `nginx -t`): a usable config and key print one OK line and exit 0 without
-/// starting anything; a missing key exits 1 and says how to make one.
+/// starting anything; a missing key exits 2 and says how to make one; a wrong word in the
+/// file exits 2 naming its line.
 #[test]
 fn daemons_check_their_config_without_starting() {
     let dir = std::env::temp_dir().join(format!("hn-check-{}", std::process::id()));
@@ -286,11 +287,47 @@ fn daemons_check_their_config_without_starting() {
         assert!(!dir.join("h.sock").exists() && !dir.join("r.sock").exists());
         let bad = check(&dir.join("missing.key"));
         let err = String::from_utf8_lossy(&bad.stderr);
-        assert!(
-            !bad.status.success(),
-            "{bin_name} --check passed without a key"
+        assert_eq!(
+            bad.status.code(),
+            Some(2),
+            "{bin_name} --check without a key: {bad:?}"
         );
         assert!(err.contains("hydractl keygen --out"), "{bin_name}: {err}");
+    }
+    // A mode and an order that do not exist: each refused while parsing, at its line.
+    let host_cfg = dir.join("words.toml");
+    let base = configs[0]
+        .1
+        .replace("KEY", &key.display().to_string())
+        .replace("DIR", &dir.display().to_string());
+    for (line, word) in [
+        ("mode = \"fast\"", "unknown mode `fast`"),
+        ("order = \"random\"", "unknown order `random`"),
+    ] {
+        let (mode, order) = if line.starts_with("mode") {
+            (line.to_string(), String::new())
+        } else {
+            ("mode = \"ft\"".to_string(), format!("{line}\n"))
+        };
+        std::fs::write(
+            &host_cfg,
+            format!(
+                "{base}vhosts = [\"198.19.0.10\"]\n\n[[service]]\naddr = \"198.19.0.10:80\"\n\
+                 backend = \"127.0.0.1:8080\"\n{order}{mode}\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new(bin("hydra-host"))
+            .args(["--check", "--config"])
+            .arg(&host_cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{line}: {out:?}");
+        assert!(
+            err.contains(word) && err.contains("line 11"),
+            "{line}: {err}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
