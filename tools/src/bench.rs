@@ -1074,6 +1074,12 @@ fn plots(
     latencies: &BTreeMap<&str, Vec<f64>>,
     timelines: &[(String, Stream)],
 ) -> Result<()> {
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        control::chart_font().map_err(anyhow::Error::msg)?,
+    )
+    .map_err(|_| anyhow::anyhow!("{} is not a font plotters can read", control::CHART_FONT))?;
     bars(
         &dir.join("throughput.png"),
         "Bulk throughput (MB/s): 1 connection (blue), 8 connections (red)",
@@ -1184,4 +1190,52 @@ fn plots(
         root.present()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The four charts render from a small result, their text in the font of Debian's
+    /// fonts-dejavu-core (plotters' `ab_glyph`: no fontconfig at build or run time).
+    #[test]
+    fn charts_render_with_the_packaged_font() {
+        let dir = std::env::var_os("HYDRA_CHARTS_KEEP").map_or_else(
+            || std::env::temp_dir().join(format!("hn-charts-{}", std::process::id())),
+            PathBuf::from,
+        );
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let metrics: BTreeMap<String, Value> = [
+            ("bulk_1conn_MBps", 100.0),
+            ("bulk_8conn_MBps", 120.0),
+            ("short_conns_per_s", 5000.0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+        let r = BTreeMap::from([("kernel", metrics.clone()), ("ft3", metrics)]);
+        let latencies =
+            BTreeMap::from([("kernel", vec![0.05, 0.06, 0.1]), ("ft3", vec![0.1, 0.2])]);
+        let stream = Stream {
+            stamps: vec![(0.0, 0), (0.5, 1 << 20), (1.0, 2 << 20)],
+            kills: vec![0.6],
+            pauses_ms: vec![30.0],
+            bytes: 2 << 20,
+            intact: true,
+            ended: "complete".into(),
+        };
+        plots(&dir, &r, &latencies, &[("ft3".into(), stream)]).expect("charts");
+        for f in [
+            "throughput.png",
+            "short-conns.png",
+            "latency-cdf.png",
+            "failover-timeline.png",
+        ] {
+            let len = std::fs::metadata(dir.join(f)).map_or(0, |m| m.len());
+            assert!(len > 1000, "{f}: {len} bytes");
+        }
+        if std::env::var_os("HYDRA_CHARTS_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }

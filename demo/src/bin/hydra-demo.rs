@@ -291,6 +291,12 @@ fn summarize(p: &Playback, reference: &[String]) -> Summary {
 }
 
 fn draw(path: &Path, runs: &[(&str, &Playback)], total: usize, secs: f64) -> anyhow::Result<()> {
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        control::chart_font().map_err(anyhow::Error::msg)?,
+    )
+    .map_err(|_| anyhow::anyhow!("{} is not a font plotters can read", control::CHART_FONT))?;
     let root = BitMapBackend::new(path, (1400, 520)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((1, runs.len()));
