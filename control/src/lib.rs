@@ -335,6 +335,27 @@ pub fn init_logging() -> Result<(), String> {
     Ok(())
 }
 
+/// Where Debian's `fonts-dejavu-core` puts the font the bench and demo charts are drawn in.
+pub const CHART_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// The chart font's bytes, read once and kept for the process (plotters' `ab_glyph`
+/// backend takes `'static` font data). Charts used fontconfig through plotters' `ttf`
+/// feature, whose build needed `libfontconfig1-dev`; this needs only the font file.
+pub fn chart_font() -> Result<&'static [u8], String> {
+    static FONT: std::sync::OnceLock<Result<&'static [u8], String>> = std::sync::OnceLock::new();
+    FONT.get_or_init(|| {
+        std::fs::read(CHART_FONT)
+            .map(|b| &*Box::leak(b.into_boxed_slice()))
+            .map_err(|e| {
+                format!(
+                    "cannot read the chart font {CHART_FONT} ({e}): install Debian's \
+                     fonts-dejavu-core (scripts/install-deps does)"
+                )
+            })
+    })
+    .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,25 +442,4 @@ mod tests {
         assert_eq!(dechunk(b"zz\r\nabc"), b"");
         assert_eq!(dechunk(b"10\r\nabc"), b"");
     }
-}
-
-/// Where Debian's `fonts-dejavu-core` puts the font the bench and demo charts are drawn in.
-pub const CHART_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-
-/// The chart font's bytes, read once and kept for the process (plotters' `ab_glyph`
-/// backend takes `'static` font data). Charts used fontconfig through plotters' `ttf`
-/// feature, whose build needed `libfontconfig1-dev`; this needs only the font file.
-pub fn chart_font() -> Result<&'static [u8], String> {
-    static FONT: std::sync::OnceLock<Result<&'static [u8], String>> = std::sync::OnceLock::new();
-    FONT.get_or_init(|| {
-        std::fs::read(CHART_FONT)
-            .map(|b| &*Box::leak(b.into_boxed_slice()))
-            .map_err(|e| {
-                format!(
-                    "cannot read the chart font {CHART_FONT} ({e}): install Debian's \
-                     fonts-dejavu-core (scripts/install-deps does)"
-                )
-            })
-    })
-    .clone()
 }
