@@ -564,6 +564,19 @@ fn prometheus_scrapes_both_daemons_over_tcp() {
     assert!(host.contains("wire=\"4\""), "{host}");
     let status = scrape("redir", "http://198.18.1.2:9100/status");
     assert!(status.ends_with("\n404"), "{status}");
+    // What Prometheus gets parses as its text exposition format, every family and sample.
+    for (who, text) in [("redirector", &redir), ("host", &host)] {
+        let body = text.strip_suffix("\n200").expect("a 200 answer");
+        let parsed = openmetrics_parser::prometheus::parse_prometheus(body)
+            .unwrap_or_else(|e| panic!("the {who}'s /metrics does not parse: {e:?}\n{body}"));
+        let families = body.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(
+            parsed.families.len(),
+            families,
+            "{who}: families lost in parsing"
+        );
+        assert!(families > 10, "{who}: only {families} metric families");
+    }
 }
 
 /// The systemd units in `deploy/systemd` load: `systemd-analyze verify` on each, with the
