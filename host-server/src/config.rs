@@ -84,6 +84,11 @@ pub struct HostConfig {
     /// waits for its redirect-mode connections to end. A second signal exits at once.
     #[serde(default = "default_drain_timeout_s")]
     pub drain_timeout_s: u64,
+    /// Where changes made at run time with `hydractl v_host` and `setportopt` are kept (one
+    /// JSON object per line) and made again at the next start, after this file; default:
+    /// this file's path with `.state` appended. Remove it to start from the config alone.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
     /// Virtual hosts to create at start.
     #[serde(default)]
     pub vhosts: Vec<Ipv4Addr>,
@@ -339,6 +344,15 @@ impl HostConfig {
             }
         }
         Ok(out)
+    }
+
+    /// The state file of the config read from `path` (`state_file`, or `path` + `.state`).
+    pub fn state_file_of(&self, path: &Path) -> PathBuf {
+        self.state_file.clone().unwrap_or_else(|| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(".state");
+            PathBuf::from(p)
+        })
     }
 
     /// The settings that only a restart changes, named where `other` differs.

@@ -164,14 +164,16 @@ fn run(args: Args, signals: SigSet) -> anyhow::Result<()> {
     let key = ClusterKey::load(&cfg.key_file)?;
     if args.check {
         println!(
-            "{}: config OK: node {}, listen {}, redirector {} (node {}), key {}, admin {}",
+            "{}: config OK: node {}, listen {}, redirector {} (node {}), key {}, admin {}, \
+             runtime changes kept in {}",
             args.config.display(),
             cfg.node_id,
             cfg.listen,
             cfg.redirector,
             cfg.redirector_id,
             cfg.key_file.display(),
-            cfg.admin_socket.display()
+            cfg.admin_socket.display(),
+            cfg.state_file_of(&args.config).display()
         );
         return Ok(());
     }
@@ -183,8 +185,10 @@ fn run(args: Args, signals: SigSet) -> anyhow::Result<()> {
     // This life of the host: datagrams for an earlier one are refused, and the redirector
     // makes it a new member, holding none of the old life's connections.
     let incarnation = Incarnation(wall.as_nanos() as u64);
+    let state = cfg.state_file_of(&args.config);
     let shared = Arc::new(Shared {
         incarnation,
+        state_file: Some(state.clone()),
         ..Shared::default()
     });
     {
@@ -192,6 +196,8 @@ fn run(args: Args, signals: SigSet) -> anyhow::Result<()> {
         let mut s = shared.services.lock().expect("services lock");
         cfg.apply(&mut s, None)?;
     }
+    // Then what was changed at run time in earlier lives (hydractl v_host, setportopt).
+    host_server::admin::replay(&shared, &state);
     let admin_shared = shared.clone();
     control::serve(&cfg.admin_socket, move |m, u, b| {
         host_server::admin::handle(&admin_shared, node, m, u, b)

@@ -92,6 +92,8 @@ pub struct Shared {
     pub draining: std::sync::atomic::AtomicBool,
     /// Wakes the packet loop (set once the loop exists).
     pub waker: Mutex<Option<Arc<mio::Waker>>>,
+    /// Where runtime changes (`v_host`, `setportopt`) are kept for the next start.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl Shared {
