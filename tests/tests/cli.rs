@@ -606,3 +606,46 @@ fn the_systemd_units_verify() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.trim().is_empty(), "{err}");
 }
+
+/// `hydractl completions SHELL` prints a script that knows the subcommands (bash's passes
+/// `bash -n`), and `hydractl man` writes a page per subcommand.
+#[test]
+fn completions_and_man_pages() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = hydractl().args(["completions", shell]).output().unwrap();
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}: {}", show(&out));
+        for word in ["setportopt", "v_host", "lab"] {
+            assert!(script.contains(word), "{shell} completions lack {word}");
+        }
+        if shell == "bash" {
+            let dir = std::env::temp_dir().join(format!("hn-compl-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join("hydractl.bash");
+            std::fs::write(&file, script.as_bytes()).unwrap();
+            let check = Command::new("bash").arg("-n").arg(&file).output().unwrap();
+            assert!(check.status.success(), "bash -n: {}", show(&check));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("hn-man-{}", std::process::id()));
+    let out = hydractl()
+        .args(["man", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    for (page, says) in [
+        ("hydractl.1", "Control HydraNet daemons and labs"),
+        ("hydractl-setportopt.1", "stall\\-timeout"),
+        ("hydractl-lab-stop.1", "SIGTERM"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(page)).unwrap_or_default();
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page} is no man page: {text}"
+        );
+        assert!(text.contains(says), "{page} lacks {says}: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -141,6 +141,21 @@ enum Command {
     /// Measure kernel routing, an nginx stream proxy, redirect, ft2 and ft3 side by side in
     /// one run: bulk throughput, latency, requests per second, failover, scale.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script for hydractl.
+    ///
+    /// bash: `hydractl completions bash > /etc/bash_completion.d/hydractl`; zsh: into a
+    /// directory of $fpath as `_hydractl`; fish: `~/.config/fish/completions/hydractl.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write hydractl's man pages (`hydractl.1` and one per subcommand, e.g.
+    /// `hydractl-setportopt.1`) into a directory.
+    Man {
+        /// The directory (created if missing), e.g. /usr/local/share/man/man1.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -157,6 +172,27 @@ enum VHostAction {
     },
     /// List virtual hosts.
     List,
+}
+
+/// Writes `hydractl.1` and a page per subcommand (nested ones too, `hydractl-lab-up.1`).
+fn man_pages(out: &Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut written = Vec::new();
+    let mut todo = vec![(String::from("hydractl"), Cli::command())];
+    while let Some((name, cmd)) = todo.pop() {
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let sub_name = format!("{name}-{}", sub.get_name());
+            todo.push((sub_name.clone(), sub.clone().name(sub_name)));
+        }
+        let path = out.join(format!("{name}.1"));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut page)?;
+        std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    eprintln!("wrote {} man pages into {}", written.len(), out.display());
+    Ok(())
 }
 
 fn main() {
@@ -211,6 +247,17 @@ fn main() {
         } => status(&target.socket, json, (!all).then_some(connections)),
         Command::Lab(args) => lab::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "hydractl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { out } => man_pages(&out),
     };
     if let Err(e) = result {
         eprintln!("hydractl: {e:#}");
