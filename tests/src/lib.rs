@@ -305,6 +305,18 @@ impl Lab {
         })
     }
 
+    /// `curl` from the client of `/data.bin` on `port` of the service, at most `secs`:
+    /// whether the body's SHA-256 is `sha`.
+    pub fn fetches(&self, port: u16, secs: u32, sha: &str) -> bool {
+        let out = self.sh(
+            "client",
+            &format!(
+                "curl -sS --fail --max-time {secs} http://198.19.0.10:{port}/data.bin | sha256sum"
+            ),
+        );
+        String::from_utf8_lossy(&out.stdout).starts_with(sha)
+    }
+
     /// Waits (up to 2 s) until the redirector's view no longer contains `node`.
     pub fn wait_until_out_of_view(&self, node: &str) {
         for _ in 0..200 {

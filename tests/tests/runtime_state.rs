@@ -16,15 +16,6 @@ fn setportopt(lab: &Lab, node: &str, args: &[&str]) -> std::process::Output {
         .expect("run hydractl")
 }
 
-/// `curl` of the data file on port `port` of the service: whether it came whole.
-fn fetch(lab: &Lab, port: u16, sha: &str) -> bool {
-    let out = lab.sh(
-        "client",
-        &format!("curl -sS --fail --max-time 5 http://198.19.0.10:{port}/data.bin | sha256sum"),
-    );
-    String::from_utf8_lossy(&out.stdout).starts_with(sha)
-}
-
 /// A service added with `hydractl setportopt` on every host is still served after every
 /// host crashed and restarted with the same config file; a setportopt the host refuses is
 /// not kept.
@@ -65,7 +56,7 @@ fn a_service_set_at_run_time_is_served_again_after_a_restart() {
     }
     let wait_served = |what: &str| {
         let began = Instant::now();
-        while !fetch(&lab, 81, &www.sha256) {
+        while !lab.fetches(81, 5, &www.sha256) {
             assert!(
                 began.elapsed() < Duration::from_secs(10),
                 "port 81 not served {what}"
@@ -89,7 +80,7 @@ fn a_service_set_at_run_time_is_served_again_after_a_restart() {
         lab.ctl("restart", h, &[]);
     }
     wait_served("after both hosts restarted");
-    assert!(fetch(&lab, 80, &www.sha256), "the config's own service");
+    assert!(lab.fetches(80, 5, &www.sha256), "the config's own service");
     let status = hydractl()
         .args(["status", "--json", "--socket"])
         .arg(lab.socket("h1"))

@@ -136,17 +136,6 @@ fn sigterm_on_a_redirect_host_finishes_its_downloads_and_places_new_ones_elsewhe
     );
 }
 
-/// `curl` of the data file on `port` of the service, at most `secs`: whether it came whole.
-fn fetch(lab: &Lab, port: u16, secs: u32, sha: &str) -> bool {
-    let out = lab.sh(
-        "client",
-        &format!(
-            "curl -sS --fail --max-time {secs} http://198.19.0.10:{port}/data.bin | sha256sum"
-        ),
-    );
-    String::from_utf8_lossy(&out.stdout).starts_with(sha)
-}
-
 /// SIGHUP after a service was added to every host's TOML: the hosts serve it, without a
 /// restart and without touching the service they already served. A TOML that does not load
 /// is refused with a logged error, and nothing changes.
@@ -158,9 +147,9 @@ fn sighup_serves_a_service_added_to_the_config_and_refuses_a_broken_one() {
     let _one_at_a_time = serial();
     let www = WebRoot::new("rld", 1 << 20, 0xd7a1_0003);
     let lab = Lab::up("rld", 2, &www.backend_cmd(), &[]);
-    assert!(fetch(&lab, 80, 10, &www.sha256), "the lab's own service");
+    assert!(lab.fetches(80, 10, &www.sha256), "the lab's own service");
     assert!(
-        !fetch(&lab, 81, 2, &www.sha256),
+        !lab.fetches(81, 2, &www.sha256),
         "port 81 served before the reload"
     );
     let incarnations: Vec<_> = ["h1", "h2"]
@@ -180,7 +169,7 @@ fn sighup_serves_a_service_added_to_the_config_and_refuses_a_broken_one() {
     let reloaded = Instant::now();
     let mut served = false;
     while !served && reloaded.elapsed() < Duration::from_secs(5) {
-        served = fetch(&lab, 81, 2, &www.sha256);
+        served = lab.fetches(81, 2, &www.sha256);
     }
     assert!(served, "port 81 not served 5 s after the reload");
     println!("port 81 served {:?} after the reload", reloaded.elapsed());
@@ -205,5 +194,5 @@ fn sighup_serves_a_service_added_to_the_config_and_refuses_a_broken_one() {
     }
     let log = host_log(&lab, "h1");
     assert!(log.contains("reload refused"), "h1's log: {log}");
-    assert!(fetch(&lab, 80, 10, &www.sha256) && fetch(&lab, 81, 10, &www.sha256));
+    assert!(lab.fetches(80, 10, &www.sha256) && lab.fetches(81, 10, &www.sha256));
 }
