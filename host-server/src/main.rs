@@ -62,6 +62,14 @@ fn main() {
     }
 }
 
+/// Tells systemd (when it started us with NOTIFY_SOCKET, `Type=notify`) how we stand; a
+/// failure is logged, never fatal.
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
 /// The signals the signal thread takes: SIGTERM and SIGINT drain, SIGHUP reloads.
 fn drain_signals() -> SigSet {
     let mut set = SigSet::empty();
@@ -78,11 +86,16 @@ fn drain_on_signals(set: SigSet, shared: &Shared, path: &Path, mut cfg: HostConf
     loop {
         match set.wait() {
             Ok(Signal::SIGHUP) => {
+                if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+                    notify_systemd(&[sd_notify::NotifyState::Reloading, now]);
+                }
                 if let Some(new) = reload(shared, path, &cfg) {
                     cfg = new;
                 }
+                notify_systemd(&[sd_notify::NotifyState::Ready]);
             }
             Ok(sig) if shared.start_drain() => {
+                notify_systemd(&[sd_notify::NotifyState::Stopping]);
                 tracing::warn!(
                     signal = sig.as_str(),
                     "draining; a second signal exits at once"
@@ -245,6 +258,8 @@ fn run(args: Args, signals: SigSet) -> anyhow::Result<()> {
     )
     .with_context(|| format!("cannot bind the tunnel socket {}", cfg.listen))?;
     tracing::info!(node = cfg.node_id, listen = %cfg.listen, redirector = %cfg.redirector, admin = %cfg.admin_socket.display(), "hydra-host running");
+    // systemd's Type=notify: ready once the tunnel socket and the admin socket are bound.
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
     dp.run().context("dataplane failed")?;
     // Drained (the loop ends only so): the admin socket goes with us.
     let _ = std::fs::remove_file(&cfg.admin_socket);

@@ -135,6 +135,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     )
     .context("starting the packet threads")?;
     tracing::info!(listen = %cfg.listen, tun = %cfg.tun_name, prefix = %cfg.tun_addr, admin = %cfg.admin_socket.display(), "hydra-redirector running");
+    // systemd's Type=notify: ready once the TUN, the tunnel and the admin socket are up.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
     loop {
         std::thread::park();
     }

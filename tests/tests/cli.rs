@@ -649,3 +649,70 @@ fn completions_and_man_pages() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Under systemd's `Type=notify`: hydra-host says READY=1 once it runs, STOPPING=1 at
+/// SIGTERM, and with no connection to drain exits 0 soon after (NOTIFY_SOCKET is a datagram
+/// socket of the test's; the host's redirector is a discard port on the loopback).
+#[test]
+fn hydra_host_notifies_systemd_and_exits_0_after_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = std::env::temp_dir().join(format!("hn-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = keygen_in(&dir);
+    let notify_path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let cfg = dir.join("host.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "node_id = 1\nlisten = \"127.0.0.1:0\"\nadvertise = \"127.0.0.1:7000\"\n\
+             redirector = \"127.0.0.1:9\"\nkey_file = \"{}\"\nadmin_socket = \"{}\"\n",
+            key.display(),
+            dir.join("h.sock").display()
+        ),
+    )
+    .unwrap();
+    let mut host = Command::new(bin("hydra-host"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let mut next = || {
+        let n = notify.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(next(), "STOPPING=1\n");
+    let began = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = host.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(5),
+            "hydra-host still runs 5 s after SIGTERM with nothing to drain"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = host.stderr.take().unwrap().read_to_string(&mut err);
+    assert!(status.success(), "exit {status:?}: {err}");
+    assert!(err.contains("drained: no connection left here"), "{err}");
+    assert!(
+        !dir.join("h.sock").exists(),
+        "the admin socket stayed behind"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
