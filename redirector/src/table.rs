@@ -57,6 +57,27 @@ pub struct FtView {
     pub since: BTreeMap<ReplicaId, Epoch>,
     /// The detector timeout the service asked for.
     pub timeout: Duration,
+    /// When a client-bound packet of the service last passed.
+    pub last_out: Option<Instant>,
+    /// Set when a crash changed the primary: the last client-bound packet before it. The
+    /// first one after closes the failover pause ([`Table::take_timings`]).
+    pub failover_from: Option<Instant>,
+}
+
+/// A gap in a service's client-bound packets across a failover longer than this is an idle
+/// service, not a pause, and is not counted.
+pub const PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// What the table measured since the last [`Table::take_timings`].
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Timings {
+    /// For each view change that dropped silent members: how long the newest of them had
+    /// been silent (the detection time: timeout plus the housekeeping round).
+    pub detections: Vec<Duration>,
+    /// For each crash of a service's primary: the gap in its client-bound packets, from the
+    /// last one before the view change to the first one after (the failover pause a client
+    /// of a busy connection sees, as the redirector sees it).
+    pub pauses: Vec<Duration>,
 }
 
 /// Where a client packet goes.
@@ -98,6 +119,8 @@ pub struct Table {
     epoch_base: Epoch,
     /// Who speaks for each ft connection: the members excluded from it (`ft_tcp::speaker`).
     speakers: SpeakerBook,
+    /// Detection times and failover pauses measured since the last take.
+    timings: Timings,
 }
 
 /// Most ft connections with exclusions at once. A request past it is refused (counted); the
@@ -149,6 +172,7 @@ impl Table {
             views: BTreeMap::new(),
             epoch_base: Epoch(0),
             speakers: SpeakerBook::new(MAX_EXCLUSION_RECORDS),
+            timings: Timings::default(),
         }
     }
 
@@ -217,6 +241,8 @@ impl Table {
                 members: Vec::new(),
                 since: BTreeMap::new(),
                 timeout: Duration::from_millis(25),
+                last_out: None,
+                failover_from: None,
             });
             v.timeout = Duration::from_millis(u64::from(ad.timeout_ms.max(1)));
             if !v.members.contains(&id) {
@@ -337,6 +363,10 @@ impl Table {
             if gone >= 2 && newest_silence < timeout * 2 {
                 continue;
             }
+            self.timings.detections.push(newest_silence);
+            if v.members.first() != kept.first() {
+                v.failover_from = v.last_out;
+            }
             v.members = kept;
             v.epoch = Epoch(v.epoch.0 + 1);
             events.push(HostEvent::ViewChanged(*svc, v.epoch, v.members.clone()));
@@ -436,15 +466,25 @@ impl Table {
             // An earlier life of the host (a process that should be dead) never speaks.
             return false;
         }
-        if let Some(v) = self.views.get(&key.service) {
+        if let Some(v) = self.views.get_mut(&key.service) {
             // Fencing: only the current epoch speaks, and for each connection only its
             // speaker: the first member of the view not excluded from it (ft_tcp::speaker).
             if v.epoch != epoch {
                 return false;
             }
-            return self
-                .speakers
-                .admit(now, &key, v.members.iter().map(|m| m.0), sender.0, meta);
+            let admitted =
+                self.speakers
+                    .admit(now, &key, v.members.iter().map(|m| m.0), sender.0, meta);
+            if admitted {
+                if let Some(from) = v.failover_from.take() {
+                    let gap = now.saturating_duration_since(from);
+                    if gap < PAUSE_MAX {
+                        self.timings.pauses.push(gap);
+                    }
+                }
+                v.last_out = Some(now);
+            }
+            return admitted;
         }
         match self.flows.get(&key) {
             Some(f) if f.host == sender => {
@@ -475,6 +515,11 @@ impl Table {
                 ok
             }
         }
+    }
+
+    /// Detection times and failover pauses measured since the last call.
+    pub fn take_timings(&mut self) -> Timings {
+        std::mem::take(&mut self.timings)
     }
 
     /// Host `from` (in life `incarnation`) asks to exclude `members` from ft connection
@@ -808,6 +853,67 @@ mod tests {
         // An older life heard after a newer one changes nothing.
         assert!(t.on_heartbeat(t0, ReplicaId(1), INC, hb).is_empty());
         assert_eq!(t.view(svc()).unwrap().epoch, Epoch(1_005));
+    }
+
+    /// A crash of the primary is measured twice: how long it had been silent when the view
+    /// dropped it (detection), and the gap in the service's client-bound packets from the
+    /// last one before to the first one the new primary sends (the failover pause). A
+    /// backup's crash changes no speaker: no pause.
+    #[test]
+    fn a_primary_crash_yields_its_detection_time_and_the_failover_pause() {
+        let ms = |n| Duration::from_millis(n);
+        let t0 = crate::dataplane::clock();
+        let mut t = Table::new(ms(300));
+        join_ft(&mut t, t0, 3);
+        let reply = {
+            let mut b = Vec::new();
+            PacketBuilder::ipv4([198, 19, 0, 10], [198, 18, 0, 2], 64)
+                .tcp(80, 40000, 1, 100)
+                .ack(2)
+                .write(&mut b, b"x")
+                .unwrap();
+            TcpMeta::parse(&b).unwrap()
+        };
+        let epoch = t.view(svc()).unwrap().epoch;
+        assert!(t.accept_outbound(t0 + ms(10), ReplicaId(1), INC, epoch, &reply));
+        let alive = |t: &mut Table, at: Instant, ids: &[u32]| {
+            for &i in ids {
+                let addr = format!("198.18.{i}.2:7000").parse().unwrap();
+                beat(t, at, ReplicaId(i), addr, ft_hb());
+            }
+        };
+        // h2 and h3 go on beating; h1 (the primary) falls silent after t0.
+        for at in [ms(20), ms(30)] {
+            alive(&mut t, t0 + at, &[2, 3]);
+        }
+        let t1 = t0 + ms(31);
+        let events = t.expire(t1);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, HostEvent::ViewChanged(..))),
+            "{events:?}"
+        );
+        let epoch = t.view(svc()).unwrap().epoch;
+        assert!(t.accept_outbound(t1 + ms(4), ReplicaId(2), INC, epoch, &reply));
+        assert!(t.accept_outbound(t1 + ms(5), ReplicaId(2), INC, epoch, &reply));
+        assert_eq!(
+            t.take_timings(),
+            Timings {
+                detections: vec![ms(31)],
+                pauses: vec![ms(25)],
+            }
+        );
+        // A backup (h3) crashes: detected, but the speaker's packets never stopped.
+        for at in [ms(40), ms(50)] {
+            alive(&mut t, t1 + at, &[2]);
+        }
+        assert!(!t.expire(t1 + ms(51)).is_empty());
+        let epoch = t.view(svc()).unwrap().epoch;
+        assert!(t.accept_outbound(t1 + ms(52), ReplicaId(2), INC, epoch, &reply));
+        let timings = t.take_timings();
+        assert_eq!(timings.detections.len(), 1);
+        assert!(timings.pauses.is_empty(), "{timings:?}");
     }
 
     #[test]

@@ -541,6 +541,13 @@ fn prometheus_scrapes_both_daemons_over_tcp() {
     }
     let _one_at_a_time = serial();
     let lab = Lab::up("prom", 2, REDIS_BACKEND, &["--mode", "ft"]);
+    // One connection, so that every member connected to its backend once.
+    let ping = lab.sh("client", "redis-cli -h 198.19.0.10 -p 80 PING");
+    assert!(
+        String::from_utf8_lossy(&ping.stdout).contains("PONG"),
+        "{}",
+        show(&ping)
+    );
     let scrape = |from: &str, url: &str| {
         let out = lab.sh(
             from,
@@ -562,6 +569,19 @@ fn prometheus_scrapes_both_daemons_over_tcp() {
         "{host}"
     );
     assert!(host.contains("wire=\"4\""), "{host}");
+    // Histograms: the host timed its backend connect; the redirector has its failover
+    // families (empty: nothing failed here).
+    assert!(
+        host.contains("# TYPE hydra_backend_connect_seconds histogram")
+            && !host.contains("hydra_backend_connect_seconds_count 0\n"),
+        "{host}"
+    );
+    for family in ["hydra_failover_pause_seconds", "hydra_view_change_seconds"] {
+        assert!(
+            redir.contains(&format!("# TYPE {family} histogram")),
+            "{family}: {redir}"
+        );
+    }
     let status = scrape("redir", "http://198.18.1.2:9100/status");
     assert!(status.ends_with("\n404"), "{status}");
     // What Prometheus gets parses as its text exposition format, every family and sample.

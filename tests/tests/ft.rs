@@ -237,6 +237,7 @@ fn failover_pause_over_21_primary_kills() {
     let www = WebRoot::new("ftpause", 24 << 20, 0xf7_0004);
     let rate = 2u64 << 20;
     let mut pauses = Vec::new();
+    let mut redir_pauses = 0.0;
     for round in 0..7 {
         let lab = Lab::up("ftpz", 4, &www.paced_backend_cmd(rate), &["--mode", "ft"]);
         let reader = lab.timed_download();
@@ -253,6 +254,27 @@ fn failover_pause_over_21_primary_kills() {
         for k in kills {
             pauses.push(pause_around(&stamps, k, Duration::from_secs(1)));
         }
+        // The redirector measured each failover too (issue #16's histograms): one pause
+        // per primary crash, and one view change per crash, none before the 25 ms timeout.
+        let m = lab.metrics("redir");
+        let float = |name: &str| -> f64 {
+            m.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing in:\n{m}"))
+        };
+        assert_eq!(
+            metric(&m, "hydra_failover_pause_seconds_count"),
+            3,
+            "round {round}: the redirector's failover pauses"
+        );
+        redir_pauses += float("hydra_failover_pause_seconds_sum");
+        let views = metric(&m, "hydra_view_change_seconds_count");
+        assert!(views >= 3, "round {round}: {views} view changes counted");
+        let detection = float("hydra_view_change_seconds_sum") / views as f64;
+        assert!(
+            detection >= 0.025,
+            "round {round}: a member dropped after {detection} s of silence on average"
+        );
     }
     pauses.sort();
     let p50 = pauses[pauses.len() / 2];
@@ -265,6 +287,14 @@ fn failover_pause_over_21_primary_kills() {
         pauses.iter().map(|d| (d.as_secs_f64() * 1e4).round() / 10.0).collect::<Vec<_>>()
     );
     println!("{line}");
+    let redir_mean = redir_pauses / pauses.len() as f64 * 1e3;
+    println!(
+        "the redirector's own measure (hydra_failover_pause_seconds): mean {redir_mean:.1} ms"
+    );
+    assert!(
+        redir_mean <= 50.0,
+        "the redirector measured a mean failover pause of {redir_mean:.1} ms"
+    );
     let _ = std::fs::write(bin_dir().join("failover-pause.txt"), format!("{line}\n"));
     // Issue #12: the figures the README quotes are bounds this test holds.
     assert!(

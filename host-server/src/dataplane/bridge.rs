@@ -13,7 +13,8 @@ use super::*;
 /// ```
 pub(super) enum Backend {
     /// The non-blocking connect is under way.
-    Connecting(TcpStream),
+    /// The connect under way, and when it began.
+    Connecting(TcpStream, Instant),
     /// Connected; `eof`: the backend closed its side (a FIN went to the client);
     /// `fin_sent`: the client's FIN was passed on (`shutdown(Write)`).
     Open {
@@ -31,7 +32,7 @@ impl Backend {
     /// Moves to `next` (Finished or Aborted), handing back the socket to close.
     pub(super) fn end(&mut self, next: Backend) -> Option<TcpStream> {
         match std::mem::replace(self, next) {
-            Backend::Connecting(s) | Backend::Open { stream: s, .. } => Some(s),
+            Backend::Connecting(s, _) | Backend::Open { stream: s, .. } => Some(s),
             Backend::Finished | Backend::Aborted => None,
         }
     }
@@ -62,10 +63,11 @@ pub(super) fn bridge(
     sequencers: &mut HashMap<SocketAddrV4, Sequencer>,
     m: &HostMetrics,
 ) -> (bool, bool) {
-    if let Backend::Connecting(s) = &c.backend {
+    if let Backend::Connecting(s, began) = &c.backend {
         if c.writable {
             match (s.take_error(), s.peer_addr()) {
                 (Ok(None), Ok(_)) => {
+                    m.backend_connect.observe(began.elapsed());
                     if let Some(stream) = c.backend.end(Backend::Aborted) {
                         c.backend = Backend::Open {
                             stream,
@@ -94,7 +96,7 @@ pub(super) fn bridge(
             // Never connected (the connect failed at once): reset the client.
             Backend::Aborted => (!closed, false),
             // The client went away while the connect was under way.
-            Backend::Connecting(_) => (false, closed),
+            Backend::Connecting(..) => (false, closed),
             Backend::Finished | Backend::Open { .. } => (false, false),
         };
     };

@@ -5,6 +5,8 @@ use super::*;
 /// Counters the admin API exposes at `/metrics`.
 #[derive(Debug, Default)]
 pub struct HostMetrics {
+    /// How long backend connects took (connect to connected).
+    pub backend_connect: control::metrics::Histogram,
     /// Heartbeats that reused the last beat's services because the services lock was busy.
     pub heartbeat_ads_reused: Counter,
     /// Connections dropped because the client completed a new handshake on their 4-tuple.
@@ -105,6 +107,11 @@ impl HostMetrics {
             "hydra-host",
             env!("CARGO_PKG_VERSION"),
             ack_channel::wire::VERSION,
+        );
+        e.histogram(
+            "hydra_backend_connect_seconds",
+            "How long connects to the local backend took, one per client connection",
+            &self.backend_connect,
         );
         let c = "counter";
         e.sample(

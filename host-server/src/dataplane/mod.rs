@@ -921,6 +921,7 @@ impl Dataplane {
                 .entry(key.service)
                 .or_insert_with(|| sequencer_for(&ft_opts));
         }
+        let connect_began = Instant::now();
         match TcpStream::connect(SocketAddr::V4(backend)) {
             Ok(mut s) => {
                 if let Err(e) = self.poll.registry().register(
@@ -931,7 +932,7 @@ impl Dataplane {
                     tracing::warn!(error = %e, "cannot register backend socket");
                     self.shared.metrics.backend_connect_failures.inc();
                 } else {
-                    conn.backend = Backend::Connecting(s);
+                    conn.backend = Backend::Connecting(s, connect_began);
                 }
             }
             Err(e) => {

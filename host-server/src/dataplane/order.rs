@@ -286,7 +286,7 @@ impl Dataplane {
                 }
                 if !matches!(
                     c.backend,
-                    Backend::Connecting(_)
+                    Backend::Connecting(..)
                         | Backend::Open {
                             fin_sent: false,
                             ..

@@ -5,6 +5,10 @@ use super::*;
 /// Counters the admin API exposes at `/metrics`.
 #[derive(Debug, Default)]
 pub struct RedirMetrics {
+    /// For each view change that dropped silent members: how long the newest had been silent.
+    pub view_change: control::metrics::Histogram,
+    /// For each crash of an ft primary: the gap in the service's client-bound packets.
+    pub failover_pause: control::metrics::Histogram,
     /// Packets read from the TUN.
     pub tun_in: Counter,
     /// Packets written to the TUN (before coalescing).
@@ -91,6 +95,18 @@ impl RedirMetrics {
             "hydra-redirector",
             env!("CARGO_PKG_VERSION"),
             ack_channel::wire::VERSION,
+        );
+        e.histogram(
+            "hydra_view_change_seconds",
+            "Failure detection: for each ft view change that dropped silent members, how long \
+             the newest of them had been silent (the detector timeout plus a round)",
+            &self.view_change,
+        );
+        e.histogram(
+            "hydra_failover_pause_seconds",
+            "For each crash of an ft service's primary: the gap in the service's client-bound \
+             packets across the view change (gaps of 1 s or more, an idle service, not counted)",
+            &self.failover_pause,
         );
         let c = "counter";
         e.sample(

@@ -126,7 +126,15 @@ pub(super) fn housekeeping(shared: &Shared, udp: &UdpSocket) {
             for (id, at) in heard {
                 t.heard_from(id, at);
             }
-            t.expire(now)
+            let events = t.expire(now);
+            let timings = t.take_timings();
+            for d in timings.detections {
+                shared.metrics.view_change.observe(d);
+            }
+            for d in timings.pauses {
+                shared.metrics.failover_pause.observe(d);
+            }
+            events
         };
         for ev in events {
             log_event(&ev);
