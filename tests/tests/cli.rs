@@ -584,6 +584,46 @@ fn prometheus_scrapes_both_daemons_over_tcp() {
     }
     let status = scrape("redir", "http://198.18.1.2:9100/status");
     assert!(status.ends_with("\n404"), "{status}");
+    // The alert rules and the dashboard under deploy/ name only metrics the daemons export.
+    let families: std::collections::BTreeSet<String> = [&redir, &host]
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .map(String::from)
+        .collect();
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let dashboard = std::fs::read_to_string(deploy.join("grafana/hydranet-dashboard.json"))
+        .expect("the Grafana dashboard");
+    let board: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+    let exprs: Vec<String> = board["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("a target's expr").to_string())
+        .collect();
+    assert!(exprs.len() >= 10, "{} dashboard queries", exprs.len());
+    let rules = std::fs::read_to_string(deploy.join("prometheus/hydranet-alerts.yml"))
+        .expect("the alert rules");
+    assert!(rules.matches("- alert: ").count() >= 6, "{rules}");
+    for text in exprs.iter().map(String::as_str).chain([rules.as_str()]) {
+        let mut rest = text;
+        while let Some(at) = rest.find("hydra_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| families.contains(*b)))
+                .unwrap_or(&name);
+            assert!(
+                families.contains(base),
+                "deploy/ names {name}, which no daemon exports"
+            );
+        }
+    }
     // What Prometheus gets parses as its text exposition format, every family and sample.
     for (who, text) in [("redirector", &redir), ("host", &host)] {
         let body = text.strip_suffix("\n200").expect("a 200 answer");
