@@ -188,9 +188,12 @@ where
 fn respond(req: tiny_http::Request, reply: Reply) {
     let header = tiny_http::Header::from_bytes("Content-Type", reply.content_type)
         .unwrap_or_else(|()| unreachable_header());
+    // Always a Content-Length, never chunked (tiny_http chunks bodies over 32 KiB by
+    // default): a client reads exactly the body, and none needs to dechunk.
     let resp = tiny_http::Response::from_string(reply.body)
         .with_status_code(reply.status)
-        .with_header(header);
+        .with_header(header)
+        .with_chunked_threshold(usize::MAX);
     if let Err(e) = req.respond(resp) {
         tracing::debug!(error = %e, "admin or metrics client went away");
     }
@@ -202,12 +205,25 @@ fn unreachable_header() -> tiny_http::Header {
 }
 
 /// Sends one request to the admin API on `socket` and returns the body of a 2xx answer.
-/// A non-2xx answer becomes [`AdminError::Refused`] with the daemon's error message.
+/// A non-2xx answer becomes [`AdminError::Refused`] with the daemon's error message. The one
+/// client of the admin API: hydractl, the lab and the tests all use it.
 pub fn request(
     socket: &Path,
     method: &str,
     url: &str,
     body: Option<&str>,
+) -> Result<String, AdminError> {
+    request_within(socket, method, url, body, Duration::from_secs(10))
+}
+
+/// [`request`], waiting at most `wait` for each read and write (the lab polls a daemon that
+/// may be starting or stuck).
+pub fn request_within(
+    socket: &Path,
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    wait: Duration,
 ) -> Result<String, AdminError> {
     let shown = socket.display().to_string();
     let io = |err| AdminError::Io {
@@ -218,8 +234,8 @@ pub fn request(
         path: shown.clone(),
         err,
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(io)?;
+    s.set_read_timeout(Some(wait)).map_err(io)?;
+    s.set_write_timeout(Some(wait)).map_err(io)?;
     let body = body.unwrap_or("");
     write!(
         s,
@@ -229,28 +245,13 @@ pub fn request(
     .map_err(io)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(io)?;
-    // Split and dechunk as bytes: a chunk boundary may fall inside a UTF-8 character.
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n");
-    let (head, rest) = match split {
-        Some(i) => (&raw[..i], &raw[i + 4..]),
-        None => (&raw[..], &[][..]),
-    };
-    let head = String::from_utf8_lossy(head);
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    // tiny_http may answer with chunked encoding; undo it.
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_vec()
-    };
-    let body = String::from_utf8_lossy(&body).into_owned();
+    let (status, body) = parse_answer(&raw).map_err(|e| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{method} {url}: {e}"),
+        ))
+    })?;
+    let body = String::from_utf8_lossy(body).into_owned();
     if (200..300).contains(&status) {
         Ok(body)
     } else {
@@ -262,25 +263,34 @@ pub fn request(
     }
 }
 
-/// The body of a chunked HTTP answer (RFC 9112 §7.1), as bytes; stops at the last chunk or
-/// at anything malformed.
-fn dechunk(mut s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
-        let size = String::from_utf8_lossy(&s[..eol]);
-        // A chunk size may carry extensions after ';'.
-        let size = size.split(';').next().unwrap_or("").trim();
-        let Ok(n) = usize::from_str_radix(size, 16) else {
-            break;
-        };
-        let rest = &s[eol + 2..];
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.extend_from_slice(&rest[..n]);
-        s = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
+/// A whole HTTP/1.1 answer of our daemons (always with a Content-Length, as `respond`
+/// sends them): its status and body, split as bytes.
+fn parse_answer(raw: &[u8]) -> Result<(u16, &[u8]), String> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("the answer has no end of header")?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let rest = &raw[split + 4..];
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let length = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    match length {
+        Some(n) if rest.len() >= n => Ok((status, &rest[..n])),
+        Some(n) => Err(format!(
+            "the answer was cut short: {} of {n} bytes",
+            rest.len()
+        )),
+        None => Err("the answer has no Content-Length (not one of our daemons?)".into()),
     }
-    out
 }
 
 /// How a daemon writes its log lines to stderr.
@@ -423,23 +433,40 @@ mod tests {
         assert!(other.contains("admin_socket"), "{other}");
     }
 
+    /// A body larger than tiny_http's chunking threshold (32 KiB) comes with a
+    /// Content-Length, whole, split inside a UTF-8 character or not.
     #[test]
-    fn dechunk_joins_chunks() {
-        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), b"abcde");
+    fn a_large_answer_has_a_content_length_and_comes_whole() {
+        let dir = std::env::temp_dir().join(format!("hn-admin-large-{}", std::process::id()));
+        let sock = dir.join("a.sock");
+        let big: String = "é".repeat(60_000);
+        let sent = big.clone();
+        serve(&sock, move |_, _, _| Reply::metrics(sent.clone())).unwrap();
+        let mut s = UnixStream::connect(&sock).unwrap();
+        write!(s, "GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let head = String::from_utf8_lossy(&raw[..200]).to_ascii_lowercase();
+        assert!(head.contains("content-length: 120000"), "{head}");
+        assert!(!head.contains("chunked"), "{head}");
+        assert_eq!(request(&sock, "GET", "/x", None).unwrap(), big);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A chunk boundary inside a UTF-8 character (the old `&str` slicing panicked there).
     #[test]
-    fn dechunk_splits_inside_a_character_without_panicking() {
-        let body = "é".as_bytes(); // two bytes, one per chunk
-        let mut chunked = b"1\r\n".to_vec();
-        chunked.extend_from_slice(&body[..1]);
-        chunked.extend_from_slice(b"\r\n1;ext=1\r\n");
-        chunked.extend_from_slice(&body[1..]);
-        chunked.extend_from_slice(b"\r\n0\r\n\r\n");
-        assert_eq!(dechunk(&chunked), body);
-        // Malformed or truncated input stops, never panics.
-        assert_eq!(dechunk(b"zz\r\nabc"), b"");
-        assert_eq!(dechunk(b"10\r\nabc"), b"");
+    fn answers_without_a_length_or_cut_short_are_errors() {
+        assert_eq!(
+            parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"),
+            Ok((200, &b"{}"[..]))
+        );
+        assert!(
+            parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{}")
+                .unwrap_err()
+                .contains("cut short")
+        );
+        assert!(parse_answer(b"HTTP/1.1 200 OK\r\n\r\n{}")
+            .unwrap_err()
+            .contains("no Content-Length"));
+        assert!(parse_answer(b"HTTP/1.1 200").is_err());
     }
 }

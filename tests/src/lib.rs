@@ -387,37 +387,10 @@ impl Drop for Lab {
     }
 }
 
-/// GET over an admin socket (a minimal HTTP/1.1 client, as in hydractl).
+/// GET over an admin socket, with the daemons' own client (`control::request`).
 pub fn control_get(socket: &Path, url: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .unwrap_or_else(|e| panic!("admin socket {}: {e}", socket.display()));
-    write!(
-        s,
-        "GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read");
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 || tail.len() < n {
-                break;
-            }
-            out.push_str(&tail[..n]);
-            rest = tail[n..].trim_start_matches("\r\n");
-        }
-        out
-    } else {
-        body.to_string()
-    }
+    control::request(socket, "GET", url, None)
+        .unwrap_or_else(|e| panic!("GET {url} on {}: {e}", socket.display()))
 }
 
 /// One sample of a Prometheus text, e.g. `metric(text, "hydra_datagrams_dropped_total{reason=\"bad_mac\"}")`.

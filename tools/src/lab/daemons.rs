@@ -1,9 +1,8 @@
 //! Starting a lab's daemons and backends, and waiting until its service answers.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -643,16 +642,10 @@ struct HostStatus {
     services: Vec<String>,
 }
 
-/// The redirector's `/status`.
+/// The redirector's `/status` (at most 2 s per read: it may be starting, or stuck).
 fn redirector_status(sock: &Path) -> Result<Status> {
-    let (code, body) = http_get(sock, "/status")?;
-    if code != 200 {
-        bail!(
-            "GET /status answered {code}: {}",
-            String::from_utf8_lossy(&body).trim()
-        );
-    }
-    serde_json::from_slice(&body).context("GET /status answered unexpected JSON")
+    let body = control::request_within(sock, "GET", "/status", None, Duration::from_secs(2))?;
+    serde_json::from_str(&body).context("GET /status answered unexpected JSON")
 }
 
 /// The hosts the redirector does not (yet) list as live with the lab's service.
@@ -682,145 +675,15 @@ fn missing_hosts(lab: &LabState, status: &Status) -> Vec<u16> {
         .collect()
 }
 
-/// A minimal HTTP/1.1 GET over a Unix socket: returns the status code and the body.
-fn http_get(sock: &Path, path: &str) -> Result<(u16, Vec<u8>)> {
-    let mut stream =
-        UnixStream::connect(sock).with_context(|| format!("connecting to {}", sock.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .with_context(|| format!("sending GET {path}"))?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        // Stop as soon as the response is complete, in case the server keeps the
-        // connection open despite `Connection: close`.
-        if let Some(resp) = parse_response(&buf, false)? {
-            return Ok(resp);
-        }
-        let n = stream
-            .read(&mut chunk)
-            .with_context(|| format!("reading the answer to GET {path}"))?;
-        if n == 0 {
-            return parse_response(&buf, true)?
-                .with_context(|| format!("the answer to GET {path} was cut short"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// Parses a whole HTTP/1.1 response, or returns `None` if more bytes are needed.
-/// At `eof`, a body without framing runs to the end.
-fn parse_response(buf: &[u8], eof: bool) -> Result<Option<(u16, Vec<u8>)>> {
-    let Some(head_end) = find(buf, b"\r\n\r\n") else {
-        return Ok(None);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let body = &buf[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let code = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .with_context(|| format!("bad HTTP status line {status_line:?}"))?;
-    let mut content_length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(
-                value
-                    .parse::<usize>()
-                    .with_context(|| format!("bad Content-Length {value:?}"))?,
-            );
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            && value.to_ascii_lowercase().contains("chunked")
-        {
-            chunked = true;
-        }
-    }
-    if chunked {
-        return Ok(dechunk(body)?.map(|b| (code, b)));
-    }
-    if let Some(len) = content_length {
-        return Ok((body.len() >= len).then(|| (code, body[..len].to_vec())));
-    }
-    Ok(eof.then(|| (code, body.to_vec())))
-}
-
-/// Decodes a chunked body, or returns `None` if it is not complete yet.
-fn dechunk(mut body: &[u8]) -> Result<Option<Vec<u8>>> {
-    let mut out = Vec::new();
-    loop {
-        let Some(line_end) = find(body, b"\r\n") else {
-            return Ok(None);
-        };
-        let line = String::from_utf8_lossy(&body[..line_end]);
-        let size_text = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .with_context(|| format!("bad chunk size {size_text:?}"))?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(Some(out));
-        }
-        if body.len() < size + 2 {
-            return Ok(None);
-        }
-        out.extend_from_slice(&body[..size]);
-        body = &body[size + 2..];
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn response_with_content_length_stops_at_length() {
-        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
-        assert_eq!(
-            parse_response(raw, false).unwrap(),
-            Some((200, b"{}".to_vec()))
-        );
-        assert_eq!(parse_response(&raw[..raw.len() - 1], false).unwrap(), None);
-    }
-
-    #[test]
-    fn chunked_response_is_decoded() {
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
-        assert_eq!(
-            parse_response(raw, false).unwrap(),
-            Some((200, b"abcde".to_vec()))
-        );
-        assert_eq!(parse_response(&raw[..60], false).unwrap(), None);
-    }
 
     #[test]
     fn colour_codes_are_stripped() {
         assert_eq!(
             strip_ansi("\u{1b}[2mtime\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m up"),
             "time  INFO up"
-        );
-    }
-
-    #[test]
-    fn unframed_body_runs_to_eof() {
-        let raw = b"HTTP/1.1 503 Service Unavailable\r\n\r\nnot yet";
-        assert_eq!(parse_response(raw, false).unwrap(), None);
-        assert_eq!(
-            parse_response(raw, true).unwrap(),
-            Some((503, b"not yet".to_vec()))
         );
     }
 
