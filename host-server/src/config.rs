@@ -145,15 +145,12 @@ fn mode_word<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
     word.parse().map_err(serde::de::Error::custom)
 }
 
-/// An order word (`none` or `total`), refused while parsing.
+/// An order word (`none` or `total`), refused while parsing (by `FtOpts::from_request`,
+/// the one place order words are read).
 fn order_word<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let word = String::deserialize(d)?;
-    match word.as_str() {
-        "none" | "total" => Ok(Some(word)),
-        other => Err(serde::de::Error::custom(format!(
-            "unknown order `{other}`: use none or total"
-        ))),
-    }
+    FtOpts::from_request(None, Some(&word), None, None).map_err(serde::de::Error::custom)?;
+    Ok(Some(word))
 }
 
 fn default_admin_socket() -> PathBuf {

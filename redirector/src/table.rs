@@ -240,7 +240,8 @@ impl Table {
                 epoch: base,
                 members: Vec::new(),
                 since: BTreeMap::new(),
-                timeout: Duration::from_millis(25),
+                // Set from the host's advertisement just below.
+                timeout: Duration::ZERO,
                 last_out: None,
                 failover_from: None,
             });

@@ -91,4 +91,20 @@ fn a_service_set_at_run_time_is_served_again_after_a_restart() {
         text.contains("198.19.0.10:81") && !text.contains("198.19.0.10:82"),
         "h1's status after its restart: {text}"
     );
+    // setportopt named no detector or stall time: the host's defaults apply, defined in
+    // one place (host-server's services.rs), not copied into hydractl.
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    let svc = v["services"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["service"] == "198.19.0.10:81"))
+        .unwrap_or_else(|| panic!("no :81 in {v}"));
+    assert_eq!(
+        (&svc["hb_ms"], &svc["timeout_ms"], &svc["stall_ms"]),
+        (
+            &serde_json::json!(5),
+            &serde_json::json!(25),
+            &serde_json::json!(1000)
+        ),
+        "{svc}"
+    );
 }

@@ -72,34 +72,37 @@ enum Command {
         /// The local backend, 127.0.0.1:PORT (required unless --mode off).
         #[arg(long)]
         backend: Option<String>,
-        /// ft failure detector: heartbeat interval (e.g. 5ms).
-        #[arg(long, default_value = "5ms")]
-        hb: String,
-        /// ft failure detector: silence after which the redirector drops a replica (e.g. 25ms).
-        #[arg(long, default_value = "25ms")]
-        timeout: String,
+        /// ft failure detector: heartbeat interval (e.g. 5ms; default: the host's, 5ms).
+        #[arg(long)]
+        hb: Option<String>,
+        /// ft failure detector: silence after which the redirector drops a replica (e.g.
+        /// 25ms; default: the host's, 25ms).
+        #[arg(long)]
+        timeout: Option<String>,
         /// ft hop-by-hop repair: the primary sends a backup the client bytes it missed at
-        /// once, instead of the client's retransmission timer (on|off).
-        #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
-        repair: bool,
+        /// once, instead of the client's retransmission timer (on|off; default on).
+        #[arg(long, value_parser = parse_on_off, action = clap::ArgAction::Set)]
+        repair: Option<bool>,
         /// ft order across connections: none (bytes ordered per connection only) or total
         /// (the primary stamps each chunk it gives its backend; every replica's backend gets
         /// the chunks of all connections in that order, one at a time, so a deterministic
         /// single-threaded server such as redis evolves identically on every replica).
-        #[arg(long, default_value = "none", value_parser = ["none", "total"])]
-        order: String,
+        /// Default none.
+        #[arg(long, value_parser = ["none", "total"])]
+        order: Option<String>,
         /// Total order: the longest wait for the backend's answer before the next
         /// connection's chunk (e.g. 100ms). Past it the next chunk goes without the answer,
         /// and a backend slower than that may execute two connections' chunks in another
         /// order on some replica: keep it well above the backend's worst answer time.
-        #[arg(long, default_value = "100ms")]
-        quiet: String,
+        /// Default: the host's, 100ms.
+        #[arg(long)]
+        quiet: Option<String>,
         /// ft: a member whose backend lags more than this behind output the other members'
         /// backends already produced (stopped, hung, or ended early) is treated as failed for
         /// that connection: a primary hands the connection to the next member, a backup is
-        /// dropped from it (e.g. 500ms, 2s).
-        #[arg(long, default_value = "1s")]
-        stall_timeout: String,
+        /// dropped from it (e.g. 500ms, 2s; default: the host's, 1s).
+        #[arg(long)]
+        stall_timeout: Option<String>,
         /// Most client connections of this service on this host at once; past it a new
         /// client's SYN gets no answer and the client retries (default: only the host's
         /// max_conns applies).
@@ -214,10 +217,22 @@ fn main() {
             idle_timeout,
             keepalive,
             target,
-        } => parse_ms(&hb, "--hb").and_then(|hb| {
-            let timeout = parse_ms(&timeout, "--timeout")?;
-            let quiet = parse_ms(&quiet, "--quiet")?;
-            let stall = parse_ms_with_unit(&stall_timeout, "--stall-timeout")?;
+        } => (|| {
+            // Left out: the host's defaults apply (host-server's Detector and FtOpts, the
+            // one place they are defined).
+            let hb = hb.as_deref().map(|s| parse_ms(s, "--hb")).transpose()?;
+            let timeout = timeout
+                .as_deref()
+                .map(|s| parse_ms(s, "--timeout"))
+                .transpose()?;
+            let quiet = quiet
+                .as_deref()
+                .map(|s| parse_ms(s, "--quiet"))
+                .transpose()?;
+            let stall = stall_timeout
+                .as_deref()
+                .map(|s| parse_ms_with_unit(s, "--stall-timeout"))
+                .transpose()?;
             let idle = idle_timeout
                 .as_deref()
                 .map(|s| parse_secs(s, "--idle-timeout"))
@@ -235,10 +250,10 @@ fn main() {
                 &mode,
                 backend.as_deref(),
                 (hb, timeout),
-                (repair, &order, quiet, stall),
+                (repair, order.as_deref(), quiet, stall),
                 (max_conns, idle, keepalive),
             )
-        }),
+        })(),
         Command::Status {
             json,
             connections,
@@ -453,8 +468,8 @@ fn setportopt(
     service: &str,
     mode: &str,
     backend: Option<&str>,
-    (hb_ms, timeout_ms): (u16, u16),
-    (repair, order, quiet_ms, stall_ms): (bool, &str, u16, u32),
+    (hb_ms, timeout_ms): (Option<u16>, Option<u16>),
+    (repair, order, quiet_ms, stall_ms): (Option<bool>, Option<&str>, Option<u16>, Option<u32>),
     (max_conns, idle_timeout_s, keepalive_s): (Option<u32>, Option<u32>, Option<u32>),
 ) -> anyhow::Result<()> {
     let svc: SocketAddrV4 = service
