@@ -37,7 +37,7 @@ fn main() {
     // pages a connection touches (see `sys::map_large_allocations`).
     let mapped = host_server::sys::map_large_allocations();
     // Before any thread starts (each inherits the mask): SIGTERM and SIGINT are taken only
-    // by the thread that waits for them (`drain_on_signals`), never delivered at random.
+    // by the thread that waits for them (`on_signals`), never delivered at random.
     let signals = drain_signals();
     if let Err(e) = signals.thread_block() {
         eprintln!("hydra-host: cannot block SIGTERM and SIGINT to drain on them: {e}");
@@ -82,7 +82,7 @@ fn drain_signals() -> SigSet {
 /// Waits for signals. SIGHUP reloads the config file (`reload`). SIGTERM or SIGINT: the
 /// first starts the drain (the packet loop ends once it is done, and the process exits 0),
 /// a second one exits at once.
-fn drain_on_signals(set: SigSet, shared: &Shared, path: &Path, mut cfg: HostConfig) {
+fn on_signals(set: SigSet, shared: &Shared, path: &Path, mut cfg: HostConfig) {
     loop {
         match set.wait() {
             Ok(Signal::SIGHUP) => {
@@ -224,7 +224,7 @@ fn run(args: Args, signals: SigSet) -> anyhow::Result<()> {
     let (signal_path, signal_cfg) = (args.config.clone(), cfg.clone());
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || drain_on_signals(signals, &signal_shared, &signal_path, signal_cfg))
+        .spawn(move || on_signals(signals, &signal_shared, &signal_path, signal_cfg))
         .context("starting the signal thread")?;
     let health_shared = shared.clone();
     std::thread::Builder::new()

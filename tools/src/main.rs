@@ -220,27 +220,12 @@ fn main() {
         } => (|| {
             // Left out: the host's defaults apply (host-server's Detector and FtOpts, the
             // one place they are defined).
-            let hb = hb.as_deref().map(|s| parse_ms(s, "--hb")).transpose()?;
-            let timeout = timeout
-                .as_deref()
-                .map(|s| parse_ms(s, "--timeout"))
-                .transpose()?;
-            let quiet = quiet
-                .as_deref()
-                .map(|s| parse_ms(s, "--quiet"))
-                .transpose()?;
-            let stall = stall_timeout
-                .as_deref()
-                .map(|s| parse_ms_with_unit(s, "--stall-timeout"))
-                .transpose()?;
-            let idle = idle_timeout
-                .as_deref()
-                .map(|s| parse_secs(s, "--idle-timeout"))
-                .transpose()?;
-            let keepalive = keepalive
-                .as_deref()
-                .map(|s| parse_secs(s, "--keepalive"))
-                .transpose()?;
+            let hb = given(&hb, "--hb", parse_ms)?;
+            let timeout = given(&timeout, "--timeout", parse_ms)?;
+            let quiet = given(&quiet, "--quiet", parse_ms)?;
+            let stall = given(&stall_timeout, "--stall-timeout", parse_ms_with_unit)?;
+            let idle = given(&idle_timeout, "--idle-timeout", parse_secs)?;
+            let keepalive = given(&keepalive, "--keepalive", parse_secs)?;
             if max_conns == Some(0) {
                 bail!("--max-conns 0 would refuse every client: pass at least 1, or leave it out");
             }
@@ -348,6 +333,15 @@ fn vhost(socket: &Path, action: VHostAction) -> anyhow::Result<()> {
 }
 
 /// Parses `5ms`, `1s` or a bare number of milliseconds.
+/// An option's value parsed with `parse`, if the option was given.
+fn given<T>(
+    value: &Option<String>,
+    flag: &str,
+    parse: fn(&str, &str) -> anyhow::Result<T>,
+) -> anyhow::Result<Option<T>> {
+    value.as_deref().map(|s| parse(s, flag)).transpose()
+}
+
 fn parse_ms(s: &str, flag: &str) -> anyhow::Result<u16> {
     let bad =
         || anyhow::anyhow!("{flag} `{s}` is not a duration: write e.g. 5ms or 1s (1ms to 60s)");

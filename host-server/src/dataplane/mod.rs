@@ -335,9 +335,8 @@ impl Dataplane {
         let udp_gso = cfg.udp_gso;
         poll.registry()
             .register(&mut udp, UDP, Interest::READABLE)?;
-        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE)?);
-        // INVARIANT: no code panics while holding the lock.
-        *shared.waker.lock().expect("waker lock") = Some(waker);
+        // One loop per process: a second `set` would only keep the first waker.
+        let _ = shared.waker.set(mio::Waker::new(poll.registry(), WAKE)?);
         Ok(Dataplane {
             drain_began: None,
             poll,

@@ -91,7 +91,7 @@ pub struct Shared {
     /// Set by SIGTERM or SIGINT: the host drains and then exits (see `drain_timeout_s`).
     pub draining: std::sync::atomic::AtomicBool,
     /// Wakes the packet loop (set once the loop exists).
-    pub waker: Mutex<Option<Arc<mio::Waker>>>,
+    pub waker: std::sync::OnceLock<mio::Waker>,
     /// Where runtime changes (`v_host`, `setportopt`) are kept for the next start.
     pub state_file: Option<std::path::PathBuf>,
 }
@@ -120,8 +120,7 @@ impl Shared {
         let first = !self
             .draining
             .swap(true, std::sync::atomic::Ordering::SeqCst);
-        // INVARIANT: no code panics while holding the lock.
-        if let Some(w) = self.waker.lock().expect("waker lock").as_ref() {
+        if let Some(w) = self.waker.get() {
             let _ = w.wake();
         }
         first

@@ -809,7 +809,7 @@ fn order_leaves(lab: &LabState, i: u16) -> Option<u64> {
 
 /// Host `i`'s counter `name` (summed over its labels), `None` when the host does not answer.
 fn host_counter(lab: &LabState, i: u16, name: &str) -> Option<u64> {
-    daemon_counter(&lab.dir().join(format!("h{i}.sock")), name)
+    daemon_counters(&lab.dir().join(format!("h{i}.sock")), &[name])
 }
 
 /// Datagrams a receiver could not take although nobody forges or corrupts any in the soak:
@@ -829,25 +829,24 @@ fn note_bug_drops(lab: &LabState, seen: &mut [u64], total: &mut u64) {
     let socks = std::iter::once(lab.dir().join("redir.sock"))
         .chain((1..=lab.replicas).map(|h| lab.dir().join(format!("h{h}.sock"))));
     for (i, sock) in socks.enumerate() {
-        let n = BUG_DROPS
-            .iter()
-            .map(|name| daemon_counter(&sock, name))
-            .try_fold(0, |acc, n| n.map(|n| acc + n));
-        if let Some(n) = n {
+        if let Some(n) = daemon_counters(&sock, &BUG_DROPS) {
             *total += counter_growth(&mut seen[i], n);
         }
     }
 }
 
-/// The counter `name` of the daemon whose admin socket is `sock`, summed over its labels
-/// (or one series, when `name` names its labels); `None` when the daemon does not answer.
-fn daemon_counter(sock: &Path, name: &str) -> Option<u64> {
+/// The counters `names` of the daemon whose admin socket is `sock`, summed over their labels
+/// (or one series, when a name names its labels), from one `/metrics`; `None` when the daemon
+/// does not answer.
+fn daemon_counters(sock: &Path, names: &[&str]) -> Option<u64> {
     let text = control::request(sock, "GET", "/metrics", None).ok()?;
     let sum = text
         .lines()
         .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with([' ', '{']))
+            names.iter().any(|name| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with([' ', '{']))
+            })
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
