@@ -1765,15 +1765,6 @@ impl FtConn {
         self.count_view_members();
         self.trim_log();
         self.maybe_repair(now);
-        if self.role == Role::Primary && !self.retired && self.rtx_at.is_some() {
-            // What we sent stamped with the last epoch may have been fenced: the authority
-            // moved to this view before we heard of it. A member that took a connection over
-            // just before the view change (its backend failed at the old speaker, which also
-            // withdrew from the view) sent its first segments then and waited a whole RTO,
-            // 200 ms, to send them again (tests/backend.rs, a kill of the primary's backend).
-            // What the client has not acknowledged goes again now, once per view.
-            self.retransmit(now, 4);
-        }
     }
 
     /// A speaker the client has not acknowledged yet counts every member of its current view
